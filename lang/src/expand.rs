@@ -1,0 +1,323 @@
+//! What a workflow means on this file system: the files each glob input
+//! matches, how many derivations each step makes, how many edges join them, and
+//! the concrete output paths, which must not collide, nest in another step's
+//! folder output, or overwrite source data.
+
+use crate::checks::{compile_glob, glob_base, normalize_output};
+use crate::diagnostic::{Diagnostic, Diagnostics};
+use crate::files::Files;
+use crate::model::{Domain, InputSource, Part, PathKind, Step, StepId, Template, Workflow};
+use crate::source::Span;
+use std::collections::{HashMap, HashSet};
+
+/// Past this many output paths the collision check is skipped (with a warning).
+const MAX_EXPANDED_PATHS: usize = 5_000_000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expansion {
+    /// For each input: the files a glob input matches (sorted); empty for path inputs.
+    pub glob_files: Vec<Vec<String>>,
+    /// Derivations per step.
+    pub instances: Vec<usize>,
+    pub derivations: usize,
+    /// Derivation-level edges: one per (derivation, upstream derivation it reads).
+    pub edges: usize,
+}
+
+/// Matches globs, counts derivations and checks concrete output paths.
+pub fn expand(wf: &Workflow, files: &dyn Files, diags: &mut Diagnostics) -> Expansion {
+    let glob_files = match_globs(wf, files, diags);
+    let instances: Vec<usize> = wf
+        .steps
+        .iter()
+        .map(|s| s.instance_count(|i| glob_files[i.index()].len()))
+        .collect();
+    let derivations = instances.iter().fold(0usize, |a, &b| a.saturating_add(b));
+    let edges = wf
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.deps
+                .iter()
+                .map(|&u| instances[i].saturating_mul(gathered(wf.step(u), s, &glob_files)))
+                .fold(0usize, usize::saturating_add)
+        })
+        .fold(0usize, usize::saturating_add);
+    if derivations <= MAX_EXPANDED_PATHS {
+        check_outputs(wf, &glob_files, diags);
+    } else {
+        diags.push(
+            Diagnostic::warning(
+                wf.steps[0].name_span,
+                format!("{derivations} derivations: output paths were not checked for collisions"),
+            )
+            .hint("the check stops past 5,000,000 derivations"),
+        );
+    }
+    Expansion {
+        glob_files,
+        instances,
+        derivations,
+        edges,
+    }
+}
+
+fn match_globs(wf: &Workflow, files: &dyn Files, diags: &mut Diagnostics) -> Vec<Vec<String>> {
+    wf.inputs
+        .iter()
+        .map(|input| {
+            let InputSource::Glob { pattern } = &input.source else { return Vec::new() };
+            let Ok(matcher) = compile_glob(pattern) else { return Vec::new() };
+            let (root, base) = if let Some(abs) = pattern.strip_prefix('/') {
+                (std::path::PathBuf::from("/"), glob_base(abs).to_string())
+            } else {
+                (wf.root.clone(), glob_base(pattern).to_string())
+            };
+            let rel_matcher = match pattern.strip_prefix('/') {
+                Some(abs) => compile_glob(abs).unwrap_or(matcher),
+                None => matcher,
+            };
+            match files.glob(&root, &base, &rel_matcher) {
+                Ok(mut found) => {
+                    if pattern.starts_with('/') {
+                        for f in &mut found {
+                            f.insert(0, '/');
+                        }
+                    }
+                    if found.is_empty() {
+                        diags.push(
+                            Diagnostic::warning(input.span, format!("glob `{pattern}` matches no file"))
+                                .hint(format!("patterns are relative to {}; steps fanning out over it make no derivation", wf.root.display())),
+                        );
+                    }
+                    found
+                }
+                Err(e) => {
+                    diags.push(Diagnostic::error(input.span, format!("cannot match glob `{pattern}`: {e}")));
+                    Vec::new()
+                }
+            }
+        })
+        .collect()
+}
+
+/// How many instances of `up` each instance of `down` reads: the product of the
+/// sizes of `up`'s fan-out variables that `down` does not share.
+fn gathered(up: &Step, down: &Step, glob_files: &[Vec<String>]) -> usize {
+    up.foreach
+        .iter()
+        .filter(|f| down.var(&f.var).is_none())
+        .map(|f| match &f.domain {
+            Domain::Values(v) => v.len(),
+            Domain::Files(i) => glob_files[i.index()].len(),
+        })
+        .fold(1usize, usize::saturating_mul)
+}
+
+/// The values of each fan-out variable of `step`.
+pub fn domains<'w>(step: &'w Step, glob_files: &'w [Vec<String>]) -> Vec<&'w [String]> {
+    step.foreach
+        .iter()
+        .map(|f| match &f.domain {
+            Domain::Values(v) => v.as_slice(),
+            Domain::Files(i) => glob_files[i.index()].as_slice(),
+        })
+        .collect()
+}
+
+/// Calls `each` with the value of every fan-out variable, for every instance, in
+/// order (the last variable changes fastest).
+pub fn for_each_instance(domains: &[&[String]], mut each: impl FnMut(&[&str])) {
+    if domains.iter().any(|d| d.is_empty()) {
+        return;
+    }
+    let mut idx = vec![0usize; domains.len()];
+    let mut values: Vec<&str> = domains.iter().map(|d| d[0].as_str()).collect();
+    loop {
+        each(&values);
+        let mut k = domains.len();
+        loop {
+            if k == 0 {
+                return;
+            }
+            k -= 1;
+            idx[k] += 1;
+            if idx[k] < domains[k].len() {
+                values[k] = domains[k][idx[k]].as_str();
+                break;
+            }
+            idx[k] = 0;
+            values[k] = domains[k][0].as_str();
+        }
+    }
+}
+
+/// A path template with params and fan-out values filled in.
+pub fn render_path(wf: &Workflow, t: &Template, values: &[&str]) -> String {
+    let mut out = String::with_capacity(t.text.len() + 16);
+    for part in &t.parts {
+        match part {
+            Part::Text(s) => out.push_str(s),
+            Part::Param(p) => out.push_str(&wf.param(*p).value),
+            Part::Var { var, field } => out.push_str(field.apply(values[*var])),
+            // Not allowed in paths by the checker.
+            Part::In(_) | Part::Out(_) | Part::Cpus | Part::Log => {}
+        }
+    }
+    out
+}
+
+struct Written {
+    step: StepId,
+    span: Span,
+    kind: PathKind,
+}
+
+fn check_outputs(wf: &Workflow, glob_files: &[Vec<String>], diags: &mut Diagnostics) {
+    let mut written: HashMap<String, Written> = HashMap::new();
+    let mut reported: HashSet<(Span, Span)> = HashSet::new();
+    for (si, step) in wf.steps.iter().enumerate() {
+        let doms = domains(step, glob_files);
+        let mut paths: Vec<(&Template, Span, PathKind)> = step
+            .outputs
+            .iter()
+            .map(|o| (&o.path, o.path.span, o.kind))
+            .collect();
+        if let Some(log) = &step.log {
+            paths.push((log, log.span, PathKind::File));
+        }
+        for_each_instance(&doms, |values| {
+            for &(t, span, kind) in &paths {
+                let raw = render_path(wf, t, values);
+                let path = match normalize_output(&raw) {
+                    Ok(p) => p,
+                    Err(problem) => {
+                        if reported.insert((span, span)) {
+                            diags.push(
+                                Diagnostic::error(span, format!("output path `{raw}` {problem}"))
+                                    .hint("a fan-out value or parameter made this path; outputs stay inside the pipeline folder"),
+                            );
+                        }
+                        continue;
+                    }
+                };
+                let this = Written {
+                    step: StepId::from_index(si),
+                    span,
+                    kind,
+                };
+                if let Some(first) = written.get(&path) {
+                    if reported.insert((first.span, span)) {
+                        let d = if first.step == this.step && first.span == span {
+                            Diagnostic::error(span, format!("two instances of step `{}` write `{path}`", step.name))
+                                .hint("the fan-out values give the same path twice (same file name in different folders?); use {VAR} rather than {VAR.stem}, or {VAR.dir}")
+                        } else {
+                            let other = &wf.step(first.step).name;
+                            Diagnostic::error(
+                                span,
+                                format!("`{path}` is written by step `{other}` too"),
+                            )
+                            .related(first.span, format!("`{other}` writes it here"))
+                            .hint("each output path belongs to one step; rename one of them")
+                        };
+                        diags.push(d);
+                    }
+                    continue;
+                }
+                written.insert(path, this);
+            }
+        });
+    }
+    check_nesting_and_sources(wf, &written, diags);
+}
+
+fn check_nesting_and_sources(
+    wf: &Workflow,
+    written: &HashMap<String, Written>,
+    diags: &mut Diagnostics,
+) {
+    let mut reported: HashSet<(Span, Span)> = HashSet::new();
+    let mut sorted: Vec<(&String, &Written)> = written.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    for (path, w) in &sorted {
+        let mut prefix_end = 0;
+        while let Some(slash) = path[prefix_end..].find('/') {
+            let dir = &path[..prefix_end + slash];
+            prefix_end += slash + 1;
+            if let Some(owner) = written.get(dir) {
+                if owner.kind == PathKind::Dir && reported.insert((owner.span, w.span)) {
+                    let other = &wf.step(owner.step).name;
+                    diags.push(
+                        Diagnostic::error(
+                            w.span,
+                            format!(
+                                "`{path}` is inside `{dir}/`, the folder output of step `{other}`"
+                            ),
+                        )
+                        .related(owner.span, "the folder is declared here")
+                        .hint("a folder output belongs wholly to its step; write elsewhere"),
+                    );
+                }
+            }
+        }
+    }
+    // Outputs that would overwrite source data.
+    for input in &wf.inputs {
+        match &input.source {
+            InputSource::Path { path, .. } => {
+                let Ok(src) = normalize_output(path) else {
+                    continue;
+                };
+                for (out, w) in &sorted {
+                    let inside = out.len() > src.len()
+                        && out.starts_with(src.as_str())
+                        && out.as_bytes()[src.len()] == b'/';
+                    if **out == src || inside {
+                        diags.push(
+                            Diagnostic::error(
+                                w.span,
+                                format!("output `{out}` would overwrite input `{}`", input.name),
+                            )
+                            .related(input.span, "the input is declared here")
+                            .hint("write results to another path; sources are never overwritten"),
+                        );
+                    }
+                }
+            }
+            InputSource::Glob { pattern } => {
+                let Ok(m) = compile_glob(pattern) else {
+                    continue;
+                };
+                for (out, w) in &sorted {
+                    if m.is_match(out.as_str()) {
+                        diags.push(
+                            Diagnostic::error(w.span, format!("output `{out}` matches the glob of input `{}`", input.name))
+                                .related(input.span, "the glob is declared here")
+                                .hint("the next run would read this result as source data; write it elsewhere"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instances_in_order() {
+        let a = vec!["1".to_string(), "2".to_string()];
+        let b = vec!["x".to_string(), "y".to_string(), "z".to_string()];
+        let mut seen = Vec::new();
+        for_each_instance(&[&a, &b], |v| seen.push(v.join("")));
+        assert_eq!(seen, ["1x", "1y", "1z", "2x", "2y", "2z"]);
+        let mut n = 0;
+        for_each_instance(&[], |_| n += 1);
+        assert_eq!(n, 1);
+        for_each_instance(&[&a, &[]], |_| n += 1);
+        assert_eq!(n, 1);
+    }
+}

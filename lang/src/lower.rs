@@ -1,0 +1,1692 @@
+//! Syntax tree → checked [`Workflow`]. Two passes: the first reads every
+//! declaration (so that order in the file never matters), the second resolves
+//! references and placeholders. Every problem is reported; a workflow is built
+//! only when there is none.
+
+use crate::checks;
+use crate::diagnostic::{Diagnostic, Diagnostics};
+use crate::model::{
+    Domain, EnvVar, FanOut, Input, InputId, InputRef, InputSource, Param, ParamId, ParamKind, Part,
+    PathKind, Resources, Step, StepId, StepInput, StepOutput, Template, Tool, VarField, Workflow,
+};
+use crate::names::{NAME_RULE, did_you_mean, is_valid_name, list};
+use crate::source::{FileId, SourceMap, Span};
+use crate::syntax::ast::{Literal, Node, Str, Value};
+use crate::template::{self, Piece};
+use crate::units;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry as MapEntry;
+use std::path::PathBuf;
+
+const TOP_LEVEL: [&str; 7] = [
+    "pipeline", "param", "input", "tool", "env", "include", "step",
+];
+const STEP_LEVEL: [&str; 9] = [
+    "foreach",
+    "in",
+    "out",
+    "log",
+    "run",
+    "resources",
+    "retry",
+    "env",
+    "tool",
+];
+const RESOURCES: [&str; 5] = ["cpus", "memory", "gpus", "time", "disk"];
+const RESERVED_VARS: [&str; 5] = ["in", "out", "param", "cpus", "log"];
+
+pub(crate) fn lower(
+    sources: &SourceMap,
+    main: FileId,
+    root: PathBuf,
+    nodes: &[&Node],
+    diags: &mut Diagnostics,
+) -> Option<Workflow> {
+    let mut cx = Lower {
+        sources,
+        diags,
+        params: Vec::new(),
+        inputs: Vec::new(),
+        param_names: HashMap::new(),
+        input_names: HashMap::new(),
+        step_names: HashMap::new(),
+        used_params: Vec::new(),
+        used_inputs: Vec::new(),
+    };
+    let mut name: Option<(String, Span)> = None;
+    let mut tools = Vec::new();
+    let mut env = Vec::new();
+    let mut drafts: Vec<StepDraft<'_>> = Vec::new();
+    for node in nodes {
+        match node.name.value.as_str() {
+            "pipeline" => cx.pipeline(node, main, &mut name),
+            "param" => cx.param(node),
+            "input" => cx.input(node),
+            "tool" => cx.tool(node, &mut tools),
+            "env" => cx.env(node, &mut env),
+            "step" => {
+                if let Some(d) = cx.step_draft(node) {
+                    drafts.push(d);
+                }
+            }
+            other => cx.unknown_node(node, other, &TOP_LEVEL, "at the top of a pipeline"),
+        }
+    }
+    if name.is_none() && !nodes.iter().any(|n| n.name.value == "pipeline") {
+        cx.diags.push(
+            Diagnostic::error(Span::new(main, 0, 0), "the pipeline has no name")
+                .hint("start the file with `pipeline \"my-analysis\"`"),
+        );
+    }
+    cx.used_params = vec![false; cx.params.len()];
+    cx.used_inputs = vec![false; cx.inputs.len()];
+
+    // Steps are numbered in declaration order; damaged ones keep their number so that
+    // references to them are not reported as unknown.
+    for (i, d) in drafts.iter().enumerate() {
+        match cx.step_names.entry(d.name.value.clone()) {
+            MapEntry::Occupied(first) => {
+                let first_span = drafts[*first.get() as usize].name.span;
+                cx.diags.push(
+                    Diagnostic::error(
+                        d.name.span,
+                        format!("step `{}` is declared twice", d.name.value),
+                    )
+                    .related(first_span, "first declared here")
+                    .hint("give each step its own name"),
+                );
+            }
+            MapEntry::Vacant(v) => {
+                v.insert(i as u32);
+            }
+        }
+    }
+    let steps: Vec<Option<Step>> = (0..drafts.len())
+        .map(|i| cx.resolve_step(&drafts, i))
+        .collect();
+    for (i, used) in cx.used_params.iter().enumerate() {
+        if !used {
+            let p = &cx.params[i];
+            cx.diags.push(
+                Diagnostic::warning(p.span, format!("param `{}` is never used", p.name))
+                    .hint(format!("use it as {{param.{}}}, or remove it", p.name)),
+            );
+        }
+    }
+    for (i, used) in cx.used_inputs.iter().enumerate() {
+        if !used {
+            let inp = &cx.inputs[i];
+            cx.diags.push(
+                Diagnostic::warning(inp.span, format!("input `{}` is never used", inp.name)).hint(
+                    format!(
+                        "reference it from a step, as `in x={}`, or remove it",
+                        inp.name
+                    ),
+                ),
+            );
+        }
+    }
+    let damaged = drafts.iter().any(|d| d.damaged);
+    let graph: Vec<Vec<(StepId, Span)>> = steps
+        .iter()
+        .map(|s| s.as_ref().map(|s| checks::dep_spans(s)).unwrap_or_default())
+        .collect();
+    let names: Vec<&str> = drafts.iter().map(|d| d.name.value.as_str()).collect();
+    let name_spans: Vec<Span> = drafts.iter().map(|d| d.name.span).collect();
+    let topo = checks::topo_order(&graph, &names, &name_spans, cx.diags);
+    if cx.diags.has_errors() || damaged {
+        return None;
+    }
+    let steps: Vec<Step> = steps.into_iter().collect::<Option<_>>()?;
+    let (name, _) = name?;
+    Some(Workflow {
+        name,
+        root,
+        params: cx.params,
+        inputs: cx.inputs,
+        tools,
+        env,
+        steps,
+        topo_order: topo?,
+    })
+}
+
+struct Lower<'a> {
+    sources: &'a SourceMap,
+    diags: &'a mut Diagnostics,
+    params: Vec<Param>,
+    inputs: Vec<Input>,
+    param_names: HashMap<String, ParamId>,
+    input_names: HashMap<String, InputId>,
+    step_names: HashMap<String, u32>,
+    used_params: Vec<bool>,
+    used_inputs: Vec<bool>,
+}
+
+/// A step read but not yet resolved.
+struct StepDraft<'n> {
+    node: &'n Node,
+    name: Str,
+    damaged: bool,
+    foreach: Vec<(Str, DomainDraft<'n>)>,
+    ins: Vec<(Str, &'n Value)>,
+    outs: Vec<(Str, &'n Value, PathKind)>,
+    log: Option<&'n Value>,
+    run: Option<&'n Value>,
+    resources: Resources,
+    retry: u32,
+    env: Vec<EnvVar>,
+    tools: Vec<Tool>,
+}
+
+enum DomainDraft<'n> {
+    Values(Vec<String>),
+    From(&'n Value),
+}
+
+impl<'a> Lower<'a> {
+    fn push(&mut self, d: Diagnostic) {
+        self.diags.push(d);
+    }
+
+    // ---- shapes shared by all nodes ----------------------------------------------------
+
+    fn unknown_node(&mut self, node: &Node, name: &str, known: &[&str], place: &str) {
+        let mut d = Diagnostic::error(node.name.span, format!("unknown node `{name}` {place}"));
+        let hint = if let Some(h) = did_you_mean(name, known.iter().copied()) {
+            h
+        } else if STEP_LEVEL.contains(&name) && known == TOP_LEVEL {
+            format!("`{name}` belongs inside a `step name {{ … }}` block")
+        } else if TOP_LEVEL.contains(&name) && known == STEP_LEVEL {
+            format!("`{name}` belongs at the top of the pipeline, not inside a step")
+        } else {
+            format!("expected one of {}", list(known))
+        };
+        d = d.hint(hint);
+        self.push(d);
+    }
+
+    /// Exactly the positional arguments named in `usage` (`NAME VALUE`…).
+    fn args<'n>(&mut self, node: &'n Node, count: usize, usage: &str) -> Option<Vec<&'n Value>> {
+        let args: Vec<&Value> = node.args().collect();
+        let what = &node.name.value;
+        if args.len() < count {
+            let missing: Vec<&str> = usage
+                .split_whitespace()
+                .skip(1 + args.len())
+                .take(count - args.len())
+                .collect();
+            self.push(
+                Diagnostic::error(
+                    node.span,
+                    format!("`{what}` is missing its {}", missing.join(" ")),
+                )
+                .hint(format!("usage: {usage}")),
+            );
+            return None;
+        }
+        if let Some(extra) = args.get(count) {
+            self.push(
+                Diagnostic::error(
+                    extra.full_span(),
+                    format!("unexpected argument to `{what}`"),
+                )
+                .hint(format!("usage: {usage}")),
+            );
+            return None;
+        }
+        Some(args)
+    }
+
+    fn no_props(&mut self, node: &Node, usage: &str) -> bool {
+        let mut ok = true;
+        for (k, _) in node.props() {
+            self.push(
+                Diagnostic::error(
+                    k.span,
+                    format!("unknown property `{}` of `{}`", k.value, node.name.value),
+                )
+                .hint(format!("usage: {usage}")),
+            );
+            ok = false;
+        }
+        ok
+    }
+
+    fn no_children(&mut self, node: &Node, usage: &str) -> bool {
+        match node.children() {
+            Some(b) => {
+                self.push(
+                    Diagnostic::error(b.span, format!("`{}` takes no block", node.name.value))
+                        .hint(format!("usage: {usage}")),
+                );
+                false
+            }
+            None => true,
+        }
+    }
+
+    fn no_annotation(&mut self, v: &Value, what: &str) -> bool {
+        match &v.ty {
+            Some(t) => {
+                self.push(
+                    Diagnostic::error(t.span, format!("{what} takes no type annotation"))
+                        .hint("`(file)` and `(dir)` mark literal paths in `in`, `out` and `input`"),
+                );
+                false
+            }
+            None => true,
+        }
+    }
+
+    fn string(&mut self, v: &Value, what: &str) -> Option<String> {
+        match &v.lit {
+            Literal::String(s) => Some(s.clone()),
+            other => {
+                let text = self.sources.slice(v.span).to_string();
+                self.push(
+                    Diagnostic::error(
+                        v.span,
+                        format!("{what} must be a string, not {}", other.kind_name()),
+                    )
+                    .hint(format!("quote it: \"{}\"", text.trim_start_matches('#'))),
+                );
+                None
+            }
+        }
+    }
+
+    /// A name for something placeholders and references can name.
+    fn name(&mut self, v: &Value, what: &str) -> Option<Str> {
+        let s = self.string(v, what)?;
+        if !is_valid_name(&s) {
+            self.push(
+                Diagnostic::error(v.span, format!("`{s}` is not a valid {what}")).hint(NAME_RULE),
+            );
+            return None;
+        }
+        Some(Str {
+            value: s,
+            span: v.span,
+        })
+    }
+
+    /// A scalar written as text: strings as they are, numbers as written.
+    fn scalar_text(&mut self, v: &Value, what: &str) -> Option<(String, ParamKind)> {
+        let raw = || self.sources.slice(v.span).to_string();
+        match &v.lit {
+            Literal::String(s) => Some((s.clone(), ParamKind::String)),
+            Literal::Integer(_) => Some((raw(), ParamKind::Integer)),
+            Literal::Float(f) if f.is_finite() => Some((raw(), ParamKind::Float)),
+            Literal::Bool(b) => Some((b.to_string(), ParamKind::Bool)),
+            Literal::Float(_) | Literal::Null => {
+                let text = raw();
+                self.push(
+                    Diagnostic::error(v.span, format!("{what} cannot be `{text}`"))
+                        .hint("use a string, a number or #true / #false"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A non-negative integer that fits `u32`.
+    fn count(&mut self, v: &Value, what: &str, min: i128) -> Option<u32> {
+        match v.lit {
+            Literal::Integer(n) if n >= min && n <= i128::from(u32::MAX) => u32::try_from(n).ok(),
+            Literal::Integer(n) if n < min => {
+                let need = if min == 0 {
+                    "zero or more"
+                } else {
+                    "at least 1"
+                };
+                self.push(Diagnostic::error(
+                    v.span,
+                    format!("{what} must be {need}, not {n}"),
+                ));
+                None
+            }
+            Literal::Integer(_) => {
+                self.push(Diagnostic::error(v.span, format!("{what} is too large")));
+                None
+            }
+            ref other => {
+                self.push(
+                    Diagnostic::error(
+                        v.span,
+                        format!("{what} must be a whole number, not {}", other.kind_name()),
+                    )
+                    .hint(format!(
+                        "for example: {} 2",
+                        what.split_whitespace().next().unwrap_or(what)
+                    )),
+                );
+                None
+            }
+        }
+    }
+
+    // ---- top level -----------------------------------------------------------------------
+
+    fn pipeline(&mut self, node: &Node, main: FileId, name: &mut Option<(String, Span)>) {
+        let usage = "pipeline \"NAME\"";
+        if node.name.span.file != main {
+            self.push(
+                Diagnostic::error(
+                    node.name.span,
+                    "only the main pipeline file may name the pipeline",
+                )
+                .hint("remove `pipeline` from the included file"),
+            );
+            return;
+        }
+        if let Some((_, first)) = name {
+            let first = *first;
+            self.push(
+                Diagnostic::error(node.name.span, "the pipeline is named twice")
+                    .related(first, "first named here")
+                    .hint("keep one `pipeline` line"),
+            );
+            return;
+        }
+        self.no_props(node, usage);
+        self.no_children(node, usage);
+        let Some(args) = self.args(node, 1, "pipeline NAME") else {
+            return;
+        };
+        if let Some(s) = self.string(args[0], "the pipeline name") {
+            if s.trim().is_empty() {
+                self.push(
+                    Diagnostic::error(args[0].span, "the pipeline name is empty")
+                        .hint(format!("usage: {usage}")),
+                );
+            } else {
+                *name = Some((s, node.name.span));
+            }
+        }
+    }
+
+    fn param(&mut self, node: &Node) {
+        let usage = "param NAME VALUE";
+        self.no_props(node, usage);
+        self.no_children(node, usage);
+        let Some(args) = self.args(node, 2, usage) else {
+            return;
+        };
+        let (Some(name), Some((value, kind))) = (
+            self.name(args[0], "param name"),
+            self.scalar_text(args[1], "a param value"),
+        ) else {
+            return;
+        };
+        self.no_annotation(args[1], "a param value");
+        match self.param_names.entry(name.value.clone()) {
+            MapEntry::Occupied(first) => {
+                let first = self.params[first.get().index()].span;
+                self.diags.push(
+                    Diagnostic::error(
+                        name.span,
+                        format!("param `{}` is declared twice", name.value),
+                    )
+                    .related(first, "first declared here")
+                    .hint("`--param NAME=VALUE` overrides a value at run time"),
+                );
+            }
+            MapEntry::Vacant(v) => {
+                v.insert(ParamId::from_index(self.params.len()));
+                self.params.push(Param {
+                    name: name.value,
+                    value,
+                    kind,
+                    span: name.span,
+                });
+            }
+        }
+    }
+
+    fn input(&mut self, node: &Node) {
+        let usage = "input NAME \"path\"  or  input NAME glob=\"pattern\"";
+        self.no_children(node, usage);
+        let args: Vec<&Value> = node.args().collect();
+        let Some(first) = args.first() else {
+            self.push(
+                Diagnostic::error(node.span, "`input` needs a name")
+                    .hint(format!("usage: {usage}")),
+            );
+            return;
+        };
+        let Some(name) = self.name(first, "input name") else {
+            return;
+        };
+        self.no_annotation(first, "an input name");
+        let mut glob = None;
+        for (k, v) in node.props() {
+            if k.value == "glob" && glob.is_none() {
+                glob = Some(v);
+            } else {
+                let hint =
+                    did_you_mean(&k.value, ["glob"]).unwrap_or_else(|| format!("usage: {usage}"));
+                self.push(
+                    Diagnostic::error(k.span, format!("unknown property `{}` of `input`", k.value))
+                        .hint(hint),
+                );
+                return;
+            }
+        }
+        let source = match (args.get(1), glob, args.get(2)) {
+            (_, _, Some(extra)) => {
+                self.push(
+                    Diagnostic::error(extra.full_span(), "unexpected argument to `input`")
+                        .hint(format!("usage: {usage}")),
+                );
+                return;
+            }
+            (Some(path), None, None) => {
+                let kind = match self.path_kind(path) {
+                    Some(k) => k,
+                    None => return,
+                };
+                let Some(p) = self.string(path, "an input path") else {
+                    return;
+                };
+                if p.trim().is_empty() {
+                    self.push(Diagnostic::error(path.span, "the input path is empty"));
+                    return;
+                }
+                if template::scan(&p)
+                    .iter()
+                    .any(|piece| matches!(piece, Piece::Placeholder { .. }))
+                {
+                    self.push(
+                        Diagnostic::error(path.span, "placeholders are not expanded in `input` paths")
+                            .hint("an input names files on disk as they are; use a literal (file)\"…\" in the step for per-instance files"),
+                    );
+                    return;
+                }
+                let kind = if kind == PathKind::Any && p.ends_with('/') {
+                    PathKind::Dir
+                } else {
+                    kind
+                };
+                InputSource::Path { path: p, kind }
+            }
+            (None, Some(g), None) => {
+                self.no_annotation(g, "a glob");
+                let Some(p) = self.string(g, "a glob pattern") else {
+                    return;
+                };
+                if let Err(e) = checks::compile_glob(&p) {
+                    self.push(
+                        Diagnostic::error(g.span, format!("invalid glob `{p}`: {e}"))
+                            .hint("globs use *, **, ?, [abc] and {a,b}"),
+                    );
+                    return;
+                }
+                InputSource::Glob { pattern: p }
+            }
+            (Some(path), Some(g), None) => {
+                self.push(
+                    Diagnostic::error(
+                        path.span.to(g.span),
+                        "an input has a path or a glob, not both",
+                    )
+                    .hint(format!("usage: {usage}")),
+                );
+                return;
+            }
+            (None, None, None) => {
+                self.push(
+                    Diagnostic::error(node.span, format!("input `{}` has no path", name.value))
+                        .hint(format!("usage: {usage}")),
+                );
+                return;
+            }
+        };
+        match self.input_names.entry(name.value.clone()) {
+            MapEntry::Occupied(first) => {
+                let first = self.inputs[first.get().index()].span;
+                self.diags.push(
+                    Diagnostic::error(
+                        name.span,
+                        format!("input `{}` is declared twice", name.value),
+                    )
+                    .related(first, "first declared here"),
+                );
+            }
+            MapEntry::Vacant(v) => {
+                v.insert(InputId::from_index(self.inputs.len()));
+                self.inputs.push(Input {
+                    name: name.value,
+                    source,
+                    span: name.span,
+                });
+            }
+        }
+    }
+
+    /// `(file)`, `(dir)` or nothing; other annotations are errors.
+    fn path_kind(&mut self, v: &Value) -> Option<PathKind> {
+        match v.ty.as_ref().map(|t| t.value.as_str()) {
+            None => Some(PathKind::Any),
+            Some("file") => Some(PathKind::File),
+            Some("dir") => Some(PathKind::Dir),
+            Some(other) => {
+                let hint = did_you_mean(other, ["file", "dir"])
+                    .unwrap_or_else(|| "the annotations are (file) and (dir)".to_string());
+                let span = v.ty.as_ref().map_or(v.span, |t| t.span);
+                self.push(
+                    Diagnostic::error(span, format!("unknown annotation `({other})`")).hint(hint),
+                );
+                None
+            }
+        }
+    }
+
+    fn tool(&mut self, node: &Node, tools: &mut Vec<Tool>) {
+        let usage = "tool NAME [NAME…]";
+        self.no_props(node, usage);
+        self.no_children(node, usage);
+        let args: Vec<&Value> = node.args().collect();
+        if args.is_empty() {
+            self.push(
+                Diagnostic::error(node.span, "`tool` needs a command name")
+                    .hint(format!("usage: {usage}")),
+            );
+        }
+        for v in args {
+            let Some(name) = self.string(v, "a tool name") else {
+                continue;
+            };
+            if name.trim().is_empty()
+                || name.contains(char::is_whitespace)
+                || (name.contains('/') && !name.starts_with('/'))
+            {
+                self.push(
+                    Diagnostic::error(v.span, format!("`{name}` is not a tool name"))
+                        .hint("name a command found on PATH (`python3`) or give an absolute path"),
+                );
+                continue;
+            }
+            if let Some(first) = tools.iter().find(|t| t.name == name) {
+                let first = first.span;
+                self.push(
+                    Diagnostic::error(v.span, format!("tool `{name}` is declared twice"))
+                        .related(first, "first declared here"),
+                );
+                continue;
+            }
+            tools.push(Tool { name, span: v.span });
+        }
+    }
+
+    fn env(&mut self, node: &Node, env: &mut Vec<EnvVar>) {
+        let usage = "env NAME \"value\"";
+        self.no_props(node, usage);
+        self.no_children(node, usage);
+        let Some(args) = self.args(node, 2, usage) else {
+            return;
+        };
+        let Some(name) = self.string(args[0], "an environment variable name") else {
+            return;
+        };
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            self.push(
+                Diagnostic::error(
+                    args[0].span,
+                    format!("`{name}` is not an environment variable name"),
+                )
+                .hint("use letters, digits and `_`, not starting with a digit"),
+            );
+            return;
+        }
+        if matches!(name.as_str(), "HOME" | "TMPDIR") {
+            self.push(
+                Diagnostic::error(args[0].span, format!("`{name}` is set by mustbuild"))
+                    .hint("each step gets its own HOME and TMPDIR inside its scratch folder"),
+            );
+            return;
+        }
+        let Some((value, _)) = self.scalar_text(args[1], "an environment value") else {
+            return;
+        };
+        if let Some(first) = env.iter().find(|e| e.name == name) {
+            let first = first.span;
+            self.push(
+                Diagnostic::error(args[0].span, format!("`{name}` is set twice"))
+                    .related(first, "first set here"),
+            );
+            return;
+        }
+        env.push(EnvVar {
+            name,
+            value,
+            span: args[0].span,
+        });
+    }
+
+    // ---- steps: first pass ---------------------------------------------------------------
+
+    fn step_draft<'n>(&mut self, node: &'n Node) -> Option<StepDraft<'n>> {
+        let usage = "step NAME { … }";
+        self.no_props(node, usage);
+        let args: Vec<&Value> = node.args().collect();
+        let Some(first) = args.first() else {
+            self.push(
+                Diagnostic::error(node.name.span, "a step needs a name")
+                    .hint(format!("usage: {usage}")),
+            );
+            return None;
+        };
+        let name = self.name(first, "step name")?;
+        if let Some(extra) = args.get(1) {
+            self.push(
+                Diagnostic::error(
+                    extra.full_span(),
+                    format!("unexpected argument to step `{}`", name.value),
+                )
+                .hint("a step's parts go inside its `{ … }` block"),
+            );
+        }
+        let mut d = StepDraft {
+            node,
+            name,
+            damaged: node.damaged,
+            foreach: Vec::new(),
+            ins: Vec::new(),
+            outs: Vec::new(),
+            log: None,
+            run: None,
+            resources: Resources::default(),
+            retry: 0,
+            env: Vec::new(),
+            tools: Vec::new(),
+        };
+        if node.children().is_none() && !node.damaged {
+            self.push(
+                Diagnostic::error(node.span, format!("step `{}` has no block", d.name.value))
+                    .hint("add its parts: step name { in …; out …; run \"…\" }"),
+            );
+            return Some(d);
+        }
+        let mut seen_resources = None;
+        let mut seen_retry = None;
+        let mut seen_log: Option<Span> = None;
+        let mut seen_run: Option<Span> = None;
+        for child in node.child_nodes() {
+            d.damaged |= child.damaged;
+            if child.damaged {
+                continue;
+            }
+            let once = |this: &mut Self, seen: &mut Option<Span>| -> bool {
+                if let Some(first) = *seen {
+                    this.push(
+                        Diagnostic::error(
+                            child.name.span,
+                            format!(
+                                "step `{}` has two `{}` lines",
+                                d.name.value, child.name.value
+                            ),
+                        )
+                        .related(first, "first here")
+                        .hint("keep one"),
+                    );
+                    return false;
+                }
+                *seen = Some(child.name.span);
+                true
+            };
+            match child.name.value.as_str() {
+                "foreach" => self.foreach(child, &mut d),
+                "in" => self.props_node(
+                    child,
+                    "in NAME=REFERENCE [NAME=REFERENCE…]",
+                    &mut |this, k, v| {
+                        if this.unique(
+                            &d.ins.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+                            k,
+                            "input",
+                            &d.name.value,
+                        ) {
+                            d.ins.push((k.clone(), v));
+                        }
+                    },
+                ),
+                "out" => self.props_node(
+                    child,
+                    "out NAME=\"path\" [NAME=(dir)\"path/\"…]",
+                    &mut |this, k, v| {
+                        let Some(kind) = this.path_kind(v) else {
+                            return;
+                        };
+                        if this.unique(
+                            &d.outs.iter().map(|(n, _, _)| n).collect::<Vec<_>>(),
+                            k,
+                            "output",
+                            &d.name.value,
+                        ) {
+                            let kind = match kind {
+                                PathKind::Any if v.as_str().is_some_and(|s| s.ends_with('/')) => {
+                                    PathKind::Dir
+                                }
+                                PathKind::Any => PathKind::File,
+                                k => k,
+                            };
+                            d.outs.push((k.clone(), v, kind));
+                        }
+                    },
+                ),
+                "log" => {
+                    if once(self, &mut seen_log) {
+                        self.no_props(child, "log \"path\"");
+                        self.no_children(child, "log \"path\"");
+                        if let Some(args) = self.args(child, 1, "log PATH") {
+                            d.log = Some(args[0]);
+                        }
+                    }
+                }
+                "run" => {
+                    if once(self, &mut seen_run) {
+                        let usage = "run \"command\"";
+                        self.no_props(child, usage);
+                        self.no_children(child, usage);
+                        if let Some(args) = self.args(child, 1, "run COMMAND") {
+                            d.run = Some(args[0]);
+                        }
+                    }
+                }
+                "resources" => {
+                    if once(self, &mut seen_resources) {
+                        self.resources(child, &mut d.resources);
+                    }
+                }
+                "retry" => {
+                    if once(self, &mut seen_retry) {
+                        let usage = "retry COUNT";
+                        self.no_props(child, usage);
+                        self.no_children(child, usage);
+                        if let Some(args) = self.args(child, 1, usage) {
+                            if let Some(n) = self.count(args[0], "retry count", 0) {
+                                if n > 100 {
+                                    self.push(Diagnostic::error(args[0].span, format!("retry {n} is more than 100")).hint("a step that fails that often needs fixing, not retrying"));
+                                }
+                                d.retry = n;
+                            }
+                        }
+                    }
+                }
+                "env" => self.env(child, &mut d.env),
+                "tool" => self.tool(child, &mut d.tools),
+                other => self.unknown_node(
+                    child,
+                    other,
+                    &STEP_LEVEL,
+                    &format!("in step `{}`", d.name.value),
+                ),
+            }
+        }
+        if d.run.is_none() && !d.damaged {
+            self.push(
+                Diagnostic::error(d.name.span, format!("step `{}` has no `run`", d.name.value))
+                    .hint("add the command it runs: run \"…\""),
+            );
+        }
+        Some(d)
+    }
+
+    /// Whether `k` is not already among `names`; reports the repeat.
+    fn unique(&mut self, names: &[&Str], k: &Str, what: &str, step: &str) -> bool {
+        match names.iter().find(|n| n.value == k.value) {
+            Some(first) => {
+                let first = first.span;
+                self.push(
+                    Diagnostic::error(
+                        k.span,
+                        format!("step `{step}` has two {what}s named `{}`", k.value),
+                    )
+                    .related(first, "first declared here"),
+                );
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// A node of `NAME=VALUE` properties (`in`, `out`).
+    fn props_node<'n>(
+        &mut self,
+        node: &'n Node,
+        usage: &str,
+        each: &mut dyn FnMut(&mut Self, &Str, &'n Value),
+    ) {
+        self.no_children(node, usage);
+        let mut any = false;
+        for e in node.entries.iter().filter(|e| !e.slashdash) {
+            match &e.key {
+                Some(k) => {
+                    any = true;
+                    if !is_valid_name(&k.value) {
+                        self.push(
+                            Diagnostic::error(k.span, format!("`{}` is not a valid name", k.value))
+                                .hint(NAME_RULE),
+                        );
+                        continue;
+                    }
+                    each(self, k, &e.value);
+                }
+                None => {
+                    let shown = self.sources.slice(e.value.full_span()).to_string();
+                    self.push(
+                        Diagnostic::error(
+                            e.value.full_span(),
+                            format!("`{}` needs a name for `{shown}`", node.name.value),
+                        )
+                        .hint(format!(
+                            "usage: {usage}; for example {} data={shown}",
+                            node.name.value
+                        )),
+                    );
+                    any = true;
+                }
+            }
+        }
+        if !any {
+            self.push(
+                Diagnostic::error(node.span, format!("`{}` declares nothing", node.name.value))
+                    .hint(format!("usage: {usage}")),
+            );
+        }
+    }
+
+    fn foreach<'n>(&mut self, node: &'n Node, d: &mut StepDraft<'n>) {
+        let usage = "foreach VAR \"value\"…  or  foreach VAR from=GLOB_INPUT";
+        self.no_children(node, usage);
+        let args: Vec<&Value> = node.args().collect();
+        let Some(first) = args.first() else {
+            self.push(
+                Diagnostic::error(node.span, "`foreach` needs a variable name")
+                    .hint(format!("usage: {usage}")),
+            );
+            return;
+        };
+        let Some(var) = self.name(first, "fan-out variable name") else {
+            return;
+        };
+        if RESERVED_VARS.contains(&var.value.as_str()) {
+            self.push(
+                Diagnostic::error(
+                    var.span,
+                    format!("`{}` cannot name a fan-out variable", var.value),
+                )
+                .hint(format!("{} are placeholders already", list(&RESERVED_VARS))),
+            );
+            return;
+        }
+        if let Some((first, _)) = d.foreach.iter().find(|(v, _)| v.value == var.value) {
+            let first = first.span;
+            self.push(
+                Diagnostic::error(
+                    var.span,
+                    format!("fan-out variable `{}` is declared twice", var.value),
+                )
+                .related(first, "first declared here"),
+            );
+            return;
+        }
+        let mut from = None;
+        for (k, v) in node.props() {
+            if k.value == "from" && from.is_none() {
+                from = Some(v);
+            } else {
+                let hint =
+                    did_you_mean(&k.value, ["from"]).unwrap_or_else(|| format!("usage: {usage}"));
+                self.push(
+                    Diagnostic::error(
+                        k.span,
+                        format!("unknown property `{}` of `foreach`", k.value),
+                    )
+                    .hint(hint),
+                );
+                return;
+            }
+        }
+        let values = &args[1..];
+        let domain = match from {
+            Some(f) => {
+                if let Some(v) = values.first() {
+                    self.push(
+                        Diagnostic::error(
+                            v.full_span(),
+                            "`foreach` takes values or `from=`, not both",
+                        )
+                        .hint(format!("usage: {usage}")),
+                    );
+                    return;
+                }
+                DomainDraft::From(f)
+            }
+            None => {
+                if values.is_empty() {
+                    self.push(
+                        Diagnostic::error(node.span, format!("`foreach {}` has nothing to range over", var.value))
+                            .label("an empty list makes no derivation")
+                            .hint(format!("list values (foreach {} \"a\" \"b\") or a glob input (foreach {} from=INPUT)", var.value, var.value)),
+                    );
+                    return;
+                }
+                let mut out: Vec<String> = Vec::with_capacity(values.len());
+                for v in values {
+                    let Some((text, _)) = self.scalar_text(v, "a fan-out value") else {
+                        continue;
+                    };
+                    if out.contains(&text) {
+                        self.push(
+                            Diagnostic::error(v.span, format!("value `{text}` is listed twice"))
+                                .hint("each value makes one derivation; list it once"),
+                        );
+                        continue;
+                    }
+                    if text.is_empty() {
+                        self.push(Diagnostic::error(v.span, "a fan-out value is empty"));
+                        continue;
+                    }
+                    out.push(text);
+                }
+                DomainDraft::Values(out)
+            }
+        };
+        d.foreach.push((var, domain));
+    }
+
+    fn resources(&mut self, node: &Node, r: &mut Resources) {
+        let usage = "resources cpus=4 memory=\"8GiB\" gpus=1 time=\"2h\" disk=\"20GiB\"";
+        self.no_children(node, usage);
+        for v in node.args() {
+            self.push(
+                Diagnostic::error(v.full_span(), "`resources` takes properties, not arguments")
+                    .hint(format!("usage: {usage}")),
+            );
+        }
+        let mut seen: Vec<&str> = Vec::new();
+        for (k, v) in node.props() {
+            if let Some(dup) = seen.iter().find(|s| **s == k.value) {
+                self.push(Diagnostic::error(k.span, format!("`{dup}` is given twice")));
+                continue;
+            }
+            seen.push(&k.value);
+            self.no_annotation(v, "a resource");
+            match k.value.as_str() {
+                "cpus" => {
+                    if let Some(n) = self.count(v, "cpus", 1) {
+                        r.cpus = n;
+                    }
+                }
+                "gpus" => {
+                    if let Some(n) = self.count(v, "gpus", 0) {
+                        r.gpus = n;
+                    }
+                }
+                "memory" | "disk" => {
+                    if let Some(b) = self.unit_value(v, &k.value, units::parse_size) {
+                        if k.value == "memory" {
+                            r.memory_bytes = Some(b)
+                        } else {
+                            r.disk_bytes = Some(b)
+                        }
+                    }
+                }
+                "time" => {
+                    if let Some(s) = self.unit_value(v, "time", units::parse_duration) {
+                        r.time_seconds = Some(s);
+                    }
+                }
+                other => {
+                    let hint = did_you_mean(other, RESOURCES)
+                        .unwrap_or_else(|| format!("the resources are {}", list(&RESOURCES)));
+                    self.push(
+                        Diagnostic::error(k.span, format!("unknown resource `{other}`")).hint(hint),
+                    );
+                }
+            }
+        }
+    }
+
+    fn unit_value(
+        &mut self,
+        v: &Value,
+        what: &str,
+        parse: fn(&str) -> Result<u64, units::UnitError>,
+    ) -> Option<u64> {
+        let text = match &v.lit {
+            Literal::String(s) => s.clone(),
+            other => {
+                let raw = self.sources.slice(v.span).to_string();
+                let (_, hint) = parse("").err().unwrap_or_default();
+                self.push(
+                    Diagnostic::error(
+                        v.span,
+                        format!(
+                            "{what} must be a string with a unit, not {}",
+                            other.kind_name()
+                        ),
+                    )
+                    .hint(format!("{hint}; `{raw}` alone says too little")),
+                );
+                return None;
+            }
+        };
+        match parse(&text) {
+            Ok(n) => Some(n),
+            Err((message, hint)) => {
+                self.push(
+                    Diagnostic::error(v.span, format!("invalid {what}: {message}")).hint(hint),
+                );
+                None
+            }
+        }
+    }
+
+    // ---- steps: second pass --------------------------------------------------------------
+
+    fn resolve_step(&mut self, drafts: &[StepDraft<'_>], index: usize) -> Option<Step> {
+        let d = &drafts[index];
+        let mut ok = !d.damaged;
+        let mut foreach = Vec::with_capacity(d.foreach.len());
+        for (var, dom) in &d.foreach {
+            let domain = match dom {
+                DomainDraft::Values(v) => Domain::Values(v.clone()),
+                DomainDraft::From(v) => match self.glob_input(v) {
+                    Some(id) => Domain::Files(id),
+                    None => {
+                        ok = false;
+                        continue;
+                    }
+                },
+            };
+            foreach.push(FanOut {
+                var: var.value.clone(),
+                domain,
+                span: var.span,
+            });
+        }
+        if foreach.len() != d.foreach.len() {
+            // Placeholders naming a variable that failed would give false errors.
+            return None;
+        }
+        let scope = Scope {
+            d,
+            foreach: &foreach,
+        };
+        let mut inputs = Vec::with_capacity(d.ins.len());
+        let mut deps = Vec::new();
+        for (name, v) in &d.ins {
+            match self.reference(drafts, &scope, v) {
+                Some(source) => {
+                    if let InputRef::Output { step, .. } = source {
+                        deps.push(step);
+                    }
+                    inputs.push(StepInput {
+                        name: name.value.clone(),
+                        source,
+                        span: name.span,
+                    });
+                }
+                None => ok = false,
+            }
+        }
+        let mut outputs = Vec::with_capacity(d.outs.len());
+        for (name, v, kind) in &d.outs {
+            let what = format!("output `{}`", name.value);
+            match self.template(v, &scope, Context::Path, &what) {
+                Some(path) => {
+                    ok &= self.output_path_ok(&path, v, &scope, &what);
+                    outputs.push(StepOutput {
+                        name: name.value.clone(),
+                        path,
+                        kind: *kind,
+                        span: name.span,
+                    });
+                }
+                None => ok = false,
+            }
+        }
+        let log = match d.log {
+            Some(v) => match self.template(v, &scope, Context::Path, "the log path") {
+                Some(t) => {
+                    ok &= self.output_path_ok(&t, v, &scope, "the log");
+                    Some(t)
+                }
+                None => {
+                    ok = false;
+                    None
+                }
+            },
+            None => None,
+        };
+        let run = match d.run {
+            Some(v) => {
+                let t = self.template(v, &scope, Context::Command, "the command");
+                if let Some(t) = &t {
+                    if t.text.trim().is_empty() {
+                        self.push(
+                            Diagnostic::error(
+                                v.span,
+                                format!("the command of step `{}` is empty", d.name.value),
+                            )
+                            .hint("write the shell command the step runs"),
+                        );
+                        ok = false;
+                    }
+                }
+                t
+            }
+            None => None,
+        };
+        deps.sort_unstable();
+        deps.dedup();
+        let run = run?;
+        ok.then(|| Step {
+            name: d.name.value.clone(),
+            foreach,
+            inputs,
+            outputs,
+            log,
+            run,
+            resources: d.resources.clone(),
+            retry: d.retry,
+            env: d.env.clone(),
+            tools: d.tools.clone(),
+            deps,
+            span: d.node.span,
+            name_span: d.name.span,
+        })
+    }
+
+    fn glob_input(&mut self, v: &Value) -> Option<InputId> {
+        let name = self.string(v, "`from=`")?;
+        match self.input_names.get(&name).copied() {
+            Some(id) => {
+                self.used_inputs[id.index()] = true;
+                match &self.inputs[id.index()].source {
+                    InputSource::Glob { .. } => Some(id),
+                    InputSource::Path { .. } => {
+                        let decl = self.inputs[id.index()].span;
+                        self.push(
+                            Diagnostic::error(
+                                v.span,
+                                format!("input `{name}` is one path, not a glob"),
+                            )
+                            .related(decl, "declared here")
+                            .hint(format!(
+                                "fan out over a glob input: input {name} glob=\"dir/*.ext\""
+                            )),
+                        );
+                        None
+                    }
+                }
+            }
+            None => {
+                let hint = did_you_mean(&name, self.input_names.keys().map(String::as_str))
+                    .unwrap_or_else(|| {
+                        "`from=` names a glob input: input NAME glob=\"dir/*.ext\"".to_string()
+                    });
+                self.push(Diagnostic::error(v.span, format!("unknown input `{name}`")).hint(hint));
+                None
+            }
+        }
+    }
+
+    /// What an `in NAME=…` value refers to.
+    fn reference(
+        &mut self,
+        drafts: &[StepDraft<'_>],
+        scope: &Scope<'_, '_>,
+        v: &Value,
+    ) -> Option<InputRef> {
+        let kind = self.path_kind(v)?;
+        if v.ty.is_some() {
+            let path = self.template(v, scope, Context::Path, "a literal input path")?;
+            if path.text.trim().is_empty() {
+                self.push(Diagnostic::error(v.span, "the path is empty"));
+                return None;
+            }
+            for part in &path.parts {
+                if let Part::Param(p) = part {
+                    self.used_params[p.index()] = true;
+                }
+            }
+            return Some(InputRef::Path { path, kind });
+        }
+        let text = self.string(v, "a reference")?;
+        let step_here = &scope.d.name.value;
+        if let Some((head, field)) = text.split_once('.') {
+            let Some(&target) = self.step_names.get(head) else {
+                let mut hint = did_you_mean(head, self.step_names.keys().map(String::as_str));
+                if hint.is_none() && (text.contains('/') || self.input_names.contains_key(head)) {
+                    hint = Some(format!(
+                        "for a file in the pipeline folder write (file)\"{text}\""
+                    ));
+                }
+                let d = Diagnostic::error(v.span, format!("unknown step `{head}`"))
+                    .maybe_hint(hint.or_else(|| {
+                    Some(format!(
+                        "`{text}` reads as STEP.OUTPUT; for a literal file write (file)\"{text}\""
+                    ))
+                }));
+                self.push(d);
+                return None;
+            };
+            let up = &drafts[target as usize];
+            if up.damaged {
+                return None;
+            }
+            match up.outs.iter().position(|(n, _, _)| n.value == field) {
+                Some(output) => {
+                    self.check_shared_vars(scope, up, v);
+                    Some(InputRef::Output {
+                        step: StepId(target),
+                        output,
+                    })
+                }
+                None => {
+                    let names: Vec<&str> =
+                        up.outs.iter().map(|(n, _, _)| n.value.as_str()).collect();
+                    let hint = did_you_mean(field, names.iter().copied()).unwrap_or_else(|| {
+                        format!(
+                            "step `{head}` has {}",
+                            if names.is_empty() {
+                                "no outputs".to_string()
+                            } else {
+                                format!("outputs {}", list(&names))
+                            }
+                        )
+                    });
+                    self.push(
+                        Diagnostic::error(v.span, format!("step `{head}` has no output `{field}`"))
+                            .related(up.name.span, "step declared here")
+                            .hint(hint),
+                    );
+                    None
+                }
+            }
+        } else if let Some(var) = scope.foreach.iter().position(|f| f.var == text) {
+            match scope.foreach[var].domain {
+                Domain::Files(_) => Some(InputRef::Var(var)),
+                Domain::Values(_) => {
+                    self.push(
+                        Diagnostic::error(v.span, format!("`{text}` ranges over values, not files"))
+                            .hint(format!("to read a file per value, write a literal path: (file)\"data/{{{text}}}.csv\"")),
+                    );
+                    None
+                }
+            }
+        } else if let Some(&id) = self.input_names.get(&text) {
+            self.used_inputs[id.index()] = true;
+            Some(InputRef::Input(id))
+        } else if let Some(&target) = self.step_names.get(&text) {
+            let up = &drafts[target as usize];
+            let names: Vec<&str> = up.outs.iter().map(|(n, _, _)| n.value.as_str()).collect();
+            let hint = match names.as_slice() {
+                [one] => format!("write `{text}.{one}`"),
+                [] => format!("step `{text}` has no outputs"),
+                many => format!(
+                    "name one of its outputs: {}",
+                    many.iter()
+                        .map(|o| format!("`{text}.{o}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            self.push(
+                Diagnostic::error(
+                    v.span,
+                    format!("`{text}` is a step; name which output of it"),
+                )
+                .hint(hint),
+            );
+            None
+        } else {
+            let candidates = self
+                .input_names
+                .keys()
+                .map(String::as_str)
+                .chain(scope.foreach.iter().map(|f| f.var.as_str()))
+                .chain(self.step_names.keys().map(String::as_str));
+            let hint = did_you_mean(&text, candidates).or_else(|| {
+                Some(if text.contains('/') || text.contains('.') {
+                    format!("for a file in the pipeline folder write (file)\"{text}\"")
+                } else {
+                    "a reference names an `input`, a fan-out variable over files, or STEP.OUTPUT"
+                        .to_string()
+                })
+            });
+            self.push(
+                Diagnostic::error(
+                    v.span,
+                    format!("`{text}` names nothing in step `{step_here}`"),
+                )
+                .maybe_hint(hint),
+            );
+            None
+        }
+    }
+
+    /// Shared fan-out variables pick the matching upstream instance: their values must agree.
+    fn check_shared_vars(&mut self, scope: &Scope<'_, '_>, up: &StepDraft<'_>, at: &Value) {
+        for (mine, dom) in scope.foreach.iter().map(|f| (f, &f.domain)) {
+            let Some((_, theirs)) = up.foreach.iter().find(|(v, _)| v.value == mine.var) else {
+                continue;
+            };
+            match (dom, theirs) {
+                (Domain::Values(a), DomainDraft::Values(b)) => {
+                    if let Some(missing) = a.iter().find(|x| !b.contains(x)) {
+                        self.push(
+                            Diagnostic::error(at.span, format!("step `{}` has no instance with {}=\"{missing}\"", up.name.value, mine.var))
+                                .related(mine.span, format!("`{}` takes \"{missing}\" here", mine.var))
+                                .hint(format!("a shared fan-out variable picks the upstream instance with the same value; add \"{missing}\" to `{}` there, or rename the variable here", mine.var)),
+                        );
+                    }
+                }
+                (Domain::Files(a), DomainDraft::From(b)) => {
+                    let same = b
+                        .as_str()
+                        .and_then(|n| self.input_names.get(n))
+                        .is_some_and(|id| id == a);
+                    if !same {
+                        self.push(
+                            Diagnostic::error(at.span, format!("`{}` ranges over different inputs here and in step `{}`", mine.var, up.name.value))
+                                .hint("a shared fan-out variable must range over the same glob input in both steps"),
+                        );
+                    }
+                }
+                _ => {
+                    self.push(
+                        Diagnostic::error(at.span, format!("`{}` ranges over values in one step and over files in step `{}`", mine.var, up.name.value))
+                            .related(mine.span, "declared here")
+                            .hint("a shared fan-out variable must range over the same kind of thing; rename one of them"),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Output and log paths: relative, inside the pipeline folder, one per instance.
+    fn output_path_ok(
+        &mut self,
+        t: &Template,
+        v: &Value,
+        scope: &Scope<'_, '_>,
+        what: &str,
+    ) -> bool {
+        if let Err(problem) = checks::literal_path_problem(&t.text) {
+            self.push(Diagnostic::error(v.span, format!("{what} {problem}")).hint("outputs are written inside the pipeline folder: use a relative path such as \"results/x.csv\""));
+            return false;
+        }
+        let used: Vec<usize> = t.vars().collect();
+        let missing: Vec<&str> = scope
+            .foreach
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !used.contains(i))
+            .map(|(_, f)| f.var.as_str())
+            .collect();
+        if let Some(first) = missing.first() {
+            self.push(
+                Diagnostic::error(
+                    v.span,
+                    format!("{what} is the same path for every value of `{first}`"),
+                )
+                .label("every instance would write here")
+                .hint(format!(
+                    "put {{{first}}} in the path, e.g. \"results/{{{first}}}.txt\""
+                )),
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Parses placeholders and resolves them for a context.
+    fn template(
+        &mut self,
+        v: &Value,
+        scope: &Scope<'_, '_>,
+        cx: Context,
+        what: &str,
+    ) -> Option<Template> {
+        let text = self.string(v, what)?;
+        if !matches!(cx, Context::Command) || v.ty.is_some() {
+            // `path_kind` already reported a bad annotation on paths.
+        }
+        if matches!(cx, Context::Command) {
+            self.no_annotation(v, "the command");
+        }
+        let mut parts = Vec::new();
+        let mut ok = true;
+        for piece in template::scan(&text) {
+            match piece {
+                Piece::Text(t) => parts.push(Part::Text(t)),
+                Piece::Placeholder { head, field, range } => {
+                    let span = self.sub_span(v, &text, range.clone());
+                    match self.placeholder(head, field, scope, cx, what, span) {
+                        Some(p) => parts.push(p),
+                        None => ok = false,
+                    }
+                }
+            }
+        }
+        ok.then_some(Template {
+            text,
+            parts,
+            span: v.span,
+        })
+    }
+
+    fn placeholder(
+        &mut self,
+        head: &str,
+        field: Option<&str>,
+        scope: &Scope<'_, '_>,
+        cx: Context,
+        what: &str,
+        span: Span,
+    ) -> Option<Part> {
+        let shown = match field {
+            Some(f) => format!("{{{head}.{f}}}"),
+            None => format!("{{{head}}}"),
+        };
+        let io_only = |this: &mut Self| {
+            this.push(
+                Diagnostic::error(span, format!("`{shown}` cannot be used in {what}"))
+                    .hint("paths may use {param.NAME} and fan-out variables; {in.…}, {out.…}, {cpus} and {log} belong in `run`"),
+            );
+        };
+        let step = &scope.d;
+        match (head, field) {
+            ("in", Some(f)) | ("out", Some(f)) => {
+                if cx != Context::Command {
+                    io_only(self);
+                    return None;
+                }
+                let names: Vec<&str> = if head == "in" {
+                    step.ins.iter().map(|(n, _)| n.value.as_str()).collect()
+                } else {
+                    step.outs.iter().map(|(n, _, _)| n.value.as_str()).collect()
+                };
+                match names.iter().position(|n| *n == f) {
+                    Some(i) => Some(if head == "in" {
+                        Part::In(i)
+                    } else {
+                        Part::Out(i)
+                    }),
+                    None => {
+                        let kind = if head == "in" { "input" } else { "output" };
+                        let hint = did_you_mean(f, names.iter().copied()).unwrap_or_else(|| {
+                            if names.is_empty() {
+                                format!(
+                                    "step `{}` declares no {kind}s; add `{head} {f}=…`",
+                                    step.name.value
+                                )
+                            } else {
+                                format!("its {kind}s are {}", list(&names))
+                            }
+                        });
+                        self.push(
+                            Diagnostic::error(
+                                span,
+                                format!("step `{}` has no {kind} `{f}`", step.name.value),
+                            )
+                            .hint(hint),
+                        );
+                        None
+                    }
+                }
+            }
+            ("param", Some(f)) => match self.param_names.get(f).copied() {
+                Some(id) => {
+                    self.used_params[id.index()] = true;
+                    Some(Part::Param(id))
+                }
+                None => {
+                    let hint = did_you_mean(f, self.param_names.keys().map(String::as_str))
+                        .unwrap_or_else(|| format!("declare it: param {f} VALUE"));
+                    self.push(Diagnostic::error(span, format!("unknown param `{f}`")).hint(hint));
+                    None
+                }
+            },
+            ("in" | "out" | "param", None) => {
+                self.push(
+                    Diagnostic::error(span, format!("`{shown}` needs a name"))
+                        .hint(format!("write {{{head}.NAME}}")),
+                );
+                None
+            }
+            ("cpus", None) | ("log", None) => {
+                if cx != Context::Command {
+                    io_only(self);
+                    return None;
+                }
+                if head == "log" && step.log.is_none() {
+                    self.push(
+                        Diagnostic::error(
+                            span,
+                            format!("step `{}` declares no log", step.name.value),
+                        )
+                        .hint("declare one: log \"logs/name.log\""),
+                    );
+                    return None;
+                }
+                Some(if head == "cpus" {
+                    Part::Cpus
+                } else {
+                    Part::Log
+                })
+            }
+            _ => {
+                if let Some(var) = scope.foreach.iter().position(|f| f.var == head) {
+                    let fan = &scope.foreach[var];
+                    let Some(f) = field else {
+                        return Some(Part::Var {
+                            var,
+                            field: VarField::Value,
+                        });
+                    };
+                    return match (
+                        &fan.domain,
+                        VarField::FILE_FIELDS.iter().find(|(n, _)| *n == f),
+                    ) {
+                        (Domain::Files(_), Some((_, field))) => {
+                            Some(Part::Var { var, field: *field })
+                        }
+                        (Domain::Files(_), None) => {
+                            let fields: Vec<&str> =
+                                VarField::FILE_FIELDS.iter().map(|(n, _)| *n).collect();
+                            let hint =
+                                did_you_mean(f, fields.iter().copied()).unwrap_or_else(|| {
+                                    format!("the parts of a file are {}", list(&fields))
+                                });
+                            self.push(
+                                Diagnostic::error(span, format!("unknown part `.{f}` of `{head}`"))
+                                    .hint(hint),
+                            );
+                            None
+                        }
+                        (Domain::Values(_), _) => {
+                            self.push(
+                                Diagnostic::error(
+                                    span,
+                                    format!("`{head}` ranges over values; `.{f}` applies to files"),
+                                )
+                                .hint(format!("write {{{head}}}")),
+                            );
+                            None
+                        }
+                    };
+                }
+                let mut candidates: Vec<String> =
+                    scope.foreach.iter().map(|f| f.var.clone()).collect();
+                if cx == Context::Command {
+                    candidates.push("cpus".into());
+                    candidates.extend(step.ins.iter().map(|(n, _)| format!("in.{}", n.value)));
+                    candidates.extend(step.outs.iter().map(|(n, _, _)| format!("out.{}", n.value)));
+                }
+                candidates.extend(self.param_names.keys().map(|p| format!("param.{p}")));
+                let wanted = shown.trim_matches(|c| c == '{' || c == '}');
+                let mut hint = match did_you_mean(wanted, candidates.iter().map(String::as_str)) {
+                    Some(h) => h.replacen('`', "`{", 1).replacen("`?", "}`?", 1),
+                    None => String::new(),
+                };
+                if !hint.is_empty() {
+                    hint.push(' ');
+                }
+                hint.push_str(&format!(
+                    "to keep the braces for the shell, double them: {{{shown}}}"
+                ));
+                self.push(
+                    Diagnostic::error(span, format!("placeholder `{shown}` names nothing"))
+                        .hint(hint),
+                );
+                None
+            }
+        }
+    }
+
+    /// The source span of `range` within a string value's decoded text, when the
+    /// source spells it verbatim; else the whole value.
+    fn sub_span(&self, v: &Value, decoded: &str, range: std::ops::Range<usize>) -> Span {
+        let src = self.sources.slice(v.span);
+        let hashes = src.bytes().take_while(|&b| b == b'#').count();
+        let open = hashes + 1;
+        if src.len() >= open * 2 && !src[hashes..].starts_with("\"\"\"") {
+            let inner = &src[open..src.len() - open];
+            if inner == decoded {
+                let start = v.span.start as usize + open;
+                return Span::new(v.span.file, start + range.start, start + range.end);
+            }
+        } else if src == decoded {
+            return Span::new(
+                v.span.file,
+                v.span.start as usize + range.start,
+                v.span.start as usize + range.end,
+            );
+        }
+        v.span
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Context {
+    /// `run`: everything may be used.
+    Command,
+    /// Output, log and literal input paths: params and fan-out variables only.
+    Path,
+}
+
+struct Scope<'s, 'n> {
+    d: &'s StepDraft<'n>,
+    foreach: &'s [FanOut],
+}

@@ -1,0 +1,60 @@
+//! KDL text to syntax tree, and back (the formatter).
+
+pub mod ast;
+pub mod format;
+pub mod parser;
+
+use crate::diagnostic::Diagnostic;
+use crate::source::FileId;
+
+/// The result of reading one file's text.
+#[derive(Debug)]
+pub struct Parsed {
+    pub doc: ast::Document,
+    pub errors: Vec<Diagnostic>,
+    /// The text the tree's spans point into: the file's own text, or, for a KDL v1
+    /// file, its v2 translation (which keeps lines and comments where they were).
+    pub text: String,
+    pub was_v1: bool,
+}
+
+/// Parses KDL 2.0; when that fails and the text reads as KDL 1.0, parses its v2
+/// translation instead.
+pub fn parse_any(file: FileId, text: String) -> Parsed {
+    let out = parser::parse(file, &text);
+    if out.errors.is_empty() || out.gave_up {
+        return Parsed {
+            doc: out.doc,
+            errors: out.errors,
+            text,
+            was_v1: false,
+        };
+    }
+    if let Some(v2) = v1_to_v2(&text) {
+        let again = parser::parse(file, &v2);
+        if again.errors.is_empty() {
+            return Parsed {
+                doc: again.doc,
+                errors: Vec::new(),
+                text: v2,
+                was_v1: true,
+            };
+        }
+    }
+    Parsed {
+        doc: out.doc,
+        errors: out.errors,
+        text,
+        was_v1: false,
+    }
+}
+
+/// KDL v1 text rewritten as v2 by the `kdl` crate, for files small and tame
+/// enough for its recursive parser.
+fn v1_to_v2(text: &str) -> Option<String> {
+    const MAX_V1_BYTES: usize = 1 << 20;
+    if text.len() > MAX_V1_BYTES || text.matches("/*").count() > 1000 {
+        return None;
+    }
+    kdl::KdlDocument::v1_to_v2(text).ok()
+}

@@ -1,0 +1,272 @@
+//! The `mustbuild` command line: arguments, wiring, rendering of errors, exit
+//! codes. Everything else lives in the library crates.
+
+mod render;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use mustbuild_lang::graph::GraphFormat;
+use mustbuild_lang::{Diagnostic, Diagnostics, Loaded, RealFiles};
+use render::{Renderer, count_summary, to_json};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Exit codes, stable for scripts.
+mod exit {
+    /// Everything is fine.
+    pub const OK: u8 = 0;
+    /// The pipeline has problems (or `fmt --check` found unformatted files).
+    pub const INVALID: u8 = 1;
+    // 2: the command line itself is wrong (clap's own code).
+    /// Something outside the pipeline failed: a file could not be written.
+    pub const ENVIRONMENT: u8 = 3;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "mustbuild",
+    version,
+    about = "A content-addressed workflow engine for scientific data pipelines",
+    after_help = "Exit codes: 0 success, 1 problems in the pipeline, 2 bad command line, 3 environment \
+                  (a file could not be written), 101 a bug in mustbuild."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a pipeline: syntax, names, references, cycles, paths, resources.
+    ///
+    /// Every problem is reported at once, each with file:line:column, the source
+    /// underlined and a hint.
+    #[command(
+        after_help = "Examples:\n  mustbuild check pipeline.kdl\n  mustbuild check pipeline.kdl --json | jq '.diagnostics[].message'"
+    )]
+    Check {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// Print the result as JSON on stdout (diagnostics with file, line, column,
+        /// severity, message, hint).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the step graph (fan-out collapsed, with instance counts).
+    #[command(
+        after_help = "Examples:\n  mustbuild graph pipeline.kdl | dot -Tsvg > graph.svg\n  mustbuild graph pipeline.kdl --format mermaid"
+    )]
+    Graph {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Dot)]
+        format: Format,
+    },
+    /// Format pipeline files canonically, keeping comments.
+    ///
+    /// Rewrites the files in place (KDL 1.0 files become KDL 2.0); `-` formats
+    /// standard input to standard output.
+    #[command(
+        after_help = "Examples:\n  mustbuild fmt pipeline.kdl\n  mustbuild fmt --check pipeline.kdl rules/*.kdl"
+    )]
+    Fmt {
+        /// Files to format.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Change nothing; exit 1 if a file is not formatted.
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Dot,
+    Mermaid,
+}
+
+fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!(
+            "internal error: mustbuild crashed; this is a bug, please report it with the command you ran.\n{info}"
+        );
+    }));
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Check { pipeline, json } => check(&pipeline, json),
+        Command::Graph { pipeline, format } => graph(&pipeline, format),
+        Command::Fmt { files, check } => fmt(&files, check),
+    };
+    ExitCode::from(code)
+}
+
+/// Loads a pipeline and matches it against the file system; diagnostics of both, sorted.
+fn load_and_expand(path: &Path) -> (Loaded, Option<mustbuild_lang::Expansion>, Vec<Diagnostic>) {
+    let mut loaded = mustbuild_lang::load(path);
+    let mut diags = std::mem::take(&mut loaded.diagnostics);
+    let expansion = loaded.workflow.as_ref().map(|wf| {
+        let mut more = Diagnostics::default();
+        let e = mustbuild_lang::expand(wf, &RealFiles, &mut more);
+        diags.extend(more.into_sorted());
+        e
+    });
+    diags.sort_by_key(|d| (d.span.map(|s| (s.file, s.start, s.end)), d.severity));
+    (loaded, expansion, diags)
+}
+
+fn print_diagnostics(loaded: &Loaded, diags: &[Diagnostic]) {
+    let mut r = Renderer::new(&loaded.sources);
+    let mut err = std::io::stderr().lock();
+    for d in diags {
+        let _ = write!(err, "{}", r.render(d));
+    }
+}
+
+fn check(path: &Path, json: bool) -> u8 {
+    let (loaded, expansion, diags) = load_and_expand(path);
+    let ok = !diags.iter().any(Diagnostic::is_error);
+    let counts = loaded
+        .workflow
+        .as_ref()
+        .zip(expansion.as_ref())
+        .filter(|_| ok);
+    if json {
+        let out = serde_json::json!({
+            "ok": ok,
+            "file": path.display().to_string(),
+            "steps": counts.map(|(wf, _)| wf.steps.len()),
+            "derivations": counts.map(|(_, e)| e.derivations),
+            "edges": counts.map(|(_, e)| e.edges),
+            "diagnostics": diags.iter().map(|d| to_json(d, &loaded.sources)).collect::<Vec<_>>(),
+        });
+        println!("{out}");
+    } else {
+        print_diagnostics(&loaded, &diags);
+        match counts {
+            Some((wf, e)) => {
+                let warnings = if diags.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", count_summary(&diags))
+                };
+                println!(
+                    "{}: ok: pipeline `{}`, {} steps, {} derivations, {} edges{warnings}",
+                    path.display(),
+                    wf.name,
+                    wf.steps.len(),
+                    e.derivations,
+                    e.edges
+                );
+            }
+            None => eprintln!("{}: {}", path.display(), count_summary(&diags)),
+        }
+    }
+    if ok { exit::OK } else { exit::INVALID }
+}
+
+fn graph(path: &Path, format: Format) -> u8 {
+    let (loaded, expansion, diags) = load_and_expand(path);
+    print_diagnostics(&loaded, &diags);
+    let (Some(wf), Some(e)) = (&loaded.workflow, &expansion) else {
+        eprintln!("{}: {}", path.display(), count_summary(&diags));
+        return exit::INVALID;
+    };
+    if diags.iter().any(Diagnostic::is_error) {
+        eprintln!("{}: {}", path.display(), count_summary(&diags));
+        return exit::INVALID;
+    }
+    let format = match format {
+        Format::Dot => GraphFormat::Dot,
+        Format::Mermaid => GraphFormat::Mermaid,
+    };
+    print!(
+        "{}",
+        mustbuild_lang::graph::render(wf, &e.instances, format)
+    );
+    exit::OK
+}
+
+fn fmt(paths: &[PathBuf], check: bool) -> u8 {
+    let mut code = exit::OK;
+    for path in paths {
+        if path == Path::new("-") {
+            let mut text = String::new();
+            if let Err(e) = std::io::stdin().read_to_string(&mut text) {
+                eprintln!("error: cannot read standard input: {e}");
+                return exit::ENVIRONMENT;
+            }
+            match mustbuild_lang::format_source(&text) {
+                Some(out) => print!("{out}"),
+                None => {
+                    let mut files = mustbuild_lang::MemoryFiles::new();
+                    files.insert("<stdin>", text);
+                    let f = mustbuild_lang::format_file(&files, Path::new("<stdin>"));
+                    print_fmt_errors(&f);
+                    code = code.max(exit::INVALID);
+                }
+            }
+            continue;
+        }
+        let f = mustbuild_lang::format_file(&RealFiles, path);
+        let Some(formatted) = &f.formatted else {
+            print_fmt_errors(&f);
+            code = code.max(exit::INVALID);
+            continue;
+        };
+        if *formatted == f.original {
+            continue;
+        }
+        if check {
+            eprintln!(
+                "{}: not formatted (run `mustbuild fmt {}`)",
+                path.display(),
+                path.display()
+            );
+            code = code.max(exit::INVALID);
+        } else if let Err(e) = write_atomically(path, formatted) {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            code = exit::ENVIRONMENT;
+        } else {
+            eprintln!("formatted {}", path.display());
+        }
+    }
+    code
+}
+
+fn print_fmt_errors(f: &mustbuild_lang::Formatted) {
+    let mut r = Renderer::new(&f.sources);
+    for d in &f.diagnostics {
+        eprint!("{}", r.render(d));
+    }
+    if let Some(file) = f.sources.files().next() {
+        eprintln!(
+            "{}: not formatted: {}",
+            file.1.path.display(),
+            count_summary(&f.diagnostics)
+        );
+    }
+}
+
+/// Replaces a file's content so that a crash leaves either the old or the new text.
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.mustbuild-fmt.{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.set_permissions(std::fs::metadata(path)?.permissions())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
