@@ -6,7 +6,7 @@ mod render;
 use clap::{Parser, Subcommand, ValueEnum};
 use mustbuild_lang::graph::GraphFormat;
 use mustbuild_lang::{Diagnostic, Diagnostics, Loaded, RealFiles};
-use render::{Renderer, count_summary, to_json};
+use render::{Renderer, count_summary, plural, to_json};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -150,12 +150,12 @@ fn check(path: &Path, json: bool) -> u8 {
                     format!(" ({})", count_summary(&diags))
                 };
                 println!(
-                    "{}: ok: pipeline `{}`, {} steps, {} derivations, {} edges{warnings}",
+                    "{}: ok: pipeline `{}`, {}, {}, {}{warnings}",
                     path.display(),
                     wf.name,
-                    wf.steps.len(),
-                    e.derivations,
-                    e.edges
+                    plural(wf.steps.len(), "step"),
+                    plural(e.derivations, "derivation"),
+                    plural(e.edges, "edge"),
                 );
             }
             None => eprintln!("{}: {}", path.display(), count_summary(&diags)),

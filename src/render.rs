@@ -227,10 +227,14 @@ pub fn to_json(d: &Diagnostic, sources: &SourceMap) -> JsonDiagnostic {
 pub fn count_summary(diags: &[Diagnostic]) -> String {
     let errors = diags.iter().filter(|d| d.is_error()).count();
     let warnings = diags.len() - errors;
-    let plural = |n: usize, w: &str| format!("{n} {w}{}", if n == 1 { "" } else { "s" });
     match (errors, warnings) {
         (0, w) => plural(w, "warning"),
         (e, 0) => plural(e, "error"),
         (e, w) => format!("{} and {}", plural(e, "error"), plural(w, "warning")),
     }
+}
+
+/// "1 step", "2 steps".
+pub fn plural(n: usize, word: &str) -> String {
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
 }

@@ -72,7 +72,9 @@ pub(crate) fn lower(
             other => cx.unknown_node(node, other, &TOP_LEVEL, "at the top of a pipeline"),
         }
     }
-    if name.is_none() && !nodes.iter().any(|n| n.name.value == "pipeline") {
+    // A file with syntax errors may well have lost its `pipeline` line to them.
+    let main_damaged = nodes.iter().any(|n| n.damaged) || cx.diags.has_errors();
+    if name.is_none() && !nodes.iter().any(|n| n.name.value == "pipeline") && !main_damaged {
         cx.diags.push(
             Diagnostic::error(Span::new(main, 0, 0), "the pipeline has no name")
                 .hint("start the file with `pipeline \"my-analysis\"`"),
@@ -1435,15 +1437,15 @@ impl<'a> Lower<'a> {
             .map(|(_, f)| f.var.as_str())
             .collect();
         if let Some(first) = missing.first() {
+            let over_files = scope
+                .foreach
+                .iter()
+                .any(|f| f.var == *first && matches!(f.domain, Domain::Files(_)));
+            let example = if over_files { format!("{{{first}.stem}}") } else { format!("{{{first}}}") };
             self.push(
-                Diagnostic::error(
-                    v.span,
-                    format!("{what} is the same path for every value of `{first}`"),
-                )
-                .label("every instance would write here")
-                .hint(format!(
-                    "put {{{first}}} in the path, e.g. \"results/{{{first}}}.txt\""
-                )),
+                Diagnostic::error(v.span, format!("{what} is the same path for every value of `{first}`"))
+                    .label("every instance would write here")
+                    .hint(format!("put {example} in the path, e.g. \"results/{example}.txt\"")),
             );
             return false;
         }

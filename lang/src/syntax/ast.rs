@@ -146,7 +146,7 @@ impl Literal {
         match self {
             Literal::String(_) => "a string",
             Literal::Integer(_) => "an integer",
-            Literal::Float(_) => "a number",
+            Literal::Float(_) => "a decimal number",
             Literal::Bool(_) => "a boolean",
             Literal::Null => "#null",
         }

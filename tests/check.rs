@@ -1,0 +1,196 @@
+//! `mustbuild check`: every kind of diagnostic, snapshot-tested on the real
+//! binary's output, and bad files that must give a clear error, never a panic.
+
+mod common;
+
+use common::{root, run};
+use std::io::Write;
+
+/// Checks a fixture and snapshots what a user sees.
+fn snapshot_check(fixture: &str, expected_code: i32) {
+    let path = format!("tests/fixtures/check/{fixture}");
+    let r = run(&root(), &["check", &path]);
+    assert_eq!(r.code, expected_code, "exit code of check {path}\n{}{}", r.stdout, r.stderr);
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    let name = fixture.trim_end_matches(".kdl").replace('/', "__");
+    insta::assert_snapshot!(name, format!("{}{}", r.stderr, r.stdout));
+}
+
+#[test]
+fn syntax_errors_are_all_reported_with_recovery() {
+    snapshot_check("syntax.kdl", 1);
+}
+
+#[test]
+fn unknown_node_and_property_names_suggest_the_right_one() {
+    snapshot_check("unknown_names.kdl", 1);
+}
+
+#[test]
+fn duplicate_steps_inputs_outputs_and_params() {
+    snapshot_check("duplicates.kdl", 1);
+}
+
+#[test]
+fn unknown_steps_outputs_inputs_and_fan_out_sources() {
+    snapshot_check("unknown_references.kdl", 1);
+}
+
+#[test]
+fn placeholders_that_name_nothing() {
+    snapshot_check("placeholders.kdl", 1);
+}
+
+#[test]
+fn dependency_cycles_print_the_cycle() {
+    snapshot_check("cycle.kdl", 1);
+}
+
+#[test]
+fn output_collisions_nesting_and_clobbered_sources() {
+    snapshot_check("output_conflicts.kdl", 1);
+}
+
+#[test]
+fn fan_out_outputs_must_differ_per_instance() {
+    snapshot_check("fanout_same_path.kdl", 1);
+}
+
+#[test]
+fn absolute_and_escaping_output_paths() {
+    snapshot_check("output_paths.kdl", 1);
+}
+
+#[test]
+fn malformed_resources() {
+    snapshot_check("resources.kdl", 1);
+}
+
+#[test]
+fn empty_and_malformed_fan_out() {
+    snapshot_check("foreach_empty.kdl", 1);
+}
+
+#[test]
+fn shared_fan_out_variables_must_agree() {
+    snapshot_check("fanout_mismatch.kdl", 1);
+}
+
+#[test]
+fn missing_and_empty_run() {
+    snapshot_check("run_missing.kdl", 1);
+}
+
+#[test]
+fn include_cycles_and_missing_includes() {
+    snapshot_check("include_cycle/main.kdl", 1);
+}
+
+#[test]
+fn warnings_alone_pass() {
+    snapshot_check("warnings.kdl", 0);
+}
+
+#[test]
+fn a_good_pipeline_gets_a_one_line_summary() {
+    let r = run(&root(), &["check", "examples/quickstart/pipeline.kdl"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        "examples/quickstart/pipeline.kdl: ok: pipeline `quickstart`, 4 steps, 8 derivations, 7 edges\n"
+    );
+    assert_eq!(r.stderr, "");
+}
+
+#[test]
+fn json_lists_every_diagnostic_with_its_position() {
+    let r = run(&root(), &["check", "--json", "tests/fixtures/check/resources.kdl"]);
+    assert_eq!(r.code, 1);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("stdout is JSON");
+    assert_eq!(v["ok"], false);
+    let diags = v["diagnostics"].as_array().unwrap();
+    assert_eq!(diags.len(), 10);
+    let first = &diags[0];
+    assert_eq!(first["file"], "tests/fixtures/check/resources.kdl");
+    assert_eq!(first["line"], 6);
+    assert_eq!(first["column"], 20);
+    assert_eq!(first["severity"], "error");
+    assert_eq!(first["message"], "cpus must be at least 1, not 0");
+    let memory = &diags[1];
+    assert_eq!(memory["column"], 29);
+    assert!(memory["hint"].as_str().unwrap().contains("512MiB"));
+
+    let ok = run(&root(), &["check", "--json", "examples/quickstart/pipeline.kdl"]);
+    let v: serde_json::Value = serde_json::from_str(&ok.stdout).unwrap();
+    assert_eq!((v["ok"].as_bool(), v["steps"].as_u64(), v["derivations"].as_u64(), v["edges"].as_u64()), (Some(true), Some(4), Some(8), Some(7)));
+}
+
+#[test]
+fn missing_unreadable_and_directory_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(dir.path(), &["check", "nope.kdl"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("cannot read `nope.kdl`: file not found"), "{}", r.stderr);
+    std::fs::create_dir(dir.path().join("adir")).unwrap();
+    let r = run(dir.path(), &["check", "adir"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("it is a directory, not a file"), "{}", r.stderr);
+}
+
+#[test]
+fn binary_garbage_is_rejected_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    // Invalid UTF-8.
+    let bytes: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(dir.path().join("garbage.kdl"), &bytes).unwrap();
+    let r = run(dir.path(), &["check", "garbage.kdl"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("is not a text file"), "{}", r.stderr);
+    // Valid UTF-8 full of control characters.
+    let text: String = (0..4096u32).map(|i| char::from_u32(i % 40).unwrap()).collect();
+    std::fs::write(dir.path().join("controls.kdl"), text).unwrap();
+    let r = run(dir.path(), &["check", "controls.kdl"]);
+    assert_eq!(r.code, 1);
+    assert!(!r.stderr.contains("panicked"));
+    assert!(r.stderr.contains("unexpected character U+0000"), "{}", r.stderr);
+}
+
+#[test]
+fn a_50_mb_file_ends_in_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.kdl");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    writeln!(f, "pipeline \"big\"").unwrap();
+    let line = "step = this is not how a step looks ( [ at all\n";
+    for _ in 0..(50 << 20) / line.len() {
+        f.write_all(line.as_bytes()).unwrap();
+    }
+    drop(f);
+    let r = run(dir.path(), &["check", "big.kdl"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("too many syntax errors"), "{}", &r.stderr[..r.stderr.len().min(2000)]);
+}
+
+#[test]
+fn deep_nesting_is_refused_without_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("pipeline \"deep\"\n{}{}", "a {".repeat(200_000), "}".repeat(200_000));
+    std::fs::write(dir.path().join("deep.kdl"), text).unwrap();
+    let r = run(dir.path(), &["check", "deep.kdl"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("nested too deeply"), "{}", r.stderr);
+}
+
+#[test]
+fn kdl_v1_files_are_accepted_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("v1.kdl"),
+        "pipeline \"old\"\nparam \"verbose\" true\nstep \"a\" {\n    out t=\"a.txt\"\n    run r\"echo {param.verbose} > {out.t}\"\n}\n",
+    )
+    .unwrap();
+    let r = run(dir.path(), &["check", "v1.kdl"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("this file is KDL 1.0"), "{}", r.stderr);
+    assert!(r.stdout.contains("ok: pipeline `old`, 1 step, 1 derivation, 0 edges"), "{}", r.stdout);
+}
