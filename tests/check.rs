@@ -10,7 +10,11 @@ use std::io::Write;
 fn snapshot_check(fixture: &str, expected_code: i32) {
     let path = format!("tests/fixtures/check/{fixture}");
     let r = run(&root(), &["check", &path]);
-    assert_eq!(r.code, expected_code, "exit code of check {path}\n{}{}", r.stdout, r.stderr);
+    assert_eq!(
+        r.code, expected_code,
+        "exit code of check {path}\n{}{}",
+        r.stdout, r.stderr
+    );
     assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
     let name = fixture.trim_end_matches(".kdl").replace('/', "__");
     insta::assert_snapshot!(name, format!("{}{}", r.stderr, r.stdout));
@@ -104,7 +108,10 @@ fn a_good_pipeline_gets_a_one_line_summary() {
 
 #[test]
 fn json_lists_every_diagnostic_with_its_position() {
-    let r = run(&root(), &["check", "--json", "tests/fixtures/check/resources.kdl"]);
+    let r = run(
+        &root(),
+        &["check", "--json", "tests/fixtures/check/resources.kdl"],
+    );
     assert_eq!(r.code, 1);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("stdout is JSON");
     assert_eq!(v["ok"], false);
@@ -120,9 +127,20 @@ fn json_lists_every_diagnostic_with_its_position() {
     assert_eq!(memory["column"], 29);
     assert!(memory["hint"].as_str().unwrap().contains("512MiB"));
 
-    let ok = run(&root(), &["check", "--json", "examples/quickstart/pipeline.kdl"]);
+    let ok = run(
+        &root(),
+        &["check", "--json", "examples/quickstart/pipeline.kdl"],
+    );
     let v: serde_json::Value = serde_json::from_str(&ok.stdout).unwrap();
-    assert_eq!((v["ok"].as_bool(), v["steps"].as_u64(), v["derivations"].as_u64(), v["edges"].as_u64()), (Some(true), Some(4), Some(8), Some(7)));
+    assert_eq!(
+        (
+            v["ok"].as_bool(),
+            v["steps"].as_u64(),
+            v["derivations"].as_u64(),
+            v["edges"].as_u64()
+        ),
+        (Some(true), Some(4), Some(8), Some(7))
+    );
 }
 
 #[test]
@@ -130,29 +148,45 @@ fn missing_unreadable_and_directory_files() {
     let dir = tempfile::tempdir().unwrap();
     let r = run(dir.path(), &["check", "nope.kdl"]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("cannot read `nope.kdl`: file not found"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("cannot read `nope.kdl`: file not found"),
+        "{}",
+        r.stderr
+    );
     std::fs::create_dir(dir.path().join("adir")).unwrap();
     let r = run(dir.path(), &["check", "adir"]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("it is a directory, not a file"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("it is a directory, not a file"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
 fn binary_garbage_is_rejected_clearly() {
     let dir = tempfile::tempdir().unwrap();
     // Invalid UTF-8.
-    let bytes: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let bytes: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     std::fs::write(dir.path().join("garbage.kdl"), &bytes).unwrap();
     let r = run(dir.path(), &["check", "garbage.kdl"]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("is not a text file"), "{}", r.stderr);
     // Valid UTF-8 full of control characters.
-    let text: String = (0..4096u32).map(|i| char::from_u32(i % 40).unwrap()).collect();
+    let text: String = (0..4096u32)
+        .map(|i| char::from_u32(i % 40).unwrap())
+        .collect();
     std::fs::write(dir.path().join("controls.kdl"), text).unwrap();
     let r = run(dir.path(), &["check", "controls.kdl"]);
     assert_eq!(r.code, 1);
     assert!(!r.stderr.contains("panicked"));
-    assert!(r.stderr.contains("unexpected character U+0000"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("unexpected character U+0000"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -168,13 +202,21 @@ fn a_50_mb_file_ends_in_a_clear_error() {
     drop(f);
     let r = run(dir.path(), &["check", "big.kdl"]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("too many syntax errors"), "{}", &r.stderr[..r.stderr.len().min(2000)]);
+    assert!(
+        r.stderr.contains("too many syntax errors"),
+        "{}",
+        &r.stderr[..r.stderr.len().min(2000)]
+    );
 }
 
 #[test]
 fn deep_nesting_is_refused_without_a_crash() {
     let dir = tempfile::tempdir().unwrap();
-    let text = format!("pipeline \"deep\"\n{}{}", "a {".repeat(200_000), "}".repeat(200_000));
+    let text = format!(
+        "pipeline \"deep\"\n{}{}",
+        "a {".repeat(200_000),
+        "}".repeat(200_000)
+    );
     std::fs::write(dir.path().join("deep.kdl"), text).unwrap();
     let r = run(dir.path(), &["check", "deep.kdl"]);
     assert_eq!(r.code, 1);
@@ -192,5 +234,10 @@ fn kdl_v1_files_are_accepted_with_a_warning() {
     let r = run(dir.path(), &["check", "v1.kdl"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("this file is KDL 1.0"), "{}", r.stderr);
-    assert!(r.stdout.contains("ok: pipeline `old`, 1 step, 1 derivation, 0 edges"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("ok: pipeline `old`, 1 step, 1 derivation, 0 edges"),
+        "{}",
+        r.stdout
+    );
 }

@@ -6,49 +6,101 @@ use crate::model::{InputRef, Step, StepId};
 use crate::source::Span;
 use petgraph::graph::{DiGraph, NodeIndex};
 
-/// The steps a step reads from, each with the span of the `in` that does.
-pub(crate) fn dep_spans(step: &Step) -> Vec<(StepId, Span)> {
-    step.inputs
-        .iter()
-        .filter_map(|i| match i.source {
-            InputRef::Output { step, .. } => Some((step, i.span)),
-            _ => None,
-        })
-        .collect()
+/// `step` reads an output of `dep`; `span` is the `in` that does.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Edge {
+    pub step: StepId,
+    pub dep: StepId,
+    pub span: Span,
 }
 
-/// A topological order of the steps (`deps[i]` lists what step `i` reads), or
-/// `None` after reporting every dependency cycle.
+/// The edges from a step to the steps it reads from.
+pub(crate) fn dep_edges(id: StepId, step: &Step) -> impl Iterator<Item = Edge> + '_ {
+    step.inputs.iter().filter_map(move |i| match i.source {
+        InputRef::Output { step: dep, .. } => Some(Edge {
+            step: id,
+            dep,
+            span: i.span,
+        }),
+        _ => None,
+    })
+}
+
+/// A topological order of the `names.len()` steps, lowest index first among the
+/// ready ones (so the order is stable), or `None` after reporting every cycle.
 pub(crate) fn topo_order(
-    deps: &[Vec<(StepId, Span)>],
+    edges: &mut [Edge],
     names: &[&str],
     name_spans: &[Span],
     diags: &mut Diagnostics,
 ) -> Option<Vec<StepId>> {
-    let n = deps.len();
-    let mut graph: DiGraph<(), Span> = DiGraph::with_capacity(n, deps.iter().map(Vec::len).sum());
-    for _ in 0..n {
-        graph.add_node(());
+    let n = names.len();
+    // Kahn's algorithm over distinct (dep, step) pairs, in compressed rows.
+    edges.sort_unstable_by_key(|e| (e.dep, e.step));
+    let mut row_start = vec![0u32; n + 1];
+    let mut targets: Vec<u32> = Vec::with_capacity(edges.len());
+    let mut indegree = vec![0u32; n];
+    let mut last = None;
+    for e in edges.iter() {
+        if last == Some((e.dep, e.step)) {
+            continue;
+        }
+        last = Some((e.dep, e.step));
+        row_start[e.dep.index() + 1] += 1;
+        targets.push(e.step.0);
+        indegree[e.step.index()] += 1;
     }
-    for (i, ds) in deps.iter().enumerate() {
-        for &(d, span) in ds {
-            // Edge from a step to what it reads.
-            graph.add_edge(NodeIndex::new(i), NodeIndex::new(d.index()), span);
+    for i in 0..n {
+        row_start[i + 1] += row_start[i];
+    }
+    let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<u32>> = (0..n)
+        .filter(|&i| indegree[i] == 0)
+        .map(|i| std::cmp::Reverse(i as u32))
+        .collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(std::cmp::Reverse(i)) = ready.pop() {
+        order.push(StepId(i));
+        let i = i as usize;
+        for &t in &targets[row_start[i] as usize..row_start[i + 1] as usize] {
+            indegree[t as usize] -= 1;
+            if indegree[t as usize] == 0 {
+                ready.push(std::cmp::Reverse(t));
+            }
         }
     }
-    let mut acyclic = true;
+    if order.len() == n {
+        return Some(order);
+    }
+    report_cycles(edges, names, name_spans, diags);
+    None
+}
+
+/// Reports each dependency cycle once, with the references that form it.
+fn report_cycles(edges: &[Edge], names: &[&str], name_spans: &[Span], diags: &mut Diagnostics) {
+    let mut graph: DiGraph<(), Span> = DiGraph::with_capacity(names.len(), edges.len());
+    for _ in 0..names.len() {
+        graph.add_node(());
+    }
+    for e in edges {
+        graph.add_edge(
+            NodeIndex::new(e.step.index()),
+            NodeIndex::new(e.dep.index()),
+            e.span,
+        );
+    }
     for scc in petgraph::algo::tarjan_scc(&graph) {
         let self_loop = scc.len() == 1 && graph.contains_edge(scc[0], scc[0]);
         if scc.len() < 2 && !self_loop {
             continue;
         }
-        acyclic = false;
         let cycle = find_cycle(&graph, &scc);
+        let Some(&(first, _)) = cycle.first() else {
+            continue;
+        };
         let mut shown: Vec<&str> = cycle.iter().map(|&(s, _)| names[s.index()]).collect();
-        shown.push(names[cycle[0].0.index()]);
-        let start = cycle[0].0.index();
+        shown.push(names[first.index()]);
         let mut d = Diagnostic::error(
-            name_spans[start],
+            name_spans[first.index()],
             format!("dependency cycle: {}", shown.join(" → ")),
         )
         .label("this step depends on itself")
@@ -57,8 +109,7 @@ pub(crate) fn topo_order(
             let next = graph
                 .edges(NodeIndex::new(s.index()))
                 .find(|e| e.weight() == &span)
-                .map(|e| names[e.target().index()])
-                .unwrap_or("?");
+                .map_or("?", |e| names[e.target().index()]);
             d = d.related(
                 span,
                 format!("`{}` reads from `{next}` here", names[s.index()]),
@@ -66,43 +117,6 @@ pub(crate) fn topo_order(
         }
         diags.push(d);
     }
-    if !acyclic {
-        return None;
-    }
-    // Kahn's algorithm, lowest index first, so that the order is stable.
-    let mut remaining: Vec<usize> = deps
-        .iter()
-        .map(|d| {
-            let mut v: Vec<usize> = d.iter().map(|(s, _)| s.index()).collect();
-            v.sort_unstable();
-            v.dedup();
-            v.len()
-        })
-        .collect();
-    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for (i, ds) in deps.iter().enumerate() {
-        let mut v: Vec<usize> = ds.iter().map(|(s, _)| s.index()).collect();
-        v.sort_unstable();
-        v.dedup();
-        for d in v {
-            dependents[d].push(i);
-        }
-    }
-    let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> = (0..n)
-        .filter(|&i| remaining[i] == 0)
-        .map(std::cmp::Reverse)
-        .collect();
-    let mut order = Vec::with_capacity(n);
-    while let Some(std::cmp::Reverse(i)) = ready.pop() {
-        order.push(StepId::from_index(i));
-        for &j in &dependents[i] {
-            remaining[j] -= 1;
-            if remaining[j] == 0 {
-                ready.push(std::cmp::Reverse(j));
-            }
-        }
-    }
-    Some(order)
 }
 
 use petgraph::visit::EdgeRef;

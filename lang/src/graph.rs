@@ -20,7 +20,7 @@ struct Edge {
 fn step_label(wf: &Workflow, i: usize, instances: &[usize]) -> String {
     let s = &wf.steps[i];
     if s.foreach.is_empty() {
-        s.name.clone()
+        s.name.to_string()
     } else {
         let vars: Vec<&str> = s.foreach.iter().map(|f| f.var.as_str()).collect();
         format!("{} ×{} ({})", s.name, instances[i], vars.join(", "))
@@ -41,7 +41,7 @@ fn edges(wf: &Workflow) -> Vec<Edge> {
                         if gathers {
                             format!("{name} (all)")
                         } else {
-                            name.clone()
+                            name.to_string()
                         },
                     )
                 }

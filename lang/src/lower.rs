@@ -14,7 +14,8 @@ use crate::source::{FileId, SourceMap, Span};
 use crate::syntax::ast::{Literal, Node, Str, Value};
 use crate::template::{self, Piece};
 use crate::units;
-use std::collections::HashMap;
+use compact_str::CompactString;
+use rustc_hash::FxHashMap as HashMap;
 use std::collections::hash_map::Entry as MapEntry;
 use std::path::PathBuf;
 
@@ -47,9 +48,9 @@ pub(crate) fn lower(
         diags,
         params: Vec::new(),
         inputs: Vec::new(),
-        param_names: HashMap::new(),
-        input_names: HashMap::new(),
-        step_names: HashMap::new(),
+        param_names: HashMap::default(),
+        input_names: HashMap::default(),
+        step_names: HashMap::default(),
         used_params: Vec::new(),
         used_inputs: Vec::new(),
     };
@@ -129,13 +130,15 @@ pub(crate) fn lower(
         }
     }
     let damaged = drafts.iter().any(|d| d.damaged);
-    let graph: Vec<Vec<(StepId, Span)>> = steps
+    let mut edges: Vec<checks::Edge> = steps
         .iter()
-        .map(|s| s.as_ref().map(|s| checks::dep_spans(s)).unwrap_or_default())
+        .enumerate()
+        .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
+        .flat_map(|(i, s)| checks::dep_edges(StepId::from_index(i), s))
         .collect();
     let names: Vec<&str> = drafts.iter().map(|d| d.name.value.as_str()).collect();
     let name_spans: Vec<Span> = drafts.iter().map(|d| d.name.span).collect();
-    let topo = checks::topo_order(&graph, &names, &name_spans, cx.diags);
+    let topo = checks::topo_order(&mut edges, &names, &name_spans, cx.diags);
     if cx.diags.has_errors() || damaged {
         return None;
     }
@@ -158,9 +161,9 @@ struct Lower<'a> {
     diags: &'a mut Diagnostics,
     params: Vec<Param>,
     inputs: Vec<Input>,
-    param_names: HashMap<String, ParamId>,
-    input_names: HashMap<String, InputId>,
-    step_names: HashMap<String, u32>,
+    param_names: HashMap<CompactString, ParamId>,
+    input_names: HashMap<CompactString, InputId>,
+    step_names: HashMap<CompactString, u32>,
     used_params: Vec<bool>,
     used_inputs: Vec<bool>,
 }
@@ -208,15 +211,26 @@ impl<'a> Lower<'a> {
         self.push(d);
     }
 
-    /// Exactly the positional arguments named in `usage` (`NAME VALUE`…).
-    fn args<'n>(&mut self, node: &'n Node, count: usize, usage: &str) -> Option<Vec<&'n Value>> {
-        let args: Vec<&Value> = node.args().collect();
+    /// Exactly the `N` positional arguments named in `usage` (`NAME VALUE`…).
+    fn args<'n, const N: usize>(&mut self, node: &'n Node, usage: &str) -> Option<[&'n Value; N]> {
+        let mut found: [Option<&'n Value>; N] = [None; N];
+        let mut count = 0;
+        let mut extra = None;
+        for v in node.args() {
+            if count < N {
+                found[count] = Some(v);
+                count += 1;
+            } else {
+                extra = Some(v);
+                break;
+            }
+        }
         let what = &node.name.value;
-        if args.len() < count {
+        if count < N {
             let missing: Vec<&str> = usage
                 .split_whitespace()
-                .skip(1 + args.len())
-                .take(count - args.len())
+                .skip(1 + count)
+                .take(N - count)
                 .collect();
             self.push(
                 Diagnostic::error(
@@ -227,7 +241,7 @@ impl<'a> Lower<'a> {
             );
             return None;
         }
-        if let Some(extra) = args.get(count) {
+        if let Some(extra) = extra {
             self.push(
                 Diagnostic::error(
                     extra.full_span(),
@@ -237,7 +251,11 @@ impl<'a> Lower<'a> {
             );
             return None;
         }
-        Some(args)
+        let mut out = [found[0]?; N];
+        for (o, f) in out.iter_mut().zip(found) {
+            *o = f?;
+        }
+        Some(out)
     }
 
     fn no_props(&mut self, node: &Node, usage: &str) -> bool {
@@ -281,7 +299,7 @@ impl<'a> Lower<'a> {
         }
     }
 
-    fn string(&mut self, v: &Value, what: &str) -> Option<String> {
+    fn string(&mut self, v: &Value, what: impl std::fmt::Display) -> Option<CompactString> {
         match &v.lit {
             Literal::String(s) => Some(s.clone()),
             other => {
@@ -317,7 +335,7 @@ impl<'a> Lower<'a> {
     fn scalar_text(&mut self, v: &Value, what: &str) -> Option<(String, ParamKind)> {
         let raw = || self.sources.slice(v.span).to_string();
         match &v.lit {
-            Literal::String(s) => Some((s.clone(), ParamKind::String)),
+            Literal::String(s) => Some((s.to_string(), ParamKind::String)),
             Literal::Integer(_) => Some((raw(), ParamKind::Integer)),
             Literal::Float(f) if f.is_finite() => Some((raw(), ParamKind::Float)),
             Literal::Bool(b) => Some((b.to_string(), ParamKind::Bool)),
@@ -333,9 +351,9 @@ impl<'a> Lower<'a> {
     }
 
     /// A non-negative integer that fits `u32`.
-    fn count(&mut self, v: &Value, what: &str, min: i128) -> Option<u32> {
+    fn count(&mut self, v: &Value, what: &str, min: i64) -> Option<u32> {
         match v.lit {
-            Literal::Integer(n) if n >= min && n <= i128::from(u32::MAX) => u32::try_from(n).ok(),
+            Literal::Integer(n) if n >= min && n <= i64::from(u32::MAX) => u32::try_from(n).ok(),
             Literal::Integer(n) if n < min => {
                 let need = if min == 0 {
                     "zero or more"
@@ -393,7 +411,7 @@ impl<'a> Lower<'a> {
         }
         self.no_props(node, usage);
         self.no_children(node, usage);
-        let Some(args) = self.args(node, 1, "pipeline NAME") else {
+        let Some(args) = self.args::<1>(node, "pipeline NAME") else {
             return;
         };
         if let Some(s) = self.string(args[0], "the pipeline name") {
@@ -403,7 +421,7 @@ impl<'a> Lower<'a> {
                         .hint(format!("usage: {usage}")),
                 );
             } else {
-                *name = Some((s, node.name.span));
+                *name = Some((s.to_string(), node.name.span));
             }
         }
     }
@@ -412,7 +430,7 @@ impl<'a> Lower<'a> {
         let usage = "param NAME VALUE";
         self.no_props(node, usage);
         self.no_children(node, usage);
-        let Some(args) = self.args(node, 2, usage) else {
+        let Some(args) = self.args::<2>(node, usage) else {
             return;
         };
         let (Some(name), Some((value, kind))) = (
@@ -437,7 +455,7 @@ impl<'a> Lower<'a> {
             MapEntry::Vacant(v) => {
                 v.insert(ParamId::from_index(self.params.len()));
                 self.params.push(Param {
-                    name: name.value,
+                    name: name.value.clone(),
                     value,
                     kind,
                     span: name.span,
@@ -510,7 +528,10 @@ impl<'a> Lower<'a> {
                 } else {
                     kind
                 };
-                InputSource::Path { path: p, kind }
+                InputSource::Path {
+                    path: p.to_string(),
+                    kind,
+                }
             }
             (None, Some(g), None) => {
                 self.no_annotation(g, "a glob");
@@ -524,7 +545,9 @@ impl<'a> Lower<'a> {
                     );
                     return;
                 }
-                InputSource::Glob { pattern: p }
+                InputSource::Glob {
+                    pattern: p.to_string(),
+                }
             }
             (Some(path), Some(g), None) => {
                 self.push(
@@ -558,7 +581,7 @@ impl<'a> Lower<'a> {
             MapEntry::Vacant(v) => {
                 v.insert(InputId::from_index(self.inputs.len()));
                 self.inputs.push(Input {
-                    name: name.value,
+                    name: name.value.clone(),
                     source,
                     span: name.span,
                 });
@@ -625,7 +648,7 @@ impl<'a> Lower<'a> {
         let usage = "env NAME \"value\"";
         self.no_props(node, usage);
         self.no_children(node, usage);
-        let Some(args) = self.args(node, 2, usage) else {
+        let Some(args) = self.args::<2>(node, usage) else {
             return;
         };
         let Some(name) = self.string(args[0], "an environment variable name") else {
@@ -676,8 +699,8 @@ impl<'a> Lower<'a> {
     fn step_draft<'n>(&mut self, node: &'n Node) -> Option<StepDraft<'n>> {
         let usage = "step NAME { … }";
         self.no_props(node, usage);
-        let args: Vec<&Value> = node.args().collect();
-        let Some(first) = args.first() else {
+        let mut args = node.args();
+        let Some(first) = args.next() else {
             self.push(
                 Diagnostic::error(node.name.span, "a step needs a name")
                     .hint(format!("usage: {usage}")),
@@ -685,7 +708,7 @@ impl<'a> Lower<'a> {
             return None;
         };
         let name = self.name(first, "step name")?;
-        if let Some(extra) = args.get(1) {
+        if let Some(extra) = args.next() {
             self.push(
                 Diagnostic::error(
                     extra.full_span(),
@@ -748,12 +771,7 @@ impl<'a> Lower<'a> {
                     child,
                     "in NAME=REFERENCE [NAME=REFERENCE…]",
                     &mut |this, k, v| {
-                        if this.unique(
-                            &d.ins.iter().map(|(n, _)| n).collect::<Vec<_>>(),
-                            k,
-                            "input",
-                            &d.name.value,
-                        ) {
+                        if this.unique(d.ins.iter().map(|(n, _)| n), k, "input", &d.name.value) {
                             d.ins.push((k.clone(), v));
                         }
                     },
@@ -765,12 +783,8 @@ impl<'a> Lower<'a> {
                         let Some(kind) = this.path_kind(v) else {
                             return;
                         };
-                        if this.unique(
-                            &d.outs.iter().map(|(n, _, _)| n).collect::<Vec<_>>(),
-                            k,
-                            "output",
-                            &d.name.value,
-                        ) {
+                        if this.unique(d.outs.iter().map(|(n, _, _)| n), k, "output", &d.name.value)
+                        {
                             let kind = match kind {
                                 PathKind::Any if v.as_str().is_some_and(|s| s.ends_with('/')) => {
                                     PathKind::Dir
@@ -786,7 +800,7 @@ impl<'a> Lower<'a> {
                     if once(self, &mut seen_log) {
                         self.no_props(child, "log \"path\"");
                         self.no_children(child, "log \"path\"");
-                        if let Some(args) = self.args(child, 1, "log PATH") {
+                        if let Some(args) = self.args::<1>(child, "log PATH") {
                             d.log = Some(args[0]);
                         }
                     }
@@ -796,7 +810,7 @@ impl<'a> Lower<'a> {
                         let usage = "run \"command\"";
                         self.no_props(child, usage);
                         self.no_children(child, usage);
-                        if let Some(args) = self.args(child, 1, "run COMMAND") {
+                        if let Some(args) = self.args::<1>(child, "run COMMAND") {
                             d.run = Some(args[0]);
                         }
                     }
@@ -811,7 +825,7 @@ impl<'a> Lower<'a> {
                         let usage = "retry COUNT";
                         self.no_props(child, usage);
                         self.no_children(child, usage);
-                        if let Some(args) = self.args(child, 1, usage) {
+                        if let Some(args) = self.args::<1>(child, usage) {
                             if let Some(n) = self.count(args[0], "retry count", 0) {
                                 if n > 100 {
                                     self.push(Diagnostic::error(args[0].span, format!("retry {n} is more than 100")).hint("a step that fails that often needs fixing, not retrying"));
@@ -841,8 +855,14 @@ impl<'a> Lower<'a> {
     }
 
     /// Whether `k` is not already among `names`; reports the repeat.
-    fn unique(&mut self, names: &[&Str], k: &Str, what: &str, step: &str) -> bool {
-        match names.iter().find(|n| n.value == k.value) {
+    fn unique<'s>(
+        &mut self,
+        mut names: impl Iterator<Item = &'s Str>,
+        k: &Str,
+        what: &str,
+        step: &str,
+    ) -> bool {
+        match names.find(|n| n.value == k.value) {
             Some(first) => {
                 let first = first.span;
                 self.push(
@@ -1142,7 +1162,7 @@ impl<'a> Lower<'a> {
         }
         let mut outputs = Vec::with_capacity(d.outs.len());
         for (name, v, kind) in &d.outs {
-            let what = format!("output `{}`", name.value);
+            let what = Named("output", &name.value);
             match self.template(v, &scope, Context::Path, &what) {
                 Some(path) => {
                     ok &= self.output_path_ok(&path, v, &scope, &what);
@@ -1157,9 +1177,9 @@ impl<'a> Lower<'a> {
             }
         }
         let log = match d.log {
-            Some(v) => match self.template(v, &scope, Context::Path, "the log path") {
+            Some(v) => match self.template(v, &scope, Context::Path, &"the log path") {
                 Some(t) => {
-                    ok &= self.output_path_ok(&t, v, &scope, "the log");
+                    ok &= self.output_path_ok(&t, v, &scope, &"the log");
                     Some(t)
                 }
                 None => {
@@ -1171,7 +1191,7 @@ impl<'a> Lower<'a> {
         };
         let run = match d.run {
             Some(v) => {
-                let t = self.template(v, &scope, Context::Command, "the command");
+                let t = self.template(v, &scope, Context::Command, &"the command");
                 if let Some(t) = &t {
                     if t.text.trim().is_empty() {
                         self.push(
@@ -1210,7 +1230,7 @@ impl<'a> Lower<'a> {
 
     fn glob_input(&mut self, v: &Value) -> Option<InputId> {
         let name = self.string(v, "`from=`")?;
-        match self.input_names.get(&name).copied() {
+        match self.input_names.get(name.as_str()).copied() {
             Some(id) => {
                 self.used_inputs[id.index()] = true;
                 match &self.inputs[id.index()].source {
@@ -1232,7 +1252,7 @@ impl<'a> Lower<'a> {
                 }
             }
             None => {
-                let hint = did_you_mean(&name, self.input_names.keys().map(String::as_str))
+                let hint = did_you_mean(&name, self.input_names.keys().map(CompactString::as_str))
                     .unwrap_or_else(|| {
                         "`from=` names a glob input: input NAME glob=\"dir/*.ext\"".to_string()
                     });
@@ -1251,7 +1271,7 @@ impl<'a> Lower<'a> {
     ) -> Option<InputRef> {
         let kind = self.path_kind(v)?;
         if v.ty.is_some() {
-            let path = self.template(v, scope, Context::Path, "a literal input path")?;
+            let path = self.template(v, scope, Context::Path, &"a literal input path")?;
             if path.text.trim().is_empty() {
                 self.push(Diagnostic::error(v.span, "the path is empty"));
                 return None;
@@ -1267,7 +1287,8 @@ impl<'a> Lower<'a> {
         let step_here = &scope.d.name.value;
         if let Some((head, field)) = text.split_once('.') {
             let Some(&target) = self.step_names.get(head) else {
-                let mut hint = did_you_mean(head, self.step_names.keys().map(String::as_str));
+                let mut hint =
+                    did_you_mean(head, self.step_names.keys().map(CompactString::as_str));
                 if hint.is_none() && (text.contains('/') || self.input_names.contains_key(head)) {
                     hint = Some(format!(
                         "for a file in the pipeline folder write (file)\"{text}\""
@@ -1326,10 +1347,10 @@ impl<'a> Lower<'a> {
                     None
                 }
             }
-        } else if let Some(&id) = self.input_names.get(&text) {
+        } else if let Some(&id) = self.input_names.get(text.as_str()) {
             self.used_inputs[id.index()] = true;
             Some(InputRef::Input(id))
-        } else if let Some(&target) = self.step_names.get(&text) {
+        } else if let Some(&target) = self.step_names.get(text.as_str()) {
             let up = &drafts[target as usize];
             let names: Vec<&str> = up.outs.iter().map(|(n, _, _)| n.value.as_str()).collect();
             let hint = match names.as_slice() {
@@ -1355,9 +1376,9 @@ impl<'a> Lower<'a> {
             let candidates = self
                 .input_names
                 .keys()
-                .map(String::as_str)
+                .map(CompactString::as_str)
                 .chain(scope.foreach.iter().map(|f| f.var.as_str()))
-                .chain(self.step_names.keys().map(String::as_str));
+                .chain(self.step_names.keys().map(CompactString::as_str));
             let hint = did_you_mean(&text, candidates).or_else(|| {
                 Some(if text.contains('/') || text.contains('.') {
                     format!("for a file in the pipeline folder write (file)\"{text}\"")
@@ -1422,7 +1443,7 @@ impl<'a> Lower<'a> {
         t: &Template,
         v: &Value,
         scope: &Scope<'_, '_>,
-        what: &str,
+        what: &dyn std::fmt::Display,
     ) -> bool {
         if let Err(problem) = checks::literal_path_problem(&t.text) {
             self.push(Diagnostic::error(v.span, format!("{what} {problem}")).hint("outputs are written inside the pipeline folder: use a relative path such as \"results/x.csv\""));
@@ -1441,11 +1462,20 @@ impl<'a> Lower<'a> {
                 .foreach
                 .iter()
                 .any(|f| f.var == *first && matches!(f.domain, Domain::Files(_)));
-            let example = if over_files { format!("{{{first}.stem}}") } else { format!("{{{first}}}") };
+            let example = if over_files {
+                format!("{{{first}.stem}}")
+            } else {
+                format!("{{{first}}}")
+            };
             self.push(
-                Diagnostic::error(v.span, format!("{what} is the same path for every value of `{first}`"))
-                    .label("every instance would write here")
-                    .hint(format!("put {example} in the path, e.g. \"results/{example}.txt\"")),
+                Diagnostic::error(
+                    v.span,
+                    format!("{what} is the same path for every value of `{first}`"),
+                )
+                .label("every instance would write here")
+                .hint(format!(
+                    "put {example} in the path, e.g. \"results/{example}.txt\""
+                )),
             );
             return false;
         }
@@ -1458,7 +1488,7 @@ impl<'a> Lower<'a> {
         v: &Value,
         scope: &Scope<'_, '_>,
         cx: Context,
-        what: &str,
+        what: &dyn std::fmt::Display,
     ) -> Option<Template> {
         let text = self.string(v, what)?;
         if !matches!(cx, Context::Command) || v.ty.is_some() {
@@ -1467,9 +1497,10 @@ impl<'a> Lower<'a> {
         if matches!(cx, Context::Command) {
             self.no_annotation(v, "the command");
         }
-        let mut parts = Vec::new();
+        let pieces = template::scan(&text);
+        let mut parts = Vec::with_capacity(pieces.len());
         let mut ok = true;
-        for piece in template::scan(&text) {
+        for piece in pieces {
             match piece {
                 Piece::Text(t) => parts.push(Part::Text(t)),
                 Piece::Placeholder { head, field, range } => {
@@ -1494,7 +1525,7 @@ impl<'a> Lower<'a> {
         field: Option<&str>,
         scope: &Scope<'_, '_>,
         cx: Context,
-        what: &str,
+        what: &dyn std::fmt::Display,
         span: Span,
     ) -> Option<Part> {
         let shown = match field {
@@ -1514,18 +1545,26 @@ impl<'a> Lower<'a> {
                     io_only(self);
                     return None;
                 }
-                let names: Vec<&str> = if head == "in" {
-                    step.ins.iter().map(|(n, _)| n.value.as_str()).collect()
+                let found = if head == "in" {
+                    step.ins.iter().position(|(n, _)| n.value == f)
                 } else {
-                    step.outs.iter().map(|(n, _, _)| n.value.as_str()).collect()
+                    step.outs.iter().position(|(n, _, _)| n.value == f)
                 };
-                match names.iter().position(|n| *n == f) {
+                let names = || -> Vec<&str> {
+                    if head == "in" {
+                        step.ins.iter().map(|(n, _)| n.value.as_str()).collect()
+                    } else {
+                        step.outs.iter().map(|(n, _, _)| n.value.as_str()).collect()
+                    }
+                };
+                match found {
                     Some(i) => Some(if head == "in" {
                         Part::In(i)
                     } else {
                         Part::Out(i)
                     }),
                     None => {
+                        let names = names();
                         let kind = if head == "in" { "input" } else { "output" };
                         let hint = did_you_mean(f, names.iter().copied()).unwrap_or_else(|| {
                             if names.is_empty() {
@@ -1554,7 +1593,7 @@ impl<'a> Lower<'a> {
                     Some(Part::Param(id))
                 }
                 None => {
-                    let hint = did_you_mean(f, self.param_names.keys().map(String::as_str))
+                    let hint = did_you_mean(f, self.param_names.keys().map(CompactString::as_str))
                         .unwrap_or_else(|| format!("declare it: param {f} VALUE"));
                     self.push(Diagnostic::error(span, format!("unknown param `{f}`")).hint(hint));
                     None
@@ -1630,7 +1669,7 @@ impl<'a> Lower<'a> {
                     };
                 }
                 let mut candidates: Vec<String> =
-                    scope.foreach.iter().map(|f| f.var.clone()).collect();
+                    scope.foreach.iter().map(|f| f.var.to_string()).collect();
                 if cx == Context::Command {
                     candidates.push("cpus".into());
                     candidates.extend(step.ins.iter().map(|(n, _)| format!("in.{}", n.value)));
@@ -1691,4 +1730,13 @@ enum Context {
 struct Scope<'s, 'n> {
     d: &'s StepDraft<'n>,
     foreach: &'s [FanOut],
+}
+
+/// "output `name`", written only when a message needs it.
+struct Named<'a>(&'a str, &'a str);
+
+impl std::fmt::Display for Named<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} `{}`", self.0, self.1)
+    }
 }

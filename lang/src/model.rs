@@ -7,6 +7,7 @@
 //! means (a formatted file gives the same serialization).
 
 use crate::source::Span;
+use compact_str::CompactString;
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -89,7 +90,7 @@ impl Workflow {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Param {
-    pub name: String,
+    pub name: CompactString,
     /// The value as written in the file (`0.001` stays `0.001`; a string without its
     /// quotes), which is what placeholders substitute.
     pub value: String,
@@ -109,7 +110,7 @@ pub enum ParamKind {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Input {
-    pub name: String,
+    pub name: CompactString,
     pub source: InputSource,
     #[serde(skip)]
     pub span: Span,
@@ -136,14 +137,14 @@ pub enum PathKind {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Tool {
     /// A command name looked up on `PATH`, or an absolute path.
-    pub name: String,
+    pub name: CompactString,
     #[serde(skip)]
     pub span: Span,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EnvVar {
-    pub name: String,
+    pub name: CompactString,
     pub value: String,
     #[serde(skip)]
     pub span: Span,
@@ -151,7 +152,7 @@ pub struct EnvVar {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Step {
-    pub name: String,
+    pub name: CompactString,
     /// Fan-out: one derivation per combination of the variables' values.
     pub foreach: Vec<FanOut>,
     pub inputs: Vec<StepInput>,
@@ -191,7 +192,7 @@ impl Step {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FanOut {
-    pub var: String,
+    pub var: CompactString,
     pub domain: Domain,
     #[serde(skip)]
     pub span: Span,
@@ -208,7 +209,7 @@ pub enum Domain {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StepInput {
-    pub name: String,
+    pub name: CompactString,
     pub source: InputRef,
     #[serde(skip)]
     pub span: Span,
@@ -230,7 +231,7 @@ pub enum InputRef {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StepOutput {
-    pub name: String,
+    pub name: CompactString,
     pub path: Template,
     pub kind: PathKind,
     #[serde(skip)]
@@ -241,7 +242,7 @@ pub struct StepOutput {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Template {
     /// As written (after KDL string decoding).
-    pub text: String,
+    pub text: CompactString,
     pub parts: Vec<Part>,
     #[serde(skip)]
     pub span: Span,
@@ -271,7 +272,7 @@ impl Template {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Part {
-    Text(String),
+    Text(CompactString),
     /// `{in.NAME}`: index into the step's inputs.
     In(usize),
     /// `{out.NAME}`: index into the step's outputs.

@@ -6,11 +6,12 @@
 //! `{1..10}`, `{a,b}`) need no escaping; `{{` and `}}` always stand for `{` and `}`
 //! (write `${{HOME}}` for the shell's `${HOME}`).
 
+use compact_str::CompactString;
 use std::ops::Range;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Piece<'a> {
-    Text(String),
+    Text(CompactString),
     Placeholder {
         head: &'a str,
         field: Option<&'a str>,
@@ -54,8 +55,8 @@ fn placeholder_len(rest: &[u8]) -> Option<(usize, Option<usize>)> {
 /// Splits text into literal pieces and placeholders.
 pub fn scan(text: &str) -> Vec<Piece<'_>> {
     let b = text.as_bytes();
-    let mut pieces = Vec::new();
-    let mut lit = String::new();
+    let mut pieces = Vec::with_capacity(4);
+    let mut lit = CompactString::default();
     let mut run = 0;
     let mut i = 0;
     while i < b.len() {

@@ -15,7 +15,16 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let unit = unit.trim_start();
-    let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
+    let mut lower = [0u8; 3];
+    let unit_key = if unit.len() <= 3 {
+        for (d, b) in lower.iter_mut().zip(unit.bytes()) {
+            *d = b.to_ascii_lowercase();
+        }
+        std::str::from_utf8(&lower[..unit.len()]).unwrap_or("?")
+    } else {
+        "?"
+    };
+    let multiplier: u64 = match unit_key {
         "b" => 1,
         "k" | "kib" => 1 << 10,
         "m" | "mib" => 1 << 20,
@@ -26,6 +35,7 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
         "gb" => 1_000_000_000,
         "tb" => 1_000_000_000_000,
         "" => return Err((format!("size `{text}` has no unit"), SIZE_HINT)),
+        "?" => return Err((format!("`{unit}` is not a size unit"), SIZE_HINT)),
         _ => return Err((format!("`{unit}` is not a size unit"), SIZE_HINT)),
     };
     let value: f64 = num

@@ -13,7 +13,10 @@ pub fn root() -> PathBuf {
 /// `mustbuild` with a plain, fixed-width, colourless output.
 pub fn mustbuild(dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mustbuild"));
-    cmd.current_dir(dir).env("NO_COLOR", "1").env("COLUMNS", "100").env_remove("CLICOLOR_FORCE");
+    cmd.current_dir(dir)
+        .env("NO_COLOR", "1")
+        .env("COLUMNS", "100")
+        .env_remove("CLICOLOR_FORCE");
     cmd
 }
 
@@ -24,7 +27,11 @@ pub struct Run {
 }
 
 pub fn run(dir: &Path, args: &[&str]) -> Run {
-    let Output { status, stdout, stderr } = mustbuild(dir).args(args).output().expect("the binary runs");
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = mustbuild(dir).args(args).output().expect("the binary runs");
     Run {
         code: status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&stdout).into_owned(),

@@ -2,6 +2,7 @@
 //! comments, blank lines, line continuations and disabled (`/-`) parts.
 
 use crate::source::Span;
+use compact_str::CompactString;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Document {
@@ -30,7 +31,7 @@ pub struct Node {
     pub span: Span,
     /// Disabled with `/-`: kept by the formatter, ignored by everything else.
     pub slashdash: bool,
-    pub ty: Option<Str>,
+    pub ty: Option<Box<Str>>,
     pub name: Str,
     pub entries: Vec<Entry>,
     /// Children blocks in source order; at most one is not slashdashed.
@@ -104,14 +105,15 @@ pub struct Entry {
 /// A decoded string with the span of its source text (quotes included).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Str {
-    pub value: String,
+    /// Inline up to 24 bytes: node names, keys and most values never allocate.
+    pub value: CompactString,
     pub span: Span,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Value {
     /// A type annotation such as `(file)`.
-    pub ty: Option<Str>,
+    pub ty: Option<Box<Str>>,
     pub lit: Literal,
     /// The literal's source text (without the annotation).
     pub span: Span,
@@ -133,8 +135,8 @@ impl Value {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Literal {
-    String(String),
-    Integer(i128),
+    String(CompactString),
+    Integer(i64),
     Float(f64),
     Bool(bool),
     Null,

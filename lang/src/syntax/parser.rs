@@ -9,6 +9,7 @@
 use super::ast::{Block, Comment, Document, Entry, Item, Literal, Node, Str, Trivia, Value};
 use crate::diagnostic::Diagnostic;
 use crate::source::{FileId, Span};
+use compact_str::CompactString;
 
 /// Deepest nesting of children blocks (pipelines need two).
 pub const MAX_DEPTH: usize = 64;
@@ -25,14 +26,7 @@ pub struct ParseOutput {
 }
 
 pub fn parse(file: FileId, text: &str) -> ParseOutput {
-    let mut p = Parser {
-        src: text,
-        b: text.as_bytes(),
-        pos: 0,
-        file,
-        errors: Vec::new(),
-        gave_up: false,
-    };
+    let mut p = Parser::new(text, file, 0);
     if text.starts_with('\u{feff}') {
         p.pos = 3;
     }
@@ -56,6 +50,10 @@ struct Parser<'a> {
     file: FileId,
     errors: Vec<Diagnostic>,
     gave_up: bool,
+    /// Reused buffers, one per nesting level in use: nodes keep exact-size vectors
+    /// (a pipeline has hundreds of thousands of small nodes).
+    item_pool: Vec<Vec<Item>>,
+    entry_pool: Vec<Vec<Entry>>,
 }
 
 /// What ended a run of whitespace inside a node.
@@ -68,6 +66,19 @@ enum Stop {
 }
 
 impl<'a> Parser<'a> {
+    fn new(src: &'a str, file: FileId, pos: usize) -> Self {
+        Parser {
+            src,
+            b: src.as_bytes(),
+            pos,
+            file,
+            errors: Vec::new(),
+            gave_up: false,
+            item_pool: Vec::new(),
+            entry_pool: Vec::new(),
+        }
+    }
+
     fn span(&self, start: usize, end: usize) -> Span {
         Span::new(self.file, start, end)
     }
@@ -290,19 +301,25 @@ impl<'a> Parser<'a> {
 
     /// Nodes up to the end of input (depth 0) or to a `}` (inside a block).
     fn items(&mut self, depth: usize) -> Vec<Item> {
-        let mut items = Vec::new();
+        let mut buf = self.item_pool.pop().unwrap_or_default();
+        let items = self.items_into(depth, &mut buf);
+        self.item_pool.push(buf);
+        items
+    }
+
+    fn items_into(&mut self, depth: usize, items: &mut Vec<Item>) -> Vec<Item> {
         // Inside a block, the first comment may share the line of the `{`.
         let mut at_line_start = depth == 0;
         loop {
-            if self.line_space(&mut items, at_line_start).is_err() {
+            if self.line_space(items, at_line_start).is_err() {
                 self.recover();
             }
             if self.eof() {
-                return items;
+                return items.drain(..).collect();
             }
             if self.peek() == Some(b'}') {
                 if depth > 0 {
-                    return items;
+                    return items.drain(..).collect();
                 }
                 let _ = self.error(
                     Diagnostic::error(self.span(self.pos, self.pos + 1), "unexpected `}`")
@@ -326,21 +343,14 @@ impl<'a> Parser<'a> {
             }
             at_line_start = false;
             if self.gave_up {
-                return items;
+                return items.drain(..).collect();
             }
         }
     }
 
     /// A node whose parsing failed, re-read as far as its name.
     fn damaged_stub(&self, start: usize) -> Option<Node> {
-        let mut p = Parser {
-            src: self.src,
-            b: self.b,
-            pos: start,
-            file: self.file,
-            errors: Vec::new(),
-            gave_up: false,
-        };
+        let mut p = Parser::new(self.src, self.file, start);
         let slashdash = if p.starts_with("/-") {
             p.pos += 2;
             true
@@ -400,6 +410,14 @@ impl<'a> Parser<'a> {
     }
 
     fn node(&mut self, depth: usize) -> PResult<Node> {
+        let mut entries = self.entry_pool.pop().unwrap_or_default();
+        let node = self.node_into(depth, &mut entries);
+        entries.clear();
+        self.entry_pool.push(entries);
+        node
+    }
+
+    fn node_into(&mut self, depth: usize, entries: &mut Vec<Entry>) -> PResult<Node> {
         let start = self.pos;
         let mut slashdash = false;
         if self.starts_with("/-") {
@@ -444,6 +462,9 @@ impl<'a> Parser<'a> {
             match self.peek() {
                 Some(b'}') => break,
                 Some(b'{') => {
+                    if node.entries.is_empty() {
+                        node.entries = entries.drain(..).collect();
+                    }
                     let block = self.block(depth, false)?;
                     node.blocks.push(block);
                 }
@@ -453,6 +474,9 @@ impl<'a> Parser<'a> {
                     let mut ignored = Vec::new();
                     self.line_space(&mut ignored, false)?;
                     if self.peek() == Some(b'{') {
+                        if node.entries.is_empty() {
+                            node.entries = entries.drain(..).collect();
+                        }
                         let block = self.block(depth, true)?;
                         node.blocks.push(block);
                     } else {
@@ -463,7 +487,7 @@ impl<'a> Parser<'a> {
                         entry.slashdash = true;
                         entry.span = self.span(sd, entry.span.end as usize);
                         entry.leading = std::mem::take(&mut trivia);
-                        node.entries.push(entry);
+                        entries.push(entry);
                     }
                 }
                 Some(_) => {
@@ -483,7 +507,7 @@ impl<'a> Parser<'a> {
                     }
                     let mut entry = self.entry()?;
                     entry.leading = std::mem::take(&mut trivia);
-                    node.entries.push(entry);
+                    entries.push(entry);
                 }
                 None => break,
             }
@@ -506,6 +530,10 @@ impl<'a> Parser<'a> {
                     .hint("merge them into one `{ … }`"),
                 );
             }
+        }
+        // Pipelines have hundreds of thousands of small nodes: keep them tight.
+        if node.entries.is_empty() {
+            node.entries = entries.drain(..).collect();
         }
         Ok(node)
     }
@@ -533,7 +561,7 @@ impl<'a> Parser<'a> {
         Ok(Stop::More)
     }
 
-    fn entry_after_block(&mut self, name: String) -> SyntaxError {
+    fn entry_after_block(&mut self, name: CompactString) -> SyntaxError {
         let at = self.pos;
         let end = self.char_end(at);
         self.error(
@@ -575,6 +603,8 @@ impl<'a> Parser<'a> {
             ));
         }
         self.pos += 1;
+        let mut items = items;
+        items.shrink_to_fit();
         Ok(Block {
             slashdash,
             span: self.span(open, self.pos),
@@ -651,7 +681,7 @@ impl<'a> Parser<'a> {
         })
     }
 
-    fn type_annotation(&mut self) -> PResult<Option<Str>> {
+    fn type_annotation(&mut self) -> PResult<Option<Box<Str>>> {
         if self.peek() != Some(b'(') {
             return Ok(None);
         }
@@ -669,7 +699,7 @@ impl<'a> Parser<'a> {
         }
         self.pos += 1;
         name.span = self.span(open, self.pos);
-        Ok(Some(name))
+        Ok(Some(Box::new(name)))
     }
 
     // ---- values -------------------------------------------------------------------------
@@ -757,7 +787,7 @@ impl<'a> Parser<'a> {
                 .filter(|&c| c != '_')
                 .collect();
             let bad = digits.is_empty() || self.src[digits_start..].starts_with('_');
-            match i128::from_str_radix(&digits, radix) {
+            match i64::from_str_radix(&digits, radix) {
                 Ok(v) if !bad => Literal::Integer(if negative { -v } else { v }),
                 _ => return Err(self.bad_number(start)),
             }
@@ -785,17 +815,21 @@ impl<'a> Parser<'a> {
                 }
                 float = true;
             }
-            let text: String = self.src[start..self.pos]
-                .chars()
-                .filter(|&c| c != '_')
-                .collect();
+            let raw = &self.src[start..self.pos];
+            let cleaned: String;
+            let text = if raw.contains('_') {
+                cleaned = raw.chars().filter(|&c| c != '_').collect();
+                cleaned.as_str()
+            } else {
+                raw
+            };
             if float {
                 match text.parse::<f64>() {
                     Ok(v) => Literal::Float(v),
                     Err(_) => return Err(self.bad_number(start)),
                 }
             } else {
-                match text.parse::<i128>() {
+                match text.parse::<i64>() {
                     Ok(v) => Literal::Integer(v),
                     Err(_) => return Err(self.bad_number(start)),
                 }
@@ -903,7 +937,7 @@ impl<'a> Parser<'a> {
             return Err(self.bad_number(start));
         }
         Ok(Str {
-            value: text.to_string(),
+            value: CompactString::new(text),
             span,
         })
     }
@@ -914,7 +948,7 @@ impl<'a> Parser<'a> {
             return self.multiline_string(start, 0);
         }
         self.pos += 1;
-        let mut out = String::new();
+        let mut out = CompactString::default();
         let mut run = self.pos;
         loop {
             match self.peek() {
@@ -969,7 +1003,7 @@ impl<'a> Parser<'a> {
     }
 
     /// An escape sequence at the cursor (a backslash), appended decoded.
-    fn escape(&mut self, out: &mut String) -> PResult<()> {
+    fn escape(&mut self, out: &mut CompactString) -> PResult<()> {
         let start = self.pos;
         self.pos += 1;
         let c = match self.peek() {
@@ -1065,7 +1099,7 @@ impl<'a> Parser<'a> {
                         .count()
                         == hashes =>
                 {
-                    let value = self.src[body..self.pos].to_string();
+                    let value = CompactString::new(&self.src[body..self.pos]);
                     self.pos += 1 + hashes;
                     return Ok(Str {
                         value,
@@ -1142,7 +1176,7 @@ impl<'a> Parser<'a> {
                     .hint("put `\"\"\"` on a new line; its indentation is removed from every line of the string"),
             ));
         }
-        let mut out = String::new();
+        let mut out = CompactString::default();
         if let Some(content) = content {
             for (i, line) in split_lines(content).enumerate() {
                 if i > 0 {
@@ -1173,19 +1207,12 @@ impl<'a> Parser<'a> {
         })
     }
 
-    fn unescape_after_dedent(&mut self, s: &str, start: usize) -> PResult<String> {
+    fn unescape_after_dedent(&mut self, s: &str, start: usize) -> PResult<CompactString> {
         if !s.contains('\\') {
-            return Ok(s.to_string());
+            return Ok(CompactString::new(s));
         }
-        let mut sub = Parser {
-            src: s,
-            b: s.as_bytes(),
-            pos: 0,
-            file: self.file,
-            errors: Vec::new(),
-            gave_up: false,
-        };
-        let mut out = String::new();
+        let mut sub = Parser::new(s, self.file, 0);
+        let mut out = CompactString::default();
         let mut run = 0;
         while sub.pos < sub.b.len() {
             if sub.peek() == Some(b'\\') {
