@@ -36,6 +36,8 @@ pub struct Node {
     pub entries: Vec<Entry>,
     /// Children blocks in source order; at most one is not slashdashed.
     pub blocks: Vec<Block>,
+    /// Comments (and line continuations) after the last entry.
+    pub trailing: Vec<Trivia>,
     /// A `//` comment at the end of the node's last line.
     pub trailing_comment: Option<Comment>,
     /// A syntax error was found inside this node: parts of it may be missing.

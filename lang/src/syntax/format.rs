@@ -84,6 +84,14 @@ impl Formatter<'_> {
         for e in &n.entries {
             self.entry(e, depth);
         }
+        // A bare `\` before the end or the block is only layout: drop it.
+        let trailing: Vec<Trivia> = n
+            .trailing
+            .iter()
+            .copied()
+            .filter(|t| !matches!(t, Trivia::Continuation(None)))
+            .collect();
+        self.trivia(&trailing, depth);
         for b in &n.blocks {
             self.block(b, depth);
         }
@@ -101,9 +109,11 @@ impl Formatter<'_> {
         self.out.push(')');
     }
 
-    fn entry(&mut self, e: &Entry, depth: usize) {
+    /// Writes comments and continuations between entries; returns whether the
+    /// output is at the start of a continued line.
+    fn trivia(&mut self, trivia: &[Trivia], depth: usize) -> bool {
         let mut at_line_start = false;
-        for t in &e.leading {
+        for t in trivia {
             match t {
                 Trivia::Comment(c) => {
                     if !at_line_start {
@@ -126,7 +136,11 @@ impl Formatter<'_> {
                 }
             }
         }
-        if !at_line_start {
+        at_line_start
+    }
+
+    fn entry(&mut self, e: &Entry, depth: usize) {
+        if !self.trivia(&e.leading, depth) {
             self.out.push(' ');
         }
         if e.slashdash {

@@ -368,6 +368,7 @@ impl<'a> Parser<'a> {
             entries: Vec::new(),
             blocks: Vec::new(),
             trailing_comment: None,
+            trailing: Vec::new(),
             damaged: true,
         })
     }
@@ -451,12 +452,19 @@ impl<'a> Parser<'a> {
             entries: Vec::new(),
             blocks: Vec::new(),
             trailing_comment: None,
+            trailing: Vec::new(),
             damaged: false,
         };
         let mut trivia = Vec::new();
         loop {
             let spaced = self.node_space(&mut trivia)?;
-            if self.node_end(&mut node)? == Stop::Terminator {
+            let at_end = self.node_end(&mut node)? == Stop::Terminator;
+            if at_end || matches!(self.peek(), Some(b'{' | b'}') | None) || self.starts_with("/-{")
+            {
+                // Comments after the last entry belong to the node, not to an entry.
+                node.trailing.append(&mut trivia);
+            }
+            if at_end {
                 break;
             }
             match self.peek() {
