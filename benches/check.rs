@@ -5,6 +5,11 @@
 //! the outputs of one or two steps of the layer before, one step in ten fans out
 //! over three values, and every step has a resources line, as real pipelines do.
 
+#![expect(
+    clippy::expect_used,
+    reason = "a benchmark on an invalid pipeline must stop"
+)]
+
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use mustbuild_lang::{Diagnostics, MemoryFiles};
 use std::fmt::Write;

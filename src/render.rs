@@ -82,12 +82,11 @@ impl<'a> Renderer<'a> {
             }
         }
         let mut message = d.message.clone();
-        if d.span.is_none() {
-            if let Some(path) = &d.path {
-                if !message.contains(&path.display().to_string()) {
-                    message = format!("{}: {message}", path.display());
-                }
-            }
+        if d.span.is_none()
+            && let Some(path) = &d.path
+            && !message.contains(&path.display().to_string())
+        {
+            message = format!("{}: {message}", path.display());
         }
         let mut help = d.hint.clone().unwrap_or_default();
         for n in notes {

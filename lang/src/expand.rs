@@ -245,8 +245,11 @@ fn check_nesting_and_sources(
         while let Some(slash) = path[prefix_end..].find('/') {
             let dir = &path[..prefix_end + slash];
             prefix_end += slash + 1;
-            if let Some(owner) = written.get(dir) {
-                if owner.kind == PathKind::Dir && reported.insert((owner.span, w.span)) {
+            if let Some(owner) = written.get(dir)
+                && owner.kind == PathKind::Dir
+                && reported.insert((owner.span, w.span))
+            {
+                {
                     let other = &wf.step(owner.step).name;
                     diags.push(
                         Diagnostic::error(

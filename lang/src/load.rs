@@ -179,7 +179,7 @@ impl Loader<'_> {
             };
             match include {
                 None => self.order.push((file, i)),
-                Some(Err(d)) => self.diags.push(d),
+                Some(Err(d)) => self.diags.push(*d),
                 Some(Ok((rel, span))) => self.include(file, &rel, span, stack),
             }
         }
@@ -252,38 +252,45 @@ impl Loader<'_> {
 }
 
 /// The path an `include` node names, or why it is malformed.
-fn include_target(n: &Node) -> Result<(String, Span), Diagnostic> {
+fn include_target(n: &Node) -> Result<(String, Span), Box<Diagnostic>> {
     let usage = "usage: include \"other.kdl\"";
     if let Some((k, _)) = n.props().next() {
-        return Err(Diagnostic::error(
-            k.span,
-            format!("`include` takes no property `{}`", k.value),
-        )
-        .hint(usage));
+        return Err(Box::new(
+            Diagnostic::error(k.span, format!("`include` takes no property `{}`", k.value))
+                .hint(usage),
+        ));
     }
     if let Some(b) = n.children() {
-        return Err(Diagnostic::error(b.span, "`include` takes no block").hint(usage));
+        return Err(Box::new(
+            Diagnostic::error(b.span, "`include` takes no block").hint(usage),
+        ));
     }
     let mut args = n.args();
     let Some(first) = args.next() else {
-        return Err(Diagnostic::error(n.name.span, "`include` needs a file name").hint(usage));
+        return Err(Box::new(
+            Diagnostic::error(n.name.span, "`include` needs a file name").hint(usage),
+        ));
     };
     if let Some(extra) = args.next() {
-        return Err(
+        return Err(Box::new(
             Diagnostic::error(extra.full_span(), "`include` takes one file name")
                 .hint("write one `include` line per file"),
-        );
+        ));
     }
     match first.as_str() {
         Some(s) if !s.trim().is_empty() => Ok((s.to_string(), first.span)),
-        Some(_) => Err(Diagnostic::error(first.span, "the include path is empty").hint(usage)),
-        None => Err(Diagnostic::error(
-            first.span,
-            format!(
-                "the include path must be a string, not {}",
-                first.lit.kind_name()
-            ),
-        )
-        .hint(usage)),
+        Some(_) => Err(Box::new(
+            Diagnostic::error(first.span, "the include path is empty").hint(usage),
+        )),
+        None => Err(Box::new(
+            Diagnostic::error(
+                first.span,
+                format!(
+                    "the include path must be a string, not {}",
+                    first.lit.kind_name()
+                ),
+            )
+            .hint(usage),
+        )),
     }
 }

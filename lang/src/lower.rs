@@ -825,13 +825,21 @@ impl<'a> Lower<'a> {
                         let usage = "retry COUNT";
                         self.no_props(child, usage);
                         self.no_children(child, usage);
-                        if let Some(args) = self.args::<1>(child, usage) {
-                            if let Some(n) = self.count(args[0], "retry count", 0) {
-                                if n > 100 {
-                                    self.push(Diagnostic::error(args[0].span, format!("retry {n} is more than 100")).hint("a step that fails that often needs fixing, not retrying"));
-                                }
-                                d.retry = n;
+                        if let Some(args) = self.args::<1>(child, usage)
+                            && let Some(n) = self.count(args[0], "retry count", 0)
+                        {
+                            if n > 100 {
+                                self.push(
+                                    Diagnostic::error(
+                                        args[0].span,
+                                        format!("retry {n} is more than 100"),
+                                    )
+                                    .hint(
+                                        "a step that fails that often needs fixing, not retrying",
+                                    ),
+                                );
                             }
+                            d.retry = n;
                         }
                     }
                 }
@@ -1192,17 +1200,17 @@ impl<'a> Lower<'a> {
         let run = match d.run {
             Some(v) => {
                 let t = self.template(v, &scope, Context::Command, &"the command");
-                if let Some(t) = &t {
-                    if t.text.trim().is_empty() {
-                        self.push(
-                            Diagnostic::error(
-                                v.span,
-                                format!("the command of step `{}` is empty", d.name.value),
-                            )
-                            .hint("write the shell command the step runs"),
-                        );
-                        ok = false;
-                    }
+                if let Some(t) = &t
+                    && t.text.trim().is_empty()
+                {
+                    self.push(
+                        Diagnostic::error(
+                            v.span,
+                            format!("the command of step `{}` is empty", d.name.value),
+                        )
+                        .hint("write the shell command the step runs"),
+                    );
+                    ok = false;
                 }
                 t
             }

@@ -1,6 +1,10 @@
 //! Helpers shared by the end-to-end tests: run the real binary.
 
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test binary uses part of the helpers")]
+#![expect(
+    clippy::expect_used,
+    reason = "a test helper that cannot run the binary fails the test"
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -83,15 +83,26 @@ impl<'a> Parser<'a> {
         Span::new(self.file, start, end)
     }
 
+    /// The byte at the cursor; `None` at the end and once parsing gave up, so that
+    /// every loop ends.
     fn peek(&self) -> Option<u8> {
+        if self.gave_up {
+            return None;
+        }
         self.b.get(self.pos).copied()
     }
 
     fn peek_at(&self, n: usize) -> Option<u8> {
+        if self.gave_up {
+            return None;
+        }
         self.b.get(self.pos + n).copied()
     }
 
     fn peek_char(&self) -> Option<char> {
+        if self.gave_up {
+            return None;
+        }
         self.src.get(self.pos..).and_then(|s| s.chars().next())
     }
 
@@ -100,7 +111,7 @@ impl<'a> Parser<'a> {
     }
 
     fn starts_with(&self, s: &str) -> bool {
-        self.b[self.pos.min(self.b.len())..].starts_with(s.as_bytes())
+        !self.gave_up && self.b[self.pos.min(self.b.len())..].starts_with(s.as_bytes())
     }
 
     fn error(&mut self, d: Diagnostic) -> SyntaxError {
@@ -315,11 +326,11 @@ impl<'a> Parser<'a> {
                 self.recover();
             }
             if self.eof() {
-                return items.drain(..).collect();
+                return items.split_off(0);
             }
             if self.peek() == Some(b'}') {
                 if depth > 0 {
-                    return items.drain(..).collect();
+                    return items.split_off(0);
                 }
                 let _ = self.error(
                     Diagnostic::error(self.span(self.pos, self.pos + 1), "unexpected `}`")
@@ -343,7 +354,7 @@ impl<'a> Parser<'a> {
             }
             at_line_start = false;
             if self.gave_up {
-                return items.drain(..).collect();
+                return items.split_off(0);
             }
         }
     }
@@ -471,7 +482,7 @@ impl<'a> Parser<'a> {
                 Some(b'}') => break,
                 Some(b'{') => {
                     if node.entries.is_empty() {
-                        node.entries = entries.drain(..).collect();
+                        node.entries = entries.split_off(0);
                     }
                     let block = self.block(depth, false)?;
                     node.blocks.push(block);
@@ -483,7 +494,7 @@ impl<'a> Parser<'a> {
                     self.line_space(&mut ignored, false)?;
                     if self.peek() == Some(b'{') {
                         if node.entries.is_empty() {
-                            node.entries = entries.drain(..).collect();
+                            node.entries = entries.split_off(0);
                         }
                         let block = self.block(depth, true)?;
                         node.blocks.push(block);
@@ -541,7 +552,7 @@ impl<'a> Parser<'a> {
         }
         // Pipelines have hundreds of thousands of small nodes: keep them tight.
         if node.entries.is_empty() {
-            node.entries = entries.drain(..).collect();
+            node.entries = entries.split_off(0);
         }
         Ok(node)
     }
@@ -856,7 +867,7 @@ impl<'a> Parser<'a> {
     }
 
     fn bad_number(&mut self, start: usize) -> SyntaxError {
-        while self.peek().is_some_and(|b| is_ascii_ident_byte(b)) {
+        while self.peek().is_some_and(is_ascii_ident_byte) {
             self.pos += 1;
         }
         let end = self.pos.max(start + 1);
