@@ -11,6 +11,27 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// Like `println!`/`print!` on stdout, but a closed pipe (`mustbuild graph … | head`)
+/// is not an error: there is nobody left to tell.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        let _ = write!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that never panics when stderr is closed.
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 /// Exit codes, stable for scripts.
 mod exit {
     /// Everything is fine.
@@ -87,7 +108,7 @@ enum Format {
 
 fn main() -> ExitCode {
     std::panic::set_hook(Box::new(|info| {
-        eprintln!(
+        tell!(
             "internal error: mustbuild crashed; this is a bug, please report it with the command you ran.\n{info}"
         );
     }));
@@ -139,7 +160,7 @@ fn check(path: &Path, json: bool) -> u8 {
             "edges": counts.map(|(_, e)| e.edges),
             "diagnostics": diags.iter().map(|d| to_json(d, &loaded.sources)).collect::<Vec<_>>(),
         });
-        println!("{out}");
+        outln!("{out}");
     } else {
         print_diagnostics(&loaded, &diags);
         match counts {
@@ -149,7 +170,7 @@ fn check(path: &Path, json: bool) -> u8 {
                 } else {
                     format!(" ({})", count_summary(&diags))
                 };
-                println!(
+                outln!(
                     "{}: ok: pipeline `{}`, {}, {}, {}{warnings}",
                     path.display(),
                     wf.name,
@@ -158,7 +179,7 @@ fn check(path: &Path, json: bool) -> u8 {
                     plural(e.edges, "edge"),
                 );
             }
-            None => eprintln!("{}: {}", path.display(), count_summary(&diags)),
+            None => tell!("{}: {}", path.display(), count_summary(&diags)),
         }
     }
     if ok { exit::OK } else { exit::INVALID }
@@ -168,18 +189,18 @@ fn graph(path: &Path, format: Format) -> u8 {
     let (loaded, expansion, diags) = load_and_expand(path);
     print_diagnostics(&loaded, &diags);
     let (Some(wf), Some(e)) = (&loaded.workflow, &expansion) else {
-        eprintln!("{}: {}", path.display(), count_summary(&diags));
+        tell!("{}: {}", path.display(), count_summary(&diags));
         return exit::INVALID;
     };
     if diags.iter().any(Diagnostic::is_error) {
-        eprintln!("{}: {}", path.display(), count_summary(&diags));
+        tell!("{}: {}", path.display(), count_summary(&diags));
         return exit::INVALID;
     }
     let format = match format {
         Format::Dot => GraphFormat::Dot,
         Format::Mermaid => GraphFormat::Mermaid,
     };
-    print!(
+    out!(
         "{}",
         mustbuild_lang::graph::render(wf, &e.instances, format)
     );
@@ -192,11 +213,11 @@ fn fmt(paths: &[PathBuf], check: bool) -> u8 {
         if path == Path::new("-") {
             let mut text = String::new();
             if let Err(e) = std::io::stdin().read_to_string(&mut text) {
-                eprintln!("error: cannot read standard input: {e}");
+                tell!("error: cannot read standard input: {e}");
                 return exit::ENVIRONMENT;
             }
             match mustbuild_lang::format_source(&text) {
-                Some(out) => print!("{out}"),
+                Some(out) => out!("{out}"),
                 None => {
                     let mut files = mustbuild_lang::MemoryFiles::new();
                     files.insert("<stdin>", text);
@@ -217,17 +238,17 @@ fn fmt(paths: &[PathBuf], check: bool) -> u8 {
             continue;
         }
         if check {
-            eprintln!(
+            tell!(
                 "{}: not formatted (run `mustbuild fmt {}`)",
                 path.display(),
                 path.display()
             );
             code = code.max(exit::INVALID);
         } else if let Err(e) = write_atomically(path, formatted) {
-            eprintln!("error: cannot write {}: {e}", path.display());
+            tell!("error: cannot write {}: {e}", path.display());
             code = exit::ENVIRONMENT;
         } else {
-            eprintln!("formatted {}", path.display());
+            tell!("formatted {}", path.display());
         }
     }
     code
@@ -236,10 +257,10 @@ fn fmt(paths: &[PathBuf], check: bool) -> u8 {
 fn print_fmt_errors(f: &mustbuild_lang::Formatted) {
     let mut r = Renderer::new(&f.sources);
     for d in &f.diagnostics {
-        eprint!("{}", r.render(d));
+        let _ = write!(std::io::stderr().lock(), "{}", r.render(d));
     }
     if let Some(file) = f.sources.files().next() {
-        eprintln!(
+        tell!(
             "{}: not formatted: {}",
             file.1.path.display(),
             count_summary(&f.diagnostics)

@@ -33,3 +33,17 @@ fn an_invalid_pipeline_draws_nothing() {
     assert_eq!(r.stdout, "");
     assert!(r.stderr.contains("dependency cycle"));
 }
+
+#[test]
+fn a_closed_pipe_is_not_a_crash() {
+    let mut child = common::mustbuild(&root())
+        .args(["graph", "examples/quickstart/pipeline.kdl"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
