@@ -135,11 +135,21 @@ fn load_and_expand(path: &Path) -> (Loaded, Option<mustbuild_lang::Expansion>, V
     (loaded, expansion, diags)
 }
 
+/// Reports past this many are counted, not shown (`--json` lists them all).
+const MAX_SHOWN: usize = 100;
+
 fn print_diagnostics(loaded: &Loaded, diags: &[Diagnostic]) {
     let mut r = Renderer::new(&loaded.sources);
     let mut err = std::io::stderr().lock();
-    for d in diags {
+    for d in diags.iter().take(MAX_SHOWN) {
         let _ = write!(err, "{}", r.render(d));
+    }
+    if diags.len() > MAX_SHOWN {
+        let _ = writeln!(
+            err,
+            "… {} not shown (`mustbuild check --json` lists them all)",
+            count_summary(&diags[MAX_SHOWN..])
+        );
     }
 }
 

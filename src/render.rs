@@ -60,7 +60,14 @@ impl<'a> Renderer<'a> {
         let mut labels = Vec::new();
         let mut notes = Vec::new();
         let mut source = None;
-        if let Some(span) = d.span {
+        let mut message = d.message.clone();
+        if let Some(span) = d.span
+            && !self.excerpt_fits(d)
+        {
+            // Lines this long (a minified or generated file) would flood the terminal:
+            // name the place instead of showing it.
+            message = format!("{}: {message}", self.place(span));
+        } else if let Some(span) = d.span {
             let file = self.sources.file(span.file);
             source = Some(NamedSource::new(
                 file.path.display().to_string(),
@@ -81,7 +88,6 @@ impl<'a> Renderer<'a> {
                 }
             }
         }
-        let mut message = d.message.clone();
         if d.span.is_none()
             && let Some(path) = &d.path
             && !message.contains(&path.display().to_string())
@@ -102,6 +108,23 @@ impl<'a> Renderer<'a> {
             source,
             labels,
         }
+    }
+
+    /// Whether the source lines a report would show are short enough to show.
+    fn excerpt_fits(&self, d: &Diagnostic) -> bool {
+        const MAX_LINE_BYTES: usize = 1000;
+        let Some(span) = d.span else { return true };
+        std::iter::once(span)
+            .chain(
+                d.related
+                    .iter()
+                    .map(|r| r.span)
+                    .filter(|s| s.file == span.file),
+            )
+            .all(|s| {
+                let file = self.sources.file(s.file);
+                file.longest_line_near(s.start as usize, s.end as usize, 1) <= MAX_LINE_BYTES
+            })
     }
 
     /// `file:line:column` of a span.

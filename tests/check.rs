@@ -241,3 +241,35 @@ fn kdl_v1_files_are_accepted_with_a_warning() {
         r.stdout
     );
 }
+
+#[test]
+fn a_huge_line_with_thousands_of_errors_gives_a_bounded_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries: Vec<String> = (0..50_000).map(|i| format!("k{i}={i}")).collect();
+    std::fs::write(
+        dir.path().join("long.kdl"),
+        format!("pipeline \"x\" {}\n", entries.join(" ")),
+    )
+    .unwrap();
+    let r = run(dir.path(), &["check", "long.kdl"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.len() < 100_000,
+        "{} bytes of report",
+        r.stderr.len()
+    );
+    assert!(
+        r.stderr
+            .contains("long.kdl:1:14: unknown property `k0` of `pipeline`"),
+        "{}",
+        &r.stderr[..2000]
+    );
+    assert!(
+        r.stderr.contains("49900 errors not shown"),
+        "{}",
+        &r.stderr[r.stderr.len() - 500..]
+    );
+    let json = run(dir.path(), &["check", "--json", "long.kdl"]);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v["diagnostics"].as_array().unwrap().len(), 50_000);
+}

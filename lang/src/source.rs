@@ -60,25 +60,34 @@ pub struct SourceFile {
     pub path: PathBuf,
     pub text: String,
     line_starts: Vec<u32>,
+    /// Per line: only ASCII, so columns are byte distances.
+    ascii_lines: Vec<bool>,
 }
 
 impl SourceFile {
     pub fn new(path: PathBuf, text: String) -> Self {
         let mut line_starts = vec![0];
-        line_starts.extend(
-            text.bytes()
-                .enumerate()
-                .filter(|&(_, b)| b == b'\n')
-                .map(|(i, _)| u32::try_from(i + 1).unwrap_or(u32::MAX)),
-        );
+        let mut ascii_lines = Vec::new();
+        let mut ascii = true;
+        for (i, b) in text.bytes().enumerate() {
+            if b == b'\n' {
+                line_starts.push(u32::try_from(i + 1).unwrap_or(u32::MAX));
+                ascii_lines.push(ascii);
+                ascii = true;
+            } else if b >= 0x80 {
+                ascii = false;
+            }
+        }
+        ascii_lines.push(ascii);
         SourceFile {
             path,
             text,
             line_starts,
+            ascii_lines,
         }
     }
 
-    /// The line and column of a byte offset.
+    /// The line and column of a byte offset (constant time on ASCII lines).
     pub fn line_col(&self, offset: usize) -> LineCol {
         let offset = offset.min(self.text.len());
         let line = match self.line_starts.binary_search(&(offset as u32)) {
@@ -86,11 +95,13 @@ impl SourceFile {
             Err(i) => i - 1,
         };
         let start = self.line_starts[line] as usize;
-        let column = self
-            .text
-            .get(start..offset)
-            .map_or(offset - start, |s| s.chars().count())
-            + 1;
+        let column = if self.ascii_lines[line] {
+            offset - start
+        } else {
+            self.text
+                .get(start..offset)
+                .map_or(offset - start, |s| s.chars().count())
+        } + 1;
         LineCol {
             line: line + 1,
             column,
@@ -99,6 +110,31 @@ impl SourceFile {
 
     pub fn slice(&self, span: Span) -> &str {
         self.text.get(span.range()).unwrap_or("")
+    }
+
+    /// The length in bytes of the longest line from `context` lines before the one
+    /// holding `start` to `context` lines after the one holding `end`.
+    pub fn longest_line_near(&self, start: usize, end: usize, context: usize) -> usize {
+        let line_of = |offset: usize| match self
+            .line_starts
+            .binary_search(&(offset.min(self.text.len()) as u32))
+        {
+            Ok(i) => i,
+            Err(i) => i - 1,
+        };
+        let first = line_of(start).saturating_sub(context);
+        let last = (line_of(end) + context).min(self.line_starts.len() - 1);
+        (first..=last)
+            .map(|l| {
+                let from = self.line_starts[l] as usize;
+                let to = self
+                    .line_starts
+                    .get(l + 1)
+                    .map_or(self.text.len(), |&n| n as usize);
+                to - from
+            })
+            .max()
+            .unwrap_or(0)
     }
 }
 
