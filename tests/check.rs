@@ -273,3 +273,18 @@ fn a_huge_line_with_thousands_of_errors_gives_a_bounded_report() {
     let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(v["diagnostics"].as_array().unwrap().len(), 50_000);
 }
+
+#[test]
+fn a_step_with_a_syntax_error_is_still_known_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.kdl"),
+        "pipeline \"p\"\nstep a (oops {\n    out t=\"a.txt\"\n}\nstep b {\n    in x=a.t\n    out u=\"b.txt\"\n    run \"cp {in.x} {out.u}\"\n}\n",
+    )
+    .unwrap();
+    let r = run(dir.path(), &["check", "p.kdl"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("unclosed type annotation"), "{}", r.stderr);
+    assert!(!r.stderr.contains("unknown step"), "{}", r.stderr);
+    assert!(!r.stderr.contains("needs a name"), "{}", r.stderr);
+}

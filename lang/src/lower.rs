@@ -59,6 +59,11 @@ pub(crate) fn lower(
     let mut env = Vec::new();
     let mut drafts: Vec<StepDraft<'_>> = Vec::new();
     for node in nodes {
+        // A node with a syntax error has had it reported; only a damaged step that
+        // kept its name is worth keeping, so that references to it stay quiet.
+        if node.damaged && (node.name.value != "step" || node.args().next().is_none()) {
+            continue;
+        }
         match node.name.value.as_str() {
             "pipeline" => cx.pipeline(node, main, &mut name),
             "param" => cx.param(node),
@@ -299,6 +304,45 @@ impl<'a> Lower<'a> {
         }
     }
 
+    /// `NODE NAME [VALUE…] [PROP=VALUE]`: the checked name, the other arguments and
+    /// the one property the node allows; `None` after reporting what is wrong.
+    fn named_node<'n>(
+        &mut self,
+        node: &'n Node,
+        usage: &str,
+        what: &str,
+        prop: &str,
+    ) -> Option<(Str, Vec<&'n Value>, Option<&'n Value>)> {
+        self.no_children(node, usage);
+        let mut args = node.args();
+        let Some(first) = args.next() else {
+            self.push(
+                Diagnostic::error(node.span, format!("`{}` needs a {what}", node.name.value))
+                    .hint(format!("usage: {usage}")),
+            );
+            return None;
+        };
+        let name = self.name(first, what)?;
+        let mut value = None;
+        for (k, v) in node.props() {
+            if k.value == prop && value.is_none() {
+                value = Some(v);
+            } else {
+                let hint =
+                    did_you_mean(&k.value, [prop]).unwrap_or_else(|| format!("usage: {usage}"));
+                self.push(
+                    Diagnostic::error(
+                        k.span,
+                        format!("unknown property `{}` of `{}`", k.value, node.name.value),
+                    )
+                    .hint(hint),
+                );
+                return None;
+            }
+        }
+        Some((name, args.collect(), value))
+    }
+
     fn string(&mut self, v: &Value, what: impl std::fmt::Display) -> Option<CompactString> {
         match &v.lit {
             Literal::String(s) => Some(s.clone()),
@@ -466,34 +510,13 @@ impl<'a> Lower<'a> {
 
     fn input(&mut self, node: &Node) {
         let usage = "input NAME \"path\"  or  input NAME glob=\"pattern\"";
-        self.no_children(node, usage);
-        let args: Vec<&Value> = node.args().collect();
-        let Some(first) = args.first() else {
-            self.push(
-                Diagnostic::error(node.span, "`input` needs a name")
-                    .hint(format!("usage: {usage}")),
-            );
+        let Some((name, args, glob)) = self.named_node(node, usage, "input name", "glob") else {
             return;
         };
-        let Some(name) = self.name(first, "input name") else {
-            return;
-        };
-        self.no_annotation(first, "an input name");
-        let mut glob = None;
-        for (k, v) in node.props() {
-            if k.value == "glob" && glob.is_none() {
-                glob = Some(v);
-            } else {
-                let hint =
-                    did_you_mean(&k.value, ["glob"]).unwrap_or_else(|| format!("usage: {usage}"));
-                self.push(
-                    Diagnostic::error(k.span, format!("unknown property `{}` of `input`", k.value))
-                        .hint(hint),
-                );
-                return;
-            }
+        if let Some(first) = node.args().next() {
+            self.no_annotation(first, "an input name");
         }
-        let source = match (args.get(1), glob, args.get(2)) {
+        let source = match (args.first().copied(), glob, args.get(1)) {
             (_, _, Some(extra)) => {
                 self.push(
                     Diagnostic::error(extra.full_span(), "unexpected argument to `input`")
@@ -934,16 +957,9 @@ impl<'a> Lower<'a> {
 
     fn foreach<'n>(&mut self, node: &'n Node, d: &mut StepDraft<'n>) {
         let usage = "foreach VAR \"value\"…  or  foreach VAR from=GLOB_INPUT";
-        self.no_children(node, usage);
-        let args: Vec<&Value> = node.args().collect();
-        let Some(first) = args.first() else {
-            self.push(
-                Diagnostic::error(node.span, "`foreach` needs a variable name")
-                    .hint(format!("usage: {usage}")),
-            );
-            return;
-        };
-        let Some(var) = self.name(first, "fan-out variable name") else {
+        let Some((var, values, from)) =
+            self.named_node(node, usage, "fan-out variable name", "from")
+        else {
             return;
         };
         if RESERVED_VARS.contains(&var.value.as_str()) {
@@ -967,24 +983,6 @@ impl<'a> Lower<'a> {
             );
             return;
         }
-        let mut from = None;
-        for (k, v) in node.props() {
-            if k.value == "from" && from.is_none() {
-                from = Some(v);
-            } else {
-                let hint =
-                    did_you_mean(&k.value, ["from"]).unwrap_or_else(|| format!("usage: {usage}"));
-                self.push(
-                    Diagnostic::error(
-                        k.span,
-                        format!("unknown property `{}` of `foreach`", k.value),
-                    )
-                    .hint(hint),
-                );
-                return;
-            }
-        }
-        let values = &args[1..];
         let domain = match from {
             Some(f) => {
                 if let Some(v) = values.first() {

@@ -371,12 +371,35 @@ impl<'a> Parser<'a> {
         let mut junk = Vec::new();
         p.node_space(&mut junk).ok()?;
         let name = p.string().ok()?;
+        // Its first argument too, when it is a plain string: a step's name.
+        let mut entries = Vec::new();
+        if p.node_space(&mut junk).unwrap_or(false) {
+            let at = p.pos;
+            if let Ok((lit @ Literal::String(_), span)) = p.value_literal() {
+                let mut after = Vec::new();
+                let _ = p.node_space(&mut after);
+                if p.peek() != Some(b'=') {
+                    let value = Value {
+                        ty: None,
+                        lit,
+                        span,
+                    };
+                    entries.push(Entry {
+                        span: self.span(at, span.end as usize),
+                        slashdash: false,
+                        key: None,
+                        value,
+                        leading: Vec::new(),
+                    });
+                }
+            }
+        }
         Some(Node {
             span: self.span(start, self.pos.max(start)),
             slashdash,
             ty: None,
             name,
-            entries: Vec::new(),
+            entries,
             blocks: Vec::new(),
             trailing_comment: None,
             trailing: Vec::new(),
