@@ -288,3 +288,13 @@ fn a_step_with_a_syntax_error_is_still_known_by_name() {
     assert!(!r.stderr.contains("unknown step"), "{}", r.stderr);
     assert!(!r.stderr.contains("needs a name"), "{}", r.stderr);
 }
+
+#[test]
+fn a_panic_in_the_kdl_v1_parser_is_contained() {
+    // Found by the fuzzer: the kdl crate's v1 parser panics on this input.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.kdl"), b"(true\0\0\0").unwrap();
+    let r = run(dir.path(), &["check", "p.kdl"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(!r.stderr.contains("crashed") && !r.stderr.contains("panicked"), "{}", r.stderr);
+}
