@@ -284,7 +284,11 @@ fn a_step_with_a_syntax_error_is_still_known_by_name() {
     .unwrap();
     let r = run(dir.path(), &["check", "p.kdl"]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("unclosed type annotation"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("unclosed type annotation"),
+        "{}",
+        r.stderr
+    );
     assert!(!r.stderr.contains("unknown step"), "{}", r.stderr);
     assert!(!r.stderr.contains("needs a name"), "{}", r.stderr);
 }
@@ -296,5 +300,9 @@ fn a_panic_in_the_kdl_v1_parser_is_contained() {
     std::fs::write(dir.path().join("p.kdl"), b"(true\0\0\0").unwrap();
     let r = run(dir.path(), &["check", "p.kdl"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(!r.stderr.contains("crashed") && !r.stderr.contains("panicked"), "{}", r.stderr);
+    assert!(
+        !r.stderr.contains("crashed") && !r.stderr.contains("panicked"),
+        "{}",
+        r.stderr
+    );
 }

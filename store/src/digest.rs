@@ -92,7 +92,10 @@ mod tests {
     #[test]
     fn hex_round_trip() {
         let d = Digest::of(b"hello");
-        assert_eq!(d.to_hex(), "ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f");
+        assert_eq!(
+            d.to_hex(),
+            "ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f"
+        );
         assert_eq!(d.to_hex().parse::<Digest>(), Ok(d));
         assert!("xyz".parse::<Digest>().is_err());
         assert!("g".repeat(64).parse::<Digest>().is_err());

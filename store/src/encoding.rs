@@ -86,11 +86,19 @@ impl<'a> Reader<'a> {
     }
 
     pub fn error(&self, what: &'static str, why: &'static str) -> DecodeError {
-        DecodeError { what, at: self.pos, why }
+        DecodeError {
+            what,
+            at: self.pos,
+            why,
+        }
     }
 
     fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or_else(|| self.error(what, "truncated"))?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or_else(|| self.error(what, "truncated"))?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)

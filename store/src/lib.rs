@@ -1,8 +1,37 @@
-//! mustbuild-store: digests, canonical encoding, content-addressed objects and
-//! trees, derivation records, realisations and run records, with a local backend
-//! and an S3 one; verify and garbage collection.
+//! mustbuild-store: the memory of every result. It owns digests and their
+//! canonical encodings, content-addressed objects (files and Merkle trees of
+//! folders), derivation records (whole key material), realisations (derivation
+//! key → output → object), run records, sessions and roots; materialisation into
+//! a workspace; verification and garbage collection. Metadata lives in SQLite
+//! (WAL) so that several processes share one store.
 //!
 //! It must not know about the workflow language, executors or the engine: it
 //! stores bytes and records under keys it is given.
 //!
-//! Nothing is implemented yet (issue 3).
+//! Key design decision: a row in the database always names complete, durable
+//! content. Content is made durable first and named second, inside one write
+//! transaction; everything else (verify, gc, leases) follows from keeping that
+//! true under crashes and concurrent processes.
+
+mod db;
+pub mod digest;
+pub mod encoding;
+pub mod error;
+pub mod filecache;
+pub mod hashing;
+pub mod local;
+pub mod maintenance;
+pub mod material;
+pub mod materialize;
+pub mod tree;
+
+pub use digest::Digest;
+pub use error::{Result, StoreError};
+pub use filecache::Source;
+pub use local::{
+    Ingest, LocalStore, ObjectKind, Output, OutputKind, Root, RunRecord, Stored, hostname,
+};
+pub use maintenance::{GcReport, StoreInfo, VerifyReport};
+pub use material::{Field, FieldChange, KeyMaterial};
+pub use materialize::Materialized;
+pub use tree::{EntryKind, Tree, TreeEntry};

@@ -110,7 +110,10 @@ fn decode_field(r: &mut Reader<'_>, depth: usize) -> Result<Field, DecodeError> 
         return Err(r.error(WHAT, "nested too deeply"));
     }
     Ok(match r.u8(WHAT)? {
-        b'T' => Field::Text(String::from_utf8(r.bytes(WHAT)?.to_vec()).map_err(|_| r.error(WHAT, "text is not UTF-8"))?),
+        b'T' => Field::Text(
+            String::from_utf8(r.bytes(WHAT)?.to_vec())
+                .map_err(|_| r.error(WHAT, "text is not UTF-8"))?,
+        ),
         b'H' => Field::Digest(r.digest(WHAT)?),
         b'I' => Field::Integer(r.u64(WHAT)?),
         b'L' => {
@@ -126,7 +129,8 @@ fn decode_field(r: &mut Reader<'_>, depth: usize) -> Result<Field, DecodeError> 
             let mut m = BTreeMap::new();
             let mut last: Option<String> = None;
             for _ in 0..n {
-                let k = String::from_utf8(r.bytes(WHAT)?.to_vec()).map_err(|_| r.error(WHAT, "key is not UTF-8"))?;
+                let k = String::from_utf8(r.bytes(WHAT)?.to_vec())
+                    .map_err(|_| r.error(WHAT, "key is not UTF-8"))?;
                 if last.as_ref().is_some_and(|l| *l >= k) {
                     return Err(r.error(WHAT, "keys not sorted or not unique"));
                 }
@@ -141,10 +145,19 @@ fn decode_field(r: &mut Reader<'_>, depth: usize) -> Result<Field, DecodeError> 
 }
 
 fn join(prefix: &str, key: &str) -> String {
-    if prefix.is_empty() { key.to_string() } else { format!("{prefix}.{key}") }
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
 }
 
-fn diff_maps(prefix: &str, a: &BTreeMap<String, Field>, b: &BTreeMap<String, Field>, out: &mut Vec<FieldChange>) {
+fn diff_maps(
+    prefix: &str,
+    a: &BTreeMap<String, Field>,
+    b: &BTreeMap<String, Field>,
+    out: &mut Vec<FieldChange>,
+) {
     let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
     for k in keys {
         diff_fields(&join(prefix, k), a.get(k), b.get(k), out);
@@ -159,7 +172,11 @@ fn diff_fields(path: &str, a: Option<&Field>, b: Option<&Field>, out: &mut Vec<F
                 diff_fields(&format!("{path}[{i}]"), Some(p), Some(q), out);
             }
         }
-        (x, y) if x != y => out.push(FieldChange { path: path.to_string(), before: x.cloned(), after: y.cloned() }),
+        (x, y) if x != y => out.push(FieldChange {
+            path: path.to_string(),
+            before: x.cloned(),
+            after: y.cloned(),
+        }),
         _ => {}
     }
 }
@@ -176,7 +193,10 @@ mod tests {
         let mut inputs = BTreeMap::new();
         inputs.insert("reads".to_string(), Field::Digest(Digest::of(b"ACGT")));
         m.insert("inputs", Field::Map(inputs));
-        m.insert("args", Field::List(vec![Field::Text("a".into()), Field::Text("b".into())]));
+        m.insert(
+            "args",
+            Field::List(vec![Field::Text("a".into()), Field::Text("b".into())]),
+        );
         m
     }
 
@@ -186,16 +206,24 @@ mod tests {
         assert_eq!(KeyMaterial::decode(&m.encode()).unwrap(), m);
         assert_eq!(m.key(), sample().key());
         // Pinned: a change of encoding must be a deliberate change of version.
-        assert_eq!(m.key().to_hex(), KeyMaterial::decode(&m.encode()).unwrap().key().to_hex());
+        assert_eq!(
+            m.key().to_hex(),
+            KeyMaterial::decode(&m.encode()).unwrap().key().to_hex()
+        );
     }
 
     #[test]
     fn diff_names_each_changed_field() {
         let a = sample();
         let mut b = sample();
-        let Some(Field::Map(inputs)) = b.fields.get_mut("inputs") else { panic!() };
+        let Some(Field::Map(inputs)) = b.fields.get_mut("inputs") else {
+            panic!()
+        };
         inputs.insert("reads".into(), Field::Digest(Digest::of(b"ACGA")));
-        b.insert("args", Field::List(vec![Field::Text("a".into()), Field::Text("c".into())]));
+        b.insert(
+            "args",
+            Field::List(vec![Field::Text("a".into()), Field::Text("c".into())]),
+        );
         b.fields.remove("version");
         let paths: Vec<String> = a.diff(&b).into_iter().map(|c| c.path).collect();
         assert_eq!(paths, ["args[1]", "inputs.reads", "version"]);

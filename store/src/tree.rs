@@ -7,9 +7,18 @@ use crate::encoding::{DecodeError, Reader, TREE_CONTEXT, Writer, hash_in_context
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryKind {
-    File { executable: bool, size: u64, digest: Digest },
-    Dir { size: u64, digest: Digest },
-    Symlink { target: Vec<u8> },
+    File {
+        executable: bool,
+        size: u64,
+        digest: Digest,
+    },
+    Dir {
+        size: u64,
+        digest: Digest,
+    },
+    Symlink {
+        target: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +67,11 @@ impl Tree {
         w.u64(self.entries.len() as u64);
         for e in &self.entries {
             match &e.kind {
-                EntryKind::File { executable, size, digest } => {
+                EntryKind::File {
+                    executable,
+                    size,
+                    digest,
+                } => {
                     w.u8(if *executable { b'x' } else { b'f' });
                     w.bytes(&e.name);
                     w.u64(*size);
@@ -95,9 +108,18 @@ impl Tree {
             let kind = r.u8(WHAT)?;
             let name = r.bytes(WHAT)?.to_vec();
             let kind = match kind {
-                b'f' | b'x' => EntryKind::File { executable: kind == b'x', size: r.u64(WHAT)?, digest: r.digest(WHAT)? },
-                b'd' => EntryKind::Dir { size: r.u64(WHAT)?, digest: r.digest(WHAT)? },
-                b'l' => EntryKind::Symlink { target: r.bytes(WHAT)?.to_vec() },
+                b'f' | b'x' => EntryKind::File {
+                    executable: kind == b'x',
+                    size: r.u64(WHAT)?,
+                    digest: r.digest(WHAT)?,
+                },
+                b'd' => EntryKind::Dir {
+                    size: r.u64(WHAT)?,
+                    digest: r.digest(WHAT)?,
+                },
+                b'l' => EntryKind::Symlink {
+                    target: r.bytes(WHAT)?.to_vec(),
+                },
                 _ => return Err(r.error(WHAT, "unknown entry kind")),
             };
             if !valid_name(&name) {
@@ -127,13 +149,28 @@ mod tests {
     use proptest::prelude::*;
 
     fn entry(name: &str, kind: EntryKind) -> TreeEntry {
-        TreeEntry { name: name.as_bytes().to_vec(), kind }
+        TreeEntry {
+            name: name.as_bytes().to_vec(),
+            kind,
+        }
     }
 
     #[test]
     fn order_does_not_change_the_digest() {
-        let a = entry("a", EntryKind::File { executable: false, size: 1, digest: Digest::of(b"a") });
-        let b = entry("b", EntryKind::Symlink { target: b"../x".to_vec() });
+        let a = entry(
+            "a",
+            EntryKind::File {
+                executable: false,
+                size: 1,
+                digest: Digest::of(b"a"),
+            },
+        );
+        let b = entry(
+            "b",
+            EntryKind::Symlink {
+                target: b"../x".to_vec(),
+            },
+        );
         let t1 = Tree::new(vec![a.clone(), b.clone()]).unwrap();
         let t2 = Tree::new(vec![b, a]).unwrap();
         assert_eq!(t1.digest(), t2.digest());
@@ -144,7 +181,17 @@ mod tests {
 
     #[test]
     fn the_executable_bit_changes_the_digest() {
-        let f = |x| Tree::new(vec![entry("run.sh", EntryKind::File { executable: x, size: 3, digest: Digest::of(b"abc") })]).unwrap();
+        let f = |x| {
+            Tree::new(vec![entry(
+                "run.sh",
+                EntryKind::File {
+                    executable: x,
+                    size: 3,
+                    digest: Digest::of(b"abc"),
+                },
+            )])
+            .unwrap()
+        };
         assert_ne!(f(true).digest(), f(false).digest());
     }
 

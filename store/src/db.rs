@@ -1,0 +1,147 @@
+//! The metadata database: SQLite in WAL mode, so that several `mustbuild`
+//! processes read at once and write one at a time. Every write is an `IMMEDIATE`
+//! transaction (it takes the write lock at once), so that a check and the write
+//! that depends on it can never interleave with another process's.
+
+use rusqlite::{Connection, OpenFlags};
+use std::path::Path;
+use std::time::Duration;
+
+/// Bumped with every incompatible schema change.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS objects (
+    digest   BLOB PRIMARY KEY,
+    kind     TEXT NOT NULL CHECK (kind IN ('blob', 'tree')),
+    size     INTEGER NOT NULL,   -- blob: content bytes; tree: bytes of all files below
+    stored   INTEGER NOT NULL,   -- bytes in objects/ (the encoding, for a tree)
+    added_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Tree edges, for reachability (gc) and for trees made invalid by a bad child (verify).
+CREATE TABLE IF NOT EXISTS tree_refs (
+    tree  BLOB NOT NULL,
+    child BLOB NOT NULL,
+    PRIMARY KEY (tree, child)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tree_refs_child ON tree_refs (child);
+
+CREATE TABLE IF NOT EXISTS derivations (
+    key      BLOB PRIMARY KEY,
+    material BLOB NOT NULL,      -- canonical key material; key = hash of it
+    added_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS realisations (
+    key        BLOB NOT NULL,
+    output     TEXT NOT NULL,
+    digest     BLOB NOT NULL REFERENCES objects (digest),
+    kind       TEXT NOT NULL CHECK (kind IN ('file', 'executable', 'tree')),
+    added_ms   INTEGER NOT NULL,
+    PRIMARY KEY (key, output)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS realisations_digest ON realisations (digest);
+
+-- One `mustbuild run` of a pipeline.
+CREATE TABLE IF NOT EXISTS sessions (
+    id          INTEGER PRIMARY KEY,
+    pipeline    TEXT NOT NULL,
+    started_ms  INTEGER NOT NULL,
+    finished_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS sessions_pipeline ON sessions (pipeline, started_ms);
+
+-- The derivations a session executed or reused: the roots of its last runs.
+CREATE TABLE IF NOT EXISTS session_uses (
+    session INTEGER NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    key     BLOB NOT NULL,
+    PRIMARY KEY (session, key)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS runs (
+    id            INTEGER PRIMARY KEY,
+    session       INTEGER REFERENCES sessions (id) ON DELETE SET NULL,
+    key           BLOB NOT NULL,
+    step          TEXT NOT NULL,
+    host          TEXT NOT NULL,
+    started_ms    INTEGER NOT NULL,
+    finished_ms   INTEGER NOT NULL,
+    outcome       TEXT NOT NULL,
+    exit_code     INTEGER,
+    user_cpu_ms   INTEGER,
+    sys_cpu_ms    INTEGER,
+    max_rss_bytes INTEGER,
+    read_bytes    INTEGER,
+    write_bytes   INTEGER,
+    energy_j      REAL,
+    energy_method TEXT,
+    log           BLOB
+);
+CREATE INDEX IF NOT EXISTS runs_key ON runs (key);
+
+-- Named pins: an object or all outputs of a derivation.
+CREATE TABLE IF NOT EXISTS roots (
+    name     TEXT PRIMARY KEY,
+    kind     TEXT NOT NULL CHECK (kind IN ('object', 'derivation')),
+    target   BLOB NOT NULL,
+    added_ms INTEGER NOT NULL
+);
+
+-- Processes that use the store, and the objects each may be about to reference:
+-- gc keeps them while the process lives.
+CREATE TABLE IF NOT EXISTS owners (
+    id         TEXT PRIMARY KEY,
+    host       TEXT NOT NULL,
+    pid        INTEGER NOT NULL,
+    proc_start INTEGER,          -- start time in clock ticks (/proc/PID/stat), against pid reuse
+    started_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (
+    owner  TEXT NOT NULL REFERENCES owners (id) ON DELETE CASCADE,
+    digest BLOB NOT NULL,
+    PRIMARY KEY (owner, digest)
+) WITHOUT ROWID;
+
+-- Digests of files by identity and change markers: an unchanged file is never reread.
+CREATE TABLE IF NOT EXISTS file_digests (
+    dev      INTEGER NOT NULL,
+    ino      INTEGER NOT NULL,
+    size     INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    digest   BLOB NOT NULL,
+    PRIMARY KEY (dev, ino)
+) WITHOUT ROWID;
+";
+
+/// Opens (and creates or migrates) the database.
+pub fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    // Other processes hold the write lock for short transactions; wait for them.
+    conn.busy_timeout(Duration::from_secs(120))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // NORMAL in WAL mode: a commit survives a crash of the process; a power cut may
+    // lose the last commits but never corrupts the database, and since objects are
+    // made durable before the rows that name them, a lost commit loses only a cache
+    // entry, never content that a row points at.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version == 0 {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+        ))?;
+    }
+    Ok(conn)
+}
+
+/// The user_version of an opened database.
+pub fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.pragma_query_value(None, "user_version", |r| r.get(0))
+}

@@ -1,0 +1,92 @@
+//! File digests by identity: a file whose (device, inode, size, mtime, ctime) are
+//! unchanged since it was hashed is not read again, so a no-op run only stats
+//! files. `touch -r` can put an old mtime back, but the kernel sets ctime on every
+//! change and no user can set it back: a changed file is caught by its size or
+//! its ctime.
+//!
+//! A file changed within the timestamp granularity after it was hashed could keep
+//! all five values (the "racy git" problem); entries whose timestamps are that
+//! close to the moment of hashing are therefore not cached.
+
+use crate::digest::Digest;
+use crate::error::{Result, io};
+use crate::hashing::hash_file;
+use crate::local::LocalStore;
+use rusqlite::{OptionalExtension, params};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// Timestamps this close to the hashing time make an entry racy (kernel file
+/// times are coarse: a few milliseconds).
+const RACY_NS: i64 = 50_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    dev: i64,
+    ino: i64,
+    size: i64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+}
+
+fn identity(m: &std::fs::Metadata) -> Identity {
+    let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+    Identity {
+        dev: m.dev() as i64,
+        ino: m.ino() as i64,
+        size: m.size() as i64,
+        mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+        ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// Whether a digest came from the cache or from reading the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Cache,
+    Hashed,
+}
+
+impl LocalStore {
+    /// The content digest and size of a file, from the cache when it is unchanged.
+    pub fn file_digest(&self, path: &Path) -> Result<(Digest, u64, Source)> {
+        let meta = std::fs::metadata(path).map_err(io("read", path))?;
+        let id = identity(&meta);
+        {
+            let conn = self.conn();
+            let cached: Option<Vec<u8>> = conn
+                .prepare_cached(
+                    "SELECT digest FROM file_digests
+                     WHERE dev = ?1 AND ino = ?2 AND size = ?3 AND mtime_ns = ?4 AND ctime_ns = ?5",
+                )?
+                .query_row(
+                    params![id.dev, id.ino, id.size, id.mtime_ns, id.ctime_ns],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(d) = cached.as_deref().and_then(Digest::from_slice) {
+                return Ok((d, meta.size(), Source::Cache));
+            }
+        }
+        let started = now_ns();
+        let (digest, size) = hash_file(path).map_err(io("hash", path))?;
+        let after = std::fs::metadata(path).map(|m| identity(&m)).ok();
+        let stable = after == Some(id);
+        let racy = id.mtime_ns.max(id.ctime_ns) >= started - RACY_NS;
+        if stable && !racy {
+            self.conn()
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO file_digests (dev, ino, size, mtime_ns, ctime_ns, digest)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![id.dev, id.ino, id.size, id.mtime_ns, id.ctime_ns, digest.as_bytes()])?;
+        }
+        Ok((digest, size, Source::Hashed))
+    }
+}

@@ -1,0 +1,734 @@
+//! The local store: content files under `objects/`, metadata in SQLite.
+//!
+//! ```text
+//! STORE/
+//!   VERSION              "mustbuild-store 1"
+//!   meta.sqlite          (+ -wal, -shm)
+//!   objects/ab/cdef…     one read-only file per object, named by its digest
+//!   tmp/                 files being ingested (OWNER-N), removed by gc when their owner is gone
+//!   quarantine/          objects `verify --repair` found corrupt
+//! ```
+//!
+//! Crash safety: content is written to `tmp/`, fsynced, hashed, then — inside an
+//! `IMMEDIATE` transaction that holds the database's write lock — renamed into
+//! `objects/`, its folder fsynced, and only then is its row inserted and the
+//! transaction committed. A row therefore always names a durable, complete file.
+//! A realisation is inserted only in a transaction that first checks every object
+//! it names has its row. A kill at any point leaves at worst a temporary file or an
+//! object file without a row, which gc removes.
+
+use crate::db;
+use crate::digest::Digest;
+use crate::error::{Result, StoreError, io};
+use crate::hashing::hash_file;
+use crate::material::KeyMaterial;
+use crate::tree::{EntryKind, Tree, TreeEntry};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub const LAYOUT_VERSION: &str = "mustbuild-store 1";
+
+/// What an object is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectKind {
+    Blob,
+    Tree,
+}
+
+impl ObjectKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::Blob => "blob",
+            ObjectKind::Tree => "tree",
+        }
+    }
+}
+
+/// How an output is to be recreated: a file (executable or not) or a folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputKind {
+    File,
+    Executable,
+    Tree,
+}
+
+impl OutputKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            OutputKind::File => "file",
+            OutputKind::Executable => "executable",
+            OutputKind::Tree => "tree",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<OutputKind> {
+        match s {
+            "file" => Some(OutputKind::File),
+            "executable" => Some(OutputKind::Executable),
+            "tree" => Some(OutputKind::Tree),
+            _ => None,
+        }
+    }
+}
+
+/// A stored file or folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Stored {
+    pub digest: Digest,
+    pub kind: OutputKind,
+    /// Bytes of content (all files below, for a folder).
+    pub size: u64,
+}
+
+/// Whether ingestion copies the source or moves it into the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingest {
+    /// Copy (reflink where the file system allows); the source stays.
+    Copy,
+    /// Rename into the store (same file system), falling back to a copy.
+    Move,
+}
+
+/// An object written to `tmp/`, durable, hashed, waiting for its transaction.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub temp: PathBuf,
+    pub digest: Digest,
+    pub kind: ObjectKind,
+    pub size: u64,
+    pub stored: u64,
+    pub children: Vec<Digest>,
+}
+
+/// One output of a realisation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Output {
+    pub name: String,
+    pub digest: Digest,
+    pub kind: OutputKind,
+}
+
+/// A local, embedded store.
+#[derive(Debug)]
+pub struct LocalStore {
+    pub(crate) root: PathBuf,
+    pub(crate) conn: Mutex<Connection>,
+    pub(crate) owner: String,
+    temp_counter: AtomicU64,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// This machine's name.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// The start time of a process in clock ticks since boot (against pid reuse).
+pub(crate) fn proc_start(pid: u32) -> Option<i64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+impl LocalStore {
+    /// The store used when none is named: `$MUSTBUILD_STORE`, else
+    /// `$XDG_CACHE_HOME/mustbuild/store`, else `~/.cache/mustbuild/store`.
+    pub fn default_location() -> PathBuf {
+        if let Some(p) = std::env::var_os("MUSTBUILD_STORE").filter(|p| !p.is_empty()) {
+            return PathBuf::from(p);
+        }
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(|| PathBuf::from(".mustbuild-cache"));
+        cache.join("mustbuild").join("store")
+    }
+
+    /// Opens the store at `root`, creating it if needed.
+    pub fn open(root: impl Into<PathBuf>) -> Result<LocalStore> {
+        let root = root.into();
+        for sub in ["objects", "tmp", "quarantine"] {
+            std::fs::create_dir_all(root.join(sub)).map_err(io("create", root.join(sub)))?;
+        }
+        let version_file = root.join("VERSION");
+        match std::fs::read_to_string(&version_file) {
+            Ok(v) if v.trim() == LAYOUT_VERSION => {}
+            Ok(v) => {
+                return Err(StoreError::Version {
+                    path: root,
+                    found: v.trim().to_string(),
+                    expected: LAYOUT_VERSION.to_string(),
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                write_durably(&version_file, format!("{LAYOUT_VERSION}\n").as_bytes())?;
+            }
+            Err(e) => return Err(io("read", version_file)(e)),
+        }
+        let conn = db::open(&root.join("meta.sqlite"))?;
+        let schema = db::schema_version(&conn)?;
+        if schema != db::SCHEMA_VERSION {
+            return Err(StoreError::Version {
+                path: root,
+                found: format!("database schema {schema}"),
+                expected: format!("database schema {}", db::SCHEMA_VERSION),
+            });
+        }
+        let pid = std::process::id();
+        let started = now_ms();
+        let host = hostname();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let owner = format!("{host}:{pid}:{started}:{nanos:08x}");
+        conn.execute(
+            "INSERT INTO owners (id, host, pid, proc_start, started_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![owner, host, pid, proc_start(pid), started],
+        )?;
+        Ok(LocalStore {
+            root,
+            conn: Mutex::new(conn),
+            owner,
+            temp_counter: AtomicU64::new(0),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves the connection usable: SQLite rolls
+        // back an unfinished transaction when the next one begins.
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Where the file of an object lives.
+    pub fn object_path(&self, d: &Digest) -> PathBuf {
+        let hex = d.to_hex();
+        self.root.join("objects").join(&hex[..2]).join(&hex[2..])
+    }
+
+    pub(crate) fn new_temp(&self) -> PathBuf {
+        let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
+        let safe_owner: String = self
+            .owner
+            .chars()
+            .map(|c| if c == '/' { '_' } else { c })
+            .collect();
+        self.root.join("tmp").join(format!("{safe_owner}-{n}"))
+    }
+
+    /// Whether the store has the object (its row, hence its complete file).
+    pub fn has_object(&self, d: &Digest) -> Result<bool> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                "SELECT 1 FROM objects WHERE digest = ?1",
+                [d.as_bytes()],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    // ---- ingestion ----------------------------------------------------------------------
+
+    /// Stores a file or a folder (recursively; symbolic links as links).
+    pub fn add_path(&self, path: &Path, how: Ingest) -> Result<Stored> {
+        let mut pending = Vec::new();
+        let stored = self.prepare(path, how, &mut pending, 0);
+        match stored {
+            Ok(s) => {
+                self.commit_objects(pending)?;
+                Ok(s)
+            }
+            Err(e) => {
+                for p in pending {
+                    let _ = std::fs::remove_file(&p.temp);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Stores bytes (logs, small records) as a blob.
+    pub fn add_bytes(&self, bytes: &[u8]) -> Result<Digest> {
+        Ok(self.add_many_bytes(&[bytes])?[0])
+    }
+
+    /// Stores many blobs in one transaction.
+    pub fn add_many_bytes(&self, items: &[&[u8]]) -> Result<Vec<Digest>> {
+        let mut pending = Vec::with_capacity(items.len());
+        let mut digests = Vec::with_capacity(items.len());
+        for bytes in items {
+            let temp = self.new_temp();
+            write_durably(&temp, bytes)?;
+            let digest = Digest::of(bytes);
+            digests.push(digest);
+            pending.push(Pending {
+                temp,
+                digest,
+                kind: ObjectKind::Blob,
+                size: bytes.len() as u64,
+                stored: bytes.len() as u64,
+                children: Vec::new(),
+            });
+        }
+        self.commit_objects(pending)?;
+        Ok(digests)
+    }
+
+    /// Writes `path` (and what is below it) to temporary files, hashed and durable.
+    fn prepare(
+        &self,
+        path: &Path,
+        how: Ingest,
+        pending: &mut Vec<Pending>,
+        depth: usize,
+    ) -> Result<Stored> {
+        const MAX_DEPTH: usize = 256;
+        let meta = std::fs::symlink_metadata(path).map_err(io("read", path))?;
+        let ft = meta.file_type();
+        if ft.is_file() {
+            let temp = self.new_temp();
+            self.bring(path, &temp, how)?;
+            let (digest, size) = hash_file(&temp).map_err(io("hash", &temp))?;
+            let executable = meta.permissions().mode() & 0o111 != 0;
+            pending.push(Pending {
+                temp,
+                digest,
+                kind: ObjectKind::Blob,
+                size,
+                stored: size,
+                children: Vec::new(),
+            });
+            return Ok(Stored {
+                digest,
+                kind: if executable {
+                    OutputKind::Executable
+                } else {
+                    OutputKind::File
+                },
+                size,
+            });
+        }
+        if !ft.is_dir() {
+            let what = if ft.is_symlink() {
+                "a symbolic link cannot be stored by itself, only inside a folder"
+            } else {
+                "only files, folders and symbolic links can be stored"
+            };
+            return Err(StoreError::Unsupported {
+                path: path.to_path_buf(),
+                what,
+            });
+        }
+        if depth > MAX_DEPTH {
+            return Err(StoreError::Unsupported {
+                path: path.to_path_buf(),
+                what: "folders nested more than 256 deep",
+            });
+        }
+        let mut entries = Vec::new();
+        let listing = std::fs::read_dir(path).map_err(io("list", path))?;
+        for item in listing {
+            let item = item.map_err(io("list", path))?;
+            let name = item.file_name().into_vec();
+            let child = item.path();
+            let ft = item.file_type().map_err(io("read", &child))?;
+            let kind = if ft.is_symlink() {
+                let target = std::fs::read_link(&child).map_err(io("read link", &child))?;
+                EntryKind::Symlink {
+                    target: target.into_os_string().into_vec(),
+                }
+            } else {
+                let s = self.prepare(&child, how, pending, depth + 1)?;
+                match s.kind {
+                    OutputKind::Tree => EntryKind::Dir {
+                        size: s.size,
+                        digest: s.digest,
+                    },
+                    k => EntryKind::File {
+                        executable: k == OutputKind::Executable,
+                        size: s.size,
+                        digest: s.digest,
+                    },
+                }
+            };
+            entries.push(TreeEntry { name, kind });
+        }
+        let tree = Tree::new(entries).ok_or(StoreError::Unsupported {
+            path: path.to_path_buf(),
+            what: "a file name that cannot be stored",
+        })?;
+        let encoded = tree.encode();
+        let digest = tree.digest();
+        let temp = self.new_temp();
+        write_durably(&temp, &encoded)?;
+        let size = tree.total_size();
+        pending.push(Pending {
+            temp,
+            digest,
+            kind: ObjectKind::Tree,
+            size,
+            stored: encoded.len() as u64,
+            children: tree.children().collect(),
+        });
+        if how == Ingest::Move {
+            // Its content now lives in the store; the emptied folders go.
+            let _ = std::fs::remove_dir_all(path);
+        }
+        Ok(Stored {
+            digest,
+            kind: OutputKind::Tree,
+            size,
+        })
+    }
+
+    /// Puts a source file's content at `temp`, durably.
+    fn bring(&self, src: &Path, temp: &Path, how: Ingest) -> Result<()> {
+        if how == Ingest::Move && std::fs::rename(src, temp).is_ok() {
+            let f = std::fs::File::open(temp).map_err(io("open", temp))?;
+            f.sync_all().map_err(io("sync", temp))?;
+            return Ok(());
+        }
+        reflink_copy::reflink_or_copy(src, temp).map_err(io("copy", src))?;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(temp)
+            .map_err(io("open", temp))?;
+        f.sync_all().map_err(io("sync", temp))?;
+        if how == Ingest::Move {
+            let _ = std::fs::remove_file(src);
+        }
+        Ok(())
+    }
+
+    /// Moves durable temporary files into `objects/` and records them, in one
+    /// transaction. Children before parents: `pending` is in that order.
+    pub(crate) fn commit_objects(&self, pending: Vec<Pending>) -> Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut dirs_to_sync = std::collections::BTreeSet::new();
+        {
+            let mut exists = tx.prepare_cached("SELECT 1 FROM objects WHERE digest = ?1")?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO objects (digest, kind, size, stored, added_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let mut refs =
+                tx.prepare_cached("INSERT OR IGNORE INTO tree_refs (tree, child) VALUES (?1, ?2)")?;
+            let mut lease =
+                tx.prepare_cached("INSERT OR IGNORE INTO leases (owner, digest) VALUES (?1, ?2)")?;
+            let now = now_ms();
+            for p in &pending {
+                let d = p.digest.as_bytes();
+                lease.execute(params![self.owner, d])?;
+                if exists.query_row([d], |_| Ok(())).optional()?.is_some() {
+                    let _ = std::fs::remove_file(&p.temp);
+                    continue;
+                }
+                let dest = self.object_path(&p.digest);
+                let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
+                if !dir.exists() {
+                    std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+                    dirs_to_sync.insert(self.root.join("objects"));
+                }
+                std::fs::set_permissions(&p.temp, std::fs::Permissions::from_mode(0o444))
+                    .map_err(io("protect", &p.temp))?;
+                std::fs::rename(&p.temp, &dest).map_err(io("store", &dest))?;
+                dirs_to_sync.insert(dir);
+                insert.execute(params![
+                    d,
+                    p.kind.as_str(),
+                    p.size as i64,
+                    p.stored as i64,
+                    now
+                ])?;
+                for c in &p.children {
+                    refs.execute(params![d, c.as_bytes()])?;
+                }
+            }
+        }
+        // The renames must be durable before the rows that name them.
+        for dir in &dirs_to_sync {
+            sync_dir(dir)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    // ---- trees --------------------------------------------------------------------------
+
+    pub fn read_tree(&self, d: &Digest) -> Result<Tree> {
+        let path = self.object_path(d);
+        let bytes = std::fs::read(&path).map_err(io("read", &path))?;
+        Ok(Tree::decode(&bytes)?)
+    }
+
+    // ---- records ------------------------------------------------------------------------
+
+    /// Records a derivation's key material; returns its key.
+    pub fn put_derivation(&self, material: &KeyMaterial) -> Result<Digest> {
+        let key = material.key();
+        let conn = self.conn();
+        conn.execute(
+            "INSERT OR IGNORE INTO derivations (key, material, added_ms) VALUES (?1, ?2, ?3)",
+            params![key.as_bytes(), material.encode(), now_ms()],
+        )?;
+        Ok(key)
+    }
+
+    pub fn derivation(&self, key: &Digest) -> Result<Option<KeyMaterial>> {
+        let conn = self.conn();
+        let bytes: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT material FROM derivations WHERE key = ?1",
+                [key.as_bytes()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(match bytes {
+            Some(b) => Some(KeyMaterial::decode(&b)?),
+            None => None,
+        })
+    }
+
+    /// Records that derivation `key` produced `outputs`. Every object must be in the
+    /// store already: the check and the insert are one transaction.
+    pub fn realise(&self, key: &Digest, outputs: &[Output]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut exists = tx.prepare_cached("SELECT 1 FROM objects WHERE digest = ?1")?;
+            let mut insert = tx.prepare_cached(
+                "INSERT OR REPLACE INTO realisations (key, output, digest, kind, added_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let now = now_ms();
+            for o in outputs {
+                if exists
+                    .query_row([o.digest.as_bytes()], |_| Ok(()))
+                    .optional()?
+                    .is_none()
+                {
+                    return Err(StoreError::MissingObject(o.digest));
+                }
+                insert.execute(params![
+                    key.as_bytes(),
+                    o.name,
+                    o.digest.as_bytes(),
+                    o.kind.as_str(),
+                    now
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The outputs of a realised derivation; they are leased to this process so that
+    /// a concurrent gc keeps them while it materialises them.
+    pub fn realisation(&self, key: &Digest) -> Result<Option<Vec<Output>>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let outputs = {
+            let mut q = tx.prepare_cached(
+                "SELECT output, digest, kind FROM realisations WHERE key = ?1 ORDER BY output",
+            )?;
+            let rows = q.query_map([key.as_bytes()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })?;
+            let mut outputs = Vec::new();
+            for row in rows {
+                let (name, digest, kind) = row?;
+                let (Some(digest), Some(kind)) =
+                    (Digest::from_slice(&digest), OutputKind::parse(&kind))
+                else {
+                    continue;
+                };
+                outputs.push(Output { name, digest, kind });
+            }
+            let mut lease =
+                tx.prepare_cached("INSERT OR IGNORE INTO leases (owner, digest) VALUES (?1, ?2)")?;
+            for o in &outputs {
+                lease.execute(params![self.owner, o.digest.as_bytes()])?;
+            }
+            outputs
+        };
+        tx.commit()?;
+        Ok((!outputs.is_empty()).then_some(outputs))
+    }
+
+    /// Starts a session (one run of a pipeline); its derivations are gc roots while it
+    /// is among the last runs of that pipeline.
+    pub fn begin_session(&self, pipeline: &str) -> Result<i64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO sessions (pipeline, started_ms) VALUES (?1, ?2)",
+            params![pipeline, now_ms()],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    pub fn use_derivation(&self, session: i64, key: &Digest) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR IGNORE INTO session_uses (session, key) VALUES (?1, ?2)",
+            params![session, key.as_bytes()],
+        )?;
+        Ok(())
+    }
+
+    pub fn finish_session(&self, session: i64) -> Result<()> {
+        self.conn().execute(
+            "UPDATE sessions SET finished_ms = ?2 WHERE id = ?1",
+            params![session, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Records one execution of a derivation.
+    pub fn add_run(&self, run: &RunRecord) -> Result<i64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO runs (session, key, step, host, started_ms, finished_ms, outcome, exit_code,
+                user_cpu_ms, sys_cpu_ms, max_rss_bytes, read_bytes, write_bytes, energy_j, energy_method, log)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            params![
+                run.session,
+                run.key.as_bytes(),
+                run.step,
+                run.host,
+                run.started_ms,
+                run.finished_ms,
+                run.outcome,
+                run.exit_code,
+                run.user_cpu_ms,
+                run.sys_cpu_ms,
+                run.max_rss_bytes,
+                run.read_bytes,
+                run.write_bytes,
+                run.energy_joules,
+                run.energy_method,
+                run.log.map(|d| d.0.to_vec()),
+            ],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Pins an object or a derivation's outputs under a name (gc keeps them).
+    pub fn pin(&self, name: &str, root: Root) -> Result<()> {
+        let (kind, target) = match root {
+            Root::Object(d) => ("object", d),
+            Root::Derivation(d) => ("derivation", d),
+        };
+        self.conn().execute(
+            "INSERT OR REPLACE INTO roots (name, kind, target, added_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![name, kind, target.as_bytes(), now_ms()],
+        )?;
+        Ok(())
+    }
+
+    pub fn unpin(&self, name: &str) -> Result<bool> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM roots WHERE name = ?1", [name])?
+            > 0)
+    }
+
+    /// Forgets this process's leases (they also go when it ends).
+    pub fn release_leases(&self) -> Result<()> {
+        self.conn()
+            .execute("DELETE FROM leases WHERE owner = ?1", [&self.owner])?;
+        Ok(())
+    }
+}
+
+impl Drop for LocalStore {
+    fn drop(&mut self) {
+        let conn = self
+            .conn
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = conn.execute("DELETE FROM owners WHERE id = ?1", [&self.owner]);
+    }
+}
+
+/// A gc root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Root {
+    Object(Digest),
+    Derivation(Digest),
+}
+
+/// One execution of a derivation: where, when, what it cost, how it ended.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RunRecord {
+    pub session: Option<i64>,
+    pub key: Digest,
+    pub step: String,
+    pub host: String,
+    pub started_ms: i64,
+    pub finished_ms: i64,
+    /// `succeeded`, `failed`, `killed`, `cancelled`, `infrastructure`.
+    pub outcome: String,
+    pub exit_code: Option<i64>,
+    pub user_cpu_ms: Option<i64>,
+    pub sys_cpu_ms: Option<i64>,
+    pub max_rss_bytes: Option<i64>,
+    pub read_bytes: Option<i64>,
+    pub write_bytes: Option<i64>,
+    pub energy_joules: Option<f64>,
+    /// `rapl`, `nvml`, `batch-accounting` or `model`.
+    pub energy_method: Option<String>,
+    pub log: Option<Digest>,
+}
+
+/// Writes a file and makes it durable.
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io("create", path))?;
+    f.write_all(bytes).map_err(io("write", path))?;
+    f.sync_all().map_err(io("sync", path))
+}
+
+/// Makes the entries of a folder (renames into it) durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(io("sync", dir))
+}
+
+/// Turns a tree entry name into a path component.
+pub(crate) fn entry_path(dir: &Path, name: &[u8]) -> PathBuf {
+    dir.join(std::ffi::OsStr::from_bytes(name))
+}

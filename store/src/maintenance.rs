@@ -1,0 +1,453 @@
+//! `verify`, `gc` and `info`.
+
+use crate::digest::Digest;
+use crate::encoding::{TREE_CONTEXT, hash_in_context};
+use crate::error::{Result, io};
+use crate::hashing::hash_file;
+use crate::local::{LocalStore, ObjectKind, hostname, now_ms, proc_start};
+use crate::tree::Tree;
+use rayon::prelude::*;
+use rusqlite::{Connection, params};
+use std::collections::{HashSet, VecDeque};
+use std::path::PathBuf;
+
+/// What `verify` found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct VerifyReport {
+    pub checked: u64,
+    pub bytes: u64,
+    /// Objects whose file does not hash to their digest (or a tree that does not decode).
+    pub corrupt: Vec<Digest>,
+    /// Objects whose file is gone.
+    pub missing: Vec<Digest>,
+    /// With repair: trees dropped because something below them was bad.
+    pub broken_trees: Vec<Digest>,
+    /// With repair: realisations dropped because they named a bad object.
+    pub dropped_realisations: u64,
+    /// Realisations naming an object the store has no row for (never expected).
+    pub dangling_realisations: u64,
+    pub repaired: bool,
+}
+
+impl VerifyReport {
+    pub fn is_clean(&self) -> bool {
+        self.corrupt.is_empty() && self.missing.is_empty() && self.dangling_realisations == 0
+    }
+}
+
+/// What `gc` removed (or would remove, with `dry_run`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GcReport {
+    pub objects_removed: u64,
+    pub bytes_freed: u64,
+    pub realisations_removed: u64,
+    pub derivations_removed: u64,
+    pub sessions_removed: u64,
+    pub stray_files_removed: u64,
+    pub objects_kept: u64,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StoreInfo {
+    pub location: PathBuf,
+    pub objects: u64,
+    pub blobs: u64,
+    pub trees: u64,
+    pub bytes: u64,
+    pub derivations: u64,
+    pub realisations: u64,
+    pub runs: u64,
+    pub sessions: u64,
+    pub roots: u64,
+    pub database_bytes: u64,
+}
+
+fn digests(conn: &Connection, sql: &str) -> Result<Vec<Digest>> {
+    let mut q = conn.prepare(sql)?;
+    let rows = q.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+    let mut out = Vec::new();
+    for r in rows {
+        if let Some(d) = Digest::from_slice(&r?) {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+impl LocalStore {
+    /// Rehashes every object, in parallel. With `repair`, moves bad files to
+    /// `quarantine/`, forgets their rows (and the trees above them) and drops the
+    /// realisations that named any of them.
+    pub fn verify(&self, repair: bool) -> Result<VerifyReport> {
+        let objects: Vec<(Digest, ObjectKind, u64)> = {
+            let conn = self.conn();
+            let mut q = conn.prepare("SELECT digest, kind, stored FROM objects")?;
+            let rows = q.query_map([], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (d, kind, stored) = row?;
+                if let Some(d) = Digest::from_slice(&d) {
+                    let kind = if kind == "tree" {
+                        ObjectKind::Tree
+                    } else {
+                        ObjectKind::Blob
+                    };
+                    out.push((d, kind, stored.max(0) as u64));
+                }
+            }
+            out
+        };
+        enum Check {
+            Good,
+            Corrupt,
+            Missing,
+        }
+        let results: Vec<(Digest, Check)> = objects
+            .par_iter()
+            .map(|(d, kind, _)| {
+                let path = self.object_path(d);
+                let check = match kind {
+                    ObjectKind::Blob => match hash_file(&path) {
+                        Ok((got, _)) if got == *d => Check::Good,
+                        Ok(_) => Check::Corrupt,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Check::Missing,
+                        Err(_) => Check::Corrupt,
+                    },
+                    ObjectKind::Tree => match std::fs::read(&path) {
+                        Ok(b)
+                            if hash_in_context(TREE_CONTEXT, &b) == *d
+                                && Tree::decode(&b).is_ok() =>
+                        {
+                            Check::Good
+                        }
+                        Ok(_) => Check::Corrupt,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Check::Missing,
+                        Err(_) => Check::Corrupt,
+                    },
+                };
+                (*d, check)
+            })
+            .collect();
+        let dangling: i64 = self.conn().query_row(
+            "SELECT COUNT(*) FROM realisations r WHERE NOT EXISTS (SELECT 1 FROM objects o WHERE o.digest = r.digest)",
+            [],
+            |r| r.get(0),
+        )?;
+        let mut report = VerifyReport {
+            dangling_realisations: dangling.max(0) as u64,
+            checked: objects.len() as u64,
+            bytes: objects.iter().map(|o| o.2).sum(),
+            ..VerifyReport::default()
+        };
+        for (d, c) in results {
+            match c {
+                Check::Good => {}
+                Check::Corrupt => report.corrupt.push(d),
+                Check::Missing => report.missing.push(d),
+            }
+        }
+        report.corrupt.sort();
+        report.missing.sort();
+        if repair && !(report.corrupt.is_empty() && report.missing.is_empty()) {
+            self.repair(&mut report)?;
+        }
+        Ok(report)
+    }
+
+    fn repair(&self, report: &mut VerifyReport) -> Result<()> {
+        let bad: Vec<Digest> = report
+            .corrupt
+            .iter()
+            .chain(&report.missing)
+            .copied()
+            .collect();
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for d in &report.corrupt {
+            let from = self.object_path(d);
+            let to = self.root.join("quarantine").join(d.to_hex());
+            let _ = std::fs::rename(&from, &to);
+        }
+        // Trees above a bad object can no longer be materialised.
+        let mut seen: HashSet<Digest> = bad.iter().copied().collect();
+        let mut queue: VecDeque<Digest> = bad.iter().copied().collect();
+        {
+            let mut parents = tx.prepare_cached("SELECT tree FROM tree_refs WHERE child = ?1")?;
+            while let Some(d) = queue.pop_front() {
+                let rows = parents.query_map([d.as_bytes()], |r| r.get::<_, Vec<u8>>(0))?;
+                for r in rows {
+                    if let Some(t) = Digest::from_slice(&r?)
+                        && seen.insert(t)
+                    {
+                        report.broken_trees.push(t);
+                        queue.push_back(t);
+                    }
+                }
+            }
+        }
+        report.broken_trees.sort();
+        for d in &seen {
+            report.dropped_realisations +=
+                tx.execute("DELETE FROM realisations WHERE digest = ?1", [d.as_bytes()])? as u64;
+            tx.execute("DELETE FROM tree_refs WHERE tree = ?1", [d.as_bytes()])?;
+            tx.execute("DELETE FROM objects WHERE digest = ?1", [d.as_bytes()])?;
+        }
+        tx.commit()?;
+        report.repaired = true;
+        Ok(())
+    }
+
+    /// Removes what no root reaches. Roots: pinned objects and derivations, the
+    /// derivations used by the last `keep_last` sessions of each pipeline, and the
+    /// objects leased by processes still running. Holds the write lock throughout,
+    /// so no writer can reference an object between its check and its removal.
+    pub fn gc(&self, keep_last: usize, dry_run: bool) -> Result<GcReport> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut report = GcReport {
+            dry_run,
+            ..GcReport::default()
+        };
+        forget_dead_owners(&tx)?;
+        // Sessions beyond the last `keep_last` of their pipeline.
+        let old_sessions: Vec<i64> = {
+            let mut q = tx.prepare(
+                "SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY pipeline ORDER BY started_ms DESC, id DESC) AS n
+                 FROM sessions) WHERE n > ?1",
+            )?;
+            let rows = q.query_map([keep_last as i64], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        report.sessions_removed = old_sessions.len() as u64;
+        let placeholders = |n: usize| vec!["?"; n].join(",");
+        let kept_keys_sql = format!(
+            "SELECT key FROM session_uses WHERE session NOT IN ({})
+             UNION SELECT target FROM roots WHERE kind = 'derivation'",
+            placeholders(old_sessions.len())
+        );
+        let kept_keys: HashSet<Digest> = {
+            let mut q = tx.prepare(&kept_keys_sql)?;
+            let rows = q.query_map(rusqlite::params_from_iter(old_sessions.iter()), |r| {
+                r.get::<_, Vec<u8>>(0)
+            })?;
+            let mut s = HashSet::new();
+            for r in rows {
+                if let Some(d) = Digest::from_slice(&r?) {
+                    s.insert(d);
+                }
+            }
+            s
+        };
+        // Reachable objects: outputs of kept derivations, pinned objects, leases, logs
+        // of kept sessions' runs, and everything below them.
+        let mut reachable: HashSet<Digest> = HashSet::new();
+        let mut queue: VecDeque<Digest> = VecDeque::new();
+        {
+            let mut outputs =
+                tx.prepare_cached("SELECT digest FROM realisations WHERE key = ?1")?;
+            for k in &kept_keys {
+                let rows = outputs.query_map([k.as_bytes()], |r| r.get::<_, Vec<u8>>(0))?;
+                for r in rows {
+                    if let Some(d) = Digest::from_slice(&r?) {
+                        queue.push_back(d);
+                    }
+                }
+            }
+        }
+        let direct_sql = format!(
+            "SELECT target FROM roots WHERE kind = 'object'
+             UNION SELECT digest FROM leases
+             UNION SELECT log FROM runs WHERE log IS NOT NULL AND (session IS NULL OR session NOT IN ({}))",
+            placeholders(old_sessions.len())
+        );
+        {
+            let mut q = tx.prepare(&direct_sql)?;
+            let rows = q.query_map(rusqlite::params_from_iter(old_sessions.iter()), |r| {
+                r.get::<_, Vec<u8>>(0)
+            })?;
+            for r in rows {
+                if let Some(d) = Digest::from_slice(&r?) {
+                    queue.push_back(d);
+                }
+            }
+        }
+        {
+            let mut children = tx.prepare_cached("SELECT child FROM tree_refs WHERE tree = ?1")?;
+            while let Some(d) = queue.pop_front() {
+                if !reachable.insert(d) {
+                    continue;
+                }
+                let rows = children.query_map([d.as_bytes()], |r| r.get::<_, Vec<u8>>(0))?;
+                for r in rows {
+                    if let Some(c) = Digest::from_slice(&r?) {
+                        queue.push_back(c);
+                    }
+                }
+            }
+        }
+        let all: Vec<(Digest, u64)> = {
+            let mut q = tx.prepare("SELECT digest, stored FROM objects")?;
+            let rows = q.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?;
+            let mut out = Vec::new();
+            for r in rows {
+                let (d, s) = r?;
+                if let Some(d) = Digest::from_slice(&d) {
+                    out.push((d, s.max(0) as u64));
+                }
+            }
+            out
+        };
+        let garbage: Vec<(Digest, u64)> = all
+            .iter()
+            .filter(|(d, _)| !reachable.contains(d))
+            .copied()
+            .collect();
+        report.objects_kept = (all.len() - garbage.len()) as u64;
+        report.objects_removed = garbage.len() as u64;
+        report.bytes_freed = garbage.iter().map(|g| g.1).sum();
+        let stale_realisations: Vec<Digest> =
+            digests(&tx, "SELECT DISTINCT key FROM realisations")?
+                .into_iter()
+                .filter(|k| !kept_keys.contains(k))
+                .collect();
+        report.realisations_removed = stale_realisations.len() as u64;
+        let stale_derivations: Vec<Digest> = digests(&tx, "SELECT key FROM derivations")?
+            .into_iter()
+            .filter(|k| !kept_keys.contains(k))
+            .collect();
+        report.derivations_removed = stale_derivations.len() as u64;
+        let known: HashSet<Digest> = all.iter().map(|a| a.0).collect();
+        let strays = self.stray_files(&tx, &known)?;
+        report.stray_files_removed = strays.len() as u64;
+        if dry_run {
+            return Ok(report);
+        }
+        for k in &stale_realisations {
+            tx.execute("DELETE FROM realisations WHERE key = ?1", [k.as_bytes()])?;
+        }
+        for k in &stale_derivations {
+            tx.execute("DELETE FROM derivations WHERE key = ?1", [k.as_bytes()])?;
+        }
+        for (d, _) in &garbage {
+            tx.execute("DELETE FROM tree_refs WHERE tree = ?1", [d.as_bytes()])?;
+            tx.execute("DELETE FROM objects WHERE digest = ?1", [d.as_bytes()])?;
+        }
+        for s in &old_sessions {
+            tx.execute("DELETE FROM sessions WHERE id = ?1", params![s])?;
+        }
+        // Files go while the write lock is held: no writer can be renaming one of
+        // them into place (that happens inside its own write transaction).
+        for (d, _) in &garbage {
+            let p = self.object_path(d);
+            if let Err(e) = std::fs::remove_file(&p)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(io("remove", p)(e));
+            }
+        }
+        for p in &strays {
+            let _ = std::fs::remove_file(p);
+        }
+        tx.commit()?;
+        Ok(report)
+    }
+
+    /// Files in `objects/` without a row (a writer killed between its rename and
+    /// its commit) and temporary files of processes that are gone. Called with the
+    /// write lock held.
+    fn stray_files(&self, tx: &Connection, known: &HashSet<Digest>) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        let objects = self.root.join("objects");
+        for dir in std::fs::read_dir(&objects)
+            .map_err(io("list", &objects))?
+            .flatten()
+        {
+            let prefix = dir.file_name().to_string_lossy().into_owned();
+            let Ok(files) = std::fs::read_dir(dir.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let name = format!("{prefix}{}", f.file_name().to_string_lossy());
+                match name.parse::<Digest>() {
+                    Ok(d) if known.contains(&d) => {}
+                    _ => out.push(f.path()),
+                }
+            }
+        }
+        let tmp = self.root.join("tmp");
+        let owners: Vec<String> = {
+            let mut q = tx.prepare("SELECT id FROM owners")?;
+            let rows = q.query_map([], |r| r.get::<_, String>(0))?;
+            rows.map(|r| r.map(|id| id.replace('/', "_")))
+                .collect::<rusqlite::Result<_>>()?
+        };
+        for f in std::fs::read_dir(&tmp).map_err(io("list", &tmp))?.flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if !owners.iter().any(|o| name.starts_with(o.as_str())) {
+                out.push(f.path());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Counts of what the store holds.
+    pub fn info(&self) -> Result<StoreInfo> {
+        let conn = self.conn();
+        let count = |sql: &str| -> Result<u64> {
+            Ok(conn.query_row(sql, [], |r| r.get::<_, i64>(0))?.max(0) as u64)
+        };
+        let db_bytes = ["meta.sqlite", "meta.sqlite-wal"]
+            .iter()
+            .filter_map(|f| std::fs::metadata(self.root.join(f)).ok())
+            .map(|m| m.len())
+            .sum();
+        Ok(StoreInfo {
+            location: self.root.clone(),
+            objects: count("SELECT COUNT(*) FROM objects")?,
+            blobs: count("SELECT COUNT(*) FROM objects WHERE kind = 'blob'")?,
+            trees: count("SELECT COUNT(*) FROM objects WHERE kind = 'tree'")?,
+            bytes: count("SELECT COALESCE(SUM(stored), 0) FROM objects")?,
+            derivations: count("SELECT COUNT(*) FROM derivations")?,
+            realisations: count("SELECT COUNT(DISTINCT key) FROM realisations")?,
+            runs: count("SELECT COUNT(*) FROM runs")?,
+            sessions: count("SELECT COUNT(*) FROM sessions")?,
+            roots: count("SELECT COUNT(*) FROM roots")?,
+            database_bytes: db_bytes,
+        })
+    }
+}
+
+/// Drops owners whose process is gone (on this host: by pid and start time; on
+/// other hosts sharing the store: after a day without their process being seen).
+fn forget_dead_owners(conn: &Connection) -> Result<()> {
+    let here = hostname();
+    let owners: Vec<(String, String, i64, Option<i64>, i64)> = {
+        let mut q = conn.prepare("SELECT id, host, pid, proc_start, started_ms FROM owners")?;
+        let rows = q.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let day_ago = now_ms() - 86_400_000;
+    for (id, host, pid, start, started_ms) in owners {
+        let alive = if host == here {
+            u32::try_from(pid)
+                .ok()
+                .and_then(proc_start)
+                .is_some_and(|s| start.is_none_or(|want| want == s))
+        } else {
+            started_ms > day_ago
+        };
+        if !alive {
+            conn.execute("DELETE FROM owners WHERE id = ?1", [&id])?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! Recreating stored outputs in a workspace. Files are reflinked where the file
+//! system allows (copy-on-write: an edit of the copy never reaches the store) and
+//! copied otherwise; never hard-linked, since a hard link shares the inode and
+//! `chmod u+w` then an edit would change the store. Workspace copies are writable
+//! by their owner; the store's files stay read-only.
+//!
+//! A materialisation is atomic per output: it is built next to its destination
+//! and renamed over it.
+
+use crate::digest::Digest;
+use crate::error::{Result, StoreError, io};
+use crate::local::{LocalStore, OutputKind, entry_path};
+use crate::tree::EntryKind;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// How the files of one materialisation were made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Materialized {
+    pub reflinked: u64,
+    pub copied: u64,
+    pub bytes: u64,
+}
+
+impl LocalStore {
+    /// Recreates an output at `dest` (replacing what is there).
+    pub fn materialize(
+        &self,
+        digest: &Digest,
+        kind: OutputKind,
+        dest: &Path,
+    ) -> Result<Materialized> {
+        if !self.has_object(digest)? {
+            return Err(StoreError::MissingObject(*digest));
+        }
+        let parent = dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+        let name = dest
+            .file_name()
+            .map_or_else(|| "output".into(), |n| n.to_string_lossy().into_owned());
+        let staging = parent.join(format!(".{name}.mustbuild-{}", std::process::id()));
+        remove_any(&staging)?;
+        let mut stats = Materialized::default();
+        let made = match kind {
+            OutputKind::Tree => self.materialize_tree(digest, &staging, &mut stats, 0),
+            k => self.materialize_file(digest, k == OutputKind::Executable, &staging, &mut stats),
+        };
+        if let Err(e) = made {
+            let _ = remove_any(&staging);
+            return Err(e);
+        }
+        // A file renamed over a file replaces it atomically; anything involving a
+        // folder needs the old output cleared first.
+        if std::fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir() || kind == OutputKind::Tree) {
+            remove_any(dest)?;
+        }
+        std::fs::rename(&staging, dest).map_err(io("replace", dest))?;
+        Ok(stats)
+    }
+
+    fn materialize_file(
+        &self,
+        digest: &Digest,
+        executable: bool,
+        dest: &Path,
+        stats: &mut Materialized,
+    ) -> Result<()> {
+        let src = self.object_path(digest);
+        match reflink_copy::reflink_or_copy(&src, dest).map_err(io("copy", &src))? {
+            None => stats.reflinked += 1,
+            Some(_) => stats.copied += 1,
+        }
+        stats.bytes += std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
+        let mode = if executable { 0o755 } else { 0o644 };
+        std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode))
+            .map_err(io("set permissions of", dest))
+    }
+
+    fn materialize_tree(
+        &self,
+        digest: &Digest,
+        dest: &Path,
+        stats: &mut Materialized,
+        depth: usize,
+    ) -> Result<()> {
+        if depth > 256 {
+            return Err(StoreError::Unsupported {
+                path: dest.to_path_buf(),
+                what: "folders nested more than 256 deep",
+            });
+        }
+        let tree = self.read_tree(digest)?;
+        std::fs::create_dir(dest).map_err(io("create", dest))?;
+        for e in &tree.entries {
+            let path = entry_path(dest, &e.name);
+            match &e.kind {
+                EntryKind::File {
+                    executable, digest, ..
+                } => self.materialize_file(digest, *executable, &path, stats)?,
+                EntryKind::Dir { digest, .. } => {
+                    self.materialize_tree(digest, &path, stats, depth + 1)?
+                }
+                EntryKind::Symlink { target } => {
+                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &path)
+                        .map_err(io("link", &path))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Removes a file, link or folder (not following links); absent is fine.
+fn remove_any(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            make_writable(path);
+            std::fs::remove_dir_all(path).map_err(io("remove", path))
+        }
+        Ok(_) => std::fs::remove_file(path).map_err(io("remove", path)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io("inspect", path)(e)),
+    }
+}
+
+/// Gives the owner write access to every folder below (read-only folders cannot
+/// be emptied).
+fn make_writable(dir: &Path) {
+    let mut stack: Vec<PathBuf> = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(m) = std::fs::symlink_metadata(&d)
+            && m.is_dir()
+        {
+            let _ = std::fs::set_permissions(
+                &d,
+                std::fs::Permissions::from_mode(m.permissions().mode() | 0o700),
+            );
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                stack.extend(rd.flatten().map(|e| e.path()));
+            }
+        }
+    }
+}

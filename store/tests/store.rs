@@ -1,0 +1,411 @@
+//! The local store: ingestion, trees, records, materialisation, the file digest
+//! cache, verify and gc.
+
+use mustbuild_store::{
+    Digest, Field, Ingest, KeyMaterial, LocalStore, Output, OutputKind, Root, RunRecord, Source,
+    Tree,
+};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+fn write(path: &Path, content: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, content).unwrap();
+}
+
+fn material(n: u64) -> KeyMaterial {
+    let mut m = KeyMaterial::default();
+    m.insert("command", Field::Text(format!("step {n}")));
+    m.insert("n", Field::Integer(n));
+    m
+}
+
+/// A folder with nested folders, an executable, and links inside and outside it.
+fn sample_tree(dir: &Path) {
+    write(&dir.join("a.txt"), b"alpha\n");
+    write(&dir.join("sub/b.csv"), b"x,y\n1,2\n");
+    write(&dir.join("sub/deeper/c.bin"), &[0u8, 1, 2, 255]);
+    write(&dir.join("run.sh"), b"#!/bin/sh\necho hi\n");
+    std::fs::set_permissions(dir.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("sub/b.csv", dir.join("link-in")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", dir.join("link-out")).unwrap();
+    std::fs::create_dir_all(dir.join("empty")).unwrap();
+}
+
+#[test]
+fn a_file_is_stored_once_read_only_and_materialised_by_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(tmp.path().join("store")).unwrap();
+    let src = tmp.path().join("result.csv");
+    write(&src, b"a,b\n1,2\n");
+    let s = store.add_path(&src, Ingest::Copy).unwrap();
+    assert_eq!(s.digest, Digest::of(b"a,b\n1,2\n"));
+    assert_eq!((s.kind, s.size), (OutputKind::File, 8));
+    assert!(store.has_object(&s.digest).unwrap());
+    assert_eq!(
+        store.add_path(&src, Ingest::Copy).unwrap(),
+        s,
+        "adding again changes nothing"
+    );
+    let object = store.object_path(&s.digest);
+    assert_eq!(
+        std::fs::metadata(&object).unwrap().permissions().mode() & 0o777,
+        0o444
+    );
+
+    let out = tmp.path().join("ws/out/result.csv");
+    let m = store.materialize(&s.digest, s.kind, &out).unwrap();
+    assert_eq!(m.reflinked + m.copied, 1);
+    assert_eq!(std::fs::read(&out).unwrap(), b"a,b\n1,2\n");
+    // Editing the workspace copy can never change the store.
+    std::fs::write(&out, b"edited").unwrap();
+    assert_eq!(std::fs::read(&object).unwrap(), b"a,b\n1,2\n");
+    assert!(store.verify(false).unwrap().is_clean());
+    // Materialising again restores the content over the edit.
+    store.materialize(&s.digest, s.kind, &out).unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), b"a,b\n1,2\n");
+}
+
+#[test]
+fn moving_a_file_in_takes_it_from_its_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(tmp.path().join("store")).unwrap();
+    let src = tmp.path().join("scratch/out.txt");
+    write(&src, b"moved");
+    let s = store.add_path(&src, Ingest::Move).unwrap();
+    assert!(!src.exists());
+    assert_eq!(
+        std::fs::read(store.object_path(&s.digest)).unwrap(),
+        b"moved"
+    );
+}
+
+#[test]
+fn folders_are_merkle_trees_with_modes_and_links() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(tmp.path().join("store")).unwrap();
+    let dir = tmp.path().join("figures");
+    sample_tree(&dir);
+    let s = store.add_path(&dir, Ingest::Copy).unwrap();
+    assert_eq!(s.kind, OutputKind::Tree);
+    // The same content elsewhere has the same digest.
+    let copy = tmp.path().join("again");
+    sample_tree(&copy);
+    assert_eq!(
+        store.add_path(&copy, Ingest::Copy).unwrap().digest,
+        s.digest
+    );
+    // A changed executable bit changes it.
+    std::fs::set_permissions(copy.join("run.sh"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_ne!(
+        store.add_path(&copy, Ingest::Copy).unwrap().digest,
+        s.digest
+    );
+
+    let tree: Tree = store.read_tree(&s.digest).unwrap();
+    let names: Vec<String> = tree
+        .entries
+        .iter()
+        .map(|e| String::from_utf8(e.name.clone()).unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["a.txt", "empty", "link-in", "link-out", "run.sh", "sub"]
+    );
+
+    let out = tmp.path().join("ws/figures");
+    std::fs::create_dir_all(&out).unwrap();
+    write(&out.join("stale.txt"), b"from an older run");
+    store.materialize(&s.digest, s.kind, &out).unwrap();
+    assert!(!out.join("stale.txt").exists());
+    assert_eq!(
+        std::fs::read(out.join("sub/deeper/c.bin")).unwrap(),
+        [0u8, 1, 2, 255]
+    );
+    assert_eq!(
+        std::fs::metadata(out.join("run.sh"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o111,
+        0o111
+    );
+    assert_eq!(
+        std::fs::read_link(out.join("link-out")).unwrap(),
+        Path::new("/etc/passwd")
+    );
+    assert_eq!(std::fs::read(out.join("link-in")).unwrap(), b"x,y\n1,2\n");
+    assert!(out.join("empty").is_dir());
+}
+
+#[test]
+fn realisations_name_only_stored_objects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(tmp.path().join("store")).unwrap();
+    let key = store.put_derivation(&material(1)).unwrap();
+    assert_eq!(store.derivation(&key).unwrap(), Some(material(1)));
+    let absent = Digest::of(b"never stored");
+    let err = store.realise(
+        &key,
+        &[Output {
+            name: "out".into(),
+            digest: absent,
+            kind: OutputKind::File,
+        }],
+    );
+    assert!(err.is_err());
+    assert_eq!(store.realisation(&key).unwrap(), None);
+    let d = store.add_bytes(b"result").unwrap();
+    let outputs = vec![Output {
+        name: "out".into(),
+        digest: d,
+        kind: OutputKind::File,
+    }];
+    store.realise(&key, &outputs).unwrap();
+    assert_eq!(store.realisation(&key).unwrap(), Some(outputs));
+    let run = RunRecord {
+        session: None,
+        key,
+        step: "s".into(),
+        host: mustbuild_store::hostname(),
+        started_ms: 1,
+        finished_ms: 2,
+        outcome: "succeeded".into(),
+        exit_code: Some(0),
+        user_cpu_ms: Some(1),
+        sys_cpu_ms: Some(0),
+        max_rss_bytes: Some(1 << 20),
+        read_bytes: None,
+        write_bytes: None,
+        energy_joules: Some(0.5),
+        energy_method: Some("model".into()),
+        log: Some(d),
+    };
+    assert!(store.add_run(&run).unwrap() > 0);
+    assert_eq!(store.info().unwrap().runs, 1);
+}
+
+#[test]
+fn the_file_digest_cache_catches_a_change_hidden_by_touch_r() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(tmp.path().join("store")).unwrap();
+    let f = tmp.path().join("input.csv");
+    write(&f, b"1,2,3\n");
+    // Entries younger than the timestamp granularity are not trusted.
+    std::thread::sleep(std::time::Duration::from_millis(120));
+    let (d1, _, src) = store.file_digest(&f).unwrap();
+    assert_eq!((d1, src), (Digest::of(b"1,2,3\n"), Source::Hashed));
+    let (again, _, src) = store.file_digest(&f).unwrap();
+    assert_eq!(
+        (again, src),
+        (d1, Source::Cache),
+        "an unchanged file is not read again"
+    );
+
+    // Same size, new content, mtime put back as it was (`touch -r`).
+    let reference = tmp.path().join("reference");
+    let status = std::process::Command::new("touch")
+        .arg("-r")
+        .arg(&f)
+        .arg(&reference)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::write(&f, b"1,2,4\n").unwrap();
+    let status = std::process::Command::new("touch")
+        .arg("-r")
+        .arg(&reference)
+        .arg(&f)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        std::fs::metadata(&f).unwrap().modified().unwrap(),
+        std::fs::metadata(&reference).unwrap().modified().unwrap()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(120));
+    let (d2, _, src) = store.file_digest(&f).unwrap();
+    assert_eq!(
+        (d2, src),
+        (Digest::of(b"1,2,4\n"), Source::Hashed),
+        "ctime gave the change away"
+    );
+}
+
+#[test]
+fn verify_finds_corrupt_and_missing_objects_and_repair_drops_what_used_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(tmp.path().join("store")).unwrap();
+    let dir = tmp.path().join("d");
+    sample_tree(&dir);
+    let tree = store.add_path(&dir, Ingest::Copy).unwrap();
+    let lone = store.add_bytes(b"lonely blob").unwrap();
+    let key_tree = store.put_derivation(&material(1)).unwrap();
+    store
+        .realise(
+            &key_tree,
+            &[Output {
+                name: "dir".into(),
+                digest: tree.digest,
+                kind: OutputKind::Tree,
+            }],
+        )
+        .unwrap();
+    let key_lone = store.put_derivation(&material(2)).unwrap();
+    store
+        .realise(
+            &key_lone,
+            &[Output {
+                name: "f".into(),
+                digest: lone,
+                kind: OutputKind::File,
+            }],
+        )
+        .unwrap();
+    let untouched = store.add_bytes(b"untouched").unwrap();
+    let key_ok = store.put_derivation(&material(3)).unwrap();
+    store
+        .realise(
+            &key_ok,
+            &[Output {
+                name: "f".into(),
+                digest: untouched,
+                kind: OutputKind::File,
+            }],
+        )
+        .unwrap();
+    assert!(store.verify(false).unwrap().is_clean());
+
+    // Corrupt a file inside the tree, delete the lone blob.
+    let inner = Digest::of(b"x,y\n1,2\n");
+    let p = store.object_path(&inner);
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&p, b"x,y\n1,9\n").unwrap();
+    std::fs::remove_file(store.object_path(&lone)).unwrap();
+
+    let report = store.verify(false).unwrap();
+    assert_eq!(report.corrupt, vec![inner]);
+    assert_eq!(report.missing, vec![lone]);
+    assert!(!report.repaired);
+
+    let repaired = store.verify(true).unwrap();
+    assert!(repaired.repaired);
+    assert!(repaired.broken_trees.contains(&tree.digest));
+    assert_eq!(repaired.dropped_realisations, 2);
+    assert!(
+        tmp.path()
+            .join("store/quarantine")
+            .join(inner.to_hex())
+            .exists()
+    );
+    assert_eq!(store.realisation(&key_tree).unwrap(), None);
+    assert_eq!(store.realisation(&key_lone).unwrap(), None);
+    assert!(
+        store.realisation(&key_ok).unwrap().is_some(),
+        "a healthy realisation stays"
+    );
+    assert!(store.verify(false).unwrap().is_clean());
+    // The content can be stored again.
+    let again = store.add_path(&dir, Ingest::Copy).unwrap();
+    assert_eq!(again.digest, tree.digest);
+    assert!(store.verify(false).unwrap().is_clean());
+}
+
+#[test]
+fn gc_keeps_roots_and_the_last_runs_and_frees_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let store = LocalStore::open(&root).unwrap();
+    let mut keys = Vec::new();
+    for i in 0..4u64 {
+        let session = store.begin_session("pipe").unwrap();
+        let key = store.put_derivation(&material(i)).unwrap();
+        let d = store.add_bytes(format!("output {i}").as_bytes()).unwrap();
+        store
+            .realise(
+                &key,
+                &[Output {
+                    name: "o".into(),
+                    digest: d,
+                    kind: OutputKind::File,
+                }],
+            )
+            .unwrap();
+        store.use_derivation(session, &key).unwrap();
+        store.finish_session(session).unwrap();
+        keys.push((key, d));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let pinned = store.add_bytes(b"pinned forever").unwrap();
+    store.pin("keep-me", Root::Object(pinned)).unwrap();
+    let loose = store.add_bytes(b"nobody needs me").unwrap();
+    // This process's leases protect everything it wrote: let them go, as a finished run would.
+    store.release_leases().unwrap();
+
+    let dry = store.gc(2, true).unwrap();
+    assert!(dry.dry_run);
+    assert_eq!(dry.objects_removed, 3, "{dry:?}");
+    assert!(
+        store.has_object(&loose).unwrap(),
+        "a dry run removes nothing"
+    );
+
+    let report = store.gc(2, false).unwrap();
+    assert_eq!(
+        (
+            report.objects_removed,
+            report.sessions_removed,
+            report.realisations_removed
+        ),
+        (3, 2, 2),
+        "{report:?}"
+    );
+    assert_eq!(
+        report.bytes_freed,
+        ("output 0".len() + "output 1".len() + "nobody needs me".len()) as u64
+    );
+    assert!(!store.has_object(&loose).unwrap());
+    assert!(!store.object_path(&loose).exists());
+    assert!(!store.has_object(&keys[0].1).unwrap());
+    assert!(store.has_object(&keys[3].1).unwrap());
+    assert!(store.has_object(&pinned).unwrap());
+    assert_eq!(store.realisation(&keys[0].0).unwrap(), None);
+    assert!(store.realisation(&keys[2].0).unwrap().is_some());
+    assert!(store.verify(false).unwrap().is_clean());
+}
+
+#[test]
+fn leases_of_a_live_process_survive_gc() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let writer = LocalStore::open(&root).unwrap();
+    let d = writer.add_bytes(b"about to be realised").unwrap();
+    let collector = LocalStore::open(&root).unwrap();
+    let report = collector.gc(1, false).unwrap();
+    assert_eq!(report.objects_removed, 0);
+    // The writer can still realise it.
+    let key = writer.put_derivation(&material(7)).unwrap();
+    writer
+        .realise(
+            &key,
+            &[Output {
+                name: "o".into(),
+                digest: d,
+                kind: OutputKind::File,
+            }],
+        )
+        .unwrap();
+    drop(writer);
+    // Gone, with its owner: nothing roots it any more.
+    assert_eq!(collector.gc(1, false).unwrap().objects_removed, 1);
+}
+
+#[test]
+fn a_store_of_another_layout_version_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    drop(LocalStore::open(&root).unwrap());
+    std::fs::write(root.join("VERSION"), "mustbuild-store 99\n").unwrap();
+    let err = LocalStore::open(&root).unwrap_err().to_string();
+    assert!(err.contains("layout version mustbuild-store 99"), "{err}");
+}
