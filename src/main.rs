@@ -1,6 +1,9 @@
 //! The `mustbuild` command line: arguments, wiring, rendering of errors, exit
 //! codes. Everything else lives in the library crates.
 
+// Library code returns errors; tests may unwrap (clippy.toml allows it there).
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 mod render;
 
 use clap::{Parser, Subcommand, ValueEnum};

@@ -5,3 +5,6 @@
 //! It must not know about KDL, derivations or the store ("builders stay dumb").
 //!
 //! Nothing is implemented yet (issue 4).
+
+// Library code returns errors; tests may unwrap (clippy.toml allows it there).
+#![warn(clippy::unwrap_used, clippy::expect_used)]

@@ -12,6 +12,9 @@
 //! "damaged" stub so that later passes neither trip over it nor report what is
 //! merely missing because of it.
 
+// Library code returns errors; tests may unwrap (clippy.toml allows it there).
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod checks;
 pub mod diagnostic;
 pub mod expand;

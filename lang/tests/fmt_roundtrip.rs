@@ -4,8 +4,6 @@
 //! Pipelines are generated valid, then written in a random, messy layout
 //! (spacing, `;`, line continuations, comments, blank lines, quoting styles).
 
-#![expect(clippy::expect_used, reason = "helpers of a test fail it on purpose")]
-
 use mustbuild_lang::{MemoryFiles, format_source, load_with};
 use proptest::prelude::*;
 use std::path::Path;

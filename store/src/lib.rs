@@ -13,6 +13,9 @@
 //! transaction; everything else (verify, gc, leases) follows from keeping that
 //! true under crashes and concurrent processes.
 
+// Library code returns errors; tests may unwrap (clippy.toml allows it there).
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 mod db;
 pub mod digest;
 pub mod encoding;
