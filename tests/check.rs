@@ -264,14 +264,19 @@ fn a_huge_line_with_thousands_of_errors_gives_a_bounded_report() {
         "{}",
         &r.stderr[..2000]
     );
+    // The checker keeps the first 1,000 errors and counts the rest.
     assert!(
-        r.stderr.contains("49900 errors not shown"),
+        r.stderr.contains("901 errors not shown"),
         "{}",
         &r.stderr[r.stderr.len() - 500..]
     );
     let json = run(dir.path(), &["check", "--json", "long.kdl"]);
     let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
-    assert_eq!(v["diagnostics"].as_array().unwrap().len(), 50_000);
+    let diags = v["diagnostics"].as_array().unwrap();
+    assert_eq!(diags.len(), 1001);
+    assert!(diags.iter().any(
+        |d| d["message"] == "49000 more problems were found but not kept (the first 1000 are)"
+    ));
 }
 
 #[test]
@@ -305,4 +310,14 @@ fn a_panic_in_the_kdl_v1_parser_is_contained() {
         "{}",
         r.stderr
     );
+}
+
+#[test]
+fn paths_made_from_values_and_contradictory_outputs() {
+    snapshot_check("more_paths.kdl", 1);
+}
+
+#[test]
+fn outputs_that_clash_with_sources_or_other_outputs() {
+    snapshot_check("outputs_vs_sources.kdl", 1);
 }

@@ -198,6 +198,11 @@ pub fn literal_path_problem(path: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Whether a value put into a path could take it out of the pipeline folder.
+pub fn escapes(value: &str) -> bool {
+    value.starts_with('/') || value.starts_with('~') || value.split('/').any(|c| c == "..")
+}
+
 /// An output path made canonical (`./a//b/` → `a/b`), or why it is not acceptable.
 pub fn normalize_output(path: &str) -> Result<String, &'static str> {
     literal_path_problem(path)?;

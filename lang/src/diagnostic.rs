@@ -129,23 +129,45 @@ impl Diagnostic {
     }
 }
 
+/// After this many errors (or warnings), further ones are counted, not kept: a
+/// file that wrong needs its first problems fixed, not a million messages.
+pub const MAX_KEPT: usize = 1000;
+
 /// The list every checking pass appends to.
 #[derive(Debug, Default)]
 pub struct Diagnostics {
     list: Vec<Diagnostic>,
+    errors: usize,
+    warnings: usize,
+    dropped: usize,
+    last_span: Option<Span>,
 }
 
 impl Diagnostics {
     pub fn push(&mut self, d: Diagnostic) {
+        let count = if d.is_error() {
+            &mut self.errors
+        } else {
+            &mut self.warnings
+        };
+        *count += 1;
+        if *count > MAX_KEPT {
+            self.dropped += 1;
+            return;
+        }
+        if d.span.is_some() {
+            self.last_span = d.span;
+        }
         self.list.push(d);
     }
 
     pub fn has_errors(&self) -> bool {
-        self.list.iter().any(Diagnostic::is_error)
+        self.errors > 0
     }
 
+    /// Errors reported so far (kept or not).
     pub fn error_count(&self) -> usize {
-        self.list.iter().filter(|d| d.is_error()).count()
+        self.errors
     }
 
     pub fn len(&self) -> usize {
@@ -158,6 +180,26 @@ impl Diagnostics {
 
     /// Sorted by file and position (file-level problems first), then severity.
     pub fn into_sorted(mut self) -> Vec<Diagnostic> {
+        if self.dropped > 0 {
+            let note = format!(
+                "{} more problems were found but not kept (the first {MAX_KEPT} are)",
+                self.dropped
+            );
+            let mut d = match self.last_span {
+                Some(span) => Diagnostic::error(span, note),
+                None => Diagnostic {
+                    span: None,
+                    ..Diagnostic::file_error("", note)
+                },
+            };
+            d.severity = if self.errors > MAX_KEPT {
+                Severity::Error
+            } else {
+                Severity::Warning
+            };
+            self.list
+                .push(d.hint("fix the first problems; the others often follow from them"));
+        }
         self.list.sort_by(|a, b| {
             let key = |d: &Diagnostic| (d.span.map(|s| (s.file, s.start, s.end)), d.severity);
             key(a).cmp(&key(b))
@@ -169,6 +211,8 @@ impl Diagnostics {
 
 impl Extend<Diagnostic> for Diagnostics {
     fn extend<T: IntoIterator<Item = Diagnostic>>(&mut self, iter: T) {
-        self.list.extend(iter);
+        for d in iter {
+            self.push(d);
+        }
     }
 }

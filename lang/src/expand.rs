@@ -6,7 +6,9 @@
 use crate::checks::{compile_glob, glob_base, normalize_output};
 use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::files::Files;
-use crate::model::{Domain, InputSource, Part, PathKind, Step, StepId, Template, Workflow};
+use crate::model::{
+    Domain, InputRef, InputSource, Part, PathKind, Step, StepId, Template, Workflow,
+};
 use crate::source::Span;
 use std::collections::{HashMap, HashSet};
 
@@ -170,6 +172,8 @@ pub fn render_path(wf: &Workflow, t: &Template, values: &[&str]) -> String {
 
 struct Written {
     step: StepId,
+    /// The output's index; `None` for a log.
+    output: Option<usize>,
     span: Span,
     kind: PathKind,
 }
@@ -179,16 +183,17 @@ fn check_outputs(wf: &Workflow, glob_files: &[Vec<String>], diags: &mut Diagnost
     let mut reported: HashSet<(Span, Span)> = HashSet::new();
     for (si, step) in wf.steps.iter().enumerate() {
         let doms = domains(step, glob_files);
-        let mut paths: Vec<(&Template, Span, PathKind)> = step
+        let mut paths: Vec<(&Template, Span, PathKind, Option<usize>)> = step
             .outputs
             .iter()
-            .map(|o| (&o.path, o.path.span, o.kind))
+            .enumerate()
+            .map(|(i, o)| (&o.path, o.path.span, o.kind, Some(i)))
             .collect();
         if let Some(log) = &step.log {
-            paths.push((log, log.span, PathKind::File));
+            paths.push((log, log.span, PathKind::File, None));
         }
         for_each_instance(&doms, |values| {
-            for &(t, span, kind) in &paths {
+            for &(t, span, kind, output) in &paths {
                 let raw = render_path(wf, t, values);
                 let path = match normalize_output(&raw) {
                     Ok(p) => p,
@@ -203,6 +208,7 @@ fn check_outputs(wf: &Workflow, glob_files: &[Vec<String>], diags: &mut Diagnost
                     }
                 };
                 let this = Written {
+                    output,
                     step: StepId::from_index(si),
                     span,
                     kind,
@@ -230,6 +236,62 @@ fn check_outputs(wf: &Workflow, glob_files: &[Vec<String>], diags: &mut Diagnost
         });
     }
     check_nesting_and_sources(wf, &written, diags);
+    check_literal_inputs(wf, glob_files, &written, diags);
+}
+
+/// A literal input (`(file)"…"`) naming what another step writes would read it
+/// without waiting for it, or read a stale copy: it must be a reference.
+fn check_literal_inputs(
+    wf: &Workflow,
+    glob_files: &[Vec<String>],
+    written: &HashMap<String, Written>,
+    diags: &mut Diagnostics,
+) {
+    let mut reported: HashSet<Span> = HashSet::new();
+    for step in &wf.steps {
+        let literals: Vec<&crate::model::StepInput> = step
+            .inputs
+            .iter()
+            .filter(|i| matches!(i.source, InputRef::Path { .. }))
+            .collect();
+        if literals.is_empty() {
+            continue;
+        }
+        let doms = domains(step, glob_files);
+        for_each_instance(&doms, |values| {
+            for input in &literals {
+                let InputRef::Path { path, .. } = &input.source else {
+                    continue;
+                };
+                let Ok(p) = normalize_output(&render_path(wf, path, values)) else {
+                    continue;
+                };
+                let mut owner = written.get(&p);
+                let mut end = p.len();
+                while owner.is_none() {
+                    let Some(slash) = p[..end].rfind('/') else {
+                        break;
+                    };
+                    end = slash;
+                    owner = written.get(&p[..end]).filter(|w| w.kind == PathKind::Dir);
+                }
+                let Some(w) = owner else { continue };
+                if !reported.insert(path.span) {
+                    continue;
+                }
+                let up = wf.step(w.step);
+                let reference = match w.output {
+                    Some(o) => format!("in {}={}.{}", input.name, up.name, up.outputs[o].name),
+                    None => "a reference to one of its outputs".to_string(),
+                };
+                diags.push(
+                    Diagnostic::error(path.span, format!("`{p}` is written by step `{}`", up.name))
+                        .related(w.span, "it is declared here")
+                        .hint(format!("read it through a reference, `{reference}`, so that this step runs after it")),
+                );
+            }
+        });
+    }
 }
 
 fn check_nesting_and_sources(
@@ -246,22 +308,22 @@ fn check_nesting_and_sources(
             let dir = &path[..prefix_end + slash];
             prefix_end += slash + 1;
             if let Some(owner) = written.get(dir)
-                && owner.kind == PathKind::Dir
                 && reported.insert((owner.span, w.span))
             {
-                {
-                    let other = &wf.step(owner.step).name;
-                    diags.push(
-                        Diagnostic::error(
-                            w.span,
-                            format!(
-                                "`{path}` is inside `{dir}/`, the folder output of step `{other}`"
-                            ),
-                        )
-                        .related(owner.span, "the folder is declared here")
-                        .hint("a folder output belongs wholly to its step; write elsewhere"),
-                    );
-                }
+                let other = &wf.step(owner.step).name;
+                let d = if owner.kind == PathKind::Dir {
+                    Diagnostic::error(
+                        w.span,
+                        format!("`{path}` is inside `{dir}/`, the folder output of step `{other}`"),
+                    )
+                    .related(owner.span, "the folder is declared here")
+                    .hint("a folder output belongs wholly to its step; write elsewhere")
+                } else {
+                    Diagnostic::error(w.span, format!("`{path}` would be inside `{dir}`, which step `{other}` writes as a file"))
+                        .related(owner.span, "the file is declared here")
+                        .hint("a path cannot be both a file and a folder; rename one of them")
+                };
+                diags.push(d);
             }
         }
     }
@@ -273,17 +335,26 @@ fn check_nesting_and_sources(
                     continue;
                 };
                 for (out, w) in &sorted {
-                    let inside = out.len() > src.len()
-                        && out.starts_with(src.as_str())
-                        && out.as_bytes()[src.len()] == b'/';
-                    if **out == src || inside {
-                        diags.push(
-                            Diagnostic::error(
-                                w.span,
-                                format!("output `{out}` would overwrite input `{}`", input.name),
+                    let under = |a: &str, b: &str| {
+                        a.len() > b.len() && a.starts_with(b) && a.as_bytes()[b.len()] == b'/'
+                    };
+                    // The output is the input, lies inside it, or (a folder output) holds it.
+                    let holds = w.kind == PathKind::Dir && under(&src, out);
+                    if **out == src || under(out, &src) || holds {
+                        let message = if holds {
+                            format!(
+                                "folder output `{out}/` would hold input `{}` (`{src}`)",
+                                input.name
                             )
-                            .related(input.span, "the input is declared here")
-                            .hint("write results to another path; sources are never overwritten"),
+                        } else {
+                            format!("output `{out}` would overwrite input `{}`", input.name)
+                        };
+                        diags.push(
+                            Diagnostic::error(w.span, message)
+                                .related(input.span, "the input is declared here")
+                                .hint(
+                                    "write results to another path; sources are never overwritten",
+                                ),
                         );
                     }
                 }

@@ -11,10 +11,25 @@ pub enum GraphFormat {
     Mermaid,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum NodeRef {
+    Input(usize),
+    Step(usize),
+}
+
+impl std::fmt::Display for NodeRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeRef::Input(i) => write!(f, "i{i}"),
+            NodeRef::Step(i) => write!(f, "s{i}"),
+        }
+    }
+}
+
 struct Edge {
-    from: String,
-    to: String,
-    label: String,
+    from: NodeRef,
+    to: NodeRef,
+    labels: Vec<String>,
 }
 
 fn step_label(wf: &Workflow, i: usize, instances: &[usize]) -> String {
@@ -27,8 +42,11 @@ fn step_label(wf: &Workflow, i: usize, instances: &[usize]) -> String {
     }
 }
 
+/// One edge per (from, to) pair, labelled with what flows along it, in step order.
 fn edges(wf: &Workflow) -> Vec<Edge> {
     let mut out: Vec<Edge> = Vec::new();
+    let mut index: std::collections::HashMap<(NodeRef, NodeRef), usize> =
+        std::collections::HashMap::new();
     for (i, s) in wf.steps.iter().enumerate() {
         for input in &s.inputs {
             let (from, label) = match &input.source {
@@ -37,7 +55,7 @@ fn edges(wf: &Workflow) -> Vec<Edge> {
                     let gathers = up.foreach.iter().any(|f| s.var(&f.var).is_none());
                     let name = &up.outputs[*output].name;
                     (
-                        format!("s{}", step.index()),
+                        NodeRef::Step(step.index()),
                         if gathers {
                             format!("{name} (all)")
                         } else {
@@ -45,25 +63,27 @@ fn edges(wf: &Workflow) -> Vec<Edge> {
                         },
                     )
                 }
-                InputRef::Input(id) => (format!("i{}", id.index()), String::new()),
+                InputRef::Input(id) => (NodeRef::Input(id.index()), String::new()),
                 InputRef::Var(v) => match &s.foreach[*v].domain {
                     crate::model::Domain::Files(id) => {
-                        (format!("i{}", id.index()), "each".to_string())
+                        (NodeRef::Input(id.index()), "each".to_string())
                     }
                     crate::model::Domain::Values(_) => continue,
                 },
                 InputRef::Path { .. } => continue,
             };
-            let to = format!("s{i}");
-            match out.iter_mut().find(|e| e.from == from && e.to == to) {
-                Some(e) if !label.is_empty() && !e.label.split(", ").any(|l| l == label) => {
-                    if !e.label.is_empty() {
-                        e.label.push_str(", ");
-                    }
-                    e.label.push_str(&label);
-                }
-                Some(_) => {}
-                None => out.push(Edge { from, to, label }),
+            let to = NodeRef::Step(i);
+            let e = *index.entry((from, to)).or_insert_with(|| {
+                out.push(Edge {
+                    from,
+                    to,
+                    labels: Vec::new(),
+                });
+                out.len() - 1
+            });
+            let labels = &mut out[e].labels;
+            if !label.is_empty() && !labels.contains(&label) {
+                labels.push(label);
             }
         }
     }
@@ -81,9 +101,13 @@ fn input_label(wf: &Workflow, i: usize) -> String {
 /// Renders the step graph; `instances` gives the derivation count of each step.
 pub fn render(wf: &Workflow, instances: &[usize], format: GraphFormat) -> String {
     let edges = edges(wf);
-    let used_inputs: Vec<usize> = (0..wf.inputs.len())
-        .filter(|i| edges.iter().any(|e| e.from == format!("i{i}")))
-        .collect();
+    let mut used = vec![false; wf.inputs.len()];
+    for e in &edges {
+        if let NodeRef::Input(i) = e.from {
+            used[i] = true;
+        }
+    }
+    let used_inputs: Vec<usize> = (0..wf.inputs.len()).filter(|&i| used[i]).collect();
     let mut out = String::new();
     match format {
         GraphFormat::Dot => {
@@ -109,7 +133,7 @@ pub fn render(wf: &Workflow, instances: &[usize], format: GraphFormat) -> String
                 );
             }
             for e in &edges {
-                if e.label.is_empty() {
+                if e.labels.is_empty() {
                     let _ = writeln!(out, "    {} -> {};", e.from, e.to);
                 } else {
                     let _ = writeln!(
@@ -117,7 +141,7 @@ pub fn render(wf: &Workflow, instances: &[usize], format: GraphFormat) -> String
                         "    {} -> {} [label={}];",
                         e.from,
                         e.to,
-                        dot_quote(&e.label)
+                        dot_quote(&e.labels.join(", "))
                     );
                 }
             }
@@ -137,14 +161,14 @@ pub fn render(wf: &Workflow, instances: &[usize], format: GraphFormat) -> String
                 }
             }
             for e in &edges {
-                if e.label.is_empty() {
+                if e.labels.is_empty() {
                     let _ = writeln!(out, "    {} --> {}", e.from, e.to);
                 } else {
                     let _ = writeln!(
                         out,
                         "    {} -->|{}| {}",
                         e.from,
-                        mermaid_quote(&e.label),
+                        mermaid_quote(&e.labels.join(", ")),
                         e.to
                     );
                 }

@@ -79,7 +79,7 @@ pub(crate) fn lower(
         }
     }
     // A file with syntax errors may well have lost its `pipeline` line to them.
-    let main_damaged = nodes.iter().any(|n| n.damaged) || cx.diags.has_errors();
+    let main_damaged = nodes.iter().any(|n| n.damaged);
     if name.is_none() && !nodes.iter().any(|n| n.name.value == "pipeline") && !main_damaged {
         cx.diags.push(
             Diagnostic::error(Span::new(main, 0, 0), "the pipeline has no name")
@@ -199,11 +199,24 @@ impl<'a> Lower<'a> {
         self.diags.push(d);
     }
 
+    /// "did you mean" for the first hundred errors; past that, finding the closest
+    /// of many names for each of many errors would cost more than it helps.
+    fn suggest<'c>(
+        &self,
+        name: &str,
+        candidates: impl IntoIterator<Item = &'c str>,
+    ) -> Option<String> {
+        if self.diags.error_count() > 100 {
+            return None;
+        }
+        did_you_mean(name, candidates)
+    }
+
     // ---- shapes shared by all nodes ----------------------------------------------------
 
     fn unknown_node(&mut self, node: &Node, name: &str, known: &[&str], place: &str) {
         let mut d = Diagnostic::error(node.name.span, format!("unknown node `{name}` {place}"));
-        let hint = if let Some(h) = did_you_mean(name, known.iter().copied()) {
+        let hint = if let Some(h) = self.suggest(name, known.iter().copied()) {
             h
         } else if STEP_LEVEL.contains(&name) && known == TOP_LEVEL {
             format!("`{name}` belongs inside a `step name {{ … }}` block")
@@ -328,8 +341,9 @@ impl<'a> Lower<'a> {
             if k.value == prop && value.is_none() {
                 value = Some(v);
             } else {
-                let hint =
-                    did_you_mean(&k.value, [prop]).unwrap_or_else(|| format!("usage: {usage}"));
+                let hint = self
+                    .suggest(&k.value, [prop])
+                    .unwrap_or_else(|| format!("usage: {usage}"));
                 self.push(
                     Diagnostic::error(
                         k.span,
@@ -474,16 +488,19 @@ impl<'a> Lower<'a> {
         let usage = "param NAME VALUE";
         self.no_props(node, usage);
         self.no_children(node, usage);
-        let Some(args) = self.args::<2>(node, usage) else {
+        let first = node.args().next();
+        let args = self.args::<2>(node, usage);
+        let Some(name) = first.and_then(|f| self.name(f, "param name")) else {
             return;
         };
-        let (Some(name), Some((value, kind))) = (
-            self.name(args[0], "param name"),
-            self.scalar_text(args[1], "a param value"),
-        ) else {
-            return;
-        };
-        self.no_annotation(args[1], "a param value");
+        // A wrong value is reported; the name is still declared, so that its uses
+        // are not reported too.
+        let (value, kind) = args
+            .and_then(|a| {
+                self.no_annotation(a[1], "a param value");
+                self.scalar_text(a[1], "a param value")
+            })
+            .unwrap_or((String::new(), ParamKind::String));
         match self.param_names.entry(name.value.clone()) {
             MapEntry::Occupied(first) => {
                 let first = self.params[first.get().index()].span;
@@ -516,80 +533,14 @@ impl<'a> Lower<'a> {
         if let Some(first) = node.args().next() {
             self.no_annotation(first, "an input name");
         }
-        let source = match (args.first().copied(), glob, args.get(1)) {
-            (_, _, Some(extra)) => {
-                self.push(
-                    Diagnostic::error(extra.full_span(), "unexpected argument to `input`")
-                        .hint(format!("usage: {usage}")),
-                );
-                return;
-            }
-            (Some(path), None, None) => {
-                let kind = match self.path_kind(path) {
-                    Some(k) => k,
-                    None => return,
-                };
-                let Some(p) = self.string(path, "an input path") else {
-                    return;
-                };
-                if p.trim().is_empty() {
-                    self.push(Diagnostic::error(path.span, "the input path is empty"));
-                    return;
-                }
-                if template::scan(&p)
-                    .iter()
-                    .any(|piece| matches!(piece, Piece::Placeholder { .. }))
-                {
-                    self.push(
-                        Diagnostic::error(path.span, "placeholders are not expanded in `input` paths")
-                            .hint("an input names files on disk as they are; use a literal (file)\"…\" in the step for per-instance files"),
-                    );
-                    return;
-                }
-                let kind = if kind == PathKind::Any && p.ends_with('/') {
-                    PathKind::Dir
-                } else {
-                    kind
-                };
-                InputSource::Path {
-                    path: p.to_string(),
-                    kind,
-                }
-            }
-            (None, Some(g), None) => {
-                self.no_annotation(g, "a glob");
-                let Some(p) = self.string(g, "a glob pattern") else {
-                    return;
-                };
-                if let Err(e) = checks::compile_glob(&p) {
-                    self.push(
-                        Diagnostic::error(g.span, format!("invalid glob `{p}`: {e}"))
-                            .hint("globs use *, **, ?, [abc] and {a,b}"),
-                    );
-                    return;
-                }
-                InputSource::Glob {
-                    pattern: p.to_string(),
-                }
-            }
-            (Some(path), Some(g), None) => {
-                self.push(
-                    Diagnostic::error(
-                        path.span.to(g.span),
-                        "an input has a path or a glob, not both",
-                    )
-                    .hint(format!("usage: {usage}")),
-                );
-                return;
-            }
-            (None, None, None) => {
-                self.push(
-                    Diagnostic::error(node.span, format!("input `{}` has no path", name.value))
-                        .hint(format!("usage: {usage}")),
-                );
-                return;
-            }
-        };
+        // A wrong source is reported; the name is still declared, so that its uses
+        // are not reported too.
+        let source = self
+            .input_source(node, &name, &args, glob, usage)
+            .unwrap_or(InputSource::Path {
+                path: String::new(),
+                kind: PathKind::Any,
+            });
         match self.input_names.entry(name.value.clone()) {
             MapEntry::Occupied(first) => {
                 let first = self.inputs[first.get().index()].span;
@@ -612,6 +563,84 @@ impl<'a> Lower<'a> {
         }
     }
 
+    /// Where an input's content comes from; `None` after reporting why it is wrong.
+    fn input_source(
+        &mut self,
+        node: &Node,
+        name: &Str,
+        args: &[&Value],
+        glob: Option<&Value>,
+        usage: &str,
+    ) -> Option<InputSource> {
+        Some(match (args.first().copied(), glob, args.get(1)) {
+            (_, _, Some(extra)) => {
+                self.push(
+                    Diagnostic::error(extra.full_span(), "unexpected argument to `input`")
+                        .hint(format!("usage: {usage}")),
+                );
+                return None;
+            }
+            (Some(path), None, None) => {
+                let kind = self.path_kind(path)?;
+                let p = self.string(path, "an input path")?;
+                if p.trim().is_empty() {
+                    self.push(Diagnostic::error(path.span, "the input path is empty"));
+                    return None;
+                }
+                if template::scan(&p)
+                    .iter()
+                    .any(|piece| matches!(piece, Piece::Placeholder { .. }))
+                {
+                    self.push(
+                        Diagnostic::error(path.span, "placeholders are not expanded in `input` paths")
+                            .hint("an input names files on disk as they are; use a literal (file)\"…\" in the step for per-instance files"),
+                    );
+                    return None;
+                }
+                let kind = if kind == PathKind::Any && p.ends_with('/') {
+                    PathKind::Dir
+                } else {
+                    kind
+                };
+                InputSource::Path {
+                    path: p.to_string(),
+                    kind,
+                }
+            }
+            (None, Some(g), None) => {
+                self.no_annotation(g, "a glob");
+                let p = self.string(g, "a glob pattern")?;
+                if let Err(e) = checks::compile_glob(&p) {
+                    self.push(
+                        Diagnostic::error(g.span, format!("invalid glob `{p}`: {e}"))
+                            .hint("globs use *, **, ?, [abc] and {a,b}"),
+                    );
+                    return None;
+                }
+                InputSource::Glob {
+                    pattern: p.to_string(),
+                }
+            }
+            (Some(path), Some(g), None) => {
+                self.push(
+                    Diagnostic::error(
+                        path.span.to(g.span),
+                        "an input has a path or a glob, not both",
+                    )
+                    .hint(format!("usage: {usage}")),
+                );
+                return None;
+            }
+            (None, None, None) => {
+                self.push(
+                    Diagnostic::error(node.span, format!("input `{}` has no path", name.value))
+                        .hint(format!("usage: {usage}")),
+                );
+                return None;
+            }
+        })
+    }
+
     /// `(file)`, `(dir)` or nothing; other annotations are errors.
     fn path_kind(&mut self, v: &Value) -> Option<PathKind> {
         match v.ty.as_ref().map(|t| t.value.as_str()) {
@@ -619,7 +648,8 @@ impl<'a> Lower<'a> {
             Some("file") => Some(PathKind::File),
             Some("dir") => Some(PathKind::Dir),
             Some(other) => {
-                let hint = did_you_mean(other, ["file", "dir"])
+                let hint = self
+                    .suggest(other, ["file", "dir"])
                     .unwrap_or_else(|| "the annotations are (file) and (dir)".to_string());
                 let span = v.ty.as_ref().map_or(v.span, |t| t.span);
                 self.push(
@@ -803,15 +833,23 @@ impl<'a> Lower<'a> {
                     child,
                     "out NAME=\"path\" [NAME=(dir)\"path/\"…]",
                     &mut |this, k, v| {
-                        let Some(kind) = this.path_kind(v) else {
-                            return;
-                        };
+                        // A bad annotation is reported; the output still exists for the
+                        // rest of the step, so that its uses are not reported too.
+                        let kind = this.path_kind(v).unwrap_or(PathKind::File);
                         if this.unique(d.outs.iter().map(|(n, _, _)| n), k, "output", &d.name.value)
                         {
+                            let slash = v.as_str().is_some_and(|s| s.ends_with('/'));
+                            if kind == PathKind::File && slash {
+                                this.push(
+                                    Diagnostic::error(
+                                        v.full_span(),
+                                        "a `(file)` output cannot end with `/`",
+                                    )
+                                    .hint("write (dir)\"path/\" for a folder, or drop the `/`"),
+                                );
+                            }
                             let kind = match kind {
-                                PathKind::Any if v.as_str().is_some_and(|s| s.ends_with('/')) => {
-                                    PathKind::Dir
-                                }
+                                PathKind::Any if slash => PathKind::Dir,
                                 PathKind::Any => PathKind::File,
                                 k => k,
                             };
@@ -876,7 +914,7 @@ impl<'a> Lower<'a> {
                 ),
             }
         }
-        if d.run.is_none() && !d.damaged {
+        if seen_run.is_none() && !d.damaged {
             self.push(
                 Diagnostic::error(d.name.span, format!("step `{}` has no `run`", d.name.value))
                     .hint("add the command it runs: run \"…\""),
@@ -1007,11 +1045,13 @@ impl<'a> Lower<'a> {
                     return;
                 }
                 let mut out: Vec<String> = Vec::with_capacity(values.len());
+                let mut seen: std::collections::HashSet<String> =
+                    std::collections::HashSet::with_capacity(values.len());
                 for v in values {
                     let Some((text, _)) = self.scalar_text(v, "a fan-out value") else {
                         continue;
                     };
-                    if out.contains(&text) {
+                    if !seen.insert(text.clone()) {
                         self.push(
                             Diagnostic::error(v.span, format!("value `{text}` is listed twice"))
                                 .hint("each value makes one derivation; list it once"),
@@ -1073,7 +1113,8 @@ impl<'a> Lower<'a> {
                     }
                 }
                 other => {
-                    let hint = did_you_mean(other, RESOURCES)
+                    let hint = self
+                        .suggest(other, RESOURCES)
                         .unwrap_or_else(|| format!("the resources are {}", list(&RESOURCES)));
                     self.push(
                         Diagnostic::error(k.span, format!("unknown resource `{other}`")).hint(hint),
@@ -1140,6 +1181,20 @@ impl<'a> Lower<'a> {
                 domain,
                 span: var.span,
             });
+        }
+        for f in &foreach {
+            if let Some(&id) = self.input_names.get(f.var.as_str()) {
+                let decl = self.inputs[id.index()].span;
+                self.push(
+                    Diagnostic::error(
+                        f.span,
+                        format!("fan-out variable `{}` has the name of an input", f.var),
+                    )
+                    .related(decl, "the input is declared here")
+                    .hint("references to it would be ambiguous; rename the variable"),
+                );
+                ok = false;
+            }
         }
         if foreach.len() != d.foreach.len() {
             // Placeholders naming a variable that failed would give false errors.
@@ -1258,7 +1313,8 @@ impl<'a> Lower<'a> {
                 }
             }
             None => {
-                let hint = did_you_mean(&name, self.input_names.keys().map(CompactString::as_str))
+                let hint = self
+                    .suggest(&name, self.input_names.keys().map(CompactString::as_str))
                     .unwrap_or_else(|| {
                         "`from=` names a glob input: input NAME glob=\"dir/*.ext\"".to_string()
                     });
@@ -1294,7 +1350,7 @@ impl<'a> Lower<'a> {
         if let Some((head, field)) = text.split_once('.') {
             let Some(&target) = self.step_names.get(head) else {
                 let mut hint =
-                    did_you_mean(head, self.step_names.keys().map(CompactString::as_str));
+                    self.suggest(head, self.step_names.keys().map(CompactString::as_str));
                 if hint.is_none() && (text.contains('/') || self.input_names.contains_key(head)) {
                     hint = Some(format!(
                         "for a file in the pipeline folder write (file)\"{text}\""
@@ -1324,16 +1380,18 @@ impl<'a> Lower<'a> {
                 None => {
                     let names: Vec<&str> =
                         up.outs.iter().map(|(n, _, _)| n.value.as_str()).collect();
-                    let hint = did_you_mean(field, names.iter().copied()).unwrap_or_else(|| {
-                        format!(
-                            "step `{head}` has {}",
-                            if names.is_empty() {
-                                "no outputs".to_string()
-                            } else {
-                                format!("outputs {}", list(&names))
-                            }
-                        )
-                    });
+                    let hint = self
+                        .suggest(field, names.iter().copied())
+                        .unwrap_or_else(|| {
+                            format!(
+                                "step `{head}` has {}",
+                                if names.is_empty() {
+                                    "no outputs".to_string()
+                                } else {
+                                    format!("outputs {}", list(&names))
+                                }
+                            )
+                        });
                     self.push(
                         Diagnostic::error(v.span, format!("step `{head}` has no output `{field}`"))
                             .related(up.name.span, "step declared here")
@@ -1385,7 +1443,7 @@ impl<'a> Lower<'a> {
                 .map(CompactString::as_str)
                 .chain(scope.foreach.iter().map(|f| f.var.as_str()))
                 .chain(self.step_names.keys().map(CompactString::as_str));
-            let hint = did_you_mean(&text, candidates).or_else(|| {
+            let hint = self.suggest(&text, candidates).or_else(|| {
                 Some(if text.contains('/') || text.contains('.') {
                     format!("for a file in the pipeline folder write (file)\"{text}\"")
                 } else {
@@ -1412,7 +1470,8 @@ impl<'a> Lower<'a> {
             };
             match (dom, theirs) {
                 (Domain::Values(a), DomainDraft::Values(b)) => {
-                    if let Some(missing) = a.iter().find(|x| !b.contains(x)) {
+                    let theirs: std::collections::HashSet<&String> = b.iter().collect();
+                    if let Some(missing) = a.iter().find(|x| !theirs.contains(x)) {
                         self.push(
                             Diagnostic::error(at.span, format!("step `{}` has no instance with {}=\"{missing}\"", up.name.value, mine.var))
                                 .related(mine.span, format!("`{}` takes \"{missing}\" here", mine.var))
@@ -1451,9 +1510,50 @@ impl<'a> Lower<'a> {
         scope: &Scope<'_, '_>,
         what: &dyn std::fmt::Display,
     ) -> bool {
-        if let Err(problem) = checks::literal_path_problem(&t.text) {
+        let problem = if t.is_literal() {
+            checks::normalize_output(&t.text).err()
+        } else {
+            checks::literal_path_problem(&t.text).err()
+        };
+        if let Some(problem) = problem {
             self.push(Diagnostic::error(v.span, format!("{what} {problem}")).hint("outputs are written inside the pipeline folder: use a relative path such as \"results/x.csv\""));
             return false;
+        }
+        // Values put into the path must not take it outside either (checked here once
+        // per value, whatever the number of instances).
+        for part in &t.parts {
+            let bad = match part {
+                Part::Param(p) => {
+                    let p = &self.params[p.index()];
+                    checks::escapes(&p.value)
+                        .then(|| (format!("param `{}`", p.name), p.value.clone(), p.span))
+                }
+                Part::Var {
+                    var,
+                    field: VarField::Value,
+                } => match &scope.foreach[*var].domain {
+                    Domain::Values(values) => values.iter().find(|x| checks::escapes(x)).map(|x| {
+                        (
+                            format!("fan-out variable `{}`", scope.foreach[*var].var),
+                            x.clone(),
+                            scope.foreach[*var].span,
+                        )
+                    }),
+                    Domain::Files(_) => None,
+                },
+                _ => None,
+            };
+            if let Some((who, value, at)) = bad {
+                self.push(
+                    Diagnostic::error(
+                        v.span,
+                        format!("{what} would leave the pipeline folder: {who} is `{value}`"),
+                    )
+                    .related(at, "the value comes from here")
+                    .hint("values used in output paths must be relative and without `..`"),
+                );
+                return false;
+            }
         }
         let used: Vec<usize> = t.vars().collect();
         let missing: Vec<&str> = scope
@@ -1508,7 +1608,22 @@ impl<'a> Lower<'a> {
         let mut ok = true;
         for piece in pieces {
             match piece {
-                Piece::Text(t) => parts.push(Part::Text(t)),
+                Piece::Text(t) => {
+                    if let Some(bad) = ["{in.}", "{out.}", "{param.}"]
+                        .into_iter()
+                        .find(|b| t.contains(b))
+                    {
+                        self.push(
+                            Diagnostic::error(
+                                v.span,
+                                format!("`{bad}` has no name after the point"),
+                            )
+                            .hint(format!("write {}NAME}}", &bad[..bad.len() - 1])),
+                        );
+                        ok = false;
+                    }
+                    parts.push(Part::Text(t));
+                }
                 Piece::Placeholder { head, field, range } => {
                     let span = self.sub_span(v, &text, range.clone());
                     match self.placeholder(head, field, scope, cx, what, span) {
@@ -1572,7 +1687,7 @@ impl<'a> Lower<'a> {
                     None => {
                         let names = names();
                         let kind = if head == "in" { "input" } else { "output" };
-                        let hint = did_you_mean(f, names.iter().copied()).unwrap_or_else(|| {
+                        let hint = self.suggest(f, names.iter().copied()).unwrap_or_else(|| {
                             if names.is_empty() {
                                 format!(
                                     "step `{}` declares no {kind}s; add `{head} {f}=…`",
@@ -1599,7 +1714,8 @@ impl<'a> Lower<'a> {
                     Some(Part::Param(id))
                 }
                 None => {
-                    let hint = did_you_mean(f, self.param_names.keys().map(CompactString::as_str))
+                    let hint = self
+                        .suggest(f, self.param_names.keys().map(CompactString::as_str))
                         .unwrap_or_else(|| format!("declare it: param {f} VALUE"));
                     self.push(Diagnostic::error(span, format!("unknown param `{f}`")).hint(hint));
                     None
@@ -1653,7 +1769,7 @@ impl<'a> Lower<'a> {
                             let fields: Vec<&str> =
                                 VarField::FILE_FIELDS.iter().map(|(n, _)| *n).collect();
                             let hint =
-                                did_you_mean(f, fields.iter().copied()).unwrap_or_else(|| {
+                                self.suggest(f, fields.iter().copied()).unwrap_or_else(|| {
                                     format!("the parts of a file are {}", list(&fields))
                                 });
                             self.push(
@@ -1683,7 +1799,7 @@ impl<'a> Lower<'a> {
                 }
                 candidates.extend(self.param_names.keys().map(|p| format!("param.{p}")));
                 let wanted = shown.trim_matches(|c| c == '{' || c == '}');
-                let mut hint = match did_you_mean(wanted, candidates.iter().map(String::as_str)) {
+                let mut hint = match self.suggest(wanted, candidates.iter().map(String::as_str)) {
                     Some(h) => h.replacen('`', "`{", 1).replacen("`?", "}`?", 1),
                     None => String::new(),
                 };

@@ -69,14 +69,39 @@ impl SourceFile {
         let mut line_starts = vec![0];
         let mut ascii_lines = Vec::new();
         let mut ascii = true;
-        for (i, b) in text.bytes().enumerate() {
-            if b == b'\n' {
-                line_starts.push(u32::try_from(i + 1).unwrap_or(u32::MAX));
+        // Lines end as KDL says they do: CRLF, LF, CR, NEL, FF, LS, PS.
+        let bytes = text.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            let newline_len = match b {
+                b'\n' | 0x0C => 1,
+                b'\r' => {
+                    if bytes.get(i + 1) == Some(&b'\n') {
+                        2
+                    } else {
+                        1
+                    }
+                }
+                0xC2 if bytes.get(i + 1) == Some(&0x85) => 2,
+                0xE2 if bytes.get(i + 1) == Some(&0x80)
+                    && matches!(bytes.get(i + 2), Some(0xA8 | 0xA9)) =>
+                {
+                    3
+                }
+                _ => 0,
+            };
+            if newline_len > 0 {
+                i += newline_len;
+                line_starts.push(u32::try_from(i).unwrap_or(u32::MAX));
                 ascii_lines.push(ascii);
                 ascii = true;
-            } else if b >= 0x80 {
+                continue;
+            }
+            if b >= 0x80 {
                 ascii = false;
             }
+            i += 1;
         }
         ascii_lines.push(ascii);
         SourceFile {

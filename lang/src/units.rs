@@ -83,7 +83,10 @@ pub fn parse_duration(text: &str) -> Result<u64, UnitError> {
         if m >= 60 || s >= 60 {
             return Err(bad());
         }
-        days * 86_400 + h * 3600 + m * 60 + s
+        days.checked_mul(86_400)
+            .and_then(|d| h.checked_mul(3600).and_then(|h| d.checked_add(h)))
+            .and_then(|t| t.checked_add(m * 60 + s))
+            .ok_or_else(|| (format!("duration `{text}` is too long"), TIME_HINT))?
     } else {
         let mut total: u64 = 0;
         let mut rest = t;

@@ -53,15 +53,29 @@ pub fn parse_any(file: FileId, text: String) -> Parsed {
 /// enough for its recursive parser.
 fn v1_to_v2(text: &str) -> Option<String> {
     const MAX_V1_BYTES: usize = 1 << 20;
-    if text.len() > MAX_V1_BYTES || text.matches("/*").count() > 1000 {
+    // The kdl crate's v1 parser recurses on `/-`, nested comments and blocks: bound
+    // what it can be given (our own parser already refused deep blocks).
+    const MAX_NESTERS: usize = 100;
+    if text.len() > MAX_V1_BYTES
+        || text.matches("/-").count() > MAX_NESTERS
+        || text.matches("/*").count() > MAX_NESTERS
+    {
         return None;
     }
-    // The kdl crate's v1 parser (kdl 4.x inside it) panics on some inputs (found by
-    // our fuzzer: `(true` followed by NUL bytes). Contain it: a panic there means
-    // "not KDL 1.0", and must neither crash mustbuild nor print a crash report.
+    // It also panics on some inputs (found by our fuzzer: `(true` followed by NUL
+    // bytes). Contain it: a panic there means "not KDL 1.0", and must neither crash
+    // mustbuild nor print a crash report. It runs on its own thread with a generous
+    // stack, so that what recursion remains cannot overflow ours.
+    let text = text.to_string();
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let translated = std::panic::catch_unwind(|| kdl::KdlDocument::v1_to_v2(text).ok());
+    let translated = std::thread::Builder::new()
+        .name("kdl-v1".into())
+        .stack_size(64 << 20)
+        .spawn(move || kdl::KdlDocument::v1_to_v2(&text).ok())
+        .ok()
+        .and_then(|t| t.join().ok())
+        .flatten();
     std::panic::set_hook(previous);
-    translated.ok().flatten()
+    translated
 }

@@ -15,6 +15,9 @@ use compact_str::CompactString;
 pub const MAX_DEPTH: usize = 64;
 /// After this many syntax errors in one file the parser stops.
 pub const MAX_ERRORS: usize = 50;
+/// A file with more nodes than this is not a pipeline (a 400,000-step pipeline has
+/// fewer): the parser stops rather than fill the memory.
+pub const MAX_NODES: usize = 3_000_000;
 
 #[derive(Debug)]
 pub struct ParseOutput {
@@ -54,6 +57,7 @@ struct Parser<'a> {
     /// (a pipeline has hundreds of thousands of small nodes).
     item_pool: Vec<Vec<Item>>,
     entry_pool: Vec<Vec<Entry>>,
+    nodes: usize,
 }
 
 /// What ended a run of whitespace inside a node.
@@ -76,6 +80,7 @@ impl<'a> Parser<'a> {
             gave_up: false,
             item_pool: Vec::new(),
             entry_pool: Vec::new(),
+            nodes: 0,
         }
     }
 
@@ -160,7 +165,7 @@ impl<'a> Parser<'a> {
     /// The length of a unicode space (not a newline) at the cursor.
     fn space_len(&self) -> usize {
         match self.peek() {
-            Some(b' ' | b'\t') => 1,
+            Some(b' ' | b'\t' | 0x0B) => 1,
             Some(b) if b >= 0x80 => match self.peek_char() {
                 Some(c) if is_unicode_space(c) => c.len_utf8(),
                 _ => 0,
@@ -190,6 +195,7 @@ impl<'a> Parser<'a> {
                     depth -= 1;
                     self.pos += 2;
                 }
+                _ if self.forbidden_here() => self.pos = self.char_end(self.pos),
                 _ => self.pos += 1,
             }
         }
@@ -200,9 +206,33 @@ impl<'a> Parser<'a> {
     }
 
     /// Skips a `// …` comment up to (not including) the newline.
+    /// Reports a character KDL forbids everywhere (control characters, invisible
+    /// direction marks) at the cursor, if there is one. Cheap for printable ASCII.
+    fn forbidden_here(&mut self) -> bool {
+        let Some(b) = self.peek() else { return false };
+        if (0x20..0x7f).contains(&b)
+            || b == b'\t'
+            || b == b'\n'
+            || b == b'\r'
+            || b == 0x0B
+            || b == 0x0C
+        {
+            return false;
+        }
+        if self.peek_char().is_some_and(is_disallowed) {
+            let _ = self.disallowed_char();
+            return true;
+        }
+        false
+    }
+
     fn line_comment(&mut self) -> Comment {
         let start = self.pos;
         while !self.eof() && self.newline_len() == 0 {
+            if self.forbidden_here() {
+                self.pos = self.char_end(self.pos);
+                continue;
+            }
             self.pos += 1;
         }
         // Never end inside a multi-byte character.
@@ -234,6 +264,14 @@ impl<'a> Parser<'a> {
             }
             match self.peek() {
                 Some(b';') => self.pos += 1,
+                // A line continuation between nodes is only layout (its comment is kept).
+                Some(b'\\') => {
+                    if let Some(mut c) = self.escline()? {
+                        c.trailing = !at_line_start;
+                        items.push(Item::Comment(c));
+                    }
+                    at_line_start = true;
+                }
                 Some(b'/') if self.peek_at(1) == Some(b'/') => {
                     if newlines >= 2 && !items.is_empty() {
                         items.push(Item::Blank);
@@ -264,6 +302,31 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// A `\` line continuation at the cursor, with the `//` comment that may follow.
+    fn escline(&mut self) -> PResult<Option<Comment>> {
+        let bs = self.pos;
+        self.pos += 1;
+        while self.space_len() > 0 {
+            self.pos += self.space_len();
+        }
+        let mut comment = None;
+        if self.starts_with("//") {
+            let mut c = self.line_comment();
+            c.trailing = true;
+            comment = Some(c);
+        }
+        let n = self.newline_len();
+        if n == 0 && !self.eof() {
+            return Err(self.error(
+                Diagnostic::error(self.span(bs, bs + 1), "unexpected `\\`")
+                    .label("a line continuation must end its line")
+                    .hint("to put a backslash in a string, quote it: \"a\\\\b\" or #\"a\\b\"#"),
+            ));
+        }
+        self.pos += n;
+        Ok(comment)
+    }
+
     /// Spaces, block comments and `\` continuations inside a node. Returns whether
     /// anything was skipped.
     fn node_space(&mut self, trivia: &mut Vec<Trivia>) -> PResult<bool> {
@@ -281,26 +344,7 @@ impl<'a> Parser<'a> {
                     trivia.push(Trivia::Comment(c));
                 }
                 Some(b'\\') => {
-                    let bs = self.pos;
-                    self.pos += 1;
-                    while self.space_len() > 0 {
-                        self.pos += self.space_len();
-                    }
-                    let mut comment = None;
-                    if self.starts_with("//") {
-                        let mut c = self.line_comment();
-                        c.trailing = true;
-                        comment = Some(c);
-                    }
-                    let n = self.newline_len();
-                    if n == 0 && !self.eof() {
-                        return Err(self.error(
-                            Diagnostic::error(self.span(bs, bs + 1), "unexpected `\\`")
-                                .label("a line continuation must end its line")
-                                .hint("to put a backslash in a string, quote it: \"a\\\\b\" or #\"a\\b\"#"),
-                        ));
-                    }
-                    self.pos += n;
+                    let comment = self.escline()?;
                     trivia.push(Trivia::Continuation(comment));
                 }
                 _ => return Ok(self.pos > start),
@@ -341,6 +385,19 @@ impl<'a> Parser<'a> {
                 continue;
             }
             let start = self.pos;
+            self.nodes += 1;
+            if self.nodes > MAX_NODES {
+                let here = self.span(self.pos, self.pos);
+                self.errors.push(
+                    Diagnostic::error(
+                        here,
+                        format!("more than {MAX_NODES} nodes; stopped reading this file"),
+                    )
+                    .hint("a pipeline of 400,000 steps has fewer; is this the right file?"),
+                );
+                self.gave_up = true;
+                return items.split_off(0);
+            }
             match self.node(depth) {
                 Ok(node) => items.push(Item::Node(node)),
                 Err(SyntaxError) => {
@@ -424,19 +481,21 @@ impl<'a> Parser<'a> {
                     depth -= 1;
                 }
                 Some(b';') if depth == 0 => return,
-                Some(b'"') => {
-                    // Skip a quoted string on this line, escapes included.
-                    self.pos += 1;
-                    while let Some(b) = self.peek() {
-                        if b == b'"' || self.newline_len() > 0 {
-                            break;
-                        }
-                        self.pos += if b == b'\\' { 2 } else { 1 };
+                // Step over a whole string (raw and multi-line ones too), so that its
+                // braces, quotes and new lines are not taken for syntax.
+                Some(b'"') | Some(b'#')
+                    if self.peek() == Some(b'"')
+                        || matches!(self.peek_at(1), Some(b'"' | b'#')) =>
+                {
+                    let mut sub = Parser::new(self.src, self.file, self.pos);
+                    if sub.string().is_ok() && sub.pos > self.pos {
+                        self.pos = sub.pos;
+                        continue;
                     }
                 }
                 _ => {}
             }
-            self.pos += 1;
+            self.pos = self.char_end(self.pos);
         }
         self.pos = self.pos.min(self.b.len());
         while !self.src.is_char_boundary(self.pos) {
@@ -511,6 +570,13 @@ impl<'a> Parser<'a> {
                     node.blocks.push(block);
                 }
                 Some(b'/') if self.peek_at(1) == Some(b'-') => {
+                    if !spaced {
+                        let at = self.pos;
+                        return Err(self.error(
+                            Diagnostic::error(self.span(at, at + 2), "expected a space before `/-`")
+                                .hint("`/-` disables the entry or block after it; separate it from what comes before"),
+                        ));
+                    }
                     let sd = self.pos;
                     self.pos += 2;
                     let mut ignored = Vec::new();
@@ -759,11 +825,15 @@ impl<'a> Parser<'a> {
             Some(b'+' | b'-') if self.peek_at(1).is_some_and(|b| b.is_ascii_digit()) => {
                 self.number()
             }
-            Some(b'+' | b'-' | b'.')
+            // `.5`, `+.5`, `-.5`: KDL needs a digit before the point.
+            Some(b'.') if self.peek_at(1).is_some_and(|b| b.is_ascii_digit()) => {
+                Err(self.leading_point())
+            }
+            Some(b'+' | b'-')
                 if self.peek_at(1) == Some(b'.')
                     && self.peek_at(2).is_some_and(|b| b.is_ascii_digit()) =>
             {
-                self.number()
+                Err(self.leading_point())
             }
             _ => {
                 let s = self.string()?;
@@ -771,6 +841,24 @@ impl<'a> Parser<'a> {
                 Ok((Literal::String(s.value), s.span))
             }
         }
+    }
+
+    fn leading_point(&mut self) -> SyntaxError {
+        let start = self.pos;
+        while self.peek().is_some_and(is_ascii_ident_byte) {
+            self.pos += 1;
+        }
+        let text = self.src[start..self.pos].to_string();
+        let fixed = text.replacen('.', "0.", 1);
+        self.error(
+            Diagnostic::error(
+                self.span(start, self.pos),
+                format!("invalid number `{text}`"),
+            )
+            .hint(format!(
+                "write a digit before the point, `{fixed}`, or quote it if it is text"
+            )),
+        )
     }
 
     fn keyword(&mut self) -> PResult<(Literal, Span)> {
@@ -831,6 +919,7 @@ impl<'a> Parser<'a> {
             let bad = digits.is_empty() || self.src[digits_start..].starts_with('_');
             match i64::from_str_radix(&digits, radix) {
                 Ok(v) if !bad => Literal::Integer(if negative { -v } else { v }),
+                Err(e) if !bad && overflowed(&e) => return Err(self.too_large(start)),
                 _ => return Err(self.bad_number(start)),
             }
         } else {
@@ -873,6 +962,7 @@ impl<'a> Parser<'a> {
             } else {
                 match text.parse::<i64>() {
                     Ok(v) => Literal::Integer(v),
+                    Err(e) if overflowed(&e) => return Err(self.too_large(start)),
                     Err(_) => return Err(self.bad_number(start)),
                 }
             }
@@ -887,6 +977,14 @@ impl<'a> Parser<'a> {
                 self.pos += 1;
             }
         }
+    }
+
+    fn too_large(&mut self, start: usize) -> SyntaxError {
+        let text = self.src[start..self.pos].to_string();
+        self.error(
+            Diagnostic::error(self.span(start, self.pos), format!("number `{text}` is too large"))
+                .hint("integers go from -9223372036854775808 to 9223372036854775807; quote it if it is text"),
+        )
     }
 
     fn bad_number(&mut self, start: usize) -> SyntaxError {
@@ -1150,6 +1248,9 @@ impl<'a> Parser<'a> {
                 }
                 Some(_) if self.newline_len() > 0 => return Err(self.unterminated(start)),
                 Some(_) => {
+                    if self.forbidden_here() {
+                        return Err(SyntaxError);
+                    }
                     self.pos = self.char_end(self.pos);
                 }
             }
@@ -1195,6 +1296,9 @@ impl<'a> Parser<'a> {
                 end = self.pos;
                 self.pos += closing.len();
                 break;
+            }
+            if self.forbidden_here() {
+                return Err(SyntaxError);
             }
             self.pos = self.char_end(self.pos);
         }
@@ -1291,6 +1395,13 @@ impl<'a> Parser<'a> {
     }
 }
 
+fn overflowed(e: &std::num::ParseIntError) -> bool {
+    matches!(
+        e.kind(),
+        std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow
+    )
+}
+
 fn split_lines(s: &str) -> impl Iterator<Item = &str> {
     let mut rest = Some(s);
     std::iter::from_fn(move || {
@@ -1316,7 +1427,7 @@ fn split_lines(s: &str) -> impl Iterator<Item = &str> {
 fn is_unicode_space(c: char) -> bool {
     matches!(
         c,
-        '\t' | ' ' | '\u{a0}' | '\u{1680}' | '\u{2000}'
+        '\t' | '\u{b}' | ' ' | '\u{a0}' | '\u{1680}' | '\u{2000}'
             ..='\u{200a}' | '\u{202f}' | '\u{205f}' | '\u{3000}'
     )
 }
