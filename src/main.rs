@@ -9,6 +9,7 @@ mod render;
 use clap::{Parser, Subcommand, ValueEnum};
 use mustbuild_lang::graph::GraphFormat;
 use mustbuild_lang::{Diagnostic, Diagnostics, Loaded, RealFiles};
+use mustbuild_store::LocalStore;
 use render::{Renderer, count_summary, plural, to_json};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -86,6 +87,15 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Dot)]
         format: Format,
     },
+    /// Inspect and maintain the store: info, verify, gc.
+    Store {
+        /// The store [default: $MUSTBUILD_STORE, else $XDG_CACHE_HOME/mustbuild/store,
+        /// else ~/.cache/mustbuild/store].
+        #[arg(long, global = true, value_name = "PATH")]
+        store: Option<PathBuf>,
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Format pipeline files canonically, keeping comments.
     ///
     /// Rewrites the files in place (KDL 1.0 files become KDL 2.0); `-` formats
@@ -100,6 +110,50 @@ enum Command {
         /// Change nothing; exit 1 if a file is not formatted.
         #[arg(long)]
         check: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Where the store is and what it holds.
+    #[command(
+        after_help = "Examples:\n  mustbuild store info\n  mustbuild store --store /scratch/me/store info --json"
+    )]
+    Info {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rehash every object (in parallel); report corrupt and missing ones.
+    ///
+    /// With --repair, corrupt files move to the store's quarantine/ folder, and the
+    /// objects, the folders above them and the realisations that named them are
+    /// forgotten: the next run rebuilds them. Exit 1 if anything was wrong.
+    #[command(
+        after_help = "Examples:\n  mustbuild store verify\n  mustbuild store verify --repair"
+    )]
+    Verify {
+        #[arg(long)]
+        repair: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete what no root reaches.
+    ///
+    /// Roots: pinned results, the derivations of the last N runs of each pipeline,
+    /// and what running mustbuild processes are using. Safe while another mustbuild
+    /// writes to the store.
+    #[command(
+        after_help = "Examples:\n  mustbuild store gc --dry-run\n  mustbuild store gc --keep-last 3"
+    )]
+    Gc {
+        /// Keep the results of this many last runs of each pipeline.
+        #[arg(long, default_value_t = 5)]
+        keep_last: usize,
+        /// Say what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -120,6 +174,7 @@ fn main() -> ExitCode {
         Command::Check { pipeline, json } => check(&pipeline, json),
         Command::Graph { pipeline, format } => graph(&pipeline, format),
         Command::Fmt { files, check } => fmt(&files, check),
+        Command::Store { store, command } => store_command(store, command),
     };
     ExitCode::from(code)
 }
@@ -303,4 +358,106 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+fn store_command(location: Option<PathBuf>, command: StoreCommand) -> u8 {
+    let root = location.unwrap_or_else(LocalStore::default_location);
+    let store = match LocalStore::open(&root) {
+        Ok(s) => s,
+        Err(e) => {
+            tell!("error: cannot open the store at {}: {e}", root.display());
+            return exit::ENVIRONMENT;
+        }
+    };
+    let result = match command {
+        StoreCommand::Info { json } => store.info().map(|info| {
+            if json {
+                outln!("{}", serde_json::to_string(&info).unwrap_or_default());
+            } else {
+                outln!("store:        {}", info.location.display());
+                outln!("objects:      {} ({} files, {} folders), {}", info.objects, info.blobs, info.trees, bytes(info.bytes));
+                outln!("derivations:  {} ({} realised)", info.derivations, info.realisations);
+                outln!("runs:         {} in {} sessions", info.runs, info.sessions);
+                outln!("roots:        {}", info.roots);
+                outln!("database:     {}", bytes(info.database_bytes));
+            }
+            exit::OK
+        }),
+        StoreCommand::Verify { repair, json } => store.verify(repair).map(|r| {
+            if json {
+                outln!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                for d in &r.corrupt {
+                    outln!("corrupt  {d}");
+                }
+                for d in &r.missing {
+                    outln!("missing  {d}");
+                }
+                outln!(
+                    "checked {} objects ({}): {} corrupt, {} missing{}",
+                    r.checked,
+                    bytes(r.bytes),
+                    r.corrupt.len(),
+                    r.missing.len(),
+                    if r.dangling_realisations > 0 { format!(", {} realisations naming absent objects", r.dangling_realisations) } else { String::new() },
+                );
+                if r.repaired {
+                    outln!(
+                        "repaired: corrupt files moved to {}, {} folders above them and {} realisations forgotten; the next run rebuilds them",
+                        store.root().join("quarantine").display(),
+                        r.broken_trees.len(),
+                        r.dropped_realisations
+                    );
+                } else if !r.is_clean() {
+                    tell!("hint: `mustbuild store verify --repair` quarantines them and forgets what used them");
+                }
+            }
+            if r.is_clean() || r.repaired { exit::OK } else { exit::INVALID }
+        }),
+        StoreCommand::Gc { keep_last, dry_run, json } => store.gc(keep_last, dry_run).map(|r| {
+            if json {
+                outln!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                const LISTED: usize = 20;
+                for (d, size) in r.removed.iter().take(LISTED) {
+                    outln!("{} {d} ({})", if dry_run { "would remove" } else { "removed" }, bytes(*size));
+                }
+                if r.removed.len() > LISTED {
+                    outln!("… and {} more objects", r.removed.len() - LISTED);
+                }
+                outln!(
+                    "{} {} objects ({}), {} realisations, {} derivation records, {} old sessions, {} stray files; kept {} objects",
+                    if dry_run { "would remove" } else { "removed" },
+                    r.objects_removed,
+                    bytes(r.bytes_freed),
+                    r.realisations_removed,
+                    r.derivations_removed,
+                    r.sessions_removed,
+                    r.stray_files_removed,
+                    r.objects_kept,
+                );
+            }
+            exit::OK
+        }),
+    };
+    result.unwrap_or_else(|e| {
+        tell!("error: {e}");
+        exit::ENVIRONMENT
+    })
+}
+
+/// "1.5 MiB".
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }

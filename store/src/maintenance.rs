@@ -46,6 +46,8 @@ pub struct GcReport {
     pub stray_files_removed: u64,
     pub objects_kept: u64,
     pub dry_run: bool,
+    /// The objects removed, with their sizes.
+    pub removed: Vec<(Digest, u64)>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -312,6 +314,8 @@ impl LocalStore {
         report.objects_kept = (all.len() - garbage.len()) as u64;
         report.objects_removed = garbage.len() as u64;
         report.bytes_freed = garbage.iter().map(|g| g.1).sum();
+        report.removed = garbage.clone();
+        report.removed.sort();
         let stale_realisations: Vec<Digest> =
             digests(&tx, "SELECT DISTINCT key FROM realisations")?
                 .into_iter()
