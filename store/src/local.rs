@@ -278,22 +278,38 @@ impl LocalStore {
 
     /// Stores many blobs in one transaction.
     pub fn add_many_bytes(&self, items: &[&[u8]]) -> Result<Vec<Digest>> {
-        let mut pending = Vec::with_capacity(items.len());
-        let mut digests = Vec::with_capacity(items.len());
-        for bytes in items {
-            let temp = self.new_temp();
-            write_durably(&temp, bytes)?;
-            let digest = Digest::of(bytes);
-            digests.push(digest);
-            pending.push(Pending {
-                temp,
-                digest,
-                kind: ObjectKind::Blob,
-                size: bytes.len() as u64,
-                stored: bytes.len() as u64,
-                children: Vec::new(),
-            });
+        use rayon::prelude::*;
+        // fsyncs on several threads at once let the file system commit them together.
+        let prepared: Vec<Result<Pending>> = items
+            .par_iter()
+            .map(|bytes| {
+                let temp = self.new_temp();
+                write_durably(&temp, bytes)?;
+                Ok(Pending {
+                    temp,
+                    digest: Digest::of(bytes),
+                    kind: ObjectKind::Blob,
+                    size: bytes.len() as u64,
+                    stored: bytes.len() as u64,
+                    children: Vec::new(),
+                })
+            })
+            .collect();
+        let mut pending = Vec::with_capacity(prepared.len());
+        let mut failure = None;
+        for p in prepared {
+            match p {
+                Ok(p) => pending.push(p),
+                Err(e) => failure = Some(e),
+            }
         }
+        if let Some(e) = failure {
+            for p in pending {
+                let _ = std::fs::remove_file(&p.temp);
+            }
+            return Err(e);
+        }
+        let digests = pending.iter().map(|p| p.digest).collect();
         self.commit_objects(pending)?;
         Ok(digests)
     }
