@@ -409,3 +409,51 @@ fn a_store_of_another_layout_version_is_refused() {
     let err = LocalStore::open(&root).unwrap_err().to_string();
     assert!(err.contains("layout version mustbuild-store 99"), "{err}");
 }
+
+/// Set by `scripts/test-all`, which mounts a small XFS file system with reflinks.
+const REFLINK_VAR: &str = "MUSTBUILD_TEST_REFLINK_DIR";
+
+#[test]
+fn materialisation_reflinks_where_the_file_system_allows_and_copies_elsewhere() {
+    let Some(dir) = std::env::var_os(REFLINK_VAR) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run this test on a reflink-capable file system: run scripts/test-all (as root), which mounts one and sets {REFLINK_VAR}"
+        );
+        eprintln!(
+            "skipped: {REFLINK_VAR} is not set (scripts/test-all sets it up when run as root)"
+        );
+        return;
+    };
+    let tmp = tempfile::tempdir_in(dir).unwrap();
+    let store = LocalStore::open(tmp.path().join("store")).unwrap();
+    let src = tmp.path().join("big.bin");
+    let content: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    write(&src, &content);
+    let s = store.add_path(&src, Ingest::Copy).unwrap();
+
+    // Same file system: a reflink, sharing blocks until either side is written.
+    let ws = tmp.path().join("ws/big.bin");
+    let m = store.materialize(&s.digest, s.kind, &ws).unwrap();
+    assert_eq!((m.reflinked, m.copied), (1, 0));
+    let mut edited = std::fs::read(&ws).unwrap();
+    edited[0] ^= 0xFF;
+    std::fs::write(&ws, &edited).unwrap();
+    assert_eq!(
+        std::fs::read(store.object_path(&s.digest)).unwrap(),
+        content,
+        "the store's copy is unchanged"
+    );
+    assert!(store.verify(false).unwrap().is_clean());
+
+    // Another file system: a copy.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let m = store
+        .materialize(&s.digest, s.kind, &elsewhere.path().join("big.bin"))
+        .unwrap();
+    assert_eq!((m.reflinked, m.copied), (0, 1));
+    assert_eq!(
+        std::fs::read(elsewhere.path().join("big.bin")).unwrap(),
+        content
+    );
+}
