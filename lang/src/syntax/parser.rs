@@ -1302,7 +1302,15 @@ impl<'a> Parser<'a> {
             }
             self.pos = self.char_end(self.pos);
         }
-        let text = &self.src[body..end];
+        // Whitespace escapes (`\` then spaces and new lines) go first, as KDL says:
+        // they may join lines, even the closing one, before the indentation is removed.
+        let joined;
+        let text = if hashes == 0 && self.src[body..end].contains('\\') {
+            joined = strip_whitespace_escapes(&self.src[body..end]);
+            joined.as_str()
+        } else {
+            &self.src[body..end]
+        };
         let (content, last) =
             match text.rfind(['\n', '\r', '\u{c}', '\u{85}', '\u{2028}', '\u{2029}']) {
                 Some(i) => {
@@ -1393,6 +1401,35 @@ impl<'a> Parser<'a> {
         }
         p
     }
+}
+
+/// Removes whitespace escapes, keeping every other escape (`\\` too) for later.
+fn strip_whitespace_escapes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.peek() {
+            Some(&n) if is_unicode_space(n) || is_newline(n) => {
+                while chars
+                    .peek()
+                    .is_some_and(|&n| is_unicode_space(n) || is_newline(n))
+                {
+                    chars.next();
+                }
+            }
+            Some(&n) => {
+                out.push('\\');
+                out.push(n);
+                chars.next();
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
 }
 
 fn overflowed(e: &std::num::ParseIntError) -> bool {
@@ -1540,6 +1577,41 @@ mod tests {
         assert_eq!(
             ns[1].args().next().unwrap().as_str(),
             Some("one\n  two\n\nthree")
+        );
+    }
+
+    #[test]
+    fn whitespace_escapes_join_lines_before_dedent() {
+        // The KDL 2.0 test suite's multiline_string_escape_* cases.
+        let value = |t: &str| {
+            nodes(&ok(t))[0]
+                .args()
+                .next()
+                .unwrap()
+                .as_str()
+                .map(str::to_string)
+        };
+        assert_eq!(
+            value("node \"\"\"\n  foo \\\nbar\n  baz\n  \\   \"\"\"\n").as_deref(),
+            Some("foo bar\nbaz")
+        );
+        assert_eq!(
+            value("node \"\"\"\n  foo \\\nbar\n  baz\n\\   \"\"\"\n").as_deref(),
+            Some("  foo bar\n  baz")
+        );
+        assert_eq!(
+            value("node \"\"\"\n    a\n   \\\n\"\"\"\n").as_deref(),
+            Some(" a")
+        );
+        assert!(
+            !parse(FileId(0), "node \"\"\"\na\n   \\\n\"\"\"\n")
+                .errors
+                .is_empty()
+        );
+        assert_eq!(
+            value("node \"\"\"\n  a\\\\ b\n  \"\"\"\n").as_deref(),
+            Some("a\\ b"),
+            "an escaped backslash is not a whitespace escape"
         );
     }
 
