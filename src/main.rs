@@ -393,12 +393,16 @@ fn store_command(location: Option<PathBuf>, command: StoreCommand) -> u8 {
                 for d in &r.missing {
                     outln!("missing  {d}");
                 }
+                for d in &r.unreadable {
+                    outln!("unreadable {d}");
+                }
                 outln!(
-                    "checked {} objects ({}): {} corrupt, {} missing{}",
+                    "checked {} objects ({}): {} corrupt, {} missing, {} unreadable{}",
                     r.checked,
                     bytes(r.bytes),
                     r.corrupt.len(),
                     r.missing.len(),
+                    r.unreadable.len(),
                     if r.dangling_realisations > 0 { format!(", {} realisations naming absent objects", r.dangling_realisations) } else { String::new() },
                 );
                 if r.repaired {

@@ -47,6 +47,7 @@ CREATE INDEX IF NOT EXISTS realisations_digest ON realisations (digest);
 CREATE TABLE IF NOT EXISTS sessions (
     id          INTEGER PRIMARY KEY,
     pipeline    TEXT NOT NULL,
+    owner       TEXT,                -- the process running it (while it runs)
     started_ms  INTEGER NOT NULL,
     finished_ms INTEGER
 );

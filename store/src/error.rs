@@ -19,6 +19,10 @@ pub enum StoreError {
     Decode(#[from] DecodeError),
     #[error("object {0} is not in the store")]
     MissingObject(Digest),
+    #[error(
+        "output `{output}`: object {digest} is a file where a folder is declared, or the reverse"
+    )]
+    KindMismatch { digest: Digest, output: String },
     #[error("the store at {} has layout version {found}; this mustbuild reads version {expected}", path.display())]
     Version {
         path: PathBuf,

@@ -10,7 +10,7 @@
 
 use crate::digest::Digest;
 use crate::error::{Result, io};
-use crate::hashing::hash_file;
+use crate::hashing::hash_file_read;
 use crate::local::LocalStore;
 use rusqlite::{OptionalExtension, params};
 use std::os::unix::fs::MetadataExt;
@@ -75,10 +75,18 @@ impl LocalStore {
             }
         }
         let started = now_ns();
-        let (digest, size) = hash_file(path).map_err(io("hash", path))?;
+        let (digest, size) = hash_file_read(path).map_err(io("hash", path))?;
         let after = std::fs::metadata(path).map(|m| identity(&m)).ok();
         let stable = after == Some(id);
-        let racy = id.mtime_ns.max(id.ctime_ns) >= started - RACY_NS;
+        // On file systems with whole-second timestamps (nanoseconds all zero), a
+        // change in the same second is invisible: the window is then a second.
+        let coarse = id.mtime_ns % 1_000_000_000 == 0 && id.ctime_ns % 1_000_000_000 == 0;
+        let window = if coarse {
+            1_000_000_000 + RACY_NS
+        } else {
+            RACY_NS
+        };
+        let racy = id.mtime_ns.max(id.ctime_ns) >= started - window;
         if stable && !racy {
             self.conn()
                 .prepare_cached(

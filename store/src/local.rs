@@ -104,6 +104,8 @@ pub(crate) struct Pending {
     pub size: u64,
     pub stored: u64,
     pub children: Vec<Digest>,
+    /// Where a moved file came from: it goes back there if the add fails.
+    pub origin: Option<PathBuf>,
 }
 
 /// One output of a realisation.
@@ -120,6 +122,8 @@ pub struct LocalStore {
     pub(crate) root: PathBuf,
     pub(crate) conn: Mutex<Connection>,
     pub(crate) owner: String,
+    host: String,
+    started_ms: i64,
     temp_counter: AtomicU64,
 }
 
@@ -182,6 +186,20 @@ impl LocalStore {
             }
             Err(e) => return Err(io("read", version_file)(e)),
         }
+        // Every shard folder exists, durably, before any object is named.
+        let objects = root.join("objects");
+        if std::fs::read_dir(&objects)
+            .map_err(io("list", &objects))?
+            .count()
+            < 256
+        {
+            for i in 0..=255u8 {
+                let shard = objects.join(format!("{i:02x}"));
+                std::fs::create_dir_all(&shard).map_err(io("create", &shard))?;
+            }
+            sync_dir(&objects)?;
+            sync_dir(&root)?;
+        }
         let conn = db::open(&root.join("meta.sqlite"))?;
         let schema = db::schema_version(&conn)?;
         if schema != db::SCHEMA_VERSION {
@@ -191,23 +209,32 @@ impl LocalStore {
                 expected: format!("database schema {}", db::SCHEMA_VERSION),
             });
         }
-        let pid = std::process::id();
         let started = now_ms();
         let host = hostname();
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let owner = format!("{host}:{pid}:{started}:{nanos:08x}");
-        conn.execute(
-            "INSERT INTO owners (id, host, pid, proc_start, started_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![owner, host, pid, proc_start(pid), started],
-        )?;
-        Ok(LocalStore {
+        let owner = format!("{host}:{}:{started}:{nanos:08x}", std::process::id());
+        let store = LocalStore {
             root,
             conn: Mutex::new(conn),
             owner,
+            host,
+            started_ms: started,
             temp_counter: AtomicU64::new(0),
-        })
+        };
+        store.register_owner(&store.conn())?;
+        Ok(store)
+    }
+
+    /// Records this process as a user of the store (again, if a gc judged it gone).
+    pub(crate) fn register_owner(&self, conn: &Connection) -> Result<()> {
+        let pid = std::process::id();
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO owners (id, host, pid, proc_start, started_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![self.owner, self.host, pid, proc_start(pid), self.started_ms])?;
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -256,15 +283,31 @@ impl LocalStore {
     /// Stores a file or a folder (recursively; symbolic links as links).
     pub fn add_path(&self, path: &Path, how: Ingest) -> Result<Stored> {
         let mut pending = Vec::new();
-        let stored = self.prepare(path, how, &mut pending, 0);
-        match stored {
+        let result = self
+            .prepare(path, how, &mut pending, 0)
+            .and_then(|s| self.commit_objects(&pending).map(|()| s));
+        match result {
             Ok(s) => {
-                self.commit_objects(pending)?;
+                if how == Ingest::Move && s.kind == OutputKind::Tree {
+                    // Its files now live in the store; the emptied folders (and the
+                    // links, stored as links) go.
+                    let _ = std::fs::remove_dir_all(path);
+                }
                 Ok(s)
             }
             Err(e) => {
+                // Nothing was stored: every moved file goes back where it was.
                 for p in pending {
-                    let _ = std::fs::remove_file(&p.temp);
+                    match &p.origin {
+                        Some(origin) => {
+                            if std::fs::rename(&p.temp, origin).is_err() {
+                                let _ = std::fs::copy(self.object_path(&p.digest), origin);
+                            }
+                        }
+                        None => {
+                            let _ = std::fs::remove_file(&p.temp);
+                        }
+                    }
                 }
                 Err(e)
             }
@@ -292,6 +335,7 @@ impl LocalStore {
                     size: bytes.len() as u64,
                     stored: bytes.len() as u64,
                     children: Vec::new(),
+                    origin: None,
                 })
             })
             .collect();
@@ -310,7 +354,12 @@ impl LocalStore {
             return Err(e);
         }
         let digests = pending.iter().map(|p| p.digest).collect();
-        self.commit_objects(pending)?;
+        if let Err(e) = self.commit_objects(&pending) {
+            for p in &pending {
+                let _ = std::fs::remove_file(&p.temp);
+            }
+            return Err(e);
+        }
         Ok(digests)
     }
 
@@ -327,8 +376,17 @@ impl LocalStore {
         let ft = meta.file_type();
         if ft.is_file() {
             let temp = self.new_temp();
-            self.bring(path, &temp, how)?;
-            let (digest, size) = hash_file(&temp).map_err(io("hash", &temp))?;
+            let origin = self.bring(path, &temp, how)?;
+            let (digest, size) = match hash_file(&temp) {
+                Ok(h) => h,
+                Err(e) => {
+                    match &origin {
+                        Some(o) => drop(std::fs::rename(&temp, o)),
+                        None => drop(std::fs::remove_file(&temp)),
+                    }
+                    return Err(io("hash", &temp)(e));
+                }
+            };
             let executable = meta.permissions().mode() & 0o111 != 0;
             pending.push(Pending {
                 temp,
@@ -337,6 +395,7 @@ impl LocalStore {
                 size,
                 stored: size,
                 children: Vec::new(),
+                origin,
             });
             return Ok(Stored {
                 digest,
@@ -409,11 +468,8 @@ impl LocalStore {
             size,
             stored: encoded.len() as u64,
             children: tree.children().collect(),
+            origin: None,
         });
-        if how == Ingest::Move {
-            // Its content now lives in the store; the emptied folders go.
-            let _ = std::fs::remove_dir_all(path);
-        }
         Ok(Stored {
             digest,
             kind: OutputKind::Tree,
@@ -422,11 +478,15 @@ impl LocalStore {
     }
 
     /// Puts a source file's content at `temp`, durably.
-    fn bring(&self, src: &Path, temp: &Path, how: Ingest) -> Result<()> {
-        if how == Ingest::Move && std::fs::rename(src, temp).is_ok() {
+    fn bring(&self, src: &Path, temp: &Path, how: Ingest) -> Result<Option<PathBuf>> {
+        use std::os::unix::fs::MetadataExt;
+        // A file with other hard links (or that someone else may still write through
+        // one) is copied: moving its inode in would let them change the store.
+        let sole = std::fs::symlink_metadata(src).is_ok_and(|m| m.nlink() == 1);
+        if how == Ingest::Move && sole && std::fs::rename(src, temp).is_ok() {
             let f = std::fs::File::open(temp).map_err(io("open", temp))?;
             f.sync_all().map_err(io("sync", temp))?;
-            return Ok(());
+            return Ok(Some(src.to_path_buf()));
         }
         reflink_copy::reflink_or_copy(src, temp).map_err(io("copy", src))?;
         let f = std::fs::OpenOptions::new()
@@ -434,20 +494,18 @@ impl LocalStore {
             .open(temp)
             .map_err(io("open", temp))?;
         f.sync_all().map_err(io("sync", temp))?;
-        if how == Ingest::Move {
-            let _ = std::fs::remove_file(src);
-        }
-        Ok(())
+        Ok(None)
     }
 
     /// Moves durable temporary files into `objects/` and records them, in one
     /// transaction. Children before parents: `pending` is in that order.
-    pub(crate) fn commit_objects(&self, pending: Vec<Pending>) -> Result<()> {
+    pub(crate) fn commit_objects(&self, pending: &[Pending]) -> Result<()> {
         if pending.is_empty() {
             return Ok(());
         }
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        self.register_owner(&tx)?;
         let mut dirs_to_sync = std::collections::BTreeSet::new();
         {
             let mut exists = tx.prepare_cached("SELECT 1 FROM objects WHERE digest = ?1")?;
@@ -459,7 +517,7 @@ impl LocalStore {
             let mut lease =
                 tx.prepare_cached("INSERT OR IGNORE INTO leases (owner, digest) VALUES (?1, ?2)")?;
             let now = now_ms();
-            for p in &pending {
+            for p in pending {
                 let d = p.digest.as_bytes();
                 lease.execute(params![self.owner, d])?;
                 if exists.query_row([d], |_| Ok(())).optional()?.is_some() {
@@ -468,10 +526,6 @@ impl LocalStore {
                 }
                 let dest = self.object_path(&p.digest);
                 let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
-                if !dir.exists() {
-                    std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-                    dirs_to_sync.insert(self.root.join("objects"));
-                }
                 std::fs::set_permissions(&p.temp, std::fs::Permissions::from_mode(0o444))
                     .map_err(io("protect", &p.temp))?;
                 std::fs::rename(&p.temp, &dest).map_err(io("store", &dest))?;
@@ -538,18 +592,24 @@ impl LocalStore {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         {
-            let mut exists = tx.prepare_cached("SELECT 1 FROM objects WHERE digest = ?1")?;
+            let mut exists = tx.prepare_cached("SELECT kind FROM objects WHERE digest = ?1")?;
             let mut insert = tx.prepare_cached(
                 "INSERT OR REPLACE INTO realisations (key, output, digest, kind, added_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             let now = now_ms();
             for o in outputs {
-                if exists
-                    .query_row([o.digest.as_bytes()], |_| Ok(()))
-                    .optional()?
-                    .is_none()
-                {
-                    return Err(StoreError::MissingObject(o.digest));
+                let kind: Option<String> = exists
+                    .query_row([o.digest.as_bytes()], |r| r.get(0))
+                    .optional()?;
+                match kind.as_deref() {
+                    None => return Err(StoreError::MissingObject(o.digest)),
+                    Some(k) if (k == "tree") != (o.kind == OutputKind::Tree) => {
+                        return Err(StoreError::KindMismatch {
+                            digest: o.digest,
+                            output: o.name.clone(),
+                        });
+                    }
+                    Some(_) => {}
                 }
                 insert.execute(params![
                     key.as_bytes(),
@@ -569,6 +629,7 @@ impl LocalStore {
     pub fn realisation(&self, key: &Digest) -> Result<Option<Vec<Output>>> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        self.register_owner(&tx)?;
         let outputs = {
             let mut q = tx.prepare_cached(
                 "SELECT output, digest, kind FROM realisations WHERE key = ?1 ORDER BY output",
@@ -606,8 +667,8 @@ impl LocalStore {
     pub fn begin_session(&self, pipeline: &str) -> Result<i64> {
         let conn = self.conn();
         conn.execute(
-            "INSERT INTO sessions (pipeline, started_ms) VALUES (?1, ?2)",
-            params![pipeline, now_ms()],
+            "INSERT INTO sessions (pipeline, owner, started_ms) VALUES (?1, ?2, ?3)",
+            params![pipeline, self.owner, now_ms()],
         )?;
         Ok(conn.last_insert_rowid())
     }

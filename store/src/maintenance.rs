@@ -4,10 +4,10 @@ use crate::digest::Digest;
 use crate::encoding::{TREE_CONTEXT, hash_in_context};
 use crate::error::{Result, io};
 use crate::hashing::hash_file;
-use crate::local::{LocalStore, ObjectKind, hostname, now_ms, proc_start};
+use crate::local::{LocalStore, ObjectKind, hostname, proc_start};
 use crate::tree::Tree;
 use rayon::prelude::*;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension};
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 
@@ -20,6 +20,9 @@ pub struct VerifyReport {
     pub corrupt: Vec<Digest>,
     /// Objects whose file is gone.
     pub missing: Vec<Digest>,
+    /// Objects that could not be read (an I/O error other than "not found"): reported,
+    /// never repaired, since the content may well be fine.
+    pub unreadable: Vec<Digest>,
     /// With repair: trees dropped because something below them was bad.
     pub broken_trees: Vec<Digest>,
     /// With repair: realisations dropped because they named a bad object.
@@ -31,7 +34,10 @@ pub struct VerifyReport {
 
 impl VerifyReport {
     pub fn is_clean(&self) -> bool {
-        self.corrupt.is_empty() && self.missing.is_empty() && self.dangling_realisations == 0
+        self.corrupt.is_empty()
+            && self.missing.is_empty()
+            && self.unreadable.is_empty()
+            && self.dangling_realisations == 0
     }
 }
 
@@ -77,7 +83,38 @@ fn digests(conn: &Connection, sql: &str) -> Result<Vec<Digest>> {
     Ok(out)
 }
 
+enum Check {
+    Good,
+    Corrupt,
+    Missing,
+    Unreadable,
+}
+
 impl LocalStore {
+    /// Whether an object's file holds exactly its content.
+    fn check_object(&self, d: &Digest, kind: ObjectKind) -> Check {
+        let path = self.object_path(d);
+        let io_error = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::NotFound => Check::Missing,
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData => Check::Corrupt,
+            _ => Check::Unreadable,
+        };
+        match kind {
+            ObjectKind::Blob => match hash_file(&path) {
+                Ok((got, _)) if got == *d => Check::Good,
+                Ok(_) => Check::Corrupt,
+                Err(e) => io_error(e),
+            },
+            ObjectKind::Tree => match std::fs::read(&path) {
+                Ok(b) if hash_in_context(TREE_CONTEXT, &b) == *d && Tree::decode(&b).is_ok() => {
+                    Check::Good
+                }
+                Ok(_) => Check::Corrupt,
+                Err(e) => io_error(e),
+            },
+        }
+    }
+
     /// Rehashes every object, in parallel. With `repair`, moves bad files to
     /// `quarantine/`, forgets their rows (and the trees above them) and drops the
     /// realisations that named any of them.
@@ -106,36 +143,9 @@ impl LocalStore {
             }
             out
         };
-        enum Check {
-            Good,
-            Corrupt,
-            Missing,
-        }
         let results: Vec<(Digest, Check)> = objects
             .par_iter()
-            .map(|(d, kind, _)| {
-                let path = self.object_path(d);
-                let check = match kind {
-                    ObjectKind::Blob => match hash_file(&path) {
-                        Ok((got, _)) if got == *d => Check::Good,
-                        Ok(_) => Check::Corrupt,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Check::Missing,
-                        Err(_) => Check::Corrupt,
-                    },
-                    ObjectKind::Tree => match std::fs::read(&path) {
-                        Ok(b)
-                            if hash_in_context(TREE_CONTEXT, &b) == *d
-                                && Tree::decode(&b).is_ok() =>
-                        {
-                            Check::Good
-                        }
-                        Ok(_) => Check::Corrupt,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Check::Missing,
-                        Err(_) => Check::Corrupt,
-                    },
-                };
-                (*d, check)
-            })
+            .map(|(d, kind, _)| (*d, self.check_object(d, *kind)))
             .collect();
         let dangling: i64 = self.conn().query_row(
             "SELECT COUNT(*) FROM realisations r WHERE NOT EXISTS (SELECT 1 FROM objects o WHERE o.digest = r.digest)",
@@ -153,10 +163,12 @@ impl LocalStore {
                 Check::Good => {}
                 Check::Corrupt => report.corrupt.push(d),
                 Check::Missing => report.missing.push(d),
+                Check::Unreadable => report.unreadable.push(d),
             }
         }
         report.corrupt.sort();
         report.missing.sort();
+        report.unreadable.sort();
         if repair && !(report.corrupt.is_empty() && report.missing.is_empty()) {
             self.repair(&mut report)?;
         }
@@ -164,14 +176,34 @@ impl LocalStore {
     }
 
     fn repair(&self, report: &mut VerifyReport) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Look again under the write lock: a gc or a writer may have acted since.
+        let still_bad = |ds: &[Digest], want: fn(&Check) -> bool| -> Result<Vec<Digest>> {
+            let mut q = tx.prepare_cached("SELECT kind FROM objects WHERE digest = ?1")?;
+            let mut out = Vec::new();
+            for d in ds {
+                let kind: Option<String> = q.query_row([d.as_bytes()], |r| r.get(0)).optional()?;
+                let Some(kind) = kind else { continue };
+                let kind = if kind == "tree" {
+                    ObjectKind::Tree
+                } else {
+                    ObjectKind::Blob
+                };
+                if want(&self.check_object(d, kind)) {
+                    out.push(*d);
+                }
+            }
+            Ok(out)
+        };
+        report.corrupt = still_bad(&report.corrupt, |c| matches!(c, Check::Corrupt))?;
+        report.missing = still_bad(&report.missing, |c| matches!(c, Check::Missing))?;
         let bad: Vec<Digest> = report
             .corrupt
             .iter()
             .chain(&report.missing)
             .copied()
             .collect();
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for d in &report.corrupt {
             let from = self.object_path(d);
             let to = self.root.join("quarantine").join(d.to_hex());
@@ -207,49 +239,92 @@ impl LocalStore {
     }
 
     /// Removes what no root reaches. Roots: pinned objects and derivations, the
-    /// derivations used by the last `keep_last` sessions of each pipeline, and the
-    /// objects leased by processes still running. Holds the write lock throughout,
-    /// so no writer can reference an object between its check and its removal.
+    /// derivations used by the last `keep_last` finished sessions of each pipeline
+    /// (and by sessions still running), and the objects leased by live processes.
+    ///
+    /// Two transactions, each holding the write lock: the first decides and forgets
+    /// the garbage (durably), the second deletes the files that still have no row.
+    /// A kill in between leaves only files without rows, which the next gc removes;
+    /// no row ever names a deleted file. Writers rename objects into place only
+    /// inside their own write transactions, so none can be halfway through.
     pub fn gc(&self, keep_last: usize, dry_run: bool) -> Result<GcReport> {
         let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut report = GcReport {
             dry_run,
             ..GcReport::default()
         };
-        forget_dead_owners(&tx)?;
-        // Sessions beyond the last `keep_last` of their pipeline.
-        let old_sessions: Vec<i64> = {
-            let mut q = tx.prepare(
-                "SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY pipeline ORDER BY started_ms DESC, id DESC) AS n
-                 FROM sessions) WHERE n > ?1",
-            )?;
-            let rows = q.query_map([keep_last as i64], |r| r.get(0))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        report.sessions_removed = old_sessions.len() as u64;
-        let placeholders = |n: usize| vec!["?"; n].join(",");
-        let kept_keys_sql = format!(
-            "SELECT key FROM session_uses WHERE session NOT IN ({})
-             UNION SELECT target FROM roots WHERE kind = 'derivation'",
-            placeholders(old_sessions.len())
-        );
-        let kept_keys: HashSet<Digest> = {
-            let mut q = tx.prepare(&kept_keys_sql)?;
-            let rows = q.query_map(rusqlite::params_from_iter(old_sessions.iter()), |r| {
-                r.get::<_, Vec<u8>>(0)
-            })?;
-            let mut s = HashSet::new();
-            for r in rows {
-                if let Some(d) = Digest::from_slice(&r?) {
-                    s.insert(d);
+        // This commit must survive a power cut before any file goes.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let decided = self.gc_decide(&mut conn, keep_last, dry_run, &mut report);
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let garbage = decided?;
+        if dry_run {
+            return Ok(report);
+        }
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut exists = tx.prepare_cached("SELECT 1 FROM objects WHERE digest = ?1")?;
+            for d in &garbage {
+                // Stored again since the first transaction? Then it stays.
+                if exists
+                    .query_row([d.as_bytes()], |_| Ok(()))
+                    .optional()?
+                    .is_some()
+                {
+                    continue;
+                }
+                let p = self.object_path(d);
+                if let Err(e) = std::fs::remove_file(&p)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    return Err(io("remove", p)(e));
                 }
             }
-            s
-        };
+        }
+        let strays = self.stray_files(&tx)?;
+        report.stray_files_removed = strays.len() as u64;
+        for p in &strays {
+            let _ = std::fs::remove_file(p);
+        }
+        tx.commit()?;
+        Ok(report)
+    }
+
+    /// The first transaction of gc: find the garbage and forget it.
+    fn gc_decide(
+        &self,
+        conn: &mut Connection,
+        keep_last: usize,
+        dry_run: bool,
+        report: &mut GcReport,
+    ) -> Result<Vec<Digest>> {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        forget_dead_owners(&tx)?;
+        // Finished sessions beyond the last `keep_last` of their pipeline. A session
+        // whose process still runs is never old.
+        tx.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS gc_old (id INTEGER PRIMARY KEY); DELETE FROM gc_old;",
+        )?;
+        tx.execute(
+            "INSERT INTO gc_old SELECT id FROM (
+                 SELECT s.id, s.finished_ms, s.owner,
+                        ROW_NUMBER() OVER (PARTITION BY s.pipeline ORDER BY s.started_ms DESC, s.id DESC) AS n
+                 FROM sessions s)
+             WHERE n > ?1 AND NOT (finished_ms IS NULL AND owner IN (SELECT id FROM owners))",
+            [i64::try_from(keep_last).unwrap_or(i64::MAX)],
+        )?;
+        report.sessions_removed = tx
+            .query_row("SELECT COUNT(*) FROM gc_old", [], |r| r.get::<_, i64>(0))?
+            .max(0) as u64;
+        let kept_keys: HashSet<Digest> = digests(
+            &tx,
+            "SELECT key FROM session_uses WHERE session NOT IN (SELECT id FROM gc_old)
+             UNION SELECT target FROM roots WHERE kind = 'derivation'",
+        )?
+        .into_iter()
+        .collect();
         // Reachable objects: outputs of kept derivations, pinned objects, leases, logs
-        // of kept sessions' runs, and everything below them.
-        let mut reachable: HashSet<Digest> = HashSet::new();
+        // of kept runs, and everything below them.
         let mut queue: VecDeque<Digest> = VecDeque::new();
         {
             let mut outputs =
@@ -263,23 +338,13 @@ impl LocalStore {
                 }
             }
         }
-        let direct_sql = format!(
+        queue.extend(digests(
+            &tx,
             "SELECT target FROM roots WHERE kind = 'object'
              UNION SELECT digest FROM leases
-             UNION SELECT log FROM runs WHERE log IS NOT NULL AND (session IS NULL OR session NOT IN ({}))",
-            placeholders(old_sessions.len())
-        );
-        {
-            let mut q = tx.prepare(&direct_sql)?;
-            let rows = q.query_map(rusqlite::params_from_iter(old_sessions.iter()), |r| {
-                r.get::<_, Vec<u8>>(0)
-            })?;
-            for r in rows {
-                if let Some(d) = Digest::from_slice(&r?) {
-                    queue.push_back(d);
-                }
-            }
-        }
+             UNION SELECT log FROM runs WHERE log IS NOT NULL AND (session IS NULL OR session NOT IN (SELECT id FROM gc_old))",
+        )?);
+        let mut reachable: HashSet<Digest> = HashSet::new();
         {
             let mut children = tx.prepare_cached("SELECT child FROM tree_refs WHERE tree = ?1")?;
             while let Some(d) = queue.pop_front() {
@@ -299,23 +364,24 @@ impl LocalStore {
             let rows = q.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?;
             let mut out = Vec::new();
             for r in rows {
-                let (d, s) = r?;
+                let (d, size) = r?;
                 if let Some(d) = Digest::from_slice(&d) {
-                    out.push((d, s.max(0) as u64));
+                    out.push((d, size.max(0) as u64));
                 }
             }
             out
         };
-        let garbage: Vec<(Digest, u64)> = all
+        let mut garbage: Vec<(Digest, u64)> = all
             .iter()
             .filter(|(d, _)| !reachable.contains(d))
             .copied()
             .collect();
+        garbage.sort();
         report.objects_kept = (all.len() - garbage.len()) as u64;
         report.objects_removed = garbage.len() as u64;
         report.bytes_freed = garbage.iter().map(|g| g.1).sum();
         report.removed = garbage.clone();
-        report.removed.sort();
+        // Derivations of live processes' unfinished work stay with their sessions.
         let stale_realisations: Vec<Digest> =
             digests(&tx, "SELECT DISTINCT key FROM realisations")?
                 .into_iter()
@@ -327,11 +393,8 @@ impl LocalStore {
             .filter(|k| !kept_keys.contains(k))
             .collect();
         report.derivations_removed = stale_derivations.len() as u64;
-        let known: HashSet<Digest> = all.iter().map(|a| a.0).collect();
-        let strays = self.stray_files(&tx, &known)?;
-        report.stray_files_removed = strays.len() as u64;
         if dry_run {
-            return Ok(report);
+            return Ok(Vec::new());
         }
         for k in &stale_realisations {
             tx.execute("DELETE FROM realisations WHERE key = ?1", [k.as_bytes()])?;
@@ -343,32 +406,21 @@ impl LocalStore {
             tx.execute("DELETE FROM tree_refs WHERE tree = ?1", [d.as_bytes()])?;
             tx.execute("DELETE FROM objects WHERE digest = ?1", [d.as_bytes()])?;
         }
-        for s in &old_sessions {
-            tx.execute("DELETE FROM sessions WHERE id = ?1", params![s])?;
-        }
-        // Files go while the write lock is held: no writer can be renaming one of
-        // them into place (that happens inside its own write transaction).
-        for (d, _) in &garbage {
-            let p = self.object_path(d);
-            if let Err(e) = std::fs::remove_file(&p)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                return Err(io("remove", p)(e));
-            }
-        }
-        for p in &strays {
-            let _ = std::fs::remove_file(p);
-        }
+        tx.execute(
+            "DELETE FROM sessions WHERE id IN (SELECT id FROM gc_old)",
+            [],
+        )?;
         tx.commit()?;
-        Ok(report)
+        Ok(garbage.into_iter().map(|g| g.0).collect())
     }
 
     /// Files in `objects/` without a row (a writer killed between its rename and
-    /// its commit) and temporary files of processes that are gone. Called with the
-    /// write lock held.
-    fn stray_files(&self, tx: &Connection, known: &HashSet<Digest>) -> Result<Vec<PathBuf>> {
+    /// its commit, or a gc killed between its two transactions) and temporary files
+    /// of processes that are gone. Called with the write lock held.
+    fn stray_files(&self, tx: &Connection) -> Result<Vec<PathBuf>> {
         let mut out = Vec::new();
         let objects = self.root.join("objects");
+        let mut exists = tx.prepare_cached("SELECT 1 FROM objects WHERE digest = ?1")?;
         for dir in std::fs::read_dir(&objects)
             .map_err(io("list", &objects))?
             .flatten()
@@ -379,9 +431,15 @@ impl LocalStore {
             };
             for f in files.flatten() {
                 let name = format!("{prefix}{}", f.file_name().to_string_lossy());
-                match name.parse::<Digest>() {
-                    Ok(d) if known.contains(&d) => {}
-                    _ => out.push(f.path()),
+                let known = match name.parse::<Digest>() {
+                    Ok(d) => exists
+                        .query_row([d.as_bytes()], |_| Ok(()))
+                        .optional()?
+                        .is_some(),
+                    Err(_) => false,
+                };
+                if !known {
+                    out.push(f.path());
                 }
             }
         }
@@ -394,7 +452,7 @@ impl LocalStore {
         };
         for f in std::fs::read_dir(&tmp).map_err(io("list", &tmp))?.flatten() {
             let name = f.file_name().to_string_lossy().into_owned();
-            if !owners.iter().any(|o| name.starts_with(o.as_str())) {
+            if !owners.iter().any(|o| name.starts_with(&format!("{o}-"))) {
                 out.push(f.path());
             }
         }
@@ -428,27 +486,25 @@ impl LocalStore {
     }
 }
 
-/// Drops owners whose process is gone (on this host: by pid and start time; on
-/// other hosts sharing the store: after a day without their process being seen).
+/// Drops owners whose process is gone: on this host, a process whose pid is not
+/// running or was reused (its start time differs). Owners on other hosts are kept:
+/// their liveness cannot be seen from here, and a store is meant for one host (SQLite
+/// locking is not safe over network file systems).
 fn forget_dead_owners(conn: &Connection) -> Result<()> {
     let here = hostname();
-    let owners: Vec<(String, String, i64, Option<i64>, i64)> = {
-        let mut q = conn.prepare("SELECT id, host, pid, proc_start, started_ms FROM owners")?;
-        let rows = q.query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })?;
+    let owners: Vec<(String, String, i64, Option<i64>)> = {
+        let mut q = conn.prepare("SELECT id, host, pid, proc_start FROM owners")?;
+        let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
-    let day_ago = now_ms() - 86_400_000;
-    for (id, host, pid, start, started_ms) in owners {
-        let alive = if host == here {
-            u32::try_from(pid)
-                .ok()
-                .and_then(proc_start)
-                .is_some_and(|s| start.is_none_or(|want| want == s))
-        } else {
-            started_ms > day_ago
-        };
+    for (id, host, pid, start) in owners {
+        if host != here {
+            continue;
+        }
+        let alive = u32::try_from(pid)
+            .ok()
+            .and_then(proc_start)
+            .is_some_and(|s| start.is_none_or(|want| want == s));
         if !alive {
             conn.execute("DELETE FROM owners WHERE id = ?1", [&id])?;
         }

@@ -39,10 +39,15 @@ impl LocalStore {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).map_err(io("create", parent))?;
-        let name = dest
-            .file_name()
-            .map_or_else(|| "output".into(), |n| n.to_string_lossy().into_owned());
-        let staging = parent.join(format!(".{name}.mustbuild-{}", std::process::id()));
+        // A short, unique name beside the destination (same file system, and no
+        // ENAMETOOLONG for long output names).
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let unique = format!(
+            "{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let staging = parent.join(format!(".mb-{unique}"));
         remove_any(&staging)?;
         let mut stats = Materialized::default();
         let made = match kind {
@@ -53,12 +58,26 @@ impl LocalStore {
             let _ = remove_any(&staging);
             return Err(e);
         }
-        // A file renamed over a file replaces it atomically; anything involving a
-        // folder needs the old output cleared first.
-        if std::fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir() || kind == OutputKind::Tree) {
-            remove_any(dest)?;
+        // A file renamed over a file replaces it atomically. Anything involving a
+        // folder cannot be replaced in one step: the old output is renamed aside
+        // first (a kill then leaves the old or the new output in place, and a
+        // leftover to clean up, never nothing), the new one renamed in, the old removed.
+        let replace_folder =
+            std::fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir() || kind == OutputKind::Tree);
+        let aside = parent.join(format!(".mb-{unique}-old"));
+        if replace_folder {
+            std::fs::rename(dest, &aside).map_err(io("move aside", dest))?;
         }
-        std::fs::rename(&staging, dest).map_err(io("replace", dest))?;
+        if let Err(e) = std::fs::rename(&staging, dest) {
+            if replace_folder {
+                let _ = std::fs::rename(&aside, dest);
+            }
+            let _ = remove_any(&staging);
+            return Err(io("replace", dest)(e));
+        }
+        if replace_folder {
+            remove_any(&aside)?;
+        }
         Ok(stats)
     }
 

@@ -457,3 +457,120 @@ fn materialisation_reflinks_where_the_file_system_allows_and_copies_elsewhere() 
         content
     );
 }
+
+#[test]
+fn a_failed_move_puts_every_file_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(tmp.path().join("store")).unwrap();
+    let dir = tmp.path().join("out");
+    for i in 0..20 {
+        write(
+            &dir.join(format!("f{i:02}")),
+            format!("file {i}").as_bytes(),
+        );
+    }
+    let status = std::process::Command::new("mkfifo")
+        .arg(dir.join("zz-fifo"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        store.add_path(&dir, Ingest::Move).is_err(),
+        "a FIFO cannot be stored"
+    );
+    for i in 0..20 {
+        assert_eq!(
+            std::fs::read(dir.join(format!("f{i:02}"))).unwrap(),
+            format!("file {i}").as_bytes()
+        );
+    }
+}
+
+#[test]
+fn a_hard_linked_file_is_copied_not_moved_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(tmp.path().join("store")).unwrap();
+    let out = tmp.path().join("out.txt");
+    write(&out, b"result");
+    std::fs::hard_link(&out, tmp.path().join("alias.txt")).unwrap();
+    let s = store.add_path(&out, Ingest::Move).unwrap();
+    std::fs::write(tmp.path().join("alias.txt"), b"EDITED").unwrap();
+    assert_eq!(
+        std::fs::read(store.object_path(&s.digest)).unwrap(),
+        b"result"
+    );
+    assert!(store.verify(false).unwrap().is_clean());
+}
+
+#[test]
+fn gc_keeps_running_sessions_and_any_number_of_last_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(tmp.path().join("store")).unwrap();
+    let mut keys = Vec::new();
+    for i in 0..3u64 {
+        let session = store.begin_session("p").unwrap();
+        let key = store.put_derivation(&material(i)).unwrap();
+        let d = store.add_bytes(format!("o{i}").as_bytes()).unwrap();
+        store
+            .realise(
+                &key,
+                &[Output {
+                    name: "o".into(),
+                    digest: d,
+                    kind: OutputKind::File,
+                }],
+            )
+            .unwrap();
+        store.use_derivation(session, &key).unwrap();
+        if i < 2 {
+            store.finish_session(session).unwrap();
+        }
+        keys.push(key);
+    }
+    store.release_leases().unwrap();
+    assert_eq!(
+        store.gc(usize::MAX, false).unwrap().objects_removed,
+        0,
+        "keep everything"
+    );
+    let r = store.gc(0, false).unwrap();
+    assert_eq!((r.sessions_removed, r.objects_removed), (2, 2), "{r:?}");
+    assert!(
+        store.realisation(&keys[2]).unwrap().is_some(),
+        "the session still running keeps its results"
+    );
+}
+
+#[test]
+fn a_realisation_must_declare_the_right_kind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(tmp.path().join("store")).unwrap();
+    let dir = tmp.path().join("d");
+    write(&dir.join("x"), b"x");
+    let tree = store.add_path(&dir, Ingest::Copy).unwrap();
+    let key = store.put_derivation(&material(1)).unwrap();
+    let wrong = store.realise(
+        &key,
+        &[Output {
+            name: "o".into(),
+            digest: tree.digest,
+            kind: OutputKind::File,
+        }],
+    );
+    assert!(
+        wrong
+            .unwrap_err()
+            .to_string()
+            .contains("is a file where a folder is declared")
+    );
+}
+
+#[test]
+fn outputs_with_long_names_materialise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(tmp.path().join("store")).unwrap();
+    let d = store.add_bytes(b"long").unwrap();
+    let dest = tmp.path().join("x".repeat(250));
+    store.materialize(&d, OutputKind::File, &dest).unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), b"long");
+}
