@@ -96,12 +96,8 @@ pub(crate) fn lower(
             MapEntry::Occupied(first) => {
                 let first_span = drafts[*first.get() as usize].name.span;
                 cx.diags.push(
-                    Diagnostic::error(
-                        d.name.span,
-                        format!("step `{}` is declared twice", d.name.value),
-                    )
-                    .related(first_span, "first declared here")
-                    .hint("give each step its own name"),
+                    declared_twice("step", &d.name.value, d.name.span, first_span)
+                        .hint("give each step its own name"),
                 );
             }
             MapEntry::Vacant(v) => {
@@ -505,12 +501,8 @@ impl<'a> Lower<'a> {
             MapEntry::Occupied(first) => {
                 let first = self.params[first.get().index()].span;
                 self.diags.push(
-                    Diagnostic::error(
-                        name.span,
-                        format!("param `{}` is declared twice", name.value),
-                    )
-                    .related(first, "first declared here")
-                    .hint("`--param NAME=VALUE` overrides a value at run time"),
+                    declared_twice("param", &name.value, name.span, first)
+                        .hint("`--param NAME=VALUE` overrides a value at run time"),
                 );
             }
             MapEntry::Vacant(v) => {
@@ -544,13 +536,8 @@ impl<'a> Lower<'a> {
         match self.input_names.entry(name.value.clone()) {
             MapEntry::Occupied(first) => {
                 let first = self.inputs[first.get().index()].span;
-                self.diags.push(
-                    Diagnostic::error(
-                        name.span,
-                        format!("input `{}` is declared twice", name.value),
-                    )
-                    .related(first, "first declared here"),
-                );
+                self.diags
+                    .push(declared_twice("input", &name.value, name.span, first));
             }
             MapEntry::Vacant(v) => {
                 v.insert(InputId::from_index(self.inputs.len()));
@@ -687,10 +674,7 @@ impl<'a> Lower<'a> {
             }
             if let Some(first) = tools.iter().find(|t| t.name == name) {
                 let first = first.span;
-                self.push(
-                    Diagnostic::error(v.span, format!("tool `{name}` is declared twice"))
-                        .related(first, "first declared here"),
-                );
+                self.push(declared_twice("tool", &name, v.span, first));
                 continue;
             }
             tools.push(Tool { name, span: v.span });
@@ -1012,13 +996,12 @@ impl<'a> Lower<'a> {
         }
         if let Some((first, _)) = d.foreach.iter().find(|(v, _)| v.value == var.value) {
             let first = first.span;
-            self.push(
-                Diagnostic::error(
-                    var.span,
-                    format!("fan-out variable `{}` is declared twice", var.value),
-                )
-                .related(first, "first declared here"),
-            );
+            self.push(declared_twice(
+                "fan-out variable",
+                &var.value,
+                var.span,
+                first,
+            ));
             return;
         }
         let domain = match from {
@@ -1861,4 +1844,10 @@ impl std::fmt::Display for Named<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} `{}`", self.0, self.1)
     }
+}
+
+/// "`what` `name` is declared twice", pointing at both places.
+fn declared_twice(what: &str, name: &str, here: Span, first: Span) -> Diagnostic {
+    Diagnostic::error(here, format!("{what} `{name}` is declared twice"))
+        .related(first, "first declared here")
 }

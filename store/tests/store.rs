@@ -13,6 +13,15 @@ fn write(path: &Path, content: &[u8]) {
     std::fs::write(path, content).unwrap();
 }
 
+/// One file output named `name`.
+fn file_output(name: &str, digest: Digest) -> [Output; 1] {
+    [Output {
+        name: name.into(),
+        digest,
+        kind: OutputKind::File,
+    }]
+}
+
 fn material(n: u64) -> KeyMaterial {
     let mut m = KeyMaterial::default();
     m.insert("command", Field::Text(format!("step {n}")));
@@ -145,14 +154,7 @@ fn realisations_name_only_stored_objects() {
     let key = store.put_derivation(&material(1)).unwrap();
     assert_eq!(store.derivation(&key).unwrap(), Some(material(1)));
     let absent = Digest::of(b"never stored");
-    let err = store.realise(
-        &key,
-        &[Output {
-            name: "out".into(),
-            digest: absent,
-            kind: OutputKind::File,
-        }],
-    );
+    let err = store.realise(&key, &file_output("out", absent));
     assert!(err.is_err());
     assert_eq!(store.realisation(&key).unwrap(), None);
     let d = store.add_bytes(b"result").unwrap();
@@ -252,27 +254,11 @@ fn verify_finds_corrupt_and_missing_objects_and_repair_drops_what_used_them() {
         )
         .unwrap();
     let key_lone = store.put_derivation(&material(2)).unwrap();
-    store
-        .realise(
-            &key_lone,
-            &[Output {
-                name: "f".into(),
-                digest: lone,
-                kind: OutputKind::File,
-            }],
-        )
-        .unwrap();
+    store.realise(&key_lone, &file_output("f", lone)).unwrap();
     let untouched = store.add_bytes(b"untouched").unwrap();
     let key_ok = store.put_derivation(&material(3)).unwrap();
     store
-        .realise(
-            &key_ok,
-            &[Output {
-                name: "f".into(),
-                digest: untouched,
-                kind: OutputKind::File,
-            }],
-        )
+        .realise(&key_ok, &file_output("f", untouched))
         .unwrap();
     assert!(store.verify(false).unwrap().is_clean());
 
@@ -321,16 +307,7 @@ fn gc_keeps_roots_and_the_last_runs_and_frees_the_rest() {
         let session = store.begin_session("pipe").unwrap();
         let key = store.put_derivation(&material(i)).unwrap();
         let d = store.add_bytes(format!("output {i}").as_bytes()).unwrap();
-        store
-            .realise(
-                &key,
-                &[Output {
-                    name: "o".into(),
-                    digest: d,
-                    kind: OutputKind::File,
-                }],
-            )
-            .unwrap();
+        store.realise(&key, &file_output("o", d)).unwrap();
         store.use_derivation(session, &key).unwrap();
         store.finish_session(session).unwrap();
         keys.push((key, d));
@@ -385,16 +362,7 @@ fn leases_of_a_live_process_survive_gc() {
     assert_eq!(report.objects_removed, 0);
     // The writer can still realise it.
     let key = writer.put_derivation(&material(7)).unwrap();
-    writer
-        .realise(
-            &key,
-            &[Output {
-                name: "o".into(),
-                digest: d,
-                kind: OutputKind::File,
-            }],
-        )
-        .unwrap();
+    writer.realise(&key, &file_output("o", d)).unwrap();
     drop(writer);
     // Gone, with its owner: nothing roots it any more.
     assert_eq!(collector.gc(1, false).unwrap().objects_removed, 1);
@@ -511,16 +479,7 @@ fn gc_keeps_running_sessions_and_any_number_of_last_runs() {
         let session = store.begin_session("p").unwrap();
         let key = store.put_derivation(&material(i)).unwrap();
         let d = store.add_bytes(format!("o{i}").as_bytes()).unwrap();
-        store
-            .realise(
-                &key,
-                &[Output {
-                    name: "o".into(),
-                    digest: d,
-                    kind: OutputKind::File,
-                }],
-            )
-            .unwrap();
+        store.realise(&key, &file_output("o", d)).unwrap();
         store.use_derivation(session, &key).unwrap();
         if i < 2 {
             store.finish_session(session).unwrap();
@@ -549,14 +508,7 @@ fn a_realisation_must_declare_the_right_kind() {
     write(&dir.join("x"), b"x");
     let tree = store.add_path(&dir, Ingest::Copy).unwrap();
     let key = store.put_derivation(&material(1)).unwrap();
-    let wrong = store.realise(
-        &key,
-        &[Output {
-            name: "o".into(),
-            digest: tree.digest,
-            kind: OutputKind::File,
-        }],
-    );
+    let wrong = store.realise(&key, &file_output("o", tree.digest));
     assert!(
         wrong
             .unwrap_err()
