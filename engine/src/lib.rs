@@ -3,7 +3,13 @@
 //! measurement.
 //!
 //! It is the only crate that knows the language, the store and the executors
-//! together. Nothing is implemented yet (issue 4).
+//! together. So far (issue 4, in progress): instantiation of derivations and the
+//! rendering of their commands.
 
 // Library code returns errors; tests may unwrap (clippy.toml allows it there).
 #![warn(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod command;
+pub mod instantiate;
+
+pub use instantiate::{FileRef, Instance, InstanceId, Instances, instantiate};
