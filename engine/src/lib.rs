@@ -3,13 +3,14 @@
 //! measurement.
 //!
 //! It is the only crate that knows the language, the store and the executors
-//! together. So far (issue 4, in progress): instantiation of derivations and the
-//! rendering of their commands.
+//! together. So far (issue 4, in progress): instantiation of derivations, the
+//! rendering of their commands, and their keys.
 
 // Library code returns errors; tests may unwrap (clippy.toml allows it there).
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod command;
 pub mod instantiate;
+pub mod keys;
 
 pub use instantiate::{FileRef, Instance, InstanceId, Instances, instantiate};

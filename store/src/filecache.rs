@@ -98,3 +98,78 @@ impl LocalStore {
         Ok((digest, size, Source::Hashed))
     }
 }
+
+impl LocalStore {
+    /// The digest a file or folder would have in the store, without storing it:
+    /// a blob digest for a file, a tree digest for a folder (files through the
+    /// digest cache; symbolic links as links, not followed).
+    pub fn path_digest(&self, path: &Path) -> Result<(Digest, u64, bool)> {
+        let meta = std::fs::symlink_metadata(path).map_err(io("read", path))?;
+        if meta.is_dir() {
+            let (tree, size) = self.tree_of(path, 0)?;
+            return Ok((tree.digest(), size, true));
+        }
+        let (d, size, _) = self.file_digest(path)?;
+        Ok((d, size, false))
+    }
+
+    fn tree_of(&self, dir: &Path, depth: usize) -> Result<(crate::tree::Tree, u64)> {
+        use crate::tree::{EntryKind, Tree, TreeEntry};
+        use std::os::unix::ffi::OsStringExt;
+        use std::os::unix::fs::PermissionsExt;
+        if depth > 256 {
+            return Err(crate::StoreError::Unsupported {
+                path: dir.to_path_buf(),
+                what: "folders nested more than 256 deep",
+            });
+        }
+        let mut entries = Vec::new();
+        for item in std::fs::read_dir(dir).map_err(io("list", dir))? {
+            let item = item.map_err(io("list", dir))?;
+            let path = item.path();
+            let ft = item.file_type().map_err(io("read", &path))?;
+            let kind = if ft.is_symlink() {
+                EntryKind::Symlink {
+                    target: std::fs::read_link(&path)
+                        .map_err(io("read link", &path))?
+                        .into_os_string()
+                        .into_vec(),
+                }
+            } else if ft.is_dir() {
+                let (t, size) = self.tree_of(&path, depth + 1)?;
+                EntryKind::Dir {
+                    size,
+                    digest: t.digest(),
+                }
+            } else if ft.is_file() {
+                let (digest, size, _) = self.file_digest(&path)?;
+                let executable = std::fs::metadata(&path)
+                    .map_err(io("read", &path))?
+                    .permissions()
+                    .mode()
+                    & 0o111
+                    != 0;
+                EntryKind::File {
+                    executable,
+                    size,
+                    digest,
+                }
+            } else {
+                return Err(crate::StoreError::Unsupported {
+                    path,
+                    what: "only files, folders and symbolic links can be hashed",
+                });
+            };
+            entries.push(TreeEntry {
+                name: item.file_name().into_vec(),
+                kind,
+            });
+        }
+        let tree = Tree::new(entries).ok_or(crate::StoreError::Unsupported {
+            path: dir.to_path_buf(),
+            what: "a file name that cannot be stored",
+        })?;
+        let size = tree.total_size();
+        Ok((tree, size))
+    }
+}

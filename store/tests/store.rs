@@ -526,3 +526,17 @@ fn outputs_with_long_names_materialise() {
     store.materialize(&d, OutputKind::File, &dest).unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), b"long");
 }
+
+#[test]
+fn a_folder_digest_without_storing_matches_the_stored_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(tmp.path().join("store")).unwrap();
+    let dir = tmp.path().join("d");
+    sample_tree(&dir);
+    let (d, _, is_dir) = store.path_digest(&dir).unwrap();
+    assert!(is_dir);
+    assert!(!store.has_object(&d).unwrap(), "nothing was stored");
+    assert_eq!(store.add_path(&dir, Ingest::Copy).unwrap().digest, d);
+    let (f, size, is_dir) = store.path_digest(&dir.join("a.txt")).unwrap();
+    assert_eq!((f, size, is_dir), (Digest::of(b"alpha\n"), 6, false));
+}
