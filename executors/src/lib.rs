@@ -1,10 +1,13 @@
-//! mustbuild-executors: plain execution requests in (argv, environment, a
-//! prepared folder, the outputs to expect), outcomes out; local, Slurm and
-//! HTCondor backends.
+//! mustbuild-executors: plain execution requests in (a command, a prepared
+//! folder, an environment, the outputs to expect), outcomes out; the local
+//! executor now, Slurm and HTCondor later.
 //!
 //! It must not know about KDL, derivations or the store ("builders stay dumb").
-//!
-//! Nothing is implemented yet (issue 4).
+//! A failed step is data (an [`Outcome`]), not an error.
 
 // Library code returns errors; tests may unwrap (clippy.toml allows it there).
 #![warn(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod local;
+
+pub use local::{CancelToken, ExecRequest, ExecResult, Outcome, Usage, run};

@@ -1,0 +1,312 @@
+//! Running one command on this machine: in a prepared folder, with exactly the
+//! environment it is given, its output to a log file, under an optional time
+//! limit, cancellable; measured (wall, user and system CPU, peak memory) with
+//! `wait4`. The whole process group is killed on a time limit or a cancel, so
+//! that no grandchild outlives its step.
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+use wait4::Wait4;
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRequest {
+    /// Shell code, run as `bash -e -o pipefail -c COMMAND`.
+    pub command: String,
+    /// The working folder, prepared by the caller (inputs in place).
+    pub dir: PathBuf,
+    /// The complete environment (nothing else is inherited).
+    pub env: Vec<(String, String)>,
+    /// Where standard output and standard error go.
+    pub log: PathBuf,
+    /// Paths, relative to `dir`, that must exist when the command succeeds.
+    pub outputs: Vec<PathBuf>,
+    pub time_limit: Option<Duration>,
+    /// GPUs the command may use: set as `CUDA_VISIBLE_DEVICES` when given.
+    pub gpus: Option<Vec<u32>>,
+}
+
+/// How a run ended. Only `Succeeded` may be recorded in a store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    /// The command exited with a non-zero status.
+    Failed {
+        exit_code: i32,
+    },
+    /// A signal ended it (not one we sent).
+    Killed {
+        signal: i32,
+    },
+    TimedOut {
+        limit: Duration,
+    },
+    Cancelled,
+    /// It succeeded without writing these declared outputs.
+    MissingOutputs(Vec<PathBuf>),
+    /// It could not be started or watched (no bash, no log file…).
+    Infrastructure(String),
+}
+
+/// What a run used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub wall: Duration,
+    pub user_cpu: Duration,
+    pub system_cpu: Duration,
+    /// The peak resident memory of the largest process of the run.
+    pub max_rss_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecResult {
+    pub outcome: Outcome,
+    pub usage: Usage,
+    pub started: SystemTime,
+}
+
+/// Set from anywhere to stop a run (Ctrl-C, `--keep-going` off after a failure).
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Runs a request to its end.
+pub fn run(req: &ExecRequest, cancel: &CancelToken) -> ExecResult {
+    let started = SystemTime::now();
+    let clock = Instant::now();
+    let infrastructure = |why: String| ExecResult {
+        outcome: Outcome::Infrastructure(why),
+        usage: Usage::default(),
+        started,
+    };
+    let log = match std::fs::File::create(&req.log) {
+        Ok(f) => f,
+        Err(e) => {
+            return infrastructure(format!("cannot create the log {}: {e}", req.log.display()));
+        }
+    };
+    let log_err = match log.try_clone() {
+        Ok(f) => f,
+        Err(e) => {
+            return infrastructure(format!("cannot share the log {}: {e}", req.log.display()));
+        }
+    };
+    let mut cmd = Command::new("bash");
+    cmd.args(["-e", "-o", "pipefail", "-c", &req.command])
+        .current_dir(&req.dir)
+        .env_clear()
+        .envs(req.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        // Its own process group, so that a kill reaches everything it started.
+        .process_group(0);
+    if let Some(gpus) = &req.gpus {
+        let list: Vec<String> = gpus.iter().map(u32::to_string).collect();
+        cmd.env("CUDA_VISIBLE_DEVICES", list.join(","));
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return infrastructure(format!("cannot start bash: {e}")),
+    };
+    let pgid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    let mut stopped: Option<Outcome> = None;
+    let mut nap = Duration::from_millis(1);
+    let used = loop {
+        match child.try_wait4() {
+            Ok(Some(r)) => break r,
+            Ok(None) => {}
+            Err(e) => return infrastructure(format!("cannot wait for the command: {e}")),
+        }
+        if stopped.is_none() {
+            let over = req.time_limit.filter(|&l| clock.elapsed() >= l);
+            if cancel.is_cancelled() || over.is_some() {
+                // Not reaped yet, so the group id cannot have been reused.
+                let _ = killpg(pgid, Signal::SIGKILL);
+                stopped = Some(match over {
+                    Some(limit) => Outcome::TimedOut { limit },
+                    None => Outcome::Cancelled,
+                });
+            }
+        }
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(Duration::from_millis(20));
+    };
+    let usage = Usage {
+        wall: clock.elapsed(),
+        user_cpu: used.rusage.utime,
+        system_cpu: used.rusage.stime,
+        max_rss_bytes: used.rusage.maxrss,
+    };
+    // Whatever its children still do, they go with it.
+    let _ = killpg(pgid, Signal::SIGKILL);
+    let outcome = match (stopped, used.status.code(), used.status.signal()) {
+        (Some(o), _, _) => o,
+        (None, Some(0), _) => {
+            let missing: Vec<PathBuf> = req
+                .outputs
+                .iter()
+                .filter(|o| std::fs::symlink_metadata(req.dir.join(o)).is_err())
+                .cloned()
+                .collect();
+            if missing.is_empty() {
+                Outcome::Succeeded
+            } else {
+                Outcome::MissingOutputs(missing)
+            }
+        }
+        (None, Some(code), _) => Outcome::Failed { exit_code: code },
+        (None, None, Some(signal)) => Outcome::Killed { signal },
+        (None, None, None) => {
+            Outcome::Infrastructure("the command ended without a status".to_string())
+        }
+    };
+    ExecResult {
+        outcome,
+        usage,
+        started,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(dir: &std::path::Path, command: &str) -> ExecRequest {
+        ExecRequest {
+            command: command.to_string(),
+            dir: dir.to_path_buf(),
+            env: vec![
+                ("PATH".into(), "/usr/bin:/bin".into()),
+                ("ONLY_THIS".into(), "yes".into()),
+            ],
+            log: dir.join("log.txt"),
+            outputs: Vec::new(),
+            time_limit: None,
+            gpus: None,
+        }
+    }
+
+    #[test]
+    fn success_with_outputs_log_and_a_cleared_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut req = request(
+            dir.path(),
+            "echo to-log; env | sort > env.txt; mkdir -p sub && echo hi > sub/out.txt",
+        );
+        req.outputs = vec!["sub/out.txt".into(), "env.txt".into()];
+        req.gpus = Some(vec![0, 2]);
+        let r = run(&req, &CancelToken::default());
+        assert_eq!(r.outcome, Outcome::Succeeded);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("log.txt")).unwrap(),
+            "to-log\n"
+        );
+        let env = std::fs::read_to_string(dir.path().join("env.txt")).unwrap();
+        assert!(
+            env.contains("ONLY_THIS=yes") && env.contains("CUDA_VISIBLE_DEVICES=0,2"),
+            "{env}"
+        );
+        assert!(!env.contains("HOME="), "nothing is inherited: {env}");
+    }
+
+    #[test]
+    fn failures_are_outcomes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cancel = CancelToken::default();
+        assert_eq!(
+            run(&request(dir.path(), "exit 3"), &cancel).outcome,
+            Outcome::Failed { exit_code: 3 }
+        );
+        // pipefail: a failing first command fails the pipeline.
+        assert_eq!(
+            run(&request(dir.path(), "false | cat"), &cancel).outcome,
+            Outcome::Failed { exit_code: 1 }
+        );
+        assert_eq!(
+            run(&request(dir.path(), "kill -SEGV $$"), &cancel).outcome,
+            Outcome::Killed { signal: 11 }
+        );
+        let mut req = request(dir.path(), "true");
+        req.outputs = vec!["never-written.txt".into()];
+        assert_eq!(
+            run(&req, &cancel).outcome,
+            Outcome::MissingOutputs(vec!["never-written.txt".into()])
+        );
+        let mut req = request(dir.path(), "true");
+        req.log = dir.path().join("no/such/folder/log");
+        assert!(matches!(
+            run(&req, &cancel).outcome,
+            Outcome::Infrastructure(_)
+        ));
+    }
+
+    #[test]
+    fn a_time_limit_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut req = request(
+            dir.path(),
+            "(sleep 30; echo survived > survivor.txt) & sleep 30",
+        );
+        req.time_limit = Some(Duration::from_millis(200));
+        let r = run(&req, &CancelToken::default());
+        assert_eq!(
+            r.outcome,
+            Outcome::TimedOut {
+                limit: Duration::from_millis(200)
+            }
+        );
+        assert!(r.usage.wall < Duration::from_secs(5), "{:?}", r.usage.wall);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!dir.path().join("survivor.txt").exists());
+    }
+
+    #[test]
+    fn a_cancel_stops_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cancel = CancelToken::default();
+        let c = cancel.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(150));
+            c.cancel();
+        });
+        let r = run(&request(dir.path(), "sleep 30"), &cancel);
+        t.join().unwrap();
+        assert_eq!(r.outcome, Outcome::Cancelled);
+    }
+
+    #[test]
+    fn usage_is_measured() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = run(
+            &request(
+                dir.path(),
+                "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done",
+            ),
+            &CancelToken::default(),
+        );
+        assert_eq!(r.outcome, Outcome::Succeeded);
+        assert!(
+            r.usage.user_cpu > Duration::from_millis(50),
+            "{:?}",
+            r.usage
+        );
+        assert!(r.usage.max_rss_bytes > 1 << 20, "{:?}", r.usage);
+        assert!(r.usage.wall >= r.usage.user_cpu / 2);
+    }
+}
