@@ -87,6 +87,25 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Dot)]
         format: Format,
     },
+    /// Run a pipeline: execute what changed, take the rest from the store.
+    ///
+    /// A first version: every step, up to -j at a time, stopping new work at the
+    /// first failure. Progress is printed as plain lines on stderr; the summary on
+    /// stdout.
+    #[command(
+        after_help = "Examples:\n  mustbuild run examples/quickstart/pipeline.kdl\n  mustbuild run pipeline.kdl -j 8 --store /scratch/me/store"
+    )]
+    Run {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// How many commands run at once [default: the number of cores].
+        #[arg(short, long)]
+        jobs: Option<usize>,
+        /// The store [default: $MUSTBUILD_STORE, else $XDG_CACHE_HOME/mustbuild/store,
+        /// else ~/.cache/mustbuild/store].
+        #[arg(long, value_name = "PATH")]
+        store: Option<PathBuf>,
+    },
     /// Inspect and maintain the store: info, verify, gc.
     Store {
         /// The store [default: $MUSTBUILD_STORE, else $XDG_CACHE_HOME/mustbuild/store,
@@ -175,6 +194,11 @@ fn main() -> ExitCode {
         Command::Graph { pipeline, format } => graph(&pipeline, format),
         Command::Fmt { files, check } => fmt(&files, check),
         Command::Store { store, command } => store_command(store, command),
+        Command::Run {
+            pipeline,
+            jobs,
+            store,
+        } => run_command(&pipeline, jobs, store),
     };
     ExitCode::from(code)
 }
@@ -463,5 +487,85 @@ fn bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+fn run_command(path: &Path, jobs: Option<usize>, store: Option<PathBuf>) -> u8 {
+    use mustbuild_engine::run::{Event, RunOptions};
+    let (loaded, expansion, diags) = load_and_expand(path);
+    let (Some(wf), Some(expansion)) = (&loaded.workflow, &expansion) else {
+        print_diagnostics(&loaded, &diags);
+        tell!("{}: {}", path.display(), count_summary(&diags));
+        return exit::INVALID;
+    };
+    if diags.iter().any(Diagnostic::is_error) {
+        print_diagnostics(&loaded, &diags);
+        tell!("{}: {}", path.display(), count_summary(&diags));
+        return exit::INVALID;
+    }
+    let root = store.unwrap_or_else(LocalStore::default_location);
+    let store = match LocalStore::open(&root) {
+        Ok(s) => s,
+        Err(e) => {
+            tell!("error: cannot open the store at {}: {e}", root.display());
+            return exit::ENVIRONMENT;
+        }
+    };
+    let instances = mustbuild_engine::instantiate(wf, expansion);
+    let options = RunOptions {
+        jobs: jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        path_var: std::env::var("PATH")
+            .unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_string()),
+    };
+    let label = |step: &str, values: &[String]| {
+        if values.is_empty() {
+            step.to_string()
+        } else {
+            format!("{step} ({})", values.join(", "))
+        }
+    };
+    let mut on_event = |e: Event| match e {
+        Event::Cached { step, values } => tell!("cached   {}", label(&step, &values)),
+        Event::Started { step, values } => tell!("run      {}", label(&step, &values)),
+        Event::Executed {
+            step,
+            values,
+            seconds,
+        } => tell!("done     {} in {seconds:.2} s", label(&step, &values)),
+        Event::Failed {
+            step,
+            values,
+            outcome,
+            log_tail,
+        } => {
+            tell!("FAILED   {}: {outcome:?}", label(&step, &values));
+            for line in log_tail.lines() {
+                tell!("    | {line}");
+            }
+        }
+        Event::Skipped { step, values } => {
+            tell!("skipped  {} (an input failed)", label(&step, &values))
+        }
+    };
+    match mustbuild_engine::run::run(wf, &instances, &store, &options, &mut on_event) {
+        Ok(s) => {
+            outln!(
+                "executed {}, cached {}, failed {}, skipped {} (session {})",
+                s.executed,
+                s.cached,
+                s.failed,
+                s.skipped,
+                s.session
+            );
+            if s.failed > 0 {
+                exit::INVALID
+            } else {
+                exit::OK
+            }
+        }
+        Err(e) => {
+            tell!("error: {e}");
+            exit::ENVIRONMENT
+        }
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! It is the only crate that knows the language, the store and the executors
 //! together. So far (issue 4, in progress): instantiation of derivations, the
-//! rendering of their commands, and their keys.
+//! rendering of their commands, their keys, and a first plain `run`.
 
 // Library code returns errors; tests may unwrap (clippy.toml allows it there).
 #![warn(clippy::unwrap_used, clippy::expect_used)]
@@ -12,5 +12,6 @@
 pub mod command;
 pub mod instantiate;
 pub mod keys;
+pub mod run;
 
 pub use instantiate::{FileRef, Instance, InstanceId, Instances, instantiate};

@@ -1,0 +1,465 @@
+//! Running a pipeline on this machine: a first, plain version of `mustbuild run`.
+//!
+//! Instances are taken in topological order as their inputs become known. For each,
+//! the key is computed from content; a realised key is materialised from the store;
+//! otherwise the instance runs in a fresh scratch folder that holds only its inputs
+//! (at their workspace paths), with a cleared environment, up to `jobs` at a time.
+//! Declared outputs are moved into the store, realised, and materialised into the
+//! workspace; anything else the command left is discarded.
+//!
+//! Still to come (issue 4): resource slots (cpus, memory, GPUs), retries,
+//! `--keep-going`, signals, progress and JSON events, `--dry-run` reasons, targets.
+
+use crate::instantiate::{FileRef, InstanceId, Instances};
+use crate::keys::{KeyContext, KeyError, ToolIdentity, key_material, resolve_tool};
+use mustbuild_executors::{CancelToken, ExecRequest, Outcome};
+use mustbuild_lang::model::{PathKind, Workflow};
+use mustbuild_store::{Digest, Ingest, LocalStore, Output, OutputKind, RunRecord, StoreError};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RunError {
+    let path = path.to_path_buf();
+    move |source| RunError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// How many commands run at once.
+    pub jobs: usize,
+    /// The `PATH` given to steps and used to resolve tools.
+    pub path_var: String,
+}
+
+/// What happened to one instance.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Cached {
+        step: String,
+        values: Vec<String>,
+    },
+    Started {
+        step: String,
+        values: Vec<String>,
+    },
+    Executed {
+        step: String,
+        values: Vec<String>,
+        seconds: f64,
+    },
+    Failed {
+        step: String,
+        values: Vec<String>,
+        outcome: Outcome,
+        log_tail: String,
+    },
+    Skipped {
+        step: String,
+        values: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    pub executed: usize,
+    pub cached: usize,
+    pub failed: usize,
+    /// Not run because something they read failed.
+    pub skipped: usize,
+    pub session: i64,
+}
+
+struct Job {
+    id: InstanceId,
+    key: Digest,
+    scratch: PathBuf,
+    request: ExecRequest,
+}
+
+struct Done {
+    job: Job,
+    result: mustbuild_executors::ExecResult,
+}
+
+/// Runs every instance (or takes it from the store), reporting each through `on_event`.
+pub fn run(
+    wf: &Workflow,
+    instances: &Instances,
+    store: &LocalStore,
+    options: &RunOptions,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<RunSummary, RunError> {
+    let mut tools: BTreeMap<String, ToolIdentity> = BTreeMap::new();
+    for t in wf
+        .tools
+        .iter()
+        .chain(wf.steps.iter().flat_map(|s| s.tools.iter()))
+    {
+        if !tools.contains_key(t.name.as_str()) {
+            tools.insert(
+                t.name.to_string(),
+                resolve_tool(store, &t.name, &options.path_var)?,
+            );
+        }
+    }
+    let n = instances.all.len();
+    let mut outputs: Vec<Option<Vec<Digest>>> = vec![None; n];
+    let mut failed = vec![false; n];
+    let mut waiting: Vec<usize> = instances.all.iter().map(|i| i.deps.len()).collect();
+    let mut dependents: Vec<Vec<InstanceId>> = vec![Vec::new(); n];
+    for (i, inst) in instances.all.iter().enumerate() {
+        for d in &inst.deps {
+            dependents[d.index()].push(InstanceId(i as u32));
+        }
+    }
+    let mut ready: std::collections::VecDeque<InstanceId> = (0..n)
+        .filter(|&i| waiting[i] == 0)
+        .map(|i| InstanceId(i as u32))
+        .collect();
+    let session = store.begin_session(&wf.name)?;
+    let mut summary = RunSummary {
+        session,
+        ..RunSummary::default()
+    };
+    let cancel = CancelToken::default();
+    let (job_tx, job_rx) = mpsc::channel::<Job>();
+    let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
+    let (done_tx, done_rx) = mpsc::channel::<Done>();
+    let result = std::thread::scope(|scope| -> Result<(), RunError> {
+        for _ in 0..options.jobs.max(1) {
+            let rx = job_rx.clone();
+            let tx = done_tx.clone();
+            let cancel = cancel.clone();
+            scope.spawn(move || {
+                loop {
+                    let job = match rx.lock() {
+                        Ok(guard) => guard.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(job) = job else { return };
+                    let result = mustbuild_executors::run(&job.request, &cancel);
+                    if tx.send(Done { job, result }).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        let mut in_flight = 0usize;
+        let mut stop = false;
+        loop {
+            while let Some(id) = (!stop).then(|| ready.pop_front()).flatten() {
+                let inst = instances.get(id);
+                let step = wf.step(inst.step);
+                let upstream = |u: InstanceId, o: usize| outputs[u.index()].as_ref().map(|d| d[o]);
+                let cx = KeyContext {
+                    wf,
+                    instances,
+                    store,
+                    root: &wf.root,
+                    tools: &tools,
+                    upstream: &upstream,
+                };
+                let Some(material) = key_material(&cx, id)? else {
+                    continue;
+                };
+                let key = store.put_derivation(&material)?;
+                store.use_derivation(session, &key)?;
+                if let Some(realised) = store.realisation(&key)? {
+                    materialize_outputs(wf, instances, store, id, &realised)?;
+                    outputs[id.index()] = Some(realised.iter().map(|o| o.digest).collect());
+                    summary.cached += 1;
+                    on_event(Event::Cached {
+                        step: step.name.to_string(),
+                        values: inst.values.clone(),
+                    });
+                    release(&dependents[id.index()], &mut waiting, &mut ready);
+                    continue;
+                }
+                let job = prepare(wf, instances, store, id, key, &outputs, &options.path_var)?;
+                on_event(Event::Started {
+                    step: step.name.to_string(),
+                    values: inst.values.clone(),
+                });
+                in_flight += 1;
+                if job_tx.send(job).is_err() {
+                    in_flight -= 1;
+                }
+            }
+            if in_flight == 0 {
+                break;
+            }
+            let Ok(Done { job, result }) = done_rx.recv() else {
+                break;
+            };
+            in_flight -= 1;
+            let inst = instances.get(job.id);
+            let step = wf.step(inst.step);
+            let log = std::fs::read(&job.request.log).unwrap_or_default();
+            let log_digest = store.add_bytes(&log)?;
+            let mut outcome = result.outcome.clone();
+            let mut stored = Vec::new();
+            if outcome == Outcome::Succeeded {
+                for (decl, path) in step.outputs.iter().zip(&inst.outputs) {
+                    let s = store.add_path(&job.scratch.join(path), Ingest::Move)?;
+                    let is_dir = s.kind == OutputKind::Tree;
+                    if is_dir != (decl.kind == PathKind::Dir) {
+                        outcome = Outcome::Infrastructure(format!(
+                            "output `{}` ({path}) is a {} but is declared as a {}",
+                            decl.name,
+                            if is_dir { "folder" } else { "file" },
+                            if is_dir { "file" } else { "folder" }
+                        ));
+                        break;
+                    }
+                    stored.push(Output {
+                        name: decl.name.to_string(),
+                        digest: s.digest,
+                        kind: s.kind,
+                    });
+                }
+            }
+            store.add_run(&RunRecord {
+                session: Some(session),
+                key: job.key,
+                step: step.name.to_string(),
+                host: mustbuild_store::hostname(),
+                started_ms: millis(result.started),
+                finished_ms: millis(result.started) + result.usage.wall.as_millis() as i64,
+                outcome: outcome_name(&outcome).to_string(),
+                exit_code: match outcome {
+                    Outcome::Failed { exit_code } => Some(i64::from(exit_code)),
+                    Outcome::Succeeded => Some(0),
+                    _ => None,
+                },
+                user_cpu_ms: Some(result.usage.user_cpu.as_millis() as i64),
+                sys_cpu_ms: Some(result.usage.system_cpu.as_millis() as i64),
+                max_rss_bytes: Some(result.usage.max_rss_bytes as i64),
+                read_bytes: None,
+                write_bytes: None,
+                energy_joules: None,
+                energy_method: None,
+                log: Some(log_digest),
+            })?;
+            let _ = remove_tree(&job.scratch);
+            if outcome == Outcome::Succeeded {
+                store.realise(&job.key, &stored)?;
+                materialize_outputs(wf, instances, store, job.id, &stored)?;
+                outputs[job.id.index()] = Some(stored.iter().map(|o| o.digest).collect());
+                summary.executed += 1;
+                on_event(Event::Executed {
+                    step: step.name.to_string(),
+                    values: inst.values.clone(),
+                    seconds: result.usage.wall.as_secs_f64(),
+                });
+                release(&dependents[job.id.index()], &mut waiting, &mut ready);
+            } else {
+                summary.failed += 1;
+                failed[job.id.index()] = true;
+                on_event(Event::Failed {
+                    step: step.name.to_string(),
+                    values: inst.values.clone(),
+                    outcome,
+                    log_tail: tail(&log, 20),
+                });
+                // Nothing new starts after a failure; what runs finishes.
+                stop = true;
+            }
+        }
+        drop(job_tx);
+        Ok(())
+    });
+    for (i, o) in outputs.iter().enumerate() {
+        if o.is_none() && !failed[i] {
+            summary.skipped += 1;
+            let inst = &instances.all[i];
+            on_event(Event::Skipped {
+                step: wf.step(inst.step).name.to_string(),
+                values: inst.values.clone(),
+            });
+        }
+    }
+    store.finish_session(session)?;
+    store.release_leases()?;
+    result?;
+    Ok(summary)
+}
+
+fn release(
+    dependents: &[InstanceId],
+    waiting: &mut [usize],
+    ready: &mut std::collections::VecDeque<InstanceId>,
+) {
+    for d in dependents {
+        waiting[d.index()] -= 1;
+        if waiting[d.index()] == 0 {
+            ready.push_back(*d);
+        }
+    }
+}
+
+fn millis(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn outcome_name(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Succeeded => "succeeded",
+        Outcome::Failed { .. } | Outcome::MissingOutputs(_) => "failed",
+        Outcome::Killed { .. } | Outcome::TimedOut { .. } => "killed",
+        Outcome::Cancelled => "cancelled",
+        Outcome::Infrastructure(_) => "infrastructure",
+    }
+}
+
+/// The last `lines` lines of a log, for error messages.
+fn tail(log: &[u8], lines: usize) -> String {
+    let text = String::from_utf8_lossy(log);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A fresh scratch folder mirroring the workspace with only this instance's inputs.
+fn prepare(
+    wf: &Workflow,
+    instances: &Instances,
+    store: &LocalStore,
+    id: InstanceId,
+    key: Digest,
+    outputs: &[Option<Vec<Digest>>],
+    path_var: &str,
+) -> Result<Job, RunError> {
+    let inst = instances.get(id);
+    let step = wf.step(inst.step);
+    let scratch = store.root().join("scratch").join(format!(
+        "{}-{}-{}",
+        key.short(),
+        std::process::id(),
+        id.0
+    ));
+    let _ = remove_tree(&scratch);
+    std::fs::create_dir_all(&scratch).map_err(io_err("create", &scratch))?;
+    for files in &inst.inputs {
+        for f in files {
+            match f {
+                FileRef::Source(p) if !p.starts_with('/') => {
+                    copy_in(&wf.root.join(p), &scratch.join(p))?
+                }
+                FileRef::Source(_) => {}
+                FileRef::Output { instance, output } => {
+                    let up = instances.get(*instance);
+                    let digest = outputs[instance.index()].as_ref().map(|d| d[*output]);
+                    if let Some(d) = digest {
+                        let kind = if wf.step(up.step).outputs[*output].kind == PathKind::Dir {
+                            OutputKind::Tree
+                        } else {
+                            OutputKind::File
+                        };
+                        store.materialize(&d, kind, &scratch.join(&up.outputs[*output]))?;
+                    }
+                }
+            }
+        }
+    }
+    for path in inst.outputs.iter().chain(&inst.log) {
+        if let Some(parent) = scratch.join(path).parent() {
+            std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+        }
+    }
+    let home = scratch.join(".mustbuild/home");
+    let tmp = scratch.join(".mustbuild/tmp");
+    for d in [&home, &tmp] {
+        std::fs::create_dir_all(d).map_err(io_err("create", d))?;
+    }
+    let mut env: Vec<(String, String)> = wf
+        .env
+        .iter()
+        .chain(&step.env)
+        .map(|e| (e.name.to_string(), e.value.clone()))
+        .collect();
+    env.push(("PATH".into(), path_var.to_string()));
+    env.push(("HOME".into(), home.display().to_string()));
+    env.push(("TMPDIR".into(), tmp.display().to_string()));
+    let request = ExecRequest {
+        command: crate::command::render_command(wf, instances, id),
+        dir: scratch.clone(),
+        env,
+        log: scratch.join(".mustbuild/log"),
+        outputs: inst.outputs.iter().map(PathBuf::from).collect(),
+        time_limit: step
+            .resources
+            .time_seconds
+            .map(std::time::Duration::from_secs),
+        gpus: None,
+    };
+    Ok(Job {
+        id,
+        key,
+        scratch,
+        request,
+    })
+}
+
+/// Copies a source file or folder into the scratch folder (reflink where possible).
+fn copy_in(src: &Path, dest: &Path) -> Result<(), RunError> {
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+    }
+    let meta = std::fs::metadata(src).map_err(io_err("read input", src))?;
+    if meta.is_dir() {
+        std::fs::create_dir_all(dest).map_err(io_err("create", dest))?;
+        for e in std::fs::read_dir(src).map_err(io_err("list", src))? {
+            let e = e.map_err(io_err("list", src))?;
+            copy_in(&e.path(), &dest.join(e.file_name()))?;
+        }
+        return Ok(());
+    }
+    reflink_copy::reflink_or_copy(src, dest).map_err(io_err("copy input", src))?;
+    Ok(())
+}
+
+fn materialize_outputs(
+    wf: &Workflow,
+    instances: &Instances,
+    store: &LocalStore,
+    id: InstanceId,
+    outputs: &[Output],
+) -> Result<(), RunError> {
+    let inst = instances.get(id);
+    let step = wf.step(inst.step);
+    for (decl, path) in step.outputs.iter().zip(&inst.outputs) {
+        if let Some(o) = outputs.iter().find(|o| o.name == decl.name.as_str()) {
+            store.materialize(&o.digest, o.kind, &wf.root.join(path))?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_tree(path: &Path) -> std::io::Result<()> {
+    if path.exists() {
+        std::fs::remove_dir_all(path)
+    } else {
+        Ok(())
+    }
+}
