@@ -45,6 +45,8 @@ mod exit {
     // 2: the command line itself is wrong (clap's own code).
     /// Something outside the pipeline failed: a file could not be written.
     pub const ENVIRONMENT: u8 = 3;
+    /// Stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+    pub const INTERRUPTED: u8 = 130;
 }
 
 #[derive(Parser)]
@@ -52,8 +54,8 @@ mod exit {
     name = "mustbuild",
     version,
     about = "A content-addressed workflow engine for scientific data pipelines",
-    after_help = "Exit codes: 0 success, 1 problems in the pipeline, 2 bad command line, 3 environment \
-                  (a file could not be written), 101 a bug in mustbuild."
+    after_help = "Exit codes: 0 success, 1 problems in the pipeline or a failed step, 2 bad command line, 3 environment \
+                  (a file could not be written), 130 interrupted, 101 a bug in mustbuild."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -105,6 +107,12 @@ enum Command {
         /// else ~/.cache/mustbuild/store].
         #[arg(long, value_name = "PATH")]
         store: Option<PathBuf>,
+        /// Go on with everything that does not depend on a failed step.
+        #[arg(long)]
+        keep_going: bool,
+        /// One JSON object per event on stdout, then a summary object.
+        #[arg(long)]
+        json: bool,
     },
     /// Inspect and maintain the store: info, verify, gc.
     Store {
@@ -198,7 +206,17 @@ fn main() -> ExitCode {
             pipeline,
             jobs,
             store,
-        } => run_command(&pipeline, jobs, store),
+            keep_going,
+            json,
+        } => run_command(
+            &pipeline,
+            RunFlags {
+                jobs,
+                store,
+                keep_going,
+                json,
+            },
+        ),
     };
     ExitCode::from(code)
 }
@@ -490,8 +508,29 @@ fn bytes(n: u64) -> String {
     }
 }
 
-fn run_command(path: &Path, jobs: Option<usize>, store: Option<PathBuf>) -> u8 {
+struct RunFlags {
+    jobs: Option<usize>,
+    store: Option<PathBuf>,
+    keep_going: bool,
+    json: bool,
+}
+
+/// This machine's memory, from /proc/meminfo.
+fn total_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn run_command(path: &Path, flags: RunFlags) -> u8 {
     use mustbuild_engine::run::{Event, RunOptions};
+    let RunFlags {
+        jobs,
+        store,
+        keep_going,
+        json,
+    } = flags;
     let (loaded, expansion, diags) = load_and_expand(path);
     let (Some(wf), Some(expansion)) = (&loaded.workflow, &expansion) else {
         print_diagnostics(&loaded, &diags);
@@ -512,10 +551,19 @@ fn run_command(path: &Path, jobs: Option<usize>, store: Option<PathBuf>) -> u8 {
         }
     };
     let instances = mustbuild_engine::instantiate(wf, expansion);
+    let cancel = mustbuild_executors::CancelToken::default();
+    // Ctrl-C and SIGTERM stop the run: commands are killed, the store stays
+    // consistent, and the next run resumes.
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(signal, cancel.flag());
+    }
     let options = RunOptions {
         jobs: jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        memory_bytes: total_memory(),
         path_var: std::env::var("PATH")
             .unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_string()),
+        keep_going,
+        cancel: cancel.clone(),
     };
     let label = |step: &str, values: &[String]| {
         if values.is_empty() {
@@ -524,40 +572,97 @@ fn run_command(path: &Path, jobs: Option<usize>, store: Option<PathBuf>) -> u8 {
             format!("{step} ({})", values.join(", "))
         }
     };
-    let mut on_event = |e: Event| match e {
-        Event::Cached { step, values } => tell!("cached   {}", label(&step, &values)),
-        Event::Started { step, values } => tell!("run      {}", label(&step, &values)),
-        Event::Executed {
-            step,
-            values,
-            seconds,
-        } => tell!("done     {} in {seconds:.2} s", label(&step, &values)),
-        Event::Failed {
-            step,
-            values,
-            outcome,
-            log_tail,
-        } => {
-            tell!("FAILED   {}: {outcome:?}", label(&step, &values));
-            for line in log_tail.lines() {
-                tell!("    | {line}");
-            }
+    let mut on_event = |e: Event| {
+        if json {
+            let v = match &e {
+                Event::Cached { step, values } => {
+                    serde_json::json!({"event": "cached", "step": step, "values": values})
+                }
+                Event::Started { step, values } => {
+                    serde_json::json!({"event": "started", "step": step, "values": values})
+                }
+                Event::Executed {
+                    step,
+                    values,
+                    seconds,
+                } => {
+                    serde_json::json!({"event": "executed", "step": step, "values": values, "seconds": seconds})
+                }
+                Event::Failed {
+                    step,
+                    values,
+                    outcome,
+                    log_tail,
+                } => serde_json::json!({
+                    "event": "failed", "step": step, "values": values, "outcome": format!("{outcome:?}"), "log_tail": log_tail
+                }),
+                Event::Retrying {
+                    step,
+                    values,
+                    attempt,
+                } => {
+                    serde_json::json!({"event": "retrying", "step": step, "values": values, "attempt": attempt})
+                }
+                Event::Skipped { step, values } => {
+                    serde_json::json!({"event": "skipped", "step": step, "values": values})
+                }
+            };
+            outln!("{v}");
+            return;
         }
-        Event::Skipped { step, values } => {
-            tell!("skipped  {} (an input failed)", label(&step, &values))
+        match e {
+            Event::Cached { step, values } => tell!("cached   {}", label(&step, &values)),
+            Event::Started { step, values } => tell!("run      {}", label(&step, &values)),
+            Event::Executed {
+                step,
+                values,
+                seconds,
+            } => tell!("done     {} in {seconds:.2} s", label(&step, &values)),
+            Event::Failed {
+                step,
+                values,
+                outcome,
+                log_tail,
+            } => {
+                tell!("FAILED   {}: {outcome:?}", label(&step, &values));
+                for line in log_tail.lines() {
+                    tell!("    | {line}");
+                }
+            }
+            Event::Retrying {
+                step,
+                values,
+                attempt,
+            } => tell!("retry    {} (attempt {attempt})", label(&step, &values)),
+            Event::Skipped { step, values } => {
+                tell!("skipped  {} (an input failed)", label(&step, &values))
+            }
         }
     };
     match mustbuild_engine::run::run(wf, &instances, &store, &options, &mut on_event) {
         Ok(s) => {
-            outln!(
-                "executed {}, cached {}, failed {}, skipped {} (session {})",
-                s.executed,
-                s.cached,
-                s.failed,
-                s.skipped,
-                s.session
-            );
-            if s.failed > 0 {
+            if json {
+                let summary = serde_json::json!({"event": "summary", "executed": s.executed, "cached": s.cached,
+                    "failed": s.failed, "cancelled": s.cancelled, "skipped": s.skipped, "run_id": s.session});
+                outln!("{summary}");
+            } else {
+                let cancelled = if s.cancelled > 0 {
+                    format!(", cancelled {}", s.cancelled)
+                } else {
+                    String::new()
+                };
+                outln!(
+                    "executed {}, cached {}, failed {}, skipped {}{cancelled} (session {})",
+                    s.executed,
+                    s.cached,
+                    s.failed,
+                    s.skipped,
+                    s.session
+                );
+            }
+            if cancel.is_cancelled() {
+                exit::INTERRUPTED
+            } else if s.failed > 0 {
                 exit::INVALID
             } else {
                 exit::OK

@@ -153,3 +153,178 @@ fn a_failing_step_says_why_and_realises_nothing() {
     );
     assert!(again.stderr.contains("run      bad"), "{}", again.stderr);
 }
+
+fn write_pipeline(dir: &Path, text: &str) {
+    std::fs::write(dir.join("pipeline.kdl"), text).unwrap();
+}
+
+#[test]
+fn retry_keep_going_and_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let marker = tmp.path().join("failed-once");
+    write_pipeline(
+        tmp.path(),
+        &format!(
+            r#"pipeline "r"
+step flaky {{
+    out o="flaky.txt"
+    retry 2
+    run "if [ -e {m} ]; then echo ok > {{out.o}}; else touch {m}; exit 1; fi"
+}}
+step broken {{
+    out o="broken.txt"
+    run "exit 2"
+}}
+step independent {{
+    out o="independent.txt"
+    run "echo fine > {{out.o}}"
+}}
+"#,
+            m = marker.display()
+        ),
+    );
+    let store = tmp.path().join("store");
+    let r = run(
+        tmp.path(),
+        &[
+            "run",
+            "pipeline.kdl",
+            "--store",
+            store.to_str().unwrap(),
+            "--keep-going",
+            "--json",
+            "-j",
+            "1",
+        ],
+    );
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let events: Vec<serde_json::Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "retrying" && e["step"] == "flaky"),
+        "{}",
+        r.stdout
+    );
+    let summary = events.last().unwrap();
+    assert_eq!(summary["event"], "summary");
+    assert_eq!(
+        (summary["executed"].as_u64(), summary["failed"].as_u64()),
+        (Some(2), Some(1)),
+        "{summary}"
+    );
+    assert!(summary["run_id"].as_i64().is_some());
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("independent.txt")).unwrap(),
+        "fine\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("flaky.txt")).unwrap(),
+        "ok\n"
+    );
+}
+
+#[test]
+fn steps_take_their_cpus_out_of_j() {
+    let tmp = tempfile::tempdir().unwrap();
+    let times = tmp.path().join("times");
+    let step = |n: u32| {
+        format!(
+            "step s{n} {{\n    out o=\"s{n}.txt\"\n    resources cpus=2\n    run \"echo start $(date +%s%N) >> {t}; sleep 0.3; echo end $(date +%s%N) >> {t}; echo > {{out.o}}\"\n}}\n",
+            t = times.display()
+        )
+    };
+    write_pipeline(
+        tmp.path(),
+        &format!("pipeline \"c\"\n{}{}", step(1), step(2)),
+    );
+    let store = tmp.path().join("store");
+    let r = run(
+        tmp.path(),
+        &[
+            "run",
+            "pipeline.kdl",
+            "--store",
+            store.to_str().unwrap(),
+            "-j",
+            "2",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // With 2 CPUs and 2 per step, the second starts after the first ends.
+    let log = std::fs::read_to_string(&times).unwrap();
+    let kinds: Vec<&str> = log.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(kinds, ["start", "end", "start", "end"], "{log}");
+}
+
+#[test]
+fn sigint_stops_the_run_and_the_next_run_does_only_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let slow = tmp.path().join("be-slow");
+    std::fs::write(&slow, "").unwrap();
+    write_pipeline(
+        tmp.path(),
+        &format!(
+            "pipeline \"i\"\nstep quick {{\n    out o=\"quick.txt\"\n    run \"echo q > {{out.o}}\"\n}}\nstep slow {{\n    in q=quick.o\n    out o=\"slow.txt\"\n    run \"if [ -e {s} ]; then sleep 30; fi; cat {{in.q}} > {{out.o}}\"\n}}\n",
+            s = slow.display()
+        ),
+    );
+    let store = tmp.path().join("store");
+    let child = common::mustbuild(tmp.path())
+        .args(["run", "pipeline.kdl", "--store", store.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the slow step has started (quick is done and materialised).
+    let started = std::time::Instant::now();
+    while !tmp.path().join("quick.txt").exists() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "quick never finished"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "the slow step was not stopped"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cancelled 1"));
+    // The next run takes quick from the store and runs only slow.
+    std::fs::remove_file(&slow).unwrap();
+    let r = run(
+        tmp.path(),
+        &["run", "pipeline.kdl", "--store", store.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.starts_with("executed 1, cached 1"), "{}", r.stdout);
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("slow.txt")).unwrap(),
+        "q\n"
+    );
+    assert!(
+        run(
+            tmp.path(),
+            &["store", "--store", store.to_str().unwrap(), "verify"]
+        )
+        .code
+            == 0
+    );
+}

@@ -7,8 +7,10 @@
 //! Declared outputs are moved into the store, realised, and materialised into the
 //! workspace; anything else the command left is discarded.
 //!
-//! Still to come (issue 4): resource slots (cpus, memory, GPUs), retries,
-//! `--keep-going`, signals, progress and JSON events, `--dry-run` reasons, targets.
+//! A step takes its declared CPUs and memory out of what `-j` and the machine
+//! offer; a failed run is tried again `retry` times; after a failure nothing new
+//! starts unless `--keep-going`. Still to come (issue 4): GPU slots, a progress
+//! display, `--dry-run` reasons, targets.
 
 use crate::instantiate::{FileRef, InstanceId, Instances};
 use crate::keys::{KeyContext, KeyError, ToolIdentity, key_material, resolve_tool};
@@ -45,10 +47,16 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> R
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// How many commands run at once.
+    /// CPUs to fill: a step takes its declared `cpus` (at most all of them).
     pub jobs: usize,
+    /// Memory to fill, when known: a step takes its declared `memory`.
+    pub memory_bytes: Option<u64>,
     /// The `PATH` given to steps and used to resolve tools.
     pub path_var: String,
+    /// Go on with everything that does not depend on a failure.
+    pub keep_going: bool,
+    /// Set to stop: running commands are killed, nothing new starts.
+    pub cancel: CancelToken,
 }
 
 /// What happened to one instance.
@@ -73,6 +81,12 @@ pub enum Event {
         outcome: Outcome,
         log_tail: String,
     },
+    /// A failed run tried again.
+    Retrying {
+        step: String,
+        values: Vec<String>,
+        attempt: u32,
+    },
     Skipped {
         step: String,
         values: Vec<String>,
@@ -84,6 +98,8 @@ pub struct RunSummary {
     pub executed: usize,
     pub cached: usize,
     pub failed: usize,
+    /// Stopped by a cancel (Ctrl-C).
+    pub cancelled: usize,
     /// Not run because something they read failed.
     pub skipped: usize,
     pub session: i64,
@@ -91,6 +107,9 @@ pub struct RunSummary {
 
 struct Job {
     id: InstanceId,
+    attempt: u32,
+    cpus: usize,
+    memory: u64,
     key: Digest,
     scratch: PathBuf,
     request: ExecRequest,
@@ -141,12 +160,15 @@ pub fn run(
         session,
         ..RunSummary::default()
     };
-    let cancel = CancelToken::default();
+    let cancel = options.cancel.clone();
+    let total_cpus = options.jobs.max(1);
+    let total_memory = options.memory_bytes.unwrap_or(u64::MAX);
+    let (mut free_cpus, mut free_memory) = (total_cpus, total_memory);
     let (job_tx, job_rx) = mpsc::channel::<Job>();
     let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
     let (done_tx, done_rx) = mpsc::channel::<Done>();
     let result = std::thread::scope(|scope| -> Result<(), RunError> {
-        for _ in 0..options.jobs.max(1) {
+        for _ in 0..total_cpus {
             let rx = job_rx.clone();
             let tx = done_tx.clone();
             let cancel = cancel.clone();
@@ -168,7 +190,26 @@ pub fn run(
         let mut in_flight = 0usize;
         let mut stop = false;
         loop {
-            while let Some(id) = (!stop).then(|| ready.pop_front()).flatten() {
+            if cancel.is_cancelled() {
+                stop = true;
+            }
+            // Start what fits, unless stopping.
+            loop {
+                if stop {
+                    break;
+                }
+                // The first ready instance whose resources fit what is free.
+                let fits = |id: &InstanceId| {
+                    let r = &wf.step(instances.get(*id).step).resources;
+                    (r.cpus as usize).min(total_cpus) <= free_cpus
+                        && r.memory_bytes.unwrap_or(0).min(total_memory) <= free_memory
+                };
+                let Some(pos) = ready.iter().position(fits) else {
+                    break;
+                };
+                let Some(id) = ready.remove(pos) else {
+                    break;
+                };
                 let inst = instances.get(id);
                 let step = wf.step(inst.step);
                 let upstream = |u: InstanceId, o: usize| outputs[u.index()].as_ref().map(|d| d[o]);
@@ -196,7 +237,11 @@ pub fn run(
                     release(&dependents[id.index()], &mut waiting, &mut ready);
                     continue;
                 }
-                let job = prepare(wf, instances, store, id, key, &outputs, &options.path_var)?;
+                let mut job = prepare(wf, instances, store, id, key, &outputs, &options.path_var)?;
+                job.cpus = (step.resources.cpus as usize).min(total_cpus);
+                job.memory = step.resources.memory_bytes.unwrap_or(0).min(total_memory);
+                free_cpus -= job.cpus;
+                free_memory -= job.memory;
                 on_event(Event::Started {
                     step: step.name.to_string(),
                     values: inst.values.clone(),
@@ -213,6 +258,8 @@ pub fn run(
                 break;
             };
             in_flight -= 1;
+            free_cpus += job.cpus;
+            free_memory += job.memory;
             let inst = instances.get(job.id);
             let step = wf.step(inst.step);
             let log = std::fs::read(&job.request.log).unwrap_or_default();
@@ -273,8 +320,39 @@ pub fn run(
                     seconds: result.usage.wall.as_secs_f64(),
                 });
                 release(&dependents[job.id.index()], &mut waiting, &mut ready);
+            } else if job.attempt < step.retry
+                && !cancel.is_cancelled()
+                && outcome != Outcome::Cancelled
+            {
+                on_event(Event::Retrying {
+                    step: step.name.to_string(),
+                    values: inst.values.clone(),
+                    attempt: job.attempt + 1,
+                });
+                let mut again = prepare(
+                    wf,
+                    instances,
+                    store,
+                    job.id,
+                    job.key,
+                    &outputs,
+                    &options.path_var,
+                )?;
+                again.attempt = job.attempt + 1;
+                again.cpus = job.cpus;
+                again.memory = job.memory;
+                free_cpus -= again.cpus;
+                free_memory -= again.memory;
+                in_flight += 1;
+                if job_tx.send(again).is_err() {
+                    in_flight -= 1;
+                }
             } else {
-                summary.failed += 1;
+                if outcome == Outcome::Cancelled {
+                    summary.cancelled += 1;
+                } else {
+                    summary.failed += 1;
+                }
                 failed[job.id.index()] = true;
                 on_event(Event::Failed {
                     step: step.name.to_string(),
@@ -282,8 +360,10 @@ pub fn run(
                     outcome,
                     log_tail: tail(&log, 20),
                 });
-                // Nothing new starts after a failure; what runs finishes.
-                stop = true;
+                // Unless told to go on, nothing new starts; what runs finishes.
+                if !options.keep_going {
+                    stop = true;
+                }
             }
         }
         drop(job_tx);
@@ -415,6 +495,9 @@ fn prepare(
     };
     Ok(Job {
         id,
+        attempt: 0,
+        cpus: 1,
+        memory: 0,
         key,
         scratch,
         request,
