@@ -328,3 +328,66 @@ fn sigint_stops_the_run_and_the_next_run_does_only_the_rest() {
             == 0
     );
 }
+
+#[test]
+fn two_runs_at_once_never_run_a_derivation_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let steps: String = (0..6)
+        .map(|i| format!("step s{i} {{\n    out o=\"s{i}.txt\"\n    run \"sleep 0.2; echo {i} > {{out.o}}\"\n}}\n"))
+        .collect();
+    write_pipeline(tmp.path(), &format!("pipeline \"two\"\n{steps}"));
+    let store = tmp.path().join("store");
+    let spawn = || {
+        common::mustbuild(tmp.path())
+            .args([
+                "run",
+                "pipeline.kdl",
+                "--store",
+                store.to_str().unwrap(),
+                "--json",
+                "-j",
+                "2",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let summaries: Vec<serde_json::Value> = [a, b]
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let stdout = String::from_utf8(out.stdout).unwrap();
+            serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+        })
+        .collect();
+    let executed: u64 = summaries
+        .iter()
+        .map(|s| s["executed"].as_u64().unwrap())
+        .sum();
+    let cached: u64 = summaries
+        .iter()
+        .map(|s| s["cached"].as_u64().unwrap())
+        .sum();
+    assert_eq!((executed, cached), (6, 6), "{summaries:?}");
+    assert_eq!(
+        run(
+            tmp.path(),
+            &["store", "--store", store.to_str().unwrap(), "verify"]
+        )
+        .code,
+        0
+    );
+    for i in 0..6 {
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join(format!("s{i}.txt"))).unwrap(),
+            format!("{i}\n")
+        );
+    }
+}

@@ -107,6 +107,9 @@ pub struct RunSummary {
 
 struct Job {
     id: InstanceId,
+    /// Held from before the run until the realisation is committed: two processes
+    /// never run the same derivation at once.
+    lock: Option<std::fs::File>,
     attempt: u32,
     cpus: usize,
     memory: u64,
@@ -118,6 +121,21 @@ struct Job {
 struct Done {
     job: Job,
     result: mustbuild_executors::ExecResult,
+    /// Another process realised it while this one waited for the lock.
+    realised_elsewhere: Option<Vec<Output>>,
+}
+
+/// Takes the lock of a derivation key (a file in the store's `locks/`).
+fn lock_key(store: &LocalStore, key: &Digest) -> std::io::Result<std::fs::File> {
+    let dir = store.root().join("locks");
+    std::fs::create_dir_all(&dir)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(key.to_hex()))?;
+    f.lock()?;
+    Ok(f)
 }
 
 /// Runs every instance (or takes it from the store), reporting each through `on_event`.
@@ -178,9 +196,26 @@ pub fn run(
                         Ok(guard) => guard.recv(),
                         Err(_) => return,
                     };
-                    let Ok(job) = job else { return };
-                    let result = mustbuild_executors::run(&job.request, &cancel);
-                    if tx.send(Done { job, result }).is_err() {
+                    let Ok(mut job) = job else { return };
+                    job.lock = lock_key(store, &job.key).ok();
+                    // Someone may have realised it while we waited for the lock.
+                    let elsewhere = store.realisation(&job.key).ok().flatten();
+                    let result = match elsewhere {
+                        Some(_) => mustbuild_executors::ExecResult {
+                            outcome: Outcome::Cancelled,
+                            usage: mustbuild_executors::Usage::default(),
+                            started: std::time::SystemTime::now(),
+                        },
+                        None => mustbuild_executors::run(&job.request, &cancel),
+                    };
+                    if tx
+                        .send(Done {
+                            job,
+                            result,
+                            realised_elsewhere: elsewhere,
+                        })
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -254,7 +289,12 @@ pub fn run(
             if in_flight == 0 {
                 break;
             }
-            let Ok(Done { job, result }) = done_rx.recv() else {
+            let Ok(Done {
+                job,
+                result,
+                realised_elsewhere,
+            }) = done_rx.recv()
+            else {
                 break;
             };
             in_flight -= 1;
@@ -262,6 +302,18 @@ pub fn run(
             free_memory += job.memory;
             let inst = instances.get(job.id);
             let step = wf.step(inst.step);
+            if let Some(realised) = realised_elsewhere {
+                let _ = remove_tree(&job.scratch);
+                materialize_outputs(wf, instances, store, job.id, &realised)?;
+                outputs[job.id.index()] = Some(realised.iter().map(|o| o.digest).collect());
+                summary.cached += 1;
+                on_event(Event::Cached {
+                    step: step.name.to_string(),
+                    values: inst.values.clone(),
+                });
+                release(&dependents[job.id.index()], &mut waiting, &mut ready);
+                continue;
+            }
             let log = std::fs::read(&job.request.log).unwrap_or_default();
             let log_digest = store.add_bytes(&log)?;
             let mut outcome = result.outcome.clone();
@@ -311,6 +363,8 @@ pub fn run(
             let _ = remove_tree(&job.scratch);
             if outcome == Outcome::Succeeded {
                 store.realise(&job.key, &stored)?;
+                drop(job.lock);
+                let _ = std::fs::remove_file(store.root().join("locks").join(job.key.to_hex()));
                 materialize_outputs(wf, instances, store, job.id, &stored)?;
                 outputs[job.id.index()] = Some(stored.iter().map(|o| o.digest).collect());
                 summary.executed += 1;
@@ -495,6 +549,7 @@ fn prepare(
     };
     Ok(Job {
         id,
+        lock: None,
         attempt: 0,
         cpus: 1,
         memory: 0,

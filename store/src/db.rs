@@ -126,20 +126,43 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     )?;
     // Other processes hold the write lock for short transactions; wait for them.
     conn.busy_timeout(Duration::from_secs(120))?;
+    // Switching to WAL and creating the schema can meet another process doing the
+    // same on a new store; SQLite then answers "busy" at once, without waiting.
+    let mut attempt = 0;
+    loop {
+        match initialise(&conn) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && attempt < 600 =>
+            {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other.map(|()| conn),
+        }
+    }
+}
+
+fn initialise(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // NORMAL in WAL mode: a commit survives a crash of the process; a power cut may
     // lose the last commits but never corrupts the database, and since objects are
     // made durable before the rows that name them, a lost commit loses only a cache
-    // entry, never content that a row points at.
+    // entry, never content that a row points at. (gc raises it to FULL.)
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version == 0 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-        ))?;
+        ))
+        .inspect_err(|_| {
+            let _ = conn.execute_batch("ROLLBACK");
+        })?;
     }
-    Ok(conn)
+    Ok(())
 }
 
 /// The user_version of an opened database.

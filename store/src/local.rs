@@ -182,7 +182,13 @@ impl LocalStore {
                 });
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                write_durably(&version_file, format!("{LAYOUT_VERSION}\n").as_bytes())?;
+                // Several processes may create a new store at once: each writes its own
+                // file and renames it into place (the same content either way).
+                let temp = root.join(format!("VERSION.{}", std::process::id()));
+                let _ = std::fs::remove_file(&temp);
+                write_durably(&temp, format!("{LAYOUT_VERSION}\n").as_bytes())?;
+                std::fs::rename(&temp, &version_file).map_err(io("create", &version_file))?;
+                sync_dir(&root)?;
             }
             Err(e) => return Err(io("read", version_file)(e)),
         }
