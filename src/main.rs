@@ -45,6 +45,8 @@ mod exit {
     // 2: the command line itself is wrong (clap's own code).
     /// Something outside the pipeline failed: a file could not be written.
     pub const ENVIRONMENT: u8 = 3;
+    /// The command line is wrong (as clap reports it).
+    pub const USAGE: u8 = 2;
     /// Stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
     pub const INTERRUPTED: u8 = 130;
 }
@@ -100,6 +102,15 @@ enum Command {
     Run {
         /// The pipeline file.
         pipeline: PathBuf,
+        /// Run only what these need: step names or output paths (relative to the
+        /// pipeline's folder).
+        targets: Vec<String>,
+        /// Override a param: --param bins=40 (repeatable).
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// Run this step's derivations even when realised (repeatable).
+        #[arg(long, value_name = "STEP")]
+        force: Vec<String>,
         /// How many commands run at once [default: the number of cores].
         #[arg(short, long)]
         jobs: Option<usize>,
@@ -204,6 +215,9 @@ fn main() -> ExitCode {
         Command::Store { store, command } => store_command(store, command),
         Command::Run {
             pipeline,
+            targets,
+            params,
+            force,
             jobs,
             store,
             keep_going,
@@ -211,6 +225,9 @@ fn main() -> ExitCode {
         } => run_command(
             &pipeline,
             RunFlags {
+                targets,
+                params,
+                force,
                 jobs,
                 store,
                 keep_going,
@@ -223,8 +240,31 @@ fn main() -> ExitCode {
 
 /// Loads a pipeline and matches it against the file system; diagnostics of both, sorted.
 fn load_and_expand(path: &Path) -> (Loaded, Option<mustbuild_lang::Expansion>, Vec<Diagnostic>) {
+    load_and_expand_with(path, &[])
+}
+
+/// The same, with `--param` overrides applied before the file system is matched.
+fn load_and_expand_with(
+    path: &Path,
+    overrides: &[(String, String)],
+) -> (Loaded, Option<mustbuild_lang::Expansion>, Vec<Diagnostic>) {
     let mut loaded = mustbuild_lang::load(path);
     let mut diags = std::mem::take(&mut loaded.diagnostics);
+    if let Some(wf) = loaded.workflow.as_mut() {
+        for (name, value) in overrides {
+            if let Err(near) = wf.override_param(name, value) {
+                let hint = near
+                    .map(|n| format!(" (did you mean `{n}`?)"))
+                    .unwrap_or_default();
+                diags.push(Diagnostic::file_error(
+                    path,
+                    format!("--param {name}: the pipeline has no param `{name}`{hint}"),
+                ));
+                loaded.workflow = None;
+                break;
+            }
+        }
+    }
     let expansion = loaded.workflow.as_ref().map(|wf| {
         let mut more = Diagnostics::default();
         let e = mustbuild_lang::expand(wf, &RealFiles, &mut more);
@@ -509,6 +549,9 @@ fn bytes(n: u64) -> String {
 }
 
 struct RunFlags {
+    targets: Vec<String>,
+    params: Vec<String>,
+    force: Vec<String>,
     jobs: Option<usize>,
     store: Option<PathBuf>,
     keep_going: bool,
@@ -526,12 +569,25 @@ fn total_memory() -> Option<u64> {
 fn run_command(path: &Path, flags: RunFlags) -> u8 {
     use mustbuild_engine::run::{Event, RunOptions};
     let RunFlags {
+        targets,
+        params,
+        force,
         jobs,
         store,
         keep_going,
         json,
     } = flags;
-    let (loaded, expansion, diags) = load_and_expand(path);
+    let mut overrides: Vec<(String, String)> = Vec::new();
+    for p in &params {
+        match p.split_once('=') {
+            Some((k, v)) => overrides.push((k.trim().to_string(), v.to_string())),
+            None => {
+                tell!("error: `--param {p}` needs NAME=VALUE");
+                return exit::USAGE;
+            }
+        }
+    }
+    let (loaded, expansion, diags) = load_and_expand_with(path, &overrides);
     let (Some(wf), Some(expansion)) = (&loaded.workflow, &expansion) else {
         print_diagnostics(&loaded, &diags);
         tell!("{}: {}", path.display(), count_summary(&diags));
@@ -551,6 +607,30 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         }
     };
     let instances = mustbuild_engine::instantiate(wf, expansion);
+    let selected = match select_targets(wf, &instances, &targets) {
+        Ok(s) => s,
+        Err(message) => {
+            tell!("error: {message}");
+            return exit::INVALID;
+        }
+    };
+    let mut forced = Vec::new();
+    for name in &force {
+        match wf.step_by_name(name) {
+            Some(id) => forced.push(id),
+            None => {
+                let hint = mustbuild_lang::names::did_you_mean(
+                    name,
+                    wf.steps.iter().map(|s| s.name.as_str()),
+                );
+                tell!(
+                    "error: --force names no step `{name}`{}",
+                    hint.map(|h| format!("; {h}")).unwrap_or_default()
+                );
+                return exit::INVALID;
+            }
+        }
+    }
     let cancel = mustbuild_executors::CancelToken::default();
     // Ctrl-C and SIGTERM stop the run: commands are killed, the store stays
     // consistent, and the next run resumes.
@@ -564,6 +644,8 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
             .unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_string()),
         keep_going,
         cancel: cancel.clone(),
+        selected,
+        force: forced,
     };
     let label = |step: &str, values: &[String]| {
         if values.is_empty() {
@@ -673,4 +755,49 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
             exit::ENVIRONMENT
         }
     }
+}
+
+/// The instances the targets need (all without targets): the named steps' instances,
+/// or the instance writing a named output path, with everything they read from.
+fn select_targets(
+    wf: &mustbuild_lang::Workflow,
+    instances: &mustbuild_engine::Instances,
+    targets: &[String],
+) -> Result<Option<Vec<bool>>, String> {
+    if targets.is_empty() {
+        return Ok(None);
+    }
+    let mut keep = vec![false; instances.all.len()];
+    let mut stack: Vec<usize> = Vec::new();
+    for t in targets {
+        let before = stack.len();
+        if let Some(step) = wf.step_by_name(t) {
+            stack.extend(instances.of_step(step).map(|i| i.index()));
+        } else {
+            let wanted = t.trim_start_matches("./").trim_end_matches('/');
+            stack.extend(
+                instances
+                    .all
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, i)| i.outputs.iter().any(|o| o == wanted))
+                    .map(|(i, _)| i),
+            );
+        }
+        if stack.len() == before {
+            let hint =
+                mustbuild_lang::names::did_you_mean(t, wf.steps.iter().map(|s| s.name.as_str()));
+            return Err(format!(
+                "target `{t}` is neither a step nor an output path{}",
+                hint.map(|h| format!("; {h}")).unwrap_or_default()
+            ));
+        }
+    }
+    while let Some(i) = stack.pop() {
+        if !keep[i] {
+            keep[i] = true;
+            stack.extend(instances.all[i].deps.iter().map(|d| d.index()));
+        }
+    }
+    Ok(Some(keep))
 }

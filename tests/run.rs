@@ -391,3 +391,95 @@ fn two_runs_at_once_never_run_a_derivation_twice() {
         );
     }
 }
+
+#[test]
+fn targets_params_and_force() {
+    let (_tmp, dir, store) = quickstart();
+    let r = run(
+        &dir,
+        &["run", "pipeline.kdl", "--store", &store, "read_stats"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.starts_with("executed 3, cached 0"), "{}", r.stdout);
+    assert!(!dir.join("results/report.md").exists());
+    let r = run(
+        &dir,
+        &[
+            "run",
+            "pipeline.kdl",
+            "--store",
+            &store,
+            "results/genome.tsv",
+        ],
+    );
+    assert!(r.stdout.starts_with("executed 1, cached 0"), "{}", r.stdout);
+    assert!(go(&dir, &store).0.starts_with("executed 4, cached 4"));
+
+    // --param overrides a value for this run only.
+    let r = run(
+        &dir,
+        &[
+            "run",
+            "pipeline.kdl",
+            "--store",
+            &store,
+            "--param",
+            "bins=5",
+        ],
+    );
+    assert!(
+        r.stdout.starts_with("executed 4, cached 4"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    let hist = std::fs::read_to_string(dir.join("results/gc/A.tsv")).unwrap();
+    assert_eq!(hist.lines().count(), 6, "5 bins and a header");
+    // Back to the file's value: everything is in the store already.
+    assert!(go(&dir, &store).0.starts_with("executed 0, cached 8"));
+
+    // --force reruns a step's derivations even though they are realised.
+    let r = run(
+        &dir,
+        &[
+            "run",
+            "pipeline.kdl",
+            "--store",
+            &store,
+            "--force",
+            "genome_stats",
+        ],
+    );
+    assert!(r.stdout.starts_with("executed 1, cached 7"), "{}", r.stdout);
+
+    let bad = run(
+        &dir,
+        &["run", "pipeline.kdl", "--store", &store, "read_stat"],
+    );
+    assert_eq!(bad.code, 1);
+    assert!(
+        bad.stderr.contains(
+            "target `read_stat` is neither a step nor an output path; did you mean `read_stats`?"
+        ),
+        "{}",
+        bad.stderr
+    );
+    let bad = run(
+        &dir,
+        &[
+            "run",
+            "pipeline.kdl",
+            "--store",
+            &store,
+            "--param",
+            "binz=3",
+        ],
+    );
+    assert_eq!(bad.code, 1);
+    assert!(
+        bad.stderr
+            .contains("the pipeline has no param `binz` (did you mean `bins`?)"),
+        "{}",
+        bad.stderr
+    );
+}

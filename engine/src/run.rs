@@ -57,6 +57,10 @@ pub struct RunOptions {
     pub keep_going: bool,
     /// Set to stop: running commands are killed, nothing new starts.
     pub cancel: CancelToken,
+    /// Only these instances (closed under dependencies); all when `None`.
+    pub selected: Option<Vec<bool>>,
+    /// Steps whose instances run even when realised (`--force`).
+    pub force: Vec<mustbuild_lang::model::StepId>,
 }
 
 /// What happened to one instance.
@@ -110,6 +114,8 @@ struct Job {
     /// Held from before the run until the realisation is committed: two processes
     /// never run the same derivation at once.
     lock: Option<std::fs::File>,
+    /// Run even if realised (`--force`).
+    force: bool,
     attempt: u32,
     cpus: usize,
     memory: u64,
@@ -162,15 +168,21 @@ pub fn run(
     let n = instances.all.len();
     let mut outputs: Vec<Option<Vec<Digest>>> = vec![None; n];
     let mut failed = vec![false; n];
+    let selected = |i: usize| options.selected.as_ref().is_none_or(|s| s[i]);
     let mut waiting: Vec<usize> = instances.all.iter().map(|i| i.deps.len()).collect();
     let mut dependents: Vec<Vec<InstanceId>> = vec![Vec::new(); n];
-    for (i, inst) in instances.all.iter().enumerate() {
+    for (i, inst) in instances
+        .all
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| selected(*i))
+    {
         for d in &inst.deps {
             dependents[d.index()].push(InstanceId(i as u32));
         }
     }
     let mut ready: std::collections::VecDeque<InstanceId> = (0..n)
-        .filter(|&i| waiting[i] == 0)
+        .filter(|&i| waiting[i] == 0 && selected(i))
         .map(|i| InstanceId(i as u32))
         .collect();
     let session = store.begin_session(&wf.name)?;
@@ -199,7 +211,11 @@ pub fn run(
                     let Ok(mut job) = job else { return };
                     job.lock = lock_key(store, &job.key).ok();
                     // Someone may have realised it while we waited for the lock.
-                    let elsewhere = store.realisation(&job.key).ok().flatten();
+                    let elsewhere = if job.force {
+                        None
+                    } else {
+                        store.realisation(&job.key).ok().flatten()
+                    };
                     let result = match elsewhere {
                         Some(_) => mustbuild_executors::ExecResult {
                             outcome: Outcome::Cancelled,
@@ -261,7 +277,12 @@ pub fn run(
                 };
                 let key = store.put_derivation(&material)?;
                 store.use_derivation(session, &key)?;
-                if let Some(realised) = store.realisation(&key)? {
+                let forced = options.force.contains(&inst.step);
+                if let Some(realised) = if forced {
+                    None
+                } else {
+                    store.realisation(&key)?
+                } {
                     materialize_outputs(wf, instances, store, id, &realised)?;
                     outputs[id.index()] = Some(realised.iter().map(|o| o.digest).collect());
                     summary.cached += 1;
@@ -273,6 +294,7 @@ pub fn run(
                     continue;
                 }
                 let mut job = prepare(wf, instances, store, id, key, &outputs, &options.path_var)?;
+                job.force = forced;
                 job.cpus = (step.resources.cpus as usize).min(total_cpus);
                 job.memory = step.resources.memory_bytes.unwrap_or(0).min(total_memory);
                 free_cpus -= job.cpus;
@@ -393,6 +415,7 @@ pub fn run(
                     &options.path_var,
                 )?;
                 again.attempt = job.attempt + 1;
+                again.force = job.force;
                 again.cpus = job.cpus;
                 again.memory = job.memory;
                 free_cpus -= again.cpus;
@@ -424,7 +447,7 @@ pub fn run(
         Ok(())
     });
     for (i, o) in outputs.iter().enumerate() {
-        if o.is_none() && !failed[i] {
+        if o.is_none() && !failed[i] && selected(i) {
             summary.skipped += 1;
             let inst = &instances.all[i];
             on_event(Event::Skipped {
@@ -550,6 +573,7 @@ fn prepare(
     Ok(Job {
         id,
         lock: None,
+        force: false,
         attempt: 0,
         cpus: 1,
         memory: 0,

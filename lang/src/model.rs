@@ -79,6 +79,21 @@ impl Workflow {
             .map(StepId::from_index)
     }
 
+    /// Replaces a param's value (`--param NAME=VALUE`): the text is substituted as
+    /// given. The error carries the closest existing name, if any.
+    pub fn override_param(&mut self, name: &str, value: &str) -> Result<(), Option<String>> {
+        match self.params.iter_mut().find(|p| p.name == name) {
+            Some(p) => {
+                p.value = value.to_string();
+                Ok(())
+            }
+            None => Err(
+                crate::names::closest(name, self.params.iter().map(|p| p.name.as_str()))
+                    .map(str::to_string),
+            ),
+        }
+    }
+
     /// Step-level edges `(upstream, downstream)`, each once, in step order.
     pub fn step_edges(&self) -> impl Iterator<Item = (StepId, StepId)> + '_ {
         self.steps
