@@ -121,6 +121,9 @@ enum Command {
         /// Go on with everything that does not depend on a failed step.
         #[arg(long)]
         keep_going: bool,
+        /// Say what would run and why; run nothing.
+        #[arg(long)]
+        dry_run: bool,
         /// One JSON object per event on stdout, then a summary object.
         #[arg(long)]
         json: bool,
@@ -221,6 +224,7 @@ fn main() -> ExitCode {
             jobs,
             store,
             keep_going,
+            dry_run,
             json,
         } => run_command(
             &pipeline,
@@ -231,6 +235,7 @@ fn main() -> ExitCode {
                 jobs,
                 store,
                 keep_going,
+                dry_run,
                 json,
             },
         ),
@@ -555,6 +560,7 @@ struct RunFlags {
     jobs: Option<usize>,
     store: Option<PathBuf>,
     keep_going: bool,
+    dry_run: bool,
     json: bool,
 }
 
@@ -575,6 +581,7 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         jobs,
         store,
         keep_going,
+        dry_run,
         json,
     } = flags;
     let mut overrides: Vec<(String, String)> = Vec::new();
@@ -631,6 +638,74 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
             }
         }
     }
+    let path_var =
+        std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_string());
+    let label = |step: &str, values: &[String]| {
+        if values.is_empty() {
+            step.to_string()
+        } else {
+            format!("{step} ({})", values.join(", "))
+        }
+    };
+    if dry_run {
+        use mustbuild_engine::plan::{Plan, plan};
+        return match plan(
+            wf,
+            &instances,
+            &store,
+            &path_var,
+            selected.as_deref(),
+            &forced,
+        ) {
+            Ok(items) => {
+                let (mut run, mut cached, mut after) = (0, 0, 0);
+                for (id, p) in &items {
+                    let inst = instances.get(*id);
+                    let name = label(&wf.step(inst.step).name, &inst.values);
+                    let (status, why) = match p {
+                        Plan::Cached => {
+                            cached += 1;
+                            ("cached", Vec::new())
+                        }
+                        Plan::Run(reasons) => {
+                            run += 1;
+                            ("run", reasons.clone())
+                        }
+                        Plan::After(steps) => {
+                            after += 1;
+                            (
+                                "after",
+                                steps.iter().map(|s| format!("after `{s}` runs")).collect(),
+                            )
+                        }
+                    };
+                    if json {
+                        outln!(
+                            "{}",
+                            serde_json::json!({"event": "plan", "status": status, "step": wf.step(inst.step).name.as_str(), "values": inst.values, "why": why})
+                        );
+                    } else if status != "cached" {
+                        outln!("{status:<7} {name}: {}", why.join(", "));
+                    }
+                }
+                if json {
+                    outln!(
+                        "{}",
+                        serde_json::json!({"event": "summary", "dry_run": true, "run": run, "cached": cached, "after": after})
+                    );
+                } else {
+                    outln!(
+                        "would run {run}, cached {cached}, decided after an upstream runs {after}"
+                    );
+                }
+                exit::OK
+            }
+            Err(e) => {
+                tell!("error: {e}");
+                exit::ENVIRONMENT
+            }
+        };
+    }
     let cancel = mustbuild_executors::CancelToken::default();
     // Ctrl-C and SIGTERM stop the run: commands are killed, the store stays
     // consistent, and the next run resumes.
@@ -640,19 +715,11 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
     let options = RunOptions {
         jobs: jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         memory_bytes: total_memory(),
-        path_var: std::env::var("PATH")
-            .unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_string()),
+        path_var,
         keep_going,
         cancel: cancel.clone(),
         selected,
         force: forced,
-    };
-    let label = |step: &str, values: &[String]| {
-        if values.is_empty() {
-            step.to_string()
-        } else {
-            format!("{step} ({})", values.join(", "))
-        }
     };
     let mut on_event = |e: Event| {
         if json {

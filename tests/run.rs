@@ -483,3 +483,44 @@ fn targets_params_and_force() {
         bad.stderr
     );
 }
+
+#[test]
+fn dry_run_says_what_would_run_and_why() {
+    let (_tmp, dir, store) = quickstart();
+    let dry = run(
+        &dir,
+        &["run", "pipeline.kdl", "--store", &store, "--dry-run"],
+    );
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    assert!(
+        dry.stdout.contains("run     genome_stats: new"),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        dry.stdout
+            .contains("after   report: after `genome_stats` runs"),
+        "{}",
+        dry.stdout
+    );
+    assert!(!dir.join("results").exists(), "a dry run runs nothing");
+    go(&dir, &store);
+    edit(&dir.join("pipeline.kdl"), "param bins 20", "param bins 30");
+    let dry = run(
+        &dir,
+        &["run", "pipeline.kdl", "--store", &store, "--dry-run"],
+    );
+    assert!(
+        dry.stdout.contains(
+            "run     gc_histogram (data/samples/A.fastq): command changed, param `bins` changed"
+        ),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        dry.stdout
+            .ends_with("would run 3, cached 4, decided after an upstream runs 1\n"),
+        "{}",
+        dry.stdout
+    );
+}

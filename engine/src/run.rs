@@ -277,6 +277,7 @@ pub fn run(
                 };
                 let key = store.put_derivation(&material)?;
                 store.use_derivation(session, &key)?;
+                store.set_last_key(&wf.name, &step.name, &instance_label(&inst.values), &key)?;
                 let forced = options.force.contains(&inst.step);
                 if let Some(realised) = if forced {
                     None
@@ -624,4 +625,9 @@ fn remove_tree(path: &Path) -> std::io::Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// How an instance is named among its step's: its fan-out values.
+pub fn instance_label(values: &[String]) -> String {
+    values.join("\t")
 }

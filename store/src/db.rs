@@ -116,6 +116,19 @@ CREATE TABLE IF NOT EXISTS file_digests (
 ) WITHOUT ROWID;
 ";
 
+/// The last key of each instance of each step of each pipeline: what `--dry-run`
+/// and `why` compare a new key with.
+const LAST_KEYS: &str = "
+CREATE TABLE IF NOT EXISTS last_keys (
+    pipeline TEXT NOT NULL,
+    step     TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    key      BLOB NOT NULL,
+    added_ms INTEGER NOT NULL,
+    PRIMARY KEY (pipeline, step, instance)
+) WITHOUT ROWID;
+";
+
 /// Opens (and creates or migrates) the database.
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
@@ -154,6 +167,8 @@ fn initialise(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    // Added within schema 1: created on stores made before it.
+    conn.execute_batch(LAST_KEYS)?;
     if version == 0 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"

@@ -695,6 +695,34 @@ impl LocalStore {
         Ok(())
     }
 
+    /// Remembers `key` as the latest of an instance (`instance`: its fan-out values).
+    pub fn set_last_key(
+        &self,
+        pipeline: &str,
+        step: &str,
+        instance: &str,
+        key: &Digest,
+    ) -> Result<()> {
+        self.conn()
+            .prepare_cached(
+                "INSERT OR REPLACE INTO last_keys (pipeline, step, instance, key, added_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![pipeline, step, instance, key.as_bytes(), now_ms()])?;
+        Ok(())
+    }
+
+    /// The latest key of an instance, if it ever had one.
+    pub fn last_key(&self, pipeline: &str, step: &str, instance: &str) -> Result<Option<Digest>> {
+        let bytes: Option<Vec<u8>> = self
+            .conn()
+            .prepare_cached(
+                "SELECT key FROM last_keys WHERE pipeline = ?1 AND step = ?2 AND instance = ?3",
+            )?
+            .query_row(params![pipeline, step, instance], |r| r.get(0))
+            .optional()?;
+        Ok(bytes.as_deref().and_then(Digest::from_slice))
+    }
+
     /// Records one execution of a derivation.
     pub fn add_run(&self, run: &RunRecord) -> Result<i64> {
         let conn = self.conn();
