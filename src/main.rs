@@ -706,6 +706,7 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
             }
         };
     }
+    let wall = std::time::Instant::now();
     let cancel = mustbuild_executors::CancelToken::default();
     // Ctrl-C and SIGTERM stop the run: commands are killed, the store stays
     // consistent, and the next run resumes.
@@ -752,6 +753,9 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
                 } => {
                     serde_json::json!({"event": "retrying", "step": step, "values": values, "attempt": attempt})
                 }
+                Event::Replaced { path, backup } => {
+                    serde_json::json!({"event": "replaced", "path": path, "backup": backup})
+                }
                 Event::Skipped { step, values } => {
                     serde_json::json!({"event": "skipped", "step": step, "values": values})
                 }
@@ -783,6 +787,9 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
                 values,
                 attempt,
             } => tell!("retry    {} (attempt {attempt})", label(&step, &values)),
+            Event::Replaced { path, backup } => tell!(
+                "warning: `{path}` was edited since mustbuild wrote it: kept as `{backup}`, replaced"
+            ),
             Event::Skipped { step, values } => {
                 tell!("skipped  {} (an input failed)", label(&step, &values))
             }
@@ -792,7 +799,8 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         Ok(s) => {
             if json {
                 let summary = serde_json::json!({"event": "summary", "executed": s.executed, "cached": s.cached,
-                    "failed": s.failed, "cancelled": s.cancelled, "skipped": s.skipped, "run_id": s.session});
+                    "failed": s.failed, "cancelled": s.cancelled, "skipped": s.skipped, "run_id": s.session,
+                    "wall_seconds": wall.elapsed().as_secs_f64(), "cpu_seconds": s.cpu_seconds});
                 outln!("{summary}");
             } else {
                 let cancelled = if s.cancelled > 0 {
@@ -801,11 +809,13 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
                     String::new()
                 };
                 outln!(
-                    "executed {}, cached {}, failed {}, skipped {}{cancelled} (session {})",
+                    "executed {}, cached {}, failed {}, skipped {}{cancelled} in {:.2} s, {:.2} s CPU (session {})",
                     s.executed,
                     s.cached,
                     s.failed,
                     s.skipped,
+                    wall.elapsed().as_secs_f64(),
+                    s.cpu_seconds,
                     s.session
                 );
             }

@@ -524,3 +524,74 @@ fn dry_run_says_what_would_run_and_why() {
         dry.stdout
     );
 }
+
+#[test]
+fn an_edited_output_is_kept_aside_and_replaced() {
+    let (_tmp, dir, store) = quickstart();
+    go(&dir, &store);
+    let report = dir.join("results/report.md");
+    let original = std::fs::read_to_string(&report).unwrap();
+    std::fs::write(&report, "my own notes\n").unwrap();
+    let r = run(&dir, &["run", "pipeline.kdl", "--store", &store]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.starts_with("executed 0, cached 8"), "{}", r.stdout);
+    assert!(r.stderr.contains("`results/report.md` was edited since mustbuild wrote it: kept as `results/report.md.edited`"), "{}", r.stderr);
+    assert_eq!(std::fs::read_to_string(&report).unwrap(), original);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("results/report.md.edited")).unwrap(),
+        "my own notes\n"
+    );
+    // An untouched workspace is not copied again, and no warning appears.
+    let r = run(&dir, &["run", "pipeline.kdl", "--store", &store]);
+    assert!(!r.stderr.contains("edited"), "{}", r.stderr);
+}
+
+#[test]
+fn a_fan_out_of_a_thousand() {
+    let tmp = tempfile::tempdir().unwrap();
+    let values: Vec<String> = (0..1000).map(|i| format!("\"v{i}\"")).collect();
+    write_pipeline(
+        tmp.path(),
+        &format!(
+            "pipeline \"wide\"\nstep each {{\n    foreach v {}\n    out o=\"out/{{v}}.txt\"\n    run \"echo {{v}} > {{out.o}}\"\n}}\nstep all {{\n    in parts=each.o\n    out n=\"count.txt\"\n    run \"cat {{in.parts}} | wc -l > {{out.n}}\"\n}}\n",
+            values.join(" ")
+        ),
+    );
+    let store = tmp.path().join("store");
+    let r = run(
+        tmp.path(),
+        &[
+            "run",
+            "pipeline.kdl",
+            "--store",
+            store.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let summary: serde_json::Value =
+        serde_json::from_str(r.stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["executed"], 1001);
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("count.txt"))
+            .unwrap()
+            .trim(),
+        "1000"
+    );
+    let again = run(
+        tmp.path(),
+        &[
+            "run",
+            "pipeline.kdl",
+            "--store",
+            store.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(again.stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (summary["executed"].as_u64(), summary["cached"].as_u64()),
+        (Some(0), Some(1001))
+    );
+}

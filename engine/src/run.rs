@@ -85,6 +85,11 @@ pub enum Event {
         outcome: Outcome,
         log_tail: String,
     },
+    /// A workspace output someone edited was kept aside and replaced.
+    Replaced {
+        path: String,
+        backup: String,
+    },
     /// A failed run tried again.
     Retrying {
         step: String,
@@ -97,7 +102,7 @@ pub enum Event {
     },
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunSummary {
     pub executed: usize,
     pub cached: usize,
@@ -106,6 +111,8 @@ pub struct RunSummary {
     pub cancelled: usize,
     /// Not run because something they read failed.
     pub skipped: usize,
+    /// User and system CPU time of the commands run (retries included).
+    pub cpu_seconds: f64,
     pub session: i64,
 }
 
@@ -284,7 +291,7 @@ pub fn run(
                 } else {
                     store.realisation(&key)?
                 } {
-                    materialize_outputs(wf, instances, store, id, &realised)?;
+                    materialize_outputs(wf, instances, store, id, &realised, on_event)?;
                     outputs[id.index()] = Some(realised.iter().map(|o| o.digest).collect());
                     summary.cached += 1;
                     on_event(Event::Cached {
@@ -325,9 +332,10 @@ pub fn run(
             free_memory += job.memory;
             let inst = instances.get(job.id);
             let step = wf.step(inst.step);
+            summary.cpu_seconds += (result.usage.user_cpu + result.usage.system_cpu).as_secs_f64();
             if let Some(realised) = realised_elsewhere {
                 let _ = remove_tree(&job.scratch);
-                materialize_outputs(wf, instances, store, job.id, &realised)?;
+                materialize_outputs(wf, instances, store, job.id, &realised, on_event)?;
                 outputs[job.id.index()] = Some(realised.iter().map(|o| o.digest).collect());
                 summary.cached += 1;
                 on_event(Event::Cached {
@@ -388,7 +396,7 @@ pub fn run(
                 store.realise(&job.key, &stored)?;
                 drop(job.lock);
                 let _ = std::fs::remove_file(store.root().join("locks").join(job.key.to_hex()));
-                materialize_outputs(wf, instances, store, job.id, &stored)?;
+                materialize_outputs(wf, instances, store, job.id, &stored, on_event)?;
                 outputs[job.id.index()] = Some(stored.iter().map(|o| o.digest).collect());
                 summary.executed += 1;
                 on_event(Event::Executed {
@@ -602,19 +610,44 @@ fn copy_in(src: &Path, dest: &Path) -> Result<(), RunError> {
     Ok(())
 }
 
+/// Puts an instance's outputs in the workspace. An output already there with the
+/// right content is left alone (a no-op run copies nothing). One whose content
+/// differs from what mustbuild last put there was edited by someone: it is kept
+/// as `NAME.edited` and reported, then replaced.
 fn materialize_outputs(
     wf: &Workflow,
     instances: &Instances,
     store: &LocalStore,
     id: InstanceId,
     outputs: &[Output],
+    on_event: &mut dyn FnMut(Event),
 ) -> Result<(), RunError> {
     let inst = instances.get(id);
     let step = wf.step(inst.step);
     for (decl, path) in step.outputs.iter().zip(&inst.outputs) {
-        if let Some(o) = outputs.iter().find(|o| o.name == decl.name.as_str()) {
-            store.materialize(&o.digest, o.kind, &wf.root.join(path))?;
+        let Some(o) = outputs.iter().find(|o| o.name == decl.name.as_str()) else {
+            continue;
+        };
+        let dest = wf.root.join(path);
+        let absolute = std::path::absolute(&dest).unwrap_or_else(|_| dest.clone());
+        if std::fs::symlink_metadata(&dest).is_ok() {
+            let current = store.path_digest(&dest).ok().map(|(d, _, _)| d);
+            if current == Some(o.digest) {
+                store.set_materialised(&absolute, &o.digest)?;
+                continue;
+            }
+            let last = store.materialised(&absolute)?;
+            if last.is_some() && current.is_some() && current != last {
+                let backup = wf.root.join(format!("{path}.edited"));
+                std::fs::rename(&dest, &backup).map_err(io_err("keep the edited", &dest))?;
+                on_event(Event::Replaced {
+                    path: path.clone(),
+                    backup: format!("{path}.edited"),
+                });
+            }
         }
+        store.materialize(&o.digest, o.kind, &dest)?;
+        store.set_materialised(&absolute, &o.digest)?;
     }
     Ok(())
 }

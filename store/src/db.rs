@@ -127,6 +127,13 @@ CREATE TABLE IF NOT EXISTS last_keys (
     added_ms INTEGER NOT NULL,
     PRIMARY KEY (pipeline, step, instance)
 ) WITHOUT ROWID;
+
+-- What was last materialised at each workspace path: a different content there
+-- later means the user edited it.
+CREATE TABLE IF NOT EXISTS materialised (
+    path   TEXT PRIMARY KEY,
+    digest BLOB NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// Opens (and creates or migrates) the database.

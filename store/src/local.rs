@@ -723,6 +723,24 @@ impl LocalStore {
         Ok(bytes.as_deref().and_then(Digest::from_slice))
     }
 
+    /// Remembers what was materialised at a workspace path.
+    pub fn set_materialised(&self, path: &Path, digest: &Digest) -> Result<()> {
+        self.conn()
+            .prepare_cached("INSERT OR REPLACE INTO materialised (path, digest) VALUES (?1, ?2)")?
+            .execute(params![path.to_string_lossy(), digest.as_bytes()])?;
+        Ok(())
+    }
+
+    /// What was last materialised at a workspace path.
+    pub fn materialised(&self, path: &Path) -> Result<Option<Digest>> {
+        let bytes: Option<Vec<u8>> = self
+            .conn()
+            .prepare_cached("SELECT digest FROM materialised WHERE path = ?1")?
+            .query_row([path.to_string_lossy()], |r| r.get(0))
+            .optional()?;
+        Ok(bytes.as_deref().and_then(Digest::from_slice))
+    }
+
     /// Records one execution of a derivation.
     pub fn add_run(&self, run: &RunRecord) -> Result<i64> {
         let conn = self.conn();
