@@ -78,6 +78,25 @@ pub fn resolve_tool(
     Err(KeyError::ToolNotFound(name.to_string()))
 }
 
+/// The identity of every tool the pipeline and its steps declare.
+pub fn resolve_tools(
+    wf: &Workflow,
+    store: &LocalStore,
+    path_var: &str,
+) -> Result<BTreeMap<String, ToolIdentity>, KeyError> {
+    let mut tools = BTreeMap::new();
+    for t in wf
+        .tools
+        .iter()
+        .chain(wf.steps.iter().flat_map(|s| s.tools.iter()))
+    {
+        if !tools.contains_key(t.name.as_str()) {
+            tools.insert(t.name.to_string(), resolve_tool(store, &t.name, path_var)?);
+        }
+    }
+    Ok(tools)
+}
+
 /// Everything the key of an instance is computed from besides the instance itself.
 pub struct KeyContext<'a> {
     pub wf: &'a Workflow,

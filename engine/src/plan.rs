@@ -3,11 +3,10 @@
 //! key — a field-by-field comparison of the two keys' material.
 
 use crate::instantiate::{InstanceId, Instances};
-use crate::keys::{KeyContext, ToolIdentity, key_material, resolve_tool};
+use crate::keys::{KeyContext, key_material, resolve_tools};
 use crate::run::{RunError, instance_label};
 use mustbuild_lang::model::Workflow;
 use mustbuild_store::{Digest, FieldChange, LocalStore};
-use std::collections::BTreeMap;
 
 /// What would happen to one instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,16 +28,7 @@ pub fn plan(
     selected: Option<&[bool]>,
     force: &[mustbuild_lang::model::StepId],
 ) -> Result<Vec<(InstanceId, Plan)>, RunError> {
-    let mut tools: BTreeMap<String, ToolIdentity> = BTreeMap::new();
-    for t in wf
-        .tools
-        .iter()
-        .chain(wf.steps.iter().flat_map(|s| s.tools.iter()))
-    {
-        if !tools.contains_key(t.name.as_str()) {
-            tools.insert(t.name.to_string(), resolve_tool(store, &t.name, path_var)?);
-        }
-    }
+    let tools = resolve_tools(wf, store, path_var)?;
     let mut outputs: Vec<Option<Vec<Digest>>> = vec![None; instances.all.len()];
     let mut out = Vec::new();
     for (i, inst) in instances.all.iter().enumerate() {

@@ -13,11 +13,10 @@
 //! display, `--dry-run` reasons, targets.
 
 use crate::instantiate::{FileRef, InstanceId, Instances};
-use crate::keys::{KeyContext, KeyError, ToolIdentity, key_material, resolve_tool};
+use crate::keys::{KeyContext, KeyError, key_material, resolve_tools};
 use mustbuild_executors::{CancelToken, ExecRequest, Outcome};
 use mustbuild_lang::model::{PathKind, Workflow};
 use mustbuild_store::{Digest, Ingest, LocalStore, Output, OutputKind, RunRecord, StoreError};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
@@ -159,19 +158,7 @@ pub fn run(
     options: &RunOptions,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<RunSummary, RunError> {
-    let mut tools: BTreeMap<String, ToolIdentity> = BTreeMap::new();
-    for t in wf
-        .tools
-        .iter()
-        .chain(wf.steps.iter().flat_map(|s| s.tools.iter()))
-    {
-        if !tools.contains_key(t.name.as_str()) {
-            tools.insert(
-                t.name.to_string(),
-                resolve_tool(store, &t.name, &options.path_var)?,
-            );
-        }
-    }
+    let tools = resolve_tools(wf, store, &options.path_var)?;
     let n = instances.all.len();
     let mut outputs: Vec<Option<Vec<Digest>>> = vec![None; n];
     let mut failed = vec![false; n];
