@@ -93,8 +93,8 @@ enum Command {
     },
     /// Run a pipeline: execute what changed, take the rest from the store.
     ///
-    /// A first version: every step, up to -j at a time, stopping new work at the
-    /// first failure. Progress is printed as plain lines on stderr; the summary on
+    /// Steps run up to -j CPUs at a time; after a failure nothing new starts unless
+    /// --keep-going. Progress is printed as plain lines on stderr, the summary on
     /// stdout.
     #[command(
         after_help = "Examples:\n  mustbuild run examples/quickstart/pipeline.kdl\n  mustbuild run pipeline.kdl -j 8 --store /scratch/me/store"
@@ -102,31 +102,8 @@ enum Command {
     Run {
         /// The pipeline file.
         pipeline: PathBuf,
-        /// Run only what these need: step names or output paths (relative to the
-        /// pipeline's folder).
-        targets: Vec<String>,
-        /// Override a param: --param bins=40 (repeatable).
-        #[arg(long = "param", value_name = "NAME=VALUE")]
-        params: Vec<String>,
-        /// Run this step's derivations even when realised (repeatable).
-        #[arg(long, value_name = "STEP")]
-        force: Vec<String>,
-        /// How many commands run at once [default: the number of cores].
-        #[arg(short, long)]
-        jobs: Option<usize>,
-        /// The store [default: $MUSTBUILD_STORE, else $XDG_CACHE_HOME/mustbuild/store,
-        /// else ~/.cache/mustbuild/store].
-        #[arg(long, value_name = "PATH")]
-        store: Option<PathBuf>,
-        /// Go on with everything that does not depend on a failed step.
-        #[arg(long)]
-        keep_going: bool,
-        /// Say what would run and why; run nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// One JSON object per event on stdout, then a summary object.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        flags: RunFlags,
     },
     /// Inspect and maintain the store: info, verify, gc.
     Store {
@@ -216,29 +193,7 @@ fn main() -> ExitCode {
         Command::Graph { pipeline, format } => graph(&pipeline, format),
         Command::Fmt { files, check } => fmt(&files, check),
         Command::Store { store, command } => store_command(store, command),
-        Command::Run {
-            pipeline,
-            targets,
-            params,
-            force,
-            jobs,
-            store,
-            keep_going,
-            dry_run,
-            json,
-        } => run_command(
-            &pipeline,
-            RunFlags {
-                targets,
-                params,
-                force,
-                jobs,
-                store,
-                keep_going,
-                dry_run,
-                json,
-            },
-        ),
+        Command::Run { pipeline, flags } => run_command(&pipeline, flags),
     };
     ExitCode::from(code)
 }
@@ -553,14 +508,33 @@ fn bytes(n: u64) -> String {
     }
 }
 
+/// The options of `mustbuild run`.
+#[derive(clap::Args)]
 struct RunFlags {
+    /// Run only what these need: step names or output paths (relative to the
+    /// pipeline's folder).
     targets: Vec<String>,
+    /// Override a param: --param bins=40 (repeatable).
+    #[arg(long = "param", value_name = "NAME=VALUE")]
     params: Vec<String>,
+    /// Run this step's derivations even when realised (repeatable).
+    #[arg(long, value_name = "STEP")]
     force: Vec<String>,
+    /// How many commands run at once [default: the number of cores].
+    #[arg(short, long)]
     jobs: Option<usize>,
+    /// The store [default: $MUSTBUILD_STORE, else $XDG_CACHE_HOME/mustbuild/store,
+    /// else ~/.cache/mustbuild/store].
+    #[arg(long, value_name = "PATH")]
     store: Option<PathBuf>,
+    /// Go on with everything that does not depend on a failed step.
+    #[arg(long)]
     keep_going: bool,
+    /// Say what would run and why; run nothing.
+    #[arg(long)]
     dry_run: bool,
+    /// One JSON object per event on stdout, then a summary object.
+    #[arg(long)]
     json: bool,
 }
 

@@ -27,9 +27,16 @@ fn copy_dir(src: &Path, dest: &Path) {
     }
 }
 
+/// `mustbuild run pipeline.kdl --store STORE ARGS…` in `dir`.
+fn run_with(dir: &Path, store: &str, args: &[&str]) -> common::Run {
+    let mut all = vec!["run", "pipeline.kdl", "--store", store];
+    all.extend_from_slice(args);
+    run(dir, &all)
+}
+
 /// Runs the pipeline; returns the summary line and the names of the steps that ran.
 fn go(dir: &Path, store: &str) -> (String, Vec<String>) {
-    let r = run(dir, &["run", "pipeline.kdl", "--store", store]);
+    let r = run_with(dir, store, &[]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     let ran = r
         .stderr
@@ -124,10 +131,7 @@ fn a_failing_step_says_why_and_realises_nothing() {
     )
     .unwrap();
     let store = tmp.path().join("store");
-    let r = run(
-        tmp.path(),
-        &["run", "pipeline.kdl", "--store", store.to_str().unwrap()],
-    );
+    let r = run_with(tmp.path(), store.to_str().unwrap(), &[]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(
         r.stderr.contains("FAILED   bad: Failed { exit_code: 3 }"),
@@ -147,10 +151,7 @@ fn a_failing_step_says_why_and_realises_nothing() {
         "nothing of a failed step reaches the workspace"
     );
     // And nothing of it is realised: the next run runs it again.
-    let again = run(
-        tmp.path(),
-        &["run", "pipeline.kdl", "--store", store.to_str().unwrap()],
-    );
+    let again = run_with(tmp.path(), store.to_str().unwrap(), &[]);
     assert!(again.stderr.contains("run      bad"), "{}", again.stderr);
 }
 
@@ -184,18 +185,10 @@ step independent {{
         ),
     );
     let store = tmp.path().join("store");
-    let r = run(
+    let r = run_with(
         tmp.path(),
-        &[
-            "run",
-            "pipeline.kdl",
-            "--store",
-            store.to_str().unwrap(),
-            "--keep-going",
-            "--json",
-            "-j",
-            "1",
-        ],
+        store.to_str().unwrap(),
+        &["--keep-going", "--json", "-j", "1"],
     );
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     let events: Vec<serde_json::Value> = r
@@ -243,17 +236,7 @@ fn steps_take_their_cpus_out_of_j() {
         &format!("pipeline \"c\"\n{}{}", step(1), step(2)),
     );
     let store = tmp.path().join("store");
-    let r = run(
-        tmp.path(),
-        &[
-            "run",
-            "pipeline.kdl",
-            "--store",
-            store.to_str().unwrap(),
-            "-j",
-            "2",
-        ],
-    );
+    let r = run_with(tmp.path(), store.to_str().unwrap(), &["-j", "2"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     // With 2 CPUs and 2 per step, the second starts after the first ends.
     let log = std::fs::read_to_string(&times).unwrap();
@@ -309,10 +292,7 @@ fn sigint_stops_the_run_and_the_next_run_does_only_the_rest() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("cancelled 1"));
     // The next run takes quick from the store and runs only slow.
     std::fs::remove_file(&slow).unwrap();
-    let r = run(
-        tmp.path(),
-        &["run", "pipeline.kdl", "--store", store.to_str().unwrap()],
-    );
+    let r = run_with(tmp.path(), store.to_str().unwrap(), &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.starts_with("executed 1, cached 1"), "{}", r.stdout);
     assert_eq!(
@@ -395,38 +375,16 @@ fn two_runs_at_once_never_run_a_derivation_twice() {
 #[test]
 fn targets_params_and_force() {
     let (_tmp, dir, store) = quickstart();
-    let r = run(
-        &dir,
-        &["run", "pipeline.kdl", "--store", &store, "read_stats"],
-    );
+    let r = run_with(&dir, &store, &["read_stats"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.starts_with("executed 3, cached 0"), "{}", r.stdout);
     assert!(!dir.join("results/report.md").exists());
-    let r = run(
-        &dir,
-        &[
-            "run",
-            "pipeline.kdl",
-            "--store",
-            &store,
-            "results/genome.tsv",
-        ],
-    );
+    let r = run_with(&dir, &store, &["results/genome.tsv"]);
     assert!(r.stdout.starts_with("executed 1, cached 0"), "{}", r.stdout);
     assert!(go(&dir, &store).0.starts_with("executed 4, cached 4"));
 
     // --param overrides a value for this run only.
-    let r = run(
-        &dir,
-        &[
-            "run",
-            "pipeline.kdl",
-            "--store",
-            &store,
-            "--param",
-            "bins=5",
-        ],
-    );
+    let r = run_with(&dir, &store, &["--param", "bins=5"]);
     assert!(
         r.stdout.starts_with("executed 4, cached 4"),
         "{}{}",
@@ -439,23 +397,10 @@ fn targets_params_and_force() {
     assert!(go(&dir, &store).0.starts_with("executed 0, cached 8"));
 
     // --force reruns a step's derivations even though they are realised.
-    let r = run(
-        &dir,
-        &[
-            "run",
-            "pipeline.kdl",
-            "--store",
-            &store,
-            "--force",
-            "genome_stats",
-        ],
-    );
+    let r = run_with(&dir, &store, &["--force", "genome_stats"]);
     assert!(r.stdout.starts_with("executed 1, cached 7"), "{}", r.stdout);
 
-    let bad = run(
-        &dir,
-        &["run", "pipeline.kdl", "--store", &store, "read_stat"],
-    );
+    let bad = run_with(&dir, &store, &["read_stat"]);
     assert_eq!(bad.code, 1);
     assert!(
         bad.stderr.contains(
@@ -464,17 +409,7 @@ fn targets_params_and_force() {
         "{}",
         bad.stderr
     );
-    let bad = run(
-        &dir,
-        &[
-            "run",
-            "pipeline.kdl",
-            "--store",
-            &store,
-            "--param",
-            "binz=3",
-        ],
-    );
+    let bad = run_with(&dir, &store, &["--param", "binz=3"]);
     assert_eq!(bad.code, 1);
     assert!(
         bad.stderr
@@ -487,10 +422,7 @@ fn targets_params_and_force() {
 #[test]
 fn dry_run_says_what_would_run_and_why() {
     let (_tmp, dir, store) = quickstart();
-    let dry = run(
-        &dir,
-        &["run", "pipeline.kdl", "--store", &store, "--dry-run"],
-    );
+    let dry = run_with(&dir, &store, &["--dry-run"]);
     assert_eq!(dry.code, 0, "{}", dry.stderr);
     assert!(
         dry.stdout.contains("run     genome_stats: new"),
@@ -506,10 +438,7 @@ fn dry_run_says_what_would_run_and_why() {
     assert!(!dir.join("results").exists(), "a dry run runs nothing");
     go(&dir, &store);
     edit(&dir.join("pipeline.kdl"), "param bins 20", "param bins 30");
-    let dry = run(
-        &dir,
-        &["run", "pipeline.kdl", "--store", &store, "--dry-run"],
-    );
+    let dry = run_with(&dir, &store, &["--dry-run"]);
     assert!(
         dry.stdout.contains(
             "run     gc_histogram (data/samples/A.fastq): command changed, param `bins` changed"
@@ -532,7 +461,7 @@ fn an_edited_output_is_kept_aside_and_replaced() {
     let report = dir.join("results/report.md");
     let original = std::fs::read_to_string(&report).unwrap();
     std::fs::write(&report, "my own notes\n").unwrap();
-    let r = run(&dir, &["run", "pipeline.kdl", "--store", &store]);
+    let r = run_with(&dir, &store, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.starts_with("executed 0, cached 8"), "{}", r.stdout);
     assert!(r.stderr.contains("`results/report.md` was edited since mustbuild wrote it: kept as `results/report.md.edited`"), "{}", r.stderr);
@@ -542,7 +471,7 @@ fn an_edited_output_is_kept_aside_and_replaced() {
         "my own notes\n"
     );
     // An untouched workspace is not copied again, and no warning appears.
-    let r = run(&dir, &["run", "pipeline.kdl", "--store", &store]);
+    let r = run_with(&dir, &store, &[]);
     assert!(!r.stderr.contains("edited"), "{}", r.stderr);
 }
 
@@ -558,16 +487,7 @@ fn a_fan_out_of_a_thousand() {
         ),
     );
     let store = tmp.path().join("store");
-    let r = run(
-        tmp.path(),
-        &[
-            "run",
-            "pipeline.kdl",
-            "--store",
-            store.to_str().unwrap(),
-            "--json",
-        ],
-    );
+    let r = run_with(tmp.path(), store.to_str().unwrap(), &["--json"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let summary: serde_json::Value =
         serde_json::from_str(r.stdout.lines().last().unwrap()).unwrap();
@@ -578,16 +498,7 @@ fn a_fan_out_of_a_thousand() {
             .trim(),
         "1000"
     );
-    let again = run(
-        tmp.path(),
-        &[
-            "run",
-            "pipeline.kdl",
-            "--store",
-            store.to_str().unwrap(),
-            "--json",
-        ],
-    );
+    let again = run_with(tmp.path(), store.to_str().unwrap(), &["--json"]);
     let summary: serde_json::Value =
         serde_json::from_str(again.stdout.lines().last().unwrap()).unwrap();
     assert_eq!(

@@ -121,6 +121,28 @@ fn text(s: impl Into<String>) -> Field {
     Field::Text(s.into())
 }
 
+/// The key material of an instance given the output digests known so far (per
+/// instance, per output), or `None` while one it reads is not known.
+pub fn key_from_outputs(
+    wf: &Workflow,
+    instances: &Instances,
+    store: &LocalStore,
+    tools: &BTreeMap<String, ToolIdentity>,
+    outputs: &[Option<Vec<Digest>>],
+    id: InstanceId,
+) -> Result<Option<KeyMaterial>, KeyError> {
+    let upstream = |u: InstanceId, o: usize| outputs[u.index()].as_ref().map(|d| d[o]);
+    let cx = KeyContext {
+        wf,
+        instances,
+        store,
+        root: &wf.root,
+        tools,
+        upstream: &upstream,
+    };
+    key_material(&cx, id)
+}
+
 /// The key material of an instance, or `None` while an upstream output is not known.
 pub fn key_material(cx: &KeyContext<'_>, id: InstanceId) -> Result<Option<KeyMaterial>, KeyError> {
     let inst = cx.instances.get(id);

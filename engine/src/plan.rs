@@ -3,7 +3,7 @@
 //! key — a field-by-field comparison of the two keys' material.
 
 use crate::instantiate::{InstanceId, Instances};
-use crate::keys::{KeyContext, key_material, resolve_tools};
+use crate::keys::{key_from_outputs, resolve_tools};
 use crate::run::{RunError, instance_label};
 use mustbuild_lang::model::Workflow;
 use mustbuild_store::{Digest, FieldChange, LocalStore};
@@ -37,16 +37,7 @@ pub fn plan(
         }
         let id = InstanceId(i as u32);
         let step = wf.step(inst.step);
-        let upstream = |u: InstanceId, o: usize| outputs[u.index()].as_ref().map(|d| d[o]);
-        let cx = KeyContext {
-            wf,
-            instances,
-            store,
-            root: &wf.root,
-            tools: &tools,
-            upstream: &upstream,
-        };
-        let Some(material) = key_material(&cx, id)? else {
+        let Some(material) = key_from_outputs(wf, instances, store, &tools, &outputs, id)? else {
             let mut waiting: Vec<String> = inst
                 .deps
                 .iter()

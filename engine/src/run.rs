@@ -13,7 +13,7 @@
 //! display, `--dry-run` reasons, targets.
 
 use crate::instantiate::{FileRef, InstanceId, Instances};
-use crate::keys::{KeyContext, KeyError, key_material, resolve_tools};
+use crate::keys::{KeyError, key_from_outputs, resolve_tools};
 use mustbuild_executors::{CancelToken, ExecRequest, Outcome};
 use mustbuild_lang::model::{PathKind, Workflow};
 use mustbuild_store::{Digest, Ingest, LocalStore, Output, OutputKind, RunRecord, StoreError};
@@ -257,16 +257,8 @@ pub fn run(
                 };
                 let inst = instances.get(id);
                 let step = wf.step(inst.step);
-                let upstream = |u: InstanceId, o: usize| outputs[u.index()].as_ref().map(|d| d[o]);
-                let cx = KeyContext {
-                    wf,
-                    instances,
-                    store,
-                    root: &wf.root,
-                    tools: &tools,
-                    upstream: &upstream,
-                };
-                let Some(material) = key_material(&cx, id)? else {
+                let Some(material) = key_from_outputs(wf, instances, store, &tools, &outputs, id)?
+                else {
                     continue;
                 };
                 let key = store.put_derivation(&material)?;
