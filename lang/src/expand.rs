@@ -334,36 +334,52 @@ fn check_nesting_and_sources(
                 let Ok(src) = normalize_output(path) else {
                     continue;
                 };
-                for (out, w) in &sorted {
-                    let under = |a: &str, b: &str| {
-                        a.len() > b.len() && a.starts_with(b) && a.as_bytes()[b.len()] == b'/'
-                    };
-                    // The output is the input, lies inside it, or (a folder output) holds it.
-                    let holds = w.kind == PathKind::Dir && under(&src, out);
-                    if **out == src || under(out, &src) || holds {
-                        let message = if holds {
-                            format!(
-                                "folder output `{out}/` would hold input `{}` (`{src}`)",
-                                input.name
-                            )
-                        } else {
-                            format!("output `{out}` would overwrite input `{}`", input.name)
-                        };
-                        diags.push(
-                            Diagnostic::error(w.span, message)
-                                .related(input.span, "the input is declared here")
-                                .hint(
-                                    "write results to another path; sources are never overwritten",
-                                ),
-                        );
+                // The output is the input, lies inside it, or (a folder output)
+                // holds it: looked up by prefix, not by scanning every output.
+                let mut hits: Vec<(&String, &Written, bool)> = Vec::new();
+                if let Some((out, w)) = written.get_key_value(&src) {
+                    hits.push((out, w, false));
+                }
+                for (out, w) in under_prefix(&sorted, &src) {
+                    hits.push((out, w, false));
+                }
+                for (end, _) in src.match_indices('/') {
+                    if let Some((out, w)) = written.get_key_value(&src[..end])
+                        && w.kind == PathKind::Dir
+                    {
+                        hits.push((out, w, true));
                     }
+                }
+                hits.sort_by(|a, b| a.0.cmp(b.0));
+                for (out, w, holds) in hits {
+                    let message = if holds {
+                        format!(
+                            "folder output `{out}/` would hold input `{}` (`{src}`)",
+                            input.name
+                        )
+                    } else {
+                        format!("output `{out}` would overwrite input `{}`", input.name)
+                    };
+                    diags.push(
+                        Diagnostic::error(w.span, message)
+                            .related(input.span, "the input is declared here")
+                            .hint("write results to another path; sources are never overwritten"),
+                    );
                 }
             }
             InputSource::Glob { pattern } => {
                 let Ok(m) = compile_glob(pattern) else {
                     continue;
                 };
-                for (out, w) in &sorted {
+                // Only outputs under the pattern's fixed folder can match it.
+                let base = glob_base(pattern);
+                let candidates: &[(&String, &Written)] =
+                    if base.is_empty() || base.starts_with('.') || base.contains("/.") {
+                        &sorted
+                    } else {
+                        under_prefix(&sorted, base)
+                    };
+                for (out, w) in candidates {
                     if m.is_match(out.as_str()) {
                         diags.push(
                             Diagnostic::error(w.span, format!("output `{out}` matches the glob of input `{}`", input.name))
@@ -375,6 +391,21 @@ fn check_nesting_and_sources(
             }
         }
     }
+}
+
+/// The entries of a path-sorted list that lie inside folder `dir`: a contiguous run.
+fn under_prefix<'a, 'w>(
+    sorted: &'a [(&'w String, &'w Written)],
+    dir: &str,
+) -> &'a [(&'w String, &'w Written)] {
+    let inside = |p: &str| p.len() > dir.len() && p.starts_with(dir) && p.as_bytes()[dir.len()] == b'/';
+    // Paths inside `dir` sort after `dir/` and before `dir0` ('0' follows '/').
+    let start = sorted.partition_point(|(p, _)| p.as_str() < dir);
+    let rest = &sorted[start..];
+    let skip = rest.iter().take_while(|(p, _)| !inside(p) && p.starts_with(dir)).count();
+    let rest = &rest[skip..];
+    let len = rest.iter().take_while(|(p, _)| inside(p)).count();
+    &rest[..len]
 }
 
 #[cfg(test)]
@@ -393,5 +424,22 @@ mod tests {
         assert_eq!(n, 1);
         for_each_instance(&[&a, &[]], |_| n += 1);
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn paths_under_a_folder_are_one_run_of_the_sorted_list() {
+        let w = || Written {
+            step: StepId::from_index(0),
+            output: None,
+            span: Span::new(crate::source::FileId(0), 0, 0),
+            kind: PathKind::File,
+        };
+        let names = ["a", "d", "d-x/1", "d.txt", "d/1", "d/e/2", "d0", "dd/1", "e"];
+        let ws: Vec<(String, Written)> = names.iter().map(|n| (n.to_string(), w())).collect();
+        let sorted: Vec<(&String, &Written)> = ws.iter().map(|(p, w)| (p, w)).collect();
+        let got: Vec<&str> = under_prefix(&sorted, "d").iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(got, ["d/1", "d/e/2"]);
+        assert!(under_prefix(&sorted, "zz").is_empty());
+        assert_eq!(under_prefix(&sorted, "d/e").len(), 1);
     }
 }
