@@ -36,6 +36,9 @@ macro_rules! tell {
     }};
 }
 
+// After the macros, which it uses.
+mod progress;
+
 /// Exit codes, stable for scripts.
 mod exit {
     /// Everything is fine.
@@ -94,8 +97,9 @@ enum Command {
     /// Run a pipeline: execute what changed, take the rest from the store.
     ///
     /// Steps run up to -j CPUs at a time; after a failure nothing new starts unless
-    /// --keep-going. Progress is printed as plain lines on stderr, the summary on
-    /// stdout.
+    /// --keep-going. On a terminal, stderr shows a live status line (counts, ETA,
+    /// what runs) with executed and failed steps above it; elsewhere one plain line
+    /// per event. The summary goes to stdout.
     #[command(
         after_help = "Examples:\n  mustbuild run examples/quickstart/pipeline.kdl\n  mustbuild run pipeline.kdl -j 8 --store /scratch/me/store"
     )]
@@ -614,13 +618,6 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
     }
     let path_var =
         std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_string());
-    let label = |step: &str, values: &[String]| {
-        if values.is_empty() {
-            step.to_string()
-        } else {
-            format!("{step} ({})", values.join(", "))
-        }
-    };
     if dry_run {
         use mustbuild_engine::plan::{Plan, plan};
         return match plan(
@@ -635,7 +632,7 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
                 let (mut run, mut cached, mut after) = (0, 0, 0);
                 for (id, p) in &items {
                     let inst = instances.get(*id);
-                    let name = label(&wf.step(inst.step).name, &inst.values);
+                    let name = progress::label(&wf.step(inst.step).name, &inst.values);
                     let (status, why) = match p {
                         Plan::Cached => {
                             cached += 1;
@@ -687,6 +684,11 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let _ = signal_hook::flag::register(signal, cancel.flag());
     }
+    // What the status line counts to: every instance a run processes ends as one of
+    // cached, executed, failed or skipped.
+    let total = selected.as_ref().map_or(instances.all.len(), |s| {
+        s.iter().filter(|&&keep| keep).count()
+    });
     let options = RunOptions {
         jobs: jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         memory_bytes: total_memory(),
@@ -696,6 +698,8 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         selected,
         force: forced,
     };
+    let mut people =
+        progress::Reporter::new(!json && progress::stderr_is_live(), total, options.jobs);
     let mut on_event = |e: Event| {
         if json {
             let v = match &e {
@@ -737,39 +741,11 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
             outln!("{v}");
             return;
         }
-        match e {
-            Event::Cached { step, values } => tell!("cached   {}", label(&step, &values)),
-            Event::Started { step, values } => tell!("run      {}", label(&step, &values)),
-            Event::Executed {
-                step,
-                values,
-                seconds,
-            } => tell!("done     {} in {seconds:.2} s", label(&step, &values)),
-            Event::Failed {
-                step,
-                values,
-                outcome,
-                log_tail,
-            } => {
-                tell!("FAILED   {}: {outcome:?}", label(&step, &values));
-                for line in log_tail.lines() {
-                    tell!("    | {line}");
-                }
-            }
-            Event::Retrying {
-                step,
-                values,
-                attempt,
-            } => tell!("retry    {} (attempt {attempt})", label(&step, &values)),
-            Event::Replaced { path, backup } => tell!(
-                "warning: `{path}` was edited since mustbuild wrote it: kept as `{backup}`, replaced"
-            ),
-            Event::Skipped { step, values } => {
-                tell!("skipped  {} (an input failed)", label(&step, &values))
-            }
-        }
+        people.event(&e);
     };
-    match mustbuild_engine::run::run(wf, &instances, &store, &options, &mut on_event) {
+    let result = mustbuild_engine::run::run(wf, &instances, &store, &options, &mut on_event);
+    people.finish();
+    match result {
         Ok(s) => {
             if json {
                 let summary = serde_json::json!({"event": "summary", "executed": s.executed, "cached": s.cached,
