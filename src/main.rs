@@ -697,6 +697,12 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         cancel: cancel.clone(),
         selected,
         force: forced,
+        // Only asked for when a step wants GPUs: NVML takes a moment to load.
+        gpus: if wf.steps.iter().any(|s| s.resources.gpus > 0) {
+            mustbuild_executors::gpus::detect().0
+        } else {
+            Vec::new()
+        },
     };
     let mut people =
         progress::Reporter::new(!json && progress::stderr_is_live(), total, options.jobs);

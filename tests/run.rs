@@ -245,6 +245,99 @@ fn steps_take_their_cpus_out_of_j() {
 }
 
 #[test]
+fn steps_get_their_own_gpus_from_cuda_visible_devices() {
+    let tmp = tempfile::tempdir().unwrap();
+    let times = tmp.path().join("times");
+    write_pipeline(
+        tmp.path(),
+        &format!(
+            r#"pipeline "g"
+step one {{
+    foreach n "a" "b" "c" "d"
+    out o="one-{{n}}.txt"
+    resources gpus=1
+    run "echo start $(date +%s%N) $CUDA_VISIBLE_DEVICES >> {t}; sleep 0.2; echo end $(date +%s%N) $CUDA_VISIBLE_DEVICES >> {t}; echo $CUDA_VISIBLE_DEVICES > {{out.o}}"
+}}
+step both {{
+    out o="both.txt"
+    resources gpus=2
+    run "echo $CUDA_VISIBLE_DEVICES > {{out.o}}"
+}}
+step none {{
+    out o="none.txt"
+    run "echo ${{{{CUDA_VISIBLE_DEVICES-unset}}}} > {{out.o}}"
+}}
+"#,
+            t = times.display()
+        ),
+    );
+    let store = tmp.path().join("store");
+    let r = common::mustbuild(tmp.path())
+        .args([
+            "run",
+            "pipeline.kdl",
+            "-j",
+            "4",
+            "--store",
+            store.to_str().unwrap(),
+        ])
+        .env("CUDA_VISIBLE_DEVICES", "3,GPU-5")
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let read = |f: &str| std::fs::read_to_string(tmp.path().join(f)).unwrap();
+    for n in ["a", "b", "c", "d"] {
+        let got = read(&format!("one-{n}.txt"));
+        assert!(["3\n", "GPU-5\n"].contains(&got.as_str()), "{n}: {got:?}");
+    }
+    let mut both: Vec<String> = read("both.txt")
+        .trim()
+        .split(',')
+        .map(String::from)
+        .collect();
+    both.sort();
+    assert_eq!(both, ["3", "GPU-5"]);
+    assert_eq!(read("none.txt"), "unset\n");
+    // Two GPUs, four one-GPU steps, -j 4: never more than one step per GPU at once.
+    let mut busy: std::collections::HashMap<String, bool> = Default::default();
+    let mut events: Vec<(u128, String, String)> = read("times")
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f[1].parse().unwrap(), f[0].to_string(), f[2].to_string())
+        })
+        .collect();
+    events.sort();
+    for (_, kind, gpu) in &events {
+        let was = busy.insert(gpu.clone(), kind == "start").unwrap_or(false);
+        assert!(
+            kind == "end" || !was,
+            "GPU {gpu} given twice at once: {events:?}"
+        );
+    }
+
+    // A step that needs more GPUs than there are is refused before anything runs.
+    let r = common::mustbuild(tmp.path())
+        .args([
+            "run",
+            "pipeline.kdl",
+            "--store",
+            store.to_str().unwrap(),
+            "--force",
+            "both",
+        ])
+        .env("CUDA_VISIBLE_DEVICES", "")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success());
+    assert!(
+        stderr.contains("step `one` needs 1 GPU(s); this machine offers 0"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn sigint_stops_the_run_and_the_next_run_does_only_the_rest() {
     let tmp = tempfile::tempdir().unwrap();
     let slow = tmp.path().join("be-slow");

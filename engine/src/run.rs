@@ -7,10 +7,16 @@
 //! Declared outputs are moved into the store, realised, and materialised into the
 //! workspace; anything else the command left is discarded.
 //!
-//! A step takes its declared CPUs and memory out of what `-j` and the machine
-//! offer; a failed run is tried again `retry` times; after a failure nothing new
-//! starts unless `--keep-going`. Still to come (issue 4): GPU slots, a progress
-//! display, `--dry-run` reasons, targets.
+//! A step takes its declared CPUs, memory and GPUs out of what `-j` and the
+//! machine offer (GPUs by name, handed over in `CUDA_VISIBLE_DEVICES`); a failed
+//! run is tried again `retry` times; after a failure nothing new starts unless
+//! `--keep-going`.
+//!
+//! Threads: this one (the coordinator) computes keys, looks up realisations and
+//! commits records, in order; workers do the file work of an instance (scratch
+//! folder, command, moving outputs into the store, materialising them, cleaning
+//! up), so that slow file-system calls (fsync, copies) of different instances
+//! overlap instead of queuing behind one another.
 
 use crate::instantiate::{FileRef, InstanceId, Instances};
 use crate::keys::{KeyError, key_from_outputs, resolve_tools};
@@ -22,6 +28,12 @@ use std::sync::mpsc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    #[error("step `{step}` needs {needs} GPU(s); this machine offers {offered}{}", if *offered == 0 { " (set CUDA_VISIBLE_DEVICES, or install the NVIDIA driver's NVML)" } else { "" })]
+    NotEnoughGpus {
+        step: String,
+        needs: u32,
+        offered: usize,
+    },
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error(transparent)]
@@ -60,6 +72,8 @@ pub struct RunOptions {
     pub selected: Option<Vec<bool>>,
     /// Steps whose instances run even when realised (`--force`).
     pub force: Vec<mustbuild_lang::model::StepId>,
+    /// The GPUs steps may be given (see [`crate::gpus`]).
+    pub gpus: Vec<String>,
 }
 
 /// What happened to one instance.
@@ -125,16 +139,124 @@ struct Job {
     attempt: u32,
     cpus: usize,
     memory: u64,
+    gpus: Vec<String>,
     key: Digest,
-    scratch: PathBuf,
+    /// What to put in the scratch folder before the command runs.
+    placements: Vec<Placement>,
     request: ExecRequest,
 }
 
+/// One input put in place in a scratch folder (`to`: relative to it).
+enum Placement {
+    /// A source file or folder, copied (reflinked where possible).
+    Source { from: PathBuf, to: String },
+    /// An upstream output, from the store.
+    Object {
+        digest: Digest,
+        kind: OutputKind,
+        to: String,
+    },
+    /// A folder the command will write in.
+    Folder(String),
+}
+
+/// A worker's scratch folder, reused from job to job: emptied between jobs but
+/// for `.mustbuild/home` and `.mustbuild/tmp` (themselves emptied), so that a job
+/// creates no folders beyond its own. The log lives beside it and is truncated.
+struct Scratch {
+    root: PathBuf,
+    home: PathBuf,
+    tmp: PathBuf,
+    log: PathBuf,
+}
+
+impl Scratch {
+    fn new(store: &LocalStore, worker: usize) -> Scratch {
+        let name = format!("{}-{worker}", std::process::id());
+        let base = store.root().join("scratch");
+        let root = base.join(&name);
+        Scratch {
+            home: root.join(".mustbuild/home"),
+            tmp: root.join(".mustbuild/tmp"),
+            log: base.join(format!("{name}.log")),
+            root,
+        }
+    }
+
+    /// Makes it empty (creating it the first time).
+    fn reset(&self) -> Result<(), RunError> {
+        for d in [&self.home, &self.tmp] {
+            std::fs::create_dir_all(d).map_err(io_err("create", d))?;
+        }
+        let keep = std::ffi::OsStr::new(".mustbuild");
+        for (dir, spare) in [
+            (&self.root, Some(keep)),
+            (&self.home, None),
+            (&self.tmp, None),
+        ] {
+            for e in std::fs::read_dir(dir).map_err(io_err("list", dir))? {
+                let e = e.map_err(io_err("list", dir))?;
+                if Some(e.file_name().as_os_str()) == spare {
+                    continue;
+                }
+                let path = e.path();
+                let gone = if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                gone.map_err(io_err("clean", &path))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&self) {
+        let _ = remove_tree(&self.root);
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Removes scratch folders left by runs that were killed (their process is gone).
+fn remove_stale_scratch(store: &LocalStore) {
+    let base = store.root().join("scratch");
+    let Ok(listing) = std::fs::read_dir(&base) else {
+        return;
+    };
+    for e in listing.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .split(['-', '.'])
+            .next()
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let path = e.path();
+            let _ = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+        }
+    }
+}
+
+/// A job's end, as a worker leaves it: outputs stored and materialised when it
+/// succeeded, nothing recorded yet.
 struct Done {
     job: Job,
     result: mustbuild_executors::ExecResult,
+    /// The outputs stored, when the command succeeded with outputs of the declared kinds.
+    stored: Option<Vec<Output>>,
+    log: Vec<u8>,
+    log_digest: Option<Digest>,
     /// Another process realised it while this one waited for the lock.
-    realised_elsewhere: Option<Vec<Output>>,
+    realised_elsewhere: bool,
+    /// What materialising said (edited outputs kept aside).
+    events: Vec<Event>,
+    /// A store or file-system failure: the run stops.
+    error: Option<RunError>,
 }
 
 /// Takes the lock of a derivation key (a file in the store's `locks/`).
@@ -160,9 +282,20 @@ pub fn run(
 ) -> Result<RunSummary, RunError> {
     let tools = resolve_tools(wf, store, &options.path_var)?;
     let n = instances.all.len();
+    let selected = |i: usize| options.selected.as_ref().is_none_or(|s| s[i]);
+    // A step asking for more GPUs than there are would wait forever.
+    for (i, inst) in instances.all.iter().enumerate() {
+        let step = wf.step(inst.step);
+        if selected(i) && step.resources.gpus as usize > options.gpus.len() {
+            return Err(RunError::NotEnoughGpus {
+                step: step.name.to_string(),
+                needs: step.resources.gpus,
+                offered: options.gpus.len(),
+            });
+        }
+    }
     let mut outputs: Vec<Option<Vec<Digest>>> = vec![None; n];
     let mut failed = vec![false; n];
-    let selected = |i: usize| options.selected.as_ref().is_none_or(|s| s[i]);
     let mut waiting: Vec<usize> = instances.all.iter().map(|i| i.deps.len()).collect();
     let mut dependents: Vec<Vec<InstanceId>> = vec![Vec::new(); n];
     for (i, inst) in instances
@@ -188,47 +321,32 @@ pub fn run(
     let total_cpus = options.jobs.max(1);
     let total_memory = options.memory_bytes.unwrap_or(u64::MAX);
     let (mut free_cpus, mut free_memory) = (total_cpus, total_memory);
+    let mut free_gpus: Vec<String> = options.gpus.clone();
     let (job_tx, job_rx) = mpsc::channel::<Job>();
     let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
     let (done_tx, done_rx) = mpsc::channel::<Done>();
+    remove_stale_scratch(store);
     let result = std::thread::scope(|scope| -> Result<(), RunError> {
-        for _ in 0..total_cpus {
+        for worker in 0..total_cpus {
             let rx = job_rx.clone();
             let tx = done_tx.clone();
             let cancel = cancel.clone();
             scope.spawn(move || {
+                let scratch = Scratch::new(store, worker);
                 loop {
                     let job = match rx.lock() {
                         Ok(guard) => guard.recv(),
-                        Err(_) => return,
+                        Err(_) => break,
                     };
-                    let Ok(mut job) = job else { return };
-                    job.lock = lock_key(store, &job.key).ok();
-                    // Someone may have realised it while we waited for the lock.
-                    let elsewhere = if job.force {
-                        None
-                    } else {
-                        store.realisation(&job.key).ok().flatten()
-                    };
-                    let result = match elsewhere {
-                        Some(_) => mustbuild_executors::ExecResult {
-                            outcome: Outcome::Cancelled,
-                            usage: mustbuild_executors::Usage::default(),
-                            started: std::time::SystemTime::now(),
-                        },
-                        None => mustbuild_executors::run(&job.request, &cancel),
-                    };
+                    let Ok(job) = job else { break };
                     if tx
-                        .send(Done {
-                            job,
-                            result,
-                            realised_elsewhere: elsewhere,
-                        })
+                        .send(work(wf, instances, store, &scratch, job, &cancel))
                         .is_err()
                     {
-                        return;
+                        break;
                     }
                 }
+                scratch.remove();
             });
         }
         drop(done_tx);
@@ -248,6 +366,7 @@ pub fn run(
                     let r = &wf.step(instances.get(*id).step).resources;
                     (r.cpus as usize).min(total_cpus) <= free_cpus
                         && r.memory_bytes.unwrap_or(0).min(total_memory) <= free_memory
+                        && r.gpus as usize <= free_gpus.len()
                 };
                 let Some(pos) = ready.iter().position(fits) else {
                     break;
@@ -280,10 +399,12 @@ pub fn run(
                     release(&dependents[id.index()], &mut waiting, &mut ready);
                     continue;
                 }
-                let mut job = prepare(wf, instances, store, id, key, &outputs, &options.path_var)?;
+                let mut job = prepare(wf, instances, id, key, &outputs, &options.path_var);
                 job.force = forced;
                 job.cpus = (step.resources.cpus as usize).min(total_cpus);
                 job.memory = step.resources.memory_bytes.unwrap_or(0).min(total_memory);
+                job.gpus = free_gpus.split_off(free_gpus.len() - step.resources.gpus as usize);
+                job.request.gpus = (step.resources.gpus > 0).then(|| job.gpus.clone());
                 free_cpus -= job.cpus;
                 free_memory -= job.memory;
                 on_event(Event::Started {
@@ -291,17 +412,23 @@ pub fn run(
                     values: inst.values.clone(),
                 });
                 in_flight += 1;
-                if job_tx.send(job).is_err() {
+                if let Err(mpsc::SendError(job)) = job_tx.send(job) {
                     in_flight -= 1;
+                    free_gpus.extend(job.gpus);
                 }
             }
             if in_flight == 0 {
                 break;
             }
             let Ok(Done {
-                job,
+                mut job,
                 result,
+                stored,
+                log,
+                log_digest,
                 realised_elsewhere,
+                events,
+                error,
             }) = done_rx.recv()
             else {
                 break;
@@ -309,12 +436,18 @@ pub fn run(
             in_flight -= 1;
             free_cpus += job.cpus;
             free_memory += job.memory;
+            free_gpus.append(&mut job.gpus);
+            for e in events {
+                on_event(e);
+            }
+            if let Some(e) = error {
+                return Err(e);
+            }
             let inst = instances.get(job.id);
             let step = wf.step(inst.step);
             summary.cpu_seconds += (result.usage.user_cpu + result.usage.system_cpu).as_secs_f64();
-            if let Some(realised) = realised_elsewhere {
-                let _ = remove_tree(&job.scratch);
-                materialize_outputs(wf, instances, store, job.id, &realised, on_event)?;
+            if realised_elsewhere {
+                let realised = stored.unwrap_or_default();
                 outputs[job.id.index()] = Some(realised.iter().map(|o| o.digest).collect());
                 summary.cached += 1;
                 on_event(Event::Cached {
@@ -324,30 +457,7 @@ pub fn run(
                 release(&dependents[job.id.index()], &mut waiting, &mut ready);
                 continue;
             }
-            let log = std::fs::read(&job.request.log).unwrap_or_default();
-            let log_digest = store.add_bytes(&log)?;
-            let mut outcome = result.outcome.clone();
-            let mut stored = Vec::new();
-            if outcome == Outcome::Succeeded {
-                for (decl, path) in step.outputs.iter().zip(&inst.outputs) {
-                    let s = store.add_path(&job.scratch.join(path), Ingest::Move)?;
-                    let is_dir = s.kind == OutputKind::Tree;
-                    if is_dir != (decl.kind == PathKind::Dir) {
-                        outcome = Outcome::Infrastructure(format!(
-                            "output `{}` ({path}) is a {} but is declared as a {}",
-                            decl.name,
-                            if is_dir { "folder" } else { "file" },
-                            if is_dir { "file" } else { "folder" }
-                        ));
-                        break;
-                    }
-                    stored.push(Output {
-                        name: decl.name.to_string(),
-                        digest: s.digest,
-                        kind: s.kind,
-                    });
-                }
-            }
+            let outcome = result.outcome.clone();
             store.add_run(&RunRecord {
                 session: Some(session),
                 key: job.key,
@@ -368,14 +478,12 @@ pub fn run(
                 write_bytes: None,
                 energy_joules: None,
                 energy_method: None,
-                log: Some(log_digest),
+                log: log_digest,
             })?;
-            let _ = remove_tree(&job.scratch);
-            if outcome == Outcome::Succeeded {
+            if let (Outcome::Succeeded, Some(stored)) = (&outcome, stored) {
                 store.realise(&job.key, &stored)?;
                 drop(job.lock);
                 let _ = std::fs::remove_file(store.root().join("locks").join(job.key.to_hex()));
-                materialize_outputs(wf, instances, store, job.id, &stored, on_event)?;
                 outputs[job.id.index()] = Some(stored.iter().map(|o| o.digest).collect());
                 summary.executed += 1;
                 on_event(Event::Executed {
@@ -393,24 +501,20 @@ pub fn run(
                     values: inst.values.clone(),
                     attempt: job.attempt + 1,
                 });
-                let mut again = prepare(
-                    wf,
-                    instances,
-                    store,
-                    job.id,
-                    job.key,
-                    &outputs,
-                    &options.path_var,
-                )?;
+                let mut again =
+                    prepare(wf, instances, job.id, job.key, &outputs, &options.path_var);
                 again.attempt = job.attempt + 1;
                 again.force = job.force;
                 again.cpus = job.cpus;
                 again.memory = job.memory;
+                again.gpus = free_gpus.split_off(free_gpus.len() - step.resources.gpus as usize);
+                again.request.gpus = (step.resources.gpus > 0).then(|| again.gpus.clone());
                 free_cpus -= again.cpus;
                 free_memory -= again.memory;
                 in_flight += 1;
-                if job_tx.send(again).is_err() {
+                if let Err(mpsc::SendError(again)) = job_tx.send(again) {
                     in_flight -= 1;
+                    free_gpus.extend(again.gpus);
                 }
             } else {
                 if outcome == Outcome::Cancelled {
@@ -450,6 +554,166 @@ pub fn run(
     Ok(summary)
 }
 
+/// A worker's part of a job: everything done with files, nothing recorded.
+fn work(
+    wf: &Workflow,
+    instances: &Instances,
+    store: &LocalStore,
+    scratch: &Scratch,
+    mut job: Job,
+    cancel: &CancelToken,
+) -> Done {
+    let placements = std::mem::take(&mut job.placements);
+    job.request.dir = scratch.root.clone();
+    job.request.log = scratch.log.clone();
+    job.request
+        .env
+        .push(("HOME".into(), scratch.home.display().to_string()));
+    job.request
+        .env
+        .push(("TMPDIR".into(), scratch.tmp.display().to_string()));
+    job.lock = lock_key(store, &job.key).ok();
+    let mut done = Done {
+        job,
+        result: ended_early(Outcome::Cancelled),
+        stored: None,
+        log: Vec::new(),
+        log_digest: None,
+        realised_elsewhere: false,
+        events: Vec::new(),
+        error: None,
+    };
+    if let Err(e) = run_and_store(
+        wf,
+        instances,
+        store,
+        scratch,
+        &placements,
+        cancel,
+        &mut done,
+    ) {
+        done.error = Some(e);
+    }
+    done
+}
+
+fn ended_early(outcome: Outcome) -> mustbuild_executors::ExecResult {
+    mustbuild_executors::ExecResult {
+        outcome,
+        usage: mustbuild_executors::Usage::default(),
+        started: std::time::SystemTime::now(),
+    }
+}
+
+fn run_and_store(
+    wf: &Workflow,
+    instances: &Instances,
+    store: &LocalStore,
+    scratch: &Scratch,
+    placements: &[Placement],
+    cancel: &CancelToken,
+    done: &mut Done,
+) -> Result<(), RunError> {
+    let job = &done.job;
+    let mut events = Vec::new();
+    // Someone may have realised it while we waited for the lock.
+    if !job.force
+        && let Some(realised) = store.realisation(&job.key)?
+    {
+        let r = materialize_outputs(wf, instances, store, job.id, &realised, &mut |e| {
+            events.push(e)
+        });
+        done.events = events;
+        r?;
+        done.stored = Some(realised);
+        done.realised_elsewhere = true;
+        return Ok(());
+    }
+    done.result = match place_inputs(store, scratch, placements) {
+        Ok(()) => mustbuild_executors::run(&job.request, cancel),
+        Err(e) => ended_early(Outcome::Infrastructure(format!(
+            "cannot prepare the scratch folder: {e}"
+        ))),
+    };
+    done.log = std::fs::read(&job.request.log).unwrap_or_default();
+    let stored = if done.result.outcome == Outcome::Succeeded {
+        match store_outputs(wf, instances, store, &scratch.root, job) {
+            Ok(Ok(stored)) => Some(stored),
+            Ok(Err(why)) => {
+                done.result.outcome = Outcome::Infrastructure(why);
+                None
+            }
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        None
+    };
+    done.log_digest = Some(store.add_bytes(&done.log)?);
+    if let Some(stored) = &stored {
+        let r = materialize_outputs(wf, instances, store, job.id, stored, &mut |e| {
+            events.push(e)
+        });
+        done.events = events;
+        r?;
+    }
+    done.stored = stored;
+    Ok(())
+}
+
+/// Moves a succeeded job's declared outputs into the store; an output of the
+/// wrong kind (a folder declared as a file) is the step's failure, with why.
+fn store_outputs(
+    wf: &Workflow,
+    instances: &Instances,
+    store: &LocalStore,
+    scratch: &Path,
+    job: &Job,
+) -> Result<Result<Vec<Output>, String>, StoreError> {
+    let inst = instances.get(job.id);
+    let step = wf.step(inst.step);
+    let mut stored = Vec::new();
+    for (decl, path) in step.outputs.iter().zip(&inst.outputs) {
+        let s = store.add_path(&scratch.join(path), Ingest::Move)?;
+        let is_dir = s.kind == OutputKind::Tree;
+        if is_dir != (decl.kind == PathKind::Dir) {
+            return Ok(Err(format!(
+                "output `{}` ({path}) is a {} but is declared as a {}",
+                decl.name,
+                if is_dir { "folder" } else { "file" },
+                if is_dir { "file" } else { "folder" }
+            )));
+        }
+        stored.push(Output {
+            name: decl.name.to_string(),
+            digest: s.digest,
+            kind: s.kind,
+        });
+    }
+    Ok(Ok(stored))
+}
+
+/// An emptied scratch folder with the job's inputs in place.
+fn place_inputs(
+    store: &LocalStore,
+    scratch: &Scratch,
+    placements: &[Placement],
+) -> Result<(), RunError> {
+    scratch.reset()?;
+    for p in placements {
+        match p {
+            Placement::Source { from, to } => copy_in(from, &scratch.root.join(to))?,
+            Placement::Object { digest, kind, to } => {
+                store.materialize(digest, *kind, &scratch.root.join(to))?;
+            }
+            Placement::Folder(dir) => {
+                let dir = scratch.root.join(dir);
+                std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn release(
     dependents: &[InstanceId],
     waiting: &mut [usize],
@@ -485,57 +749,49 @@ fn tail(log: &[u8], lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// A fresh scratch folder mirroring the workspace with only this instance's inputs.
+/// A job for an instance: what goes in its scratch folder, and the request
+/// (the worker that takes it adds the folder, log, `HOME` and `TMPDIR`).
 fn prepare(
     wf: &Workflow,
     instances: &Instances,
-    store: &LocalStore,
     id: InstanceId,
     key: Digest,
     outputs: &[Option<Vec<Digest>>],
     path_var: &str,
-) -> Result<Job, RunError> {
+) -> Job {
     let inst = instances.get(id);
     let step = wf.step(inst.step);
-    let scratch = store.root().join("scratch").join(format!(
-        "{}-{}-{}",
-        key.short(),
-        std::process::id(),
-        id.0
-    ));
-    let _ = remove_tree(&scratch);
-    std::fs::create_dir_all(&scratch).map_err(io_err("create", &scratch))?;
+    let mut placements = Vec::new();
     for files in &inst.inputs {
         for f in files {
             match f {
-                FileRef::Source(p) if !p.starts_with('/') => {
-                    copy_in(&wf.root.join(p), &scratch.join(p))?
-                }
+                FileRef::Source(p) if !p.starts_with('/') => placements.push(Placement::Source {
+                    from: wf.root.join(p),
+                    to: p.clone(),
+                }),
                 FileRef::Source(_) => {}
                 FileRef::Output { instance, output } => {
                     let up = instances.get(*instance);
-                    let digest = outputs[instance.index()].as_ref().map(|d| d[*output]);
-                    if let Some(d) = digest {
+                    if let Some(d) = outputs[instance.index()].as_ref().map(|d| d[*output]) {
                         let kind = if wf.step(up.step).outputs[*output].kind == PathKind::Dir {
                             OutputKind::Tree
                         } else {
                             OutputKind::File
                         };
-                        store.materialize(&d, kind, &scratch.join(&up.outputs[*output]))?;
+                        placements.push(Placement::Object {
+                            digest: d,
+                            kind,
+                            to: up.outputs[*output].clone(),
+                        });
                     }
                 }
             }
         }
     }
     for path in inst.outputs.iter().chain(&inst.log) {
-        if let Some(parent) = scratch.join(path).parent() {
-            std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            placements.push(Placement::Folder(parent.to_string()));
         }
-    }
-    let home = scratch.join(".mustbuild/home");
-    let tmp = scratch.join(".mustbuild/tmp");
-    for d in [&home, &tmp] {
-        std::fs::create_dir_all(d).map_err(io_err("create", d))?;
     }
     let mut env: Vec<(String, String)> = wf
         .env
@@ -544,13 +800,11 @@ fn prepare(
         .map(|e| (e.name.to_string(), e.value.clone()))
         .collect();
     env.push(("PATH".into(), path_var.to_string()));
-    env.push(("HOME".into(), home.display().to_string()));
-    env.push(("TMPDIR".into(), tmp.display().to_string()));
     let request = ExecRequest {
         command: crate::command::render_command(wf, instances, id),
-        dir: scratch.clone(),
+        dir: PathBuf::new(),
         env,
-        log: scratch.join(".mustbuild/log"),
+        log: PathBuf::new(),
         outputs: inst.outputs.iter().map(PathBuf::from).collect(),
         time_limit: step
             .resources
@@ -558,17 +812,18 @@ fn prepare(
             .map(std::time::Duration::from_secs),
         gpus: None,
     };
-    Ok(Job {
+    Job {
         id,
         lock: None,
         force: false,
         attempt: 0,
         cpus: 1,
         memory: 0,
+        gpus: Vec::new(),
         key,
-        scratch,
+        placements,
         request,
-    })
+    }
 }
 
 /// Copies a source file or folder into the scratch folder (reflink where possible).

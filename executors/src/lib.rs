@@ -8,6 +8,7 @@
 // Library code returns errors; tests may unwrap (clippy.toml allows it there).
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod gpus;
 pub mod local;
 
 pub use local::{CancelToken, ExecRequest, ExecResult, Outcome, Usage, run};
