@@ -398,11 +398,15 @@ fn under_prefix<'a, 'w>(
     sorted: &'a [(&'w String, &'w Written)],
     dir: &str,
 ) -> &'a [(&'w String, &'w Written)] {
-    let inside = |p: &str| p.len() > dir.len() && p.starts_with(dir) && p.as_bytes()[dir.len()] == b'/';
+    let inside =
+        |p: &str| p.len() > dir.len() && p.starts_with(dir) && p.as_bytes()[dir.len()] == b'/';
     // Paths inside `dir` sort after `dir/` and before `dir0` ('0' follows '/').
     let start = sorted.partition_point(|(p, _)| p.as_str() < dir);
     let rest = &sorted[start..];
-    let skip = rest.iter().take_while(|(p, _)| !inside(p) && p.starts_with(dir)).count();
+    let skip = rest
+        .iter()
+        .take_while(|(p, _)| !inside(p) && p.starts_with(dir))
+        .count();
     let rest = &rest[skip..];
     let len = rest.iter().take_while(|(p, _)| inside(p)).count();
     &rest[..len]
@@ -434,10 +438,15 @@ mod tests {
             span: Span::new(crate::source::FileId(0), 0, 0),
             kind: PathKind::File,
         };
-        let names = ["a", "d", "d-x/1", "d.txt", "d/1", "d/e/2", "d0", "dd/1", "e"];
+        let names = [
+            "a", "d", "d-x/1", "d.txt", "d/1", "d/e/2", "d0", "dd/1", "e",
+        ];
         let ws: Vec<(String, Written)> = names.iter().map(|n| (n.to_string(), w())).collect();
         let sorted: Vec<(&String, &Written)> = ws.iter().map(|(p, w)| (p, w)).collect();
-        let got: Vec<&str> = under_prefix(&sorted, "d").iter().map(|(p, _)| p.as_str()).collect();
+        let got: Vec<&str> = under_prefix(&sorted, "d")
+            .iter()
+            .map(|(p, _)| p.as_str())
+            .collect();
         assert_eq!(got, ["d/1", "d/e/2"]);
         assert!(under_prefix(&sorted, "zz").is_empty());
         assert_eq!(under_prefix(&sorted, "d/e").len(), 1);
