@@ -572,6 +572,41 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
             }
         }
     }
+    let path_var =
+        std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_string());
+    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let store_root = store.unwrap_or_else(LocalStore::default_location);
+    let wall = std::time::Instant::now();
+    let noop_request = mustbuild_engine::noop::Request {
+        pipeline: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
+        overrides: overrides.clone(),
+        path_var: path_var.clone(),
+        ..Default::default()
+    };
+    // A rerun that changes nothing is told from the last complete run's record,
+    // without computing keys (engine::noop); MUSTBUILD_NO_NOOP_RECORD=1 turns
+    // that off (to measure the full path).
+    let may_be_noop = !dry_run
+        && targets.is_empty()
+        && force.is_empty()
+        && std::env::var_os("MUSTBUILD_NO_NOOP_RECORD").is_none();
+    if may_be_noop
+        && let Ok(store) = LocalStore::open(&store_root)
+        && let Ok(Some(noop)) = mustbuild_engine::noop::check(&store, &noop_request)
+    {
+        let total = noop.instances.len();
+        return report_run(json, total, jobs, wall, None, |on_event| {
+            for (step, values) in noop.instances {
+                on_event(Event::Cached { step, values });
+            }
+            Ok(mustbuild_engine::run::RunSummary {
+                cached: total,
+                session: noop.session,
+                from_noop_record: true,
+                ..Default::default()
+            })
+        });
+    }
     let (loaded, expansion, diags) = load_and_expand_with(path, &overrides);
     let (Some(wf), Some(expansion)) = (&loaded.workflow, &expansion) else {
         print_diagnostics(&loaded, &diags);
@@ -583,11 +618,13 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         tell!("{}: {}", path.display(), count_summary(&diags));
         return exit::INVALID;
     }
-    let root = store.unwrap_or_else(LocalStore::default_location);
-    let store = match LocalStore::open(&root) {
+    let store = match LocalStore::open(&store_root) {
         Ok(s) => s,
         Err(e) => {
-            tell!("error: cannot open the store at {}: {e}", root.display());
+            tell!(
+                "error: cannot open the store at {}: {e}",
+                store_root.display()
+            );
             return exit::ENVIRONMENT;
         }
     };
@@ -616,8 +653,6 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
             }
         }
     }
-    let path_var =
-        std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_string());
     if dry_run {
         use mustbuild_engine::plan::{Plan, plan};
         return match plan(
@@ -677,7 +712,6 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
             }
         };
     }
-    let wall = std::time::Instant::now();
     let cancel = mustbuild_executors::CancelToken::default();
     // Ctrl-C and SIGTERM stop the run: commands are killed, the store stays
     // consistent, and the next run resumes.
@@ -689,8 +723,22 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
     let total = selected.as_ref().map_or(instances.all.len(), |s| {
         s.iter().filter(|&&keep| keep).count()
     });
+    let noop = selected.is_none().then(|| mustbuild_engine::noop::Request {
+        pipeline_files: loaded.v1_files.is_empty().then(|| {
+            loaded
+                .sources
+                .files()
+                .map(|(_, f)| {
+                    let file = std::path::absolute(&f.path).unwrap_or_else(|_| f.path.clone());
+                    (file, mustbuild_store::Digest::of(f.text.as_bytes()))
+                })
+                .collect()
+        }),
+        glob_files: expansion.glob_files.clone(),
+        ..noop_request
+    });
     let options = RunOptions {
-        jobs: jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        jobs,
         memory_bytes: total_memory(),
         path_var,
         keep_going,
@@ -703,9 +751,27 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         } else {
             Vec::new()
         },
+        noop,
     };
-    let mut people =
-        progress::Reporter::new(!json && progress::stderr_is_live(), total, options.jobs);
+    report_run(json, total, jobs, wall, Some(&cancel), |on_event| {
+        mustbuild_engine::run::run(wf, &instances, &store, &options, on_event)
+    })
+}
+
+/// Reports a run's events as they come (JSON lines, a live line or plain lines)
+/// and its summary; the exit code.
+fn report_run(
+    json: bool,
+    total: usize,
+    jobs: usize,
+    wall: std::time::Instant,
+    cancel: Option<&mustbuild_executors::CancelToken>,
+    run: impl FnOnce(
+        &mut dyn FnMut(mustbuild_engine::run::Event),
+    ) -> Result<mustbuild_engine::run::RunSummary, mustbuild_engine::run::RunError>,
+) -> u8 {
+    use mustbuild_engine::run::Event;
+    let mut people = progress::Reporter::new(!json && progress::stderr_is_live(), total, jobs);
     let mut on_event = |e: Event| {
         if json {
             let v = match &e {
@@ -749,14 +815,15 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         }
         people.event(&e);
     };
-    let result = mustbuild_engine::run::run(wf, &instances, &store, &options, &mut on_event);
+    let result = run(&mut on_event);
     people.finish();
     match result {
         Ok(s) => {
             if json {
                 let summary = serde_json::json!({"event": "summary", "executed": s.executed, "cached": s.cached,
                     "failed": s.failed, "cancelled": s.cancelled, "skipped": s.skipped, "run_id": s.session,
-                    "wall_seconds": wall.elapsed().as_secs_f64(), "cpu_seconds": s.cpu_seconds});
+                    "wall_seconds": wall.elapsed().as_secs_f64(), "cpu_seconds": s.cpu_seconds,
+                    "noop_record": s.from_noop_record});
                 outln!("{summary}");
             } else {
                 let cancelled = if s.cancelled > 0 {
@@ -765,17 +832,22 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
                     String::new()
                 };
                 outln!(
-                    "executed {}, cached {}, failed {}, skipped {}{cancelled} in {:.2} s, {:.2} s CPU (session {})",
+                    "executed {}, cached {}, failed {}, skipped {}{cancelled} in {:.2} s, {:.2} s CPU (session {}{})",
                     s.executed,
                     s.cached,
                     s.failed,
                     s.skipped,
                     wall.elapsed().as_secs_f64(),
                     s.cpu_seconds,
-                    s.session
+                    s.session,
+                    if s.from_noop_record {
+                        ", nothing changed"
+                    } else {
+                        ""
+                    }
                 );
             }
-            if cancel.is_cancelled() {
+            if cancel.is_some_and(|c| c.is_cancelled()) {
                 exit::INTERRUPTED
             } else if s.failed > 0 {
                 exit::INVALID

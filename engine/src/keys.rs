@@ -57,6 +57,14 @@ pub fn resolve_tool(
     name: &str,
     path_var: &str,
 ) -> Result<ToolIdentity, KeyError> {
+    let path =
+        locate_tool(name, path_var).ok_or_else(|| KeyError::ToolNotFound(name.to_string()))?;
+    let (digest, _, _) = store.file_digest(&path)?;
+    Ok(ToolIdentity { path, digest })
+}
+
+/// The executable file `name` resolves to on `path_var`, symbolic links followed.
+pub fn locate_tool(name: &str, path_var: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let candidates: Vec<PathBuf> = if name.starts_with('/') {
         vec![PathBuf::from(name)]
@@ -65,17 +73,32 @@ pub fn resolve_tool(
             .map(|d| d.join(name))
             .collect()
     };
-    for c in candidates {
-        let Ok(meta) = std::fs::metadata(&c) else {
-            continue;
-        };
-        if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
-            let real = std::fs::canonicalize(&c).unwrap_or(c);
-            let (digest, _, _) = store.file_digest(&real)?;
-            return Ok(ToolIdentity { path: real, digest });
+    candidates.into_iter().find_map(|c| {
+        let meta = std::fs::metadata(&c).ok()?;
+        (meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+            .then(|| std::fs::canonicalize(&c).unwrap_or(c))
+    })
+}
+
+/// The files an instance's key material reads: (path as written in the key,
+/// digest, whether a folder).
+pub fn input_digests(m: &KeyMaterial) -> Vec<(&str, Digest, bool)> {
+    let mut out = Vec::new();
+    let Some(Field::Map(inputs)) = m.fields.get("inputs") else {
+        return out;
+    };
+    for list in inputs.values() {
+        let Field::List(files) = list else { continue };
+        for f in files {
+            let Field::Map(entry) = f else { continue };
+            if let (Some(Field::Text(path)), Some(Field::Digest(d)), Some(Field::Text(kind))) =
+                (entry.get("path"), entry.get("digest"), entry.get("kind"))
+            {
+                out.push((path.as_str(), *d, kind == "dir"));
+            }
         }
     }
-    Err(KeyError::ToolNotFound(name.to_string()))
+    out
 }
 
 /// The identity of every tool the pipeline and its steps declare.

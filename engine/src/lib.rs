@@ -12,6 +12,7 @@
 pub mod command;
 pub mod instantiate;
 pub mod keys;
+pub mod noop;
 pub mod plan;
 pub mod run;
 

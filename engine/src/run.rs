@@ -72,8 +72,10 @@ pub struct RunOptions {
     pub selected: Option<Vec<bool>>,
     /// Steps whose instances run even when realised (`--force`).
     pub force: Vec<mustbuild_lang::model::StepId>,
-    /// The GPUs steps may be given (see [`crate::gpus`]).
+    /// The GPUs steps may be given (`mustbuild_executors::gpus`).
     pub gpus: Vec<String>,
+    /// Set to leave a no-op record after a complete run ([`crate::noop`]).
+    pub noop: Option<crate::noop::Request>,
 }
 
 /// What happened to one instance.
@@ -127,6 +129,8 @@ pub struct RunSummary {
     /// User and system CPU time of the commands run (retries included).
     pub cpu_seconds: f64,
     pub session: i64,
+    /// Told from the last complete run's record, without computing keys.
+    pub from_noop_record: bool,
 }
 
 struct Job {
@@ -312,6 +316,10 @@ pub fn run(
         .filter(|&i| waiting[i] == 0 && selected(i))
         .map(|i| InstanceId(i as u32))
         .collect();
+    let mut seen = crate::noop::Seen {
+        generation: store.generation()?,
+        ..Default::default()
+    };
     let session = store.begin_session(&wf.name)?;
     let mut summary = RunSummary {
         session,
@@ -380,6 +388,13 @@ pub fn run(
                 else {
                     continue;
                 };
+                if options.noop.is_some() {
+                    for (path, digest, dir) in crate::keys::input_digests(&material) {
+                        if !seen.inputs.contains_key(path) {
+                            seen.inputs.insert(path.to_string(), (digest, dir));
+                        }
+                    }
+                }
                 let key = store.put_derivation(&material)?;
                 store.use_derivation(session, &key)?;
                 store.set_last_key(&wf.name, &step.name, &instance_label(&inst.values), &key)?;
@@ -551,6 +566,17 @@ pub fn run(
     store.finish_session(session)?;
     store.release_leases()?;
     result?;
+    if let Some(request) = &options.noop {
+        let complete =
+            summary.failed + summary.skipped + summary.cancelled == 0 && options.selected.is_none();
+        if complete {
+            seen.tools = tools;
+            // A record is an optimisation: failing to write one fails nothing.
+            let _ = crate::noop::record(store, request, wf, instances, &outputs, &seen, session);
+        } else if options.selected.is_none() {
+            let _ = store.forget_noop_record(&request.name());
+        }
+    }
     Ok(summary)
 }
 
@@ -872,11 +898,21 @@ fn materialize_outputs(
             }
             let last = store.materialised(&absolute)?;
             if last.is_some() && current.is_some() && current != last {
-                let backup = wf.root.join(format!("{path}.edited"));
-                std::fs::rename(&dest, &backup).map_err(io_err("keep the edited", &dest))?;
+                // A folder output's path ends in `/`: its backup is a sibling. An
+                // older backup is never overwritten: NAME.edited.1, .2, … follow.
+                let base = format!("{}.edited", path.trim_end_matches('/'));
+                let backup = (0..)
+                    .map(|n| match n {
+                        0 => base.clone(),
+                        n => format!("{base}.{n}"),
+                    })
+                    .find(|b| std::fs::symlink_metadata(wf.root.join(b)).is_err())
+                    .unwrap_or(base);
+                std::fs::rename(&dest, wf.root.join(&backup))
+                    .map_err(io_err("keep the edited", &dest))?;
                 on_event(Event::Replaced {
                     path: path.clone(),
-                    backup: format!("{path}.edited"),
+                    backup,
                 });
             }
         }

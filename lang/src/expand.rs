@@ -11,6 +11,7 @@ use crate::model::{
 };
 use crate::source::Span;
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 
 /// Past this many output paths the collision check is skipped (with a warning).
 const MAX_EXPANDED_PATHS: usize = 5_000_000;
@@ -70,23 +71,8 @@ fn match_globs(wf: &Workflow, files: &dyn Files, diags: &mut Diagnostics) -> Vec
         .iter()
         .map(|input| {
             let InputSource::Glob { pattern } = &input.source else { return Vec::new() };
-            let Ok(matcher) = compile_glob(pattern) else { return Vec::new() };
-            let (root, base) = if let Some(abs) = pattern.strip_prefix('/') {
-                (std::path::PathBuf::from("/"), glob_base(abs).to_string())
-            } else {
-                (wf.root.clone(), glob_base(pattern).to_string())
-            };
-            let rel_matcher = match pattern.strip_prefix('/') {
-                Some(abs) => compile_glob(abs).unwrap_or(matcher),
-                None => matcher,
-            };
-            match files.glob(&root, &base, &rel_matcher) {
-                Ok(mut found) => {
-                    if pattern.starts_with('/') {
-                        for f in &mut found {
-                            f.insert(0, '/');
-                        }
-                    }
+            match glob_files(&wf.root, pattern, files) {
+                Ok(found) => {
                     if found.is_empty() {
                         diags.push(
                             Diagnostic::warning(input.span, format!("glob `{pattern}` matches no file"))
@@ -102,6 +88,28 @@ fn match_globs(wf: &Workflow, files: &dyn Files, diags: &mut Diagnostics) -> Vec
             }
         })
         .collect()
+}
+
+/// The files a glob input's pattern matches, sorted: paths relative to `root`
+/// (the pipeline's folder), or absolute for an absolute pattern.
+pub fn glob_files(root: &Path, pattern: &str, files: &dyn Files) -> Result<Vec<String>, String> {
+    let matcher = compile_glob(pattern)?;
+    let (root, base) = if let Some(abs) = pattern.strip_prefix('/') {
+        (Path::new("/"), glob_base(abs).to_string())
+    } else {
+        (root, glob_base(pattern).to_string())
+    };
+    let rel_matcher = match pattern.strip_prefix('/') {
+        Some(abs) => compile_glob(abs).unwrap_or(matcher),
+        None => matcher,
+    };
+    let mut found = files.glob(root, &base, &rel_matcher)?;
+    if pattern.starts_with('/') {
+        for f in &mut found {
+            f.insert(0, '/');
+        }
+    }
+    Ok(found)
 }
 
 /// How many instances of `up` each instance of `down` reads: the product of the

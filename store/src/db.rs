@@ -134,7 +134,47 @@ CREATE TABLE IF NOT EXISTS materialised (
     path   TEXT PRIMARY KEY,
     digest BLOB NOT NULL
 ) WITHOUT ROWID;
+
+-- Counters: 'generation' goes up whenever gc or repair removes anything, so that
+-- what was known of the store before (a no-op record) can tell it is stale.
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Per pipeline file: what its last complete run left, to tell a no-op rerun
+-- without computing keys (engine::noop), and the session whose derivations it used.
+CREATE TABLE IF NOT EXISTS noop_records (
+    pipeline   TEXT PRIMARY KEY,
+    session    INTEGER NOT NULL,
+    generation INTEGER NOT NULL,
+    uses       INTEGER NOT NULL,   -- rows of that session in session_uses
+    body       BLOB NOT NULL
+);
 ";
+
+/// Records that gc or repair removed something (inside their transaction).
+pub(crate) fn bump_generation(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO meta (name, value) VALUES ('generation', 1)
+         ON CONFLICT (name) DO UPDATE SET value = value + 1",
+        [],
+    )?;
+    Ok(())
+}
+
+/// How many times gc or repair removed something from this store.
+pub(crate) fn generation(conn: &Connection) -> rusqlite::Result<i64> {
+    use rusqlite::OptionalExtension;
+    Ok(conn
+        .query_row(
+            "SELECT value FROM meta WHERE name = 'generation'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0))
+}
 
 /// Opens (and creates or migrates) the database.
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {

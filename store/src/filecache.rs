@@ -20,16 +20,19 @@ use std::path::Path;
 /// times are coarse: a few milliseconds).
 const RACY_NS: i64 = 50_000_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Identity {
-    dev: i64,
-    ino: i64,
-    size: i64,
-    mtime_ns: i64,
-    ctime_ns: i64,
+/// What identifies a file's state without reading it: device, inode, size and
+/// the modification and change times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Identity {
+    pub dev: i64,
+    pub ino: i64,
+    pub size: i64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
 }
 
-fn identity(m: &std::fs::Metadata) -> Identity {
+/// The identity of a file from its metadata.
+pub fn identity(m: &std::fs::Metadata) -> Identity {
     let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
     Identity {
         dev: m.dev() as i64,
@@ -96,6 +99,33 @@ impl LocalStore {
                 .execute(params![id.dev, id.ino, id.size, id.mtime_ns, id.ctime_ns, digest.as_bytes()])?;
         }
         Ok((digest, size, Source::Hashed))
+    }
+}
+
+impl LocalStore {
+    /// The digest the cache holds for each identity, if any (one read transaction).
+    /// A hit proves the file had that content when it had that identity.
+    pub fn cached_digests(&self, ids: &[Identity]) -> Result<Vec<Option<Digest>>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut out = Vec::with_capacity(ids.len());
+        {
+            let mut q = tx.prepare_cached(
+                "SELECT digest FROM file_digests
+                 WHERE dev = ?1 AND ino = ?2 AND size = ?3 AND mtime_ns = ?4 AND ctime_ns = ?5",
+            )?;
+            for id in ids {
+                let d: Option<Vec<u8>> = q
+                    .query_row(
+                        params![id.dev, id.ino, id.size, id.mtime_ns, id.ctime_ns],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                out.push(d.as_deref().and_then(Digest::from_slice));
+            }
+        }
+        tx.commit()?;
+        Ok(out)
     }
 }
 

@@ -30,9 +30,10 @@ pub mod tree;
 
 pub use digest::Digest;
 pub use error::{Result, StoreError};
-pub use filecache::Source;
+pub use filecache::{Identity, Source, identity};
 pub use local::{
-    Ingest, LocalStore, ObjectKind, Output, OutputKind, Root, RunRecord, Stored, hostname,
+    Ingest, LocalStore, NoopRecord, ObjectKind, Output, OutputKind, Root, RunRecord, Stored,
+    hostname,
 };
 pub use maintenance::{GcReport, StoreInfo, VerifyReport};
 pub use material::{Field, FieldChange, KeyMaterial};

@@ -154,6 +154,19 @@ pub(crate) fn proc_start(pid: u32) -> Option<i64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// What a pipeline's last complete run left (see `save_noop_record`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoopRecord {
+    /// The session whose derivations a no-op rerun uses again.
+    pub session: i64,
+    /// The store's generation when that run began.
+    pub generation: i64,
+    /// How many derivations that session used.
+    pub uses: i64,
+    /// The engine's description of the run's inputs and outputs.
+    pub body: Vec<u8>,
+}
+
 impl LocalStore {
     /// The store used when none is named: `$MUSTBUILD_STORE`, else
     /// `$XDG_CACHE_HOME/mustbuild/store`, else `~/.cache/mustbuild/store`.
@@ -719,6 +732,99 @@ impl LocalStore {
             params![session, key.as_bytes()],
         )?;
         Ok(())
+    }
+
+    /// How many times gc or repair removed something from this store.
+    pub fn generation(&self) -> Result<i64> {
+        Ok(crate::db::generation(&self.conn())?)
+    }
+
+    /// The no-op record of a pipeline file, if its last complete run left one.
+    pub fn noop_record(&self, pipeline: &str) -> Result<Option<NoopRecord>> {
+        Ok(self
+            .conn()
+            .prepare_cached(
+                "SELECT session, generation, uses, body FROM noop_records WHERE pipeline = ?1",
+            )?
+            .query_row([pipeline], |r| {
+                Ok(NoopRecord {
+                    session: r.get(0)?,
+                    generation: r.get(1)?,
+                    uses: r.get(2)?,
+                    body: r.get(3)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// Saves the no-op record of a complete run (`generation`: as read before the
+    /// run looked anything up).
+    pub fn save_noop_record(
+        &self,
+        pipeline: &str,
+        session: i64,
+        generation: i64,
+        body: &[u8],
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let uses: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM session_uses WHERE session = ?1",
+            [session],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "INSERT OR REPLACE INTO noop_records (pipeline, session, generation, uses, body)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![pipeline, session, generation, uses, body],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forgets a pipeline's no-op record (its last run was not a complete one).
+    pub fn forget_noop_record(&self, pipeline: &str) -> Result<()> {
+        self.conn()
+            .execute("DELETE FROM noop_records WHERE pipeline = ?1", [pipeline])?;
+        Ok(())
+    }
+
+    /// A no-op run, recorded: a new, finished session that uses every derivation
+    /// the record's session used, provided nothing was removed from the store since
+    /// (same generation, and that session's uses all still there). The record now
+    /// names the new session. `None` when the store changed.
+    pub fn reuse_session(
+        &self,
+        pipeline: &str,
+        name: &str,
+        record: &NoopRecord,
+    ) -> Result<Option<i64>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let uses: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM session_uses WHERE session = ?1",
+            [record.session],
+            |r| r.get(0),
+        )?;
+        if crate::db::generation(&tx)? != record.generation || uses != record.uses {
+            return Ok(None);
+        }
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO sessions (pipeline, owner, started_ms, finished_ms) VALUES (?1, NULL, ?2, ?2)",
+            params![name, now],
+        )?;
+        let session = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO session_uses (session, key) SELECT ?1, key FROM session_uses WHERE session = ?2",
+            params![session, record.session],
+        )?;
+        tx.execute(
+            "UPDATE noop_records SET session = ?2 WHERE pipeline = ?1",
+            params![pipeline, session],
+        )?;
+        tx.commit()?;
+        Ok(Some(session))
     }
 
     pub fn finish_session(&self, session: i64) -> Result<()> {

@@ -233,6 +233,7 @@ impl LocalStore {
             tx.execute("DELETE FROM tree_refs WHERE tree = ?1", [d.as_bytes()])?;
             tx.execute("DELETE FROM objects WHERE digest = ?1", [d.as_bytes()])?;
         }
+        crate::db::bump_generation(&tx)?;
         tx.commit()?;
         report.repaired = true;
         Ok(())
@@ -410,6 +411,7 @@ impl LocalStore {
             "DELETE FROM sessions WHERE id IN (SELECT id FROM gc_old)",
             [],
         )?;
+        crate::db::bump_generation(&tx)?;
         tx.commit()?;
         Ok(garbage.into_iter().map(|g| g.0).collect())
     }

@@ -1,0 +1,331 @@
+//! Telling a no-op rerun without computing a key: what ninja does with its log,
+//! for content-addressed keys.
+//!
+//! After a complete run (every instance realised and in the workspace), a record
+//! is kept in the store, per pipeline file: the digest of every pipeline file
+//! read, the `--param` overrides, `PATH`, the mustbuild executable, what each glob
+//! matched, each tool's resolved file, and the identity (device, inode, size,
+//! mtime, ctime) of every source file the keys read and every output in the
+//! workspace. An identity is recorded only when the store's file-digest cache maps
+//! it to the very digest the run used, so the record claims nothing the cache
+//! cannot prove (and the cache leaves out identities too recent to trust).
+//!
+//! The next run first checks the record: if every pipeline file has the same
+//! content, every glob the same matches, every tool the same file, and every file
+//! the same identity, then every key would come out the same and every output is
+//! in place: the run is a no-op, and it only records a session that uses the same
+//! derivations, provided gc or repair removed nothing since (the store's
+//! generation). Anything else, and the run takes the normal path.
+//!
+//! Pipelines with folder inputs or outputs get no record (a folder's identity
+//! does not cover its files); nor do KDL 1.0 files (their text is a translation).
+
+use crate::instantiate::{FileRef, Instances};
+use crate::keys::{ToolIdentity, locate_tool};
+use mustbuild_lang::model::{InputSource, PathKind, Workflow};
+use mustbuild_store::{Digest, Identity, LocalStore, NoopRecord, StoreError, identity};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+const MAGIC: &str = "mustbuild-noop 1";
+
+/// What a run was asked, besides the pipeline's content.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// The pipeline file, absolute and canonical: the record's name.
+    pub pipeline: PathBuf,
+    /// `--param` overrides, as given.
+    pub overrides: Vec<(String, String)>,
+    pub path_var: String,
+    /// Every pipeline file read, with the digest of its text; `None` when one was
+    /// KDL 1.0 (no record then). Only needed to write a record.
+    pub pipeline_files: Option<Vec<(PathBuf, Digest)>>,
+    /// What each input's glob matched (empty for other inputs), as the run saw it.
+    pub glob_files: Vec<Vec<String>>,
+}
+
+impl Request {
+    /// The record's name: the pipeline file's path.
+    pub fn name(&self) -> String {
+        self.pipeline.to_string_lossy().into_owned()
+    }
+}
+
+/// What a run read, for its record.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// The digest each input path had when keys were computed (and whether a folder).
+    pub inputs: HashMap<String, (Digest, bool)>,
+    pub tools: BTreeMap<String, ToolIdentity>,
+    /// The store's generation before anything was looked up.
+    pub generation: i64,
+}
+
+/// A no-op found: the instances it covers (step, fan-out values), in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoOp {
+    pub session: i64,
+    pub instances: Vec<(String, Vec<String>)>,
+}
+
+/// The identity of the running mustbuild (a new build may compute keys otherwise).
+fn exe_identity() -> Option<Identity> {
+    let exe = std::env::current_exe().ok()?;
+    std::fs::metadata(exe).ok().map(|m| identity(&m))
+}
+
+fn fmt_identity(i: &Identity) -> String {
+    format!(
+        "{} {} {} {} {}",
+        i.dev, i.ino, i.size, i.mtime_ns, i.ctime_ns
+    )
+}
+
+fn identity_of(path: &Path) -> Option<Identity> {
+    std::fs::metadata(path).ok().map(|m| identity(&m))
+}
+
+/// A field fit for the record's tab-separated lines.
+fn clean(s: &str) -> bool {
+    !s.contains(['\t', '\n', '\r', '\u{1f}'])
+}
+
+/// Writes the record of a complete run, when every file's identity is proven;
+/// otherwise removes any older record. Whether one was written.
+pub fn record(
+    store: &LocalStore,
+    request: &Request,
+    wf: &Workflow,
+    instances: &Instances,
+    outputs: &[Option<Vec<Digest>>],
+    seen: &Seen,
+    session: i64,
+) -> Result<bool, StoreError> {
+    let name = request.name();
+    let body = match describe(store, request, wf, instances, outputs, seen)? {
+        Some(body) => body,
+        None => {
+            store.forget_noop_record(&name)?;
+            return Ok(false);
+        }
+    };
+    store.save_noop_record(&name, session, seen.generation, body.as_bytes())?;
+    Ok(true)
+}
+
+fn describe(
+    store: &LocalStore,
+    request: &Request,
+    wf: &Workflow,
+    instances: &Instances,
+    outputs: &[Option<Vec<Digest>>],
+    seen: &Seen,
+) -> Result<Option<String>, StoreError> {
+    use std::fmt::Write;
+    let Some(pipeline_files) = &request.pipeline_files else {
+        return Ok(None);
+    };
+    let Some(exe) = exe_identity() else {
+        return Ok(None);
+    };
+    if wf
+        .steps
+        .iter()
+        .any(|s| s.outputs.iter().any(|o| o.kind == PathKind::Dir))
+        || seen.inputs.values().any(|(_, dir)| *dir)
+        || !clean(&request.path_var)
+    {
+        return Ok(None);
+    }
+    let mut body = String::new();
+    let _ = writeln!(body, "{MAGIC}");
+    let _ = writeln!(body, "exe\t{}", fmt_identity(&exe));
+    if !clean(&wf.name) {
+        return Ok(None);
+    }
+    let _ = writeln!(body, "name\t{}", wf.name);
+    let _ = writeln!(body, "root\t{}", wf.root.display());
+    let _ = writeln!(body, "path\t{}", request.path_var);
+    for (k, v) in &request.overrides {
+        if !clean(k) || !clean(v) {
+            return Ok(None);
+        }
+        let _ = writeln!(body, "param\t{k}\t{v}");
+    }
+    for (path, digest) in pipeline_files {
+        let _ = writeln!(body, "source\t{}\t{}", digest.to_hex(), path.display());
+    }
+    for (input, files) in wf.inputs.iter().zip(&request.glob_files) {
+        if let InputSource::Glob { pattern } = &input.source {
+            if !clean(pattern) {
+                return Ok(None);
+            }
+            let _ = writeln!(body, "glob\t{}\t{pattern}", list_digest(files).to_hex());
+        }
+    }
+    // Every file, with the digest the run used; then their identities, proven.
+    let mut files: Vec<(PathBuf, Digest)> = Vec::new();
+    let mut tools = Vec::new();
+    for (name, tool) in &seen.tools {
+        tools.push((name, tool));
+        files.push((tool.path.clone(), tool.digest));
+    }
+    let mut listed = std::collections::HashSet::new();
+    for (i, inst) in instances.all.iter().enumerate() {
+        for f in inst.inputs.iter().flatten() {
+            if let FileRef::Source(p) = f
+                && listed.insert(p.as_str())
+            {
+                let Some((digest, _)) = seen.inputs.get(p) else {
+                    return Ok(None);
+                };
+                files.push((wf.root.join(p), *digest));
+            }
+        }
+        let Some(digests) = &outputs[i] else {
+            return Ok(None);
+        };
+        for (path, digest) in inst.outputs.iter().zip(digests) {
+            files.push((wf.root.join(path), *digest));
+        }
+    }
+    let Some(ids) = files
+        .iter()
+        .map(|(p, _)| identity_of(p))
+        .collect::<Option<Vec<Identity>>>()
+    else {
+        return Ok(None);
+    };
+    let mut cached = store.cached_digests(&ids)?;
+    // Files not hashed yet (outputs copied in by this run) are hashed now, once.
+    let mut again = Vec::new();
+    for (i, c) in cached.iter().enumerate() {
+        if c.is_none() {
+            let _ = store.file_digest(&files[i].0);
+            again.push(i);
+        }
+    }
+    if !again.is_empty() {
+        let more = store.cached_digests(&again.iter().map(|&i| ids[i]).collect::<Vec<_>>())?;
+        for (i, c) in again.into_iter().zip(more) {
+            cached[i] = c;
+        }
+    }
+    for ((path, digest), c) in files.iter().zip(&cached) {
+        if *c != Some(*digest) || !clean(&path.to_string_lossy()) {
+            return Ok(None);
+        }
+    }
+    for (k, (name, tool)) in tools.iter().enumerate() {
+        let _ = writeln!(
+            body,
+            "tool\t{name}\t{}\t{}",
+            fmt_identity(&ids[k]),
+            tool.path.display()
+        );
+    }
+    for (k, (path, _)) in files.iter().enumerate().skip(tools.len()) {
+        let _ = writeln!(body, "file\t{}\t{}", fmt_identity(&ids[k]), path.display());
+    }
+    for inst in &instances.all {
+        let step = &wf.step(inst.step).name;
+        if inst.values.iter().any(|v| !clean(v)) {
+            return Ok(None);
+        }
+        let _ = writeln!(body, "instance\t{step}\t{}", inst.values.join("\u{1f}"));
+    }
+    Ok(Some(body))
+}
+
+fn list_digest(files: &[String]) -> Digest {
+    Digest::of(files.join("\n").as_bytes())
+}
+
+/// The no-op this run is, if the record of the last complete run proves it.
+/// Any doubt (no record, a change, an unreadable file) gives `None`.
+pub fn check(store: &LocalStore, request: &Request) -> Result<Option<NoOp>, StoreError> {
+    let name = request.name();
+    let Some(record) = store.noop_record(&name)? else {
+        return Ok(None);
+    };
+    let Some((wf_name, instances)) = verify(&record, request) else {
+        return Ok(None);
+    };
+    let Some(session) = store.reuse_session(&name, &wf_name, &record)? else {
+        return Ok(None);
+    };
+    Ok(Some(NoOp { session, instances }))
+}
+
+/// The pipeline's name and the instances of the record, if everything it names
+/// is as it was.
+#[expect(clippy::type_complexity, reason = "a private helper's plain tuple")]
+fn verify(record: &NoopRecord, request: &Request) -> Option<(String, Vec<(String, Vec<String>)>)> {
+    let body = std::str::from_utf8(&record.body).ok()?;
+    let mut lines = body.lines();
+    if lines.next()? != MAGIC {
+        return None;
+    }
+    let exe = fmt_identity(&exe_identity()?);
+    let mut root = PathBuf::new();
+    let mut name = String::new();
+    let mut overrides = Vec::new();
+    let mut instances = Vec::new();
+    let mut files: Vec<(&str, &str)> = Vec::new();
+    for line in lines {
+        let mut f = line.split('\t');
+        let kind = f.next()?;
+        let rest: Vec<&str> = f.collect();
+        match (kind, rest.as_slice()) {
+            ("exe", [id]) if *id == exe => {}
+            ("name", [n]) => name = n.to_string(),
+            ("root", [r]) => root = PathBuf::from(r),
+            ("path", [p]) if *p == request.path_var => {}
+            ("param", [k, v]) => overrides.push((k.to_string(), v.to_string())),
+            ("source", [digest, path]) => {
+                let text = std::fs::read(path).ok()?;
+                if Digest::of(&text).to_hex() != *digest {
+                    return None;
+                }
+            }
+            ("glob", [digest, pattern]) => {
+                let found =
+                    mustbuild_lang::expand::glob_files(&root, pattern, &mustbuild_lang::RealFiles)
+                        .ok()?;
+                if list_digest(&found).to_hex() != *digest {
+                    return None;
+                }
+            }
+            ("tool", [name, id, path]) => {
+                let found = locate_tool(name, &request.path_var)?;
+                if found != Path::new(path) {
+                    return None;
+                }
+                files.push((id, path));
+            }
+            ("file", [id, path]) => files.push((id, path)),
+            ("instance", [step, values]) => instances.push((
+                step.to_string(),
+                if values.is_empty() {
+                    Vec::new()
+                } else {
+                    values.split('\u{1f}').map(str::to_string).collect()
+                },
+            )),
+            _ => return None,
+        }
+    }
+    if overrides != request.overrides {
+        return None;
+    }
+    let same = |(id, path): &(&str, &str)| {
+        identity_of(Path::new(path)).is_some_and(|i| fmt_identity(&i) == *id)
+    };
+    // Stat on two threads: the files are many, the calls short.
+    let (a, b) = files.split_at(files.len() / 2);
+    let unchanged = std::thread::scope(|s| {
+        let other = s.spawn(|| a.iter().all(same));
+        b.iter().all(same) && other.join().unwrap_or(false)
+    });
+    unchanged.then_some((name, instances))
+}

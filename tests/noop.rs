@@ -1,0 +1,190 @@
+//! The no-op record (engine::noop): a rerun with nothing changed is told without
+//! computing keys, and any change of what keys depend on, of the outputs in the
+//! workspace, or of the store sends the run down the full path.
+
+mod common;
+
+use std::path::Path;
+
+/// `mustbuild run --json` in `dir`; (executed, cached, told from the record).
+fn go(dir: &Path, store: &str, extra: &[&str]) -> (u64, u64, bool) {
+    // Files written less than 50 ms before they are hashed are not trusted by the
+    // digest cache (nor by the record): leave them time to settle.
+    std::thread::sleep(std::time::Duration::from_millis(120));
+    let mut args = vec!["run", "pipeline.kdl", "--json", "--store", store];
+    args.extend_from_slice(extra);
+    let r = common::run(dir, &args);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let last = r.stdout.lines().last().unwrap();
+    let s: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(s["event"], "summary");
+    let cached_events = r
+        .stdout
+        .lines()
+        .filter(|l| l.contains(r#""event":"cached""#))
+        .count();
+    assert_eq!(
+        cached_events as u64,
+        s["cached"].as_u64().unwrap(),
+        "one event per cached instance"
+    );
+    (
+        s["executed"].as_u64().unwrap(),
+        s["cached"].as_u64().unwrap(),
+        s["noop_record"].as_bool().unwrap(),
+    )
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+const PIPELINE: &str = r#"pipeline "n"
+param n 2
+input parts glob="parts/*.txt"
+tool cat
+step head {
+    foreach part from=parts
+    in p=part
+    out o="out/{part.stem}.txt"
+    run "head -n {param.n} {in.p} > {out.o}"
+}
+step all {
+    in h=head.o
+    out o="all.txt"
+    run "cat {in.h} > {out.o}"
+}
+"#;
+
+#[test]
+fn a_rerun_is_told_from_the_record_only_when_nothing_changed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    let store = tmp.path().join("store");
+    let store = store.to_str().unwrap();
+    write(&dir.join("pipeline.kdl"), PIPELINE);
+    write(&dir.join("parts/a.txt"), "a1\na2\na3\n");
+    write(&dir.join("parts/b.txt"), "b1\nb2\nb3\n");
+    assert_eq!(go(&dir, store, &[]), (3, 0, false));
+    // The full path leaves the record; the next rerun uses it.
+    assert_eq!(go(&dir, store, &[]), (0, 3, false));
+    assert_eq!(go(&dir, store, &[]), (0, 3, true));
+    assert_eq!(go(&dir, store, &[]), (0, 3, true));
+
+    // A source byte changed (same size): not a no-op.
+    write(&dir.join("parts/a.txt"), "a1\nA2\na3\n");
+    assert_eq!(go(&dir, store, &[]), (2, 1, false));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("all.txt")).unwrap(),
+        "a1\nA2\nb1\nb2\n"
+    );
+    assert_eq!(go(&dir, store, &[]), (0, 3, false));
+    assert_eq!(go(&dir, store, &[]), (0, 3, true));
+
+    // `touch` alone: the identity changed, the content did not: the full path,
+    // which finds everything cached.
+    let f = std::fs::File::options()
+        .append(true)
+        .open(dir.join("parts/b.txt"))
+        .unwrap();
+    f.set_modified(std::time::SystemTime::now()).unwrap();
+    assert_eq!(go(&dir, store, &[]), (0, 3, false));
+    assert_eq!(go(&dir, store, &[]), (0, 3, true));
+
+    // A new file for the glob.
+    write(&dir.join("parts/c.txt"), "c1\nc2\n");
+    assert_eq!(go(&dir, store, &[]), (2, 2, false));
+    assert_eq!(go(&dir, store, &[]), (0, 4, false));
+    assert_eq!(go(&dir, store, &[]), (0, 4, true));
+
+    // A deleted output is put back; an edited one kept aside and replaced.
+    std::fs::remove_file(dir.join("out/a.txt")).unwrap();
+    assert_eq!(go(&dir, store, &[]), (0, 4, false));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("out/a.txt")).unwrap(),
+        "a1\nA2\n"
+    );
+    write(&dir.join("all.txt"), "edited\n");
+    assert_eq!(go(&dir, store, &[]), (0, 4, false));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("all.txt.edited")).unwrap(),
+        "edited\n"
+    );
+    assert_ne!(
+        std::fs::read_to_string(dir.join("all.txt")).unwrap(),
+        "edited\n"
+    );
+    assert_eq!(go(&dir, store, &[]), (0, 4, false));
+    assert_eq!(go(&dir, store, &[]), (0, 4, true));
+
+    // A --param override, then back without it.
+    assert!(!go(&dir, store, &["--param", "n=1"]).2);
+    assert_eq!(go(&dir, store, &["--param", "n=1"]), (0, 4, false));
+    assert_eq!(go(&dir, store, &["--param", "n=1"]), (0, 4, true));
+    assert!(!go(&dir, store, &[]).2);
+
+    // The pipeline file edited (a comment only: same keys, but not provably so
+    // without reading it).
+    let text = std::fs::read_to_string(dir.join("pipeline.kdl")).unwrap();
+    write(&dir.join("pipeline.kdl"), &format!("// a comment\n{text}"));
+    assert_eq!(go(&dir, store, &[]), (0, 4, false));
+    assert_eq!(go(&dir, store, &[]), (0, 4, true));
+
+    // A tool found elsewhere on PATH.
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy("/bin/cat", bin.join("cat")).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let r = common::mustbuild(&dir)
+        .args(["run", "pipeline.kdl", "--json", "--store", store])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        out.lines()
+            .last()
+            .unwrap()
+            .contains(r#""noop_record":false"#),
+        "{out}"
+    );
+
+    // gc that removes everything: nothing may be claimed from the record.
+    assert!(!go(&dir, store, &[]).2);
+    assert!(go(&dir, store, &[]).2);
+    let r = common::run(&dir, &["store", "--store", store, "gc", "--keep-last", "0"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(go(&dir, store, &[]), (4, 0, false));
+}
+
+#[test]
+fn pipelines_with_folder_outputs_get_no_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let store = store.to_str().unwrap();
+    write(
+        &tmp.path().join("pipeline.kdl"),
+        "pipeline \"d\"\nstep s {\n    out o=(dir)\"out/\"\n    run \"echo x > {out.o}/x.txt\"\n}\n",
+    );
+    assert_eq!(go(tmp.path(), store, &[]), (1, 0, false));
+    assert_eq!(go(tmp.path(), store, &[]), (0, 1, false));
+    // A file added inside the folder output is not seen by a folder's identity
+    // alone: the full path runs and puts the folder back as it was.
+    write(&tmp.path().join("out/extra.txt"), "x");
+    assert_eq!(go(tmp.path(), store, &[]), (0, 1, false));
+    assert!(tmp.path().join("out.edited/extra.txt").exists());
+    assert!(!tmp.path().join("out/extra.txt").exists());
+    // A second edit keeps the first backup.
+    write(&tmp.path().join("out/x.txt"), "changed");
+    assert_eq!(go(tmp.path(), store, &[]), (0, 1, false));
+    assert!(tmp.path().join("out.edited/extra.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("out.edited.1/x.txt")).unwrap(),
+        "changed"
+    );
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("out/x.txt")).unwrap(),
+        "x\n"
+    );
+}
