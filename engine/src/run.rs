@@ -22,7 +22,13 @@ use crate::instantiate::{FileRef, InstanceId, Instances};
 use crate::keys::{KeyError, key_from_outputs, resolve_tools};
 use mustbuild_executors::{CancelToken, ExecRequest, Outcome};
 use mustbuild_lang::model::{PathKind, Workflow};
-use mustbuild_store::{Digest, Ingest, LocalStore, Output, OutputKind, RunRecord, StoreError};
+use mustbuild_store::{
+    Digest, Ingest, KeyUse, LocalStore, Output, OutputKind, RunRecord, StoreError,
+};
+
+/// Instances whose keys are recorded in one transaction (it holds the store's
+/// write lock: short enough for other runs and the workers to get it soon).
+const KEY_BATCH: usize = 256;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
@@ -312,6 +318,9 @@ pub fn run(
             dependents[d.index()].push(InstanceId(i as u32));
         }
     }
+    // Instances whose inputs are known, then (key computed, not realised) those
+    // waiting for resources to run.
+    let mut runnable: std::collections::VecDeque<(InstanceId, Digest, bool)> = Default::default();
     let mut ready: std::collections::VecDeque<InstanceId> = (0..n)
         .filter(|&i| waiting[i] == 0 && selected(i))
         .map(|i| InstanceId(i as u32))
@@ -364,56 +373,73 @@ pub fn run(
             if cancel.is_cancelled() {
                 stop = true;
             }
-            // Start what fits, unless stopping.
-            loop {
-                if stop {
-                    break;
+            // Keys of what became ready, a batch to a transaction; the realised
+            // are materialised and release their dependents at once.
+            while !stop && !ready.is_empty() {
+                let batch: Vec<InstanceId> = ready.drain(..ready.len().min(KEY_BATCH)).collect();
+                let mut keyed = Vec::with_capacity(batch.len());
+                for id in batch {
+                    let inst = instances.get(id);
+                    if let Some(material) =
+                        key_from_outputs(wf, instances, store, &tools, &outputs, id)?
+                    {
+                        if options.noop.is_some() {
+                            for (path, digest, dir) in crate::keys::input_digests(&material) {
+                                if !seen.inputs.contains_key(path) {
+                                    seen.inputs.insert(path.to_string(), (digest, dir));
+                                }
+                            }
+                        }
+                        let forced = options.force.contains(&inst.step);
+                        keyed.push((id, material, instance_label(&inst.values), forced));
+                    }
                 }
-                // The first ready instance whose resources fit what is free.
-                let fits = |id: &InstanceId| {
+                let uses: Vec<KeyUse<'_>> = keyed
+                    .iter()
+                    .map(|(id, material, label, forced)| KeyUse {
+                        material,
+                        pipeline: &wf.name,
+                        step: &wf.step(instances.get(*id).step).name,
+                        instance: label,
+                        lookup: !forced,
+                    })
+                    .collect();
+                let resolved = store.use_keys(session, &uses)?;
+                for ((id, _, _, forced), (key, realised)) in keyed.iter().zip(resolved) {
+                    let inst = instances.get(*id);
+                    match realised {
+                        Some(realised) => {
+                            materialize_outputs(wf, instances, store, *id, &realised, on_event)?;
+                            outputs[id.index()] =
+                                Some(realised.iter().map(|o| o.digest).collect());
+                            summary.cached += 1;
+                            on_event(Event::Cached {
+                                step: wf.step(inst.step).name.to_string(),
+                                values: inst.values.clone(),
+                            });
+                            release(&dependents[id.index()], &mut waiting, &mut ready);
+                        }
+                        None => runnable.push_back((*id, key, *forced)),
+                    }
+                }
+            }
+            // Start what fits, unless stopping: the first runnable instance whose
+            // resources fit what is free.
+            while !stop {
+                let fits = |(id, _, _): &(InstanceId, Digest, bool)| {
                     let r = &wf.step(instances.get(*id).step).resources;
                     (r.cpus as usize).min(total_cpus) <= free_cpus
                         && r.memory_bytes.unwrap_or(0).min(total_memory) <= free_memory
                         && r.gpus as usize <= free_gpus.len()
                 };
-                let Some(pos) = ready.iter().position(fits) else {
+                let Some(pos) = runnable.iter().position(fits) else {
                     break;
                 };
-                let Some(id) = ready.remove(pos) else {
+                let Some((id, key, forced)) = runnable.remove(pos) else {
                     break;
                 };
                 let inst = instances.get(id);
                 let step = wf.step(inst.step);
-                let Some(material) = key_from_outputs(wf, instances, store, &tools, &outputs, id)?
-                else {
-                    continue;
-                };
-                if options.noop.is_some() {
-                    for (path, digest, dir) in crate::keys::input_digests(&material) {
-                        if !seen.inputs.contains_key(path) {
-                            seen.inputs.insert(path.to_string(), (digest, dir));
-                        }
-                    }
-                }
-                let key = store.put_derivation(&material)?;
-                store.use_derivation(session, &key)?;
-                store.set_last_key(&wf.name, &step.name, &instance_label(&inst.values), &key)?;
-                let forced = options.force.contains(&inst.step);
-                if let Some(realised) = if forced {
-                    None
-                } else {
-                    store.realisation(&key)?
-                } {
-                    materialize_outputs(wf, instances, store, id, &realised, on_event)?;
-                    outputs[id.index()] = Some(realised.iter().map(|o| o.digest).collect());
-                    summary.cached += 1;
-                    on_event(Event::Cached {
-                        step: step.name.to_string(),
-                        values: inst.values.clone(),
-                    });
-                    release(&dependents[id.index()], &mut waiting, &mut ready);
-                    continue;
-                }
                 let mut job = prepare(wf, instances, id, key, &outputs, &options.path_var);
                 job.force = forced;
                 job.cpus = (step.resources.cpus as usize).min(total_cpus);
@@ -473,30 +499,33 @@ pub fn run(
                 continue;
             }
             let outcome = result.outcome.clone();
-            store.add_run(&RunRecord {
-                session: Some(session),
-                key: job.key,
-                step: step.name.to_string(),
-                host: mustbuild_store::hostname(),
-                started_ms: millis(result.started),
-                finished_ms: millis(result.started) + result.usage.wall.as_millis() as i64,
-                outcome: outcome_name(&outcome).to_string(),
-                exit_code: match outcome {
-                    Outcome::Failed { exit_code } => Some(i64::from(exit_code)),
-                    Outcome::Succeeded => Some(0),
-                    _ => None,
+            let stored = stored.filter(|_| outcome == Outcome::Succeeded);
+            store.finish_run(
+                &RunRecord {
+                    session: Some(session),
+                    key: job.key,
+                    step: step.name.to_string(),
+                    host: mustbuild_store::hostname(),
+                    started_ms: millis(result.started),
+                    finished_ms: millis(result.started) + result.usage.wall.as_millis() as i64,
+                    outcome: outcome_name(&outcome).to_string(),
+                    exit_code: match outcome {
+                        Outcome::Failed { exit_code } => Some(i64::from(exit_code)),
+                        Outcome::Succeeded => Some(0),
+                        _ => None,
+                    },
+                    user_cpu_ms: Some(result.usage.user_cpu.as_millis() as i64),
+                    sys_cpu_ms: Some(result.usage.system_cpu.as_millis() as i64),
+                    max_rss_bytes: Some(result.usage.max_rss_bytes as i64),
+                    read_bytes: None,
+                    write_bytes: None,
+                    energy_joules: None,
+                    energy_method: None,
+                    log: log_digest,
                 },
-                user_cpu_ms: Some(result.usage.user_cpu.as_millis() as i64),
-                sys_cpu_ms: Some(result.usage.system_cpu.as_millis() as i64),
-                max_rss_bytes: Some(result.usage.max_rss_bytes as i64),
-                read_bytes: None,
-                write_bytes: None,
-                energy_joules: None,
-                energy_method: None,
-                log: log_digest,
-            })?;
-            if let (Outcome::Succeeded, Some(stored)) = (&outcome, stored) {
-                store.realise(&job.key, &stored)?;
+                stored.as_deref(),
+            )?;
+            if let Some(stored) = stored {
                 drop(job.lock);
                 let _ = std::fs::remove_file(store.root().join("locks").join(job.key.to_hex()));
                 outputs[job.id.index()] = Some(stored.iter().map(|o| o.digest).collect());
@@ -892,11 +921,13 @@ fn materialize_outputs(
         let absolute = std::path::absolute(&dest).unwrap_or_else(|_| dest.clone());
         if std::fs::symlink_metadata(&dest).is_ok() {
             let current = store.path_digest(&dest).ok().map(|(d, _, _)| d);
+            let last = store.materialised(&absolute)?;
             if current == Some(o.digest) {
-                store.set_materialised(&absolute, &o.digest)?;
+                if last != current {
+                    store.set_materialised(&absolute, &o.digest)?;
+                }
                 continue;
             }
-            let last = store.materialised(&absolute)?;
             if last.is_some() && current.is_some() && current != last {
                 // A folder output's path ends in `/`: its backup is a sibling. An
                 // older backup is never overwritten: NAME.edited.1, .2, … follow.

@@ -147,11 +147,29 @@ pub fn hostname() -> String {
     .clone()
 }
 
+/// This process's start time (read once).
+fn own_start() -> Option<i64> {
+    static START: std::sync::OnceLock<Option<i64>> = std::sync::OnceLock::new();
+    *START.get_or_init(|| proc_start(std::process::id()))
+}
+
 /// The start time of a process in clock ticks since boot (against pid reuse).
 pub(crate) fn proc_start(pid: u32) -> Option<i64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 1..];
     after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// One instance's key material, as a run first records it (`use_keys`).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyUse<'a> {
+    pub material: &'a KeyMaterial,
+    /// Whose last key it becomes: pipeline, step, instance.
+    pub pipeline: &'a str,
+    pub step: &'a str,
+    pub instance: &'a str,
+    /// Whether to look up its realisation.
+    pub lookup: bool,
 }
 
 /// What a pipeline's last complete run left (see `save_noop_record`).
@@ -256,7 +274,7 @@ impl LocalStore {
         conn.prepare_cached(
             "INSERT OR IGNORE INTO owners (id, host, pid, proc_start, started_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?
-        .execute(params![self.owner, self.host, pid, proc_start(pid), self.started_ms])?;
+        .execute(params![self.owner, self.host, pid, own_start(), self.started_ms])?;
         Ok(())
     }
 
@@ -644,37 +662,75 @@ impl LocalStore {
     pub fn realise(&self, key: &Digest, outputs: &[Output]) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        realise_in(&tx, key, outputs)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A finished run, recorded; when it succeeded, its realisation too (one
+    /// transaction). The run's id.
+    pub fn finish_run(&self, run: &RunRecord, realised: Option<&[Output]>) -> Result<i64> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let id = add_run_in(&tx, run)?;
+        if let Some(outputs) = realised {
+            realise_in(&tx, &run.key, outputs)?;
+        }
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// What a run does first with instances' key materials, in one transaction:
+    /// stores each, records that `session` uses it, makes it its instance's last
+    /// key, and (when `lookup`) finds its realisation. The keys, and the realised
+    /// outputs: gc keeps them, as the derivations of a running session.
+    pub fn use_keys(
+        &self,
+        session: i64,
+        uses: &[KeyUse<'_>],
+    ) -> Result<Vec<(Digest, Option<Vec<Output>>)>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut out = Vec::with_capacity(uses.len());
         {
-            let mut exists = tx.prepare_cached("SELECT kind FROM objects WHERE digest = ?1")?;
+            let mut known = tx.prepare_cached("SELECT 1 FROM derivations WHERE key = ?1")?;
             let mut insert = tx.prepare_cached(
-                "INSERT OR REPLACE INTO realisations (key, output, digest, kind, added_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR IGNORE INTO derivations (key, material, added_ms) VALUES (?1, ?2, ?3)",
+            )?;
+            let mut used = tx.prepare_cached(
+                "INSERT OR IGNORE INTO session_uses (session, key) VALUES (?1, ?2)",
+            )?;
+            let mut same = tx.prepare_cached(
+                "SELECT 1 FROM last_keys WHERE pipeline = ?1 AND step = ?2 AND instance = ?3 AND key = ?4",
+            )?;
+            let mut last = tx.prepare_cached(
+                "INSERT OR REPLACE INTO last_keys (pipeline, step, instance, key, added_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             let now = now_ms();
-            for o in outputs {
-                let kind: Option<String> = exists
-                    .query_row([o.digest.as_bytes()], |r| r.get(0))
-                    .optional()?;
-                match kind.as_deref() {
-                    None => return Err(StoreError::MissingObject(o.digest)),
-                    Some(k) if (k == "tree") != (o.kind == OutputKind::Tree) => {
-                        return Err(StoreError::KindMismatch {
-                            digest: o.digest,
-                            output: o.name.clone(),
-                        });
-                    }
-                    Some(_) => {}
+            for u in uses {
+                let key = u.material.key();
+                let k = key.as_bytes();
+                if known.query_row([k], |_| Ok(())).optional()?.is_none() {
+                    insert.execute(params![k, u.material.encode(), now])?;
                 }
-                insert.execute(params![
-                    key.as_bytes(),
-                    o.name,
-                    o.digest.as_bytes(),
-                    o.kind.as_str(),
-                    now
-                ])?;
+                used.execute(params![session, k])?;
+                if same
+                    .query_row(params![u.pipeline, u.step, u.instance, k], |_| Ok(()))
+                    .optional()?
+                    .is_none()
+                {
+                    last.execute(params![u.pipeline, u.step, u.instance, k, now])?;
+                }
+                let realised = if u.lookup {
+                    self.realisation_in(&tx, &key, false)?
+                } else {
+                    None
+                };
+                out.push((key, realised));
             }
         }
         tx.commit()?;
-        Ok(())
+        Ok(out)
     }
 
     /// The outputs of a realised derivation; they are leased to this process so that
@@ -682,37 +738,49 @@ impl LocalStore {
     pub fn realisation(&self, key: &Digest) -> Result<Option<Vec<Output>>> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        self.register_owner(&tx)?;
-        let outputs = {
-            let mut q = tx.prepare_cached(
-                "SELECT output, digest, kind FROM realisations WHERE key = ?1 ORDER BY output",
-            )?;
-            let rows = q.query_map([key.as_bytes()], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, Vec<u8>>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })?;
-            let mut outputs = Vec::new();
-            for row in rows {
-                let (name, digest, kind) = row?;
-                let (Some(digest), Some(kind)) =
-                    (Digest::from_slice(&digest), OutputKind::parse(&kind))
-                else {
-                    continue;
-                };
-                outputs.push(Output { name, digest, kind });
-            }
-            let mut lease =
-                tx.prepare_cached("INSERT OR IGNORE INTO leases (owner, digest) VALUES (?1, ?2)")?;
-            for o in &outputs {
-                lease.execute(params![self.owner, o.digest.as_bytes()])?;
-            }
-            outputs
-        };
+        let outputs = self.realisation_in(&tx, key, true)?;
         tx.commit()?;
-        Ok((!outputs.is_empty()).then_some(outputs))
+        Ok(outputs)
+    }
+
+    /// A key's realised outputs, leased by this process when `lease` (inside a
+    /// write transaction).
+    fn realisation_in(
+        &self,
+        tx: &Connection,
+        key: &Digest,
+        lease: bool,
+    ) -> Result<Option<Vec<Output>>> {
+        let mut q = tx.prepare_cached(
+            "SELECT output, digest, kind FROM realisations WHERE key = ?1 ORDER BY output",
+        )?;
+        let rows = q.query_map([key.as_bytes()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut outputs = Vec::new();
+        for row in rows {
+            let (name, digest, kind) = row?;
+            let (Some(digest), Some(kind)) =
+                (Digest::from_slice(&digest), OutputKind::parse(&kind))
+            else {
+                continue;
+            };
+            outputs.push(Output { name, digest, kind });
+        }
+        if outputs.is_empty() || !lease {
+            return Ok((!outputs.is_empty()).then_some(outputs));
+        }
+        self.register_owner(tx)?;
+        let mut lease =
+            tx.prepare_cached("INSERT OR IGNORE INTO leases (owner, digest) VALUES (?1, ?2)")?;
+        for o in &outputs {
+            lease.execute(params![self.owner, o.digest.as_bytes()])?;
+        }
+        Ok(Some(outputs))
     }
 
     /// Starts a session (one run of a pipeline); its derivations are gc roots while it
@@ -883,31 +951,7 @@ impl LocalStore {
 
     /// Records one execution of a derivation.
     pub fn add_run(&self, run: &RunRecord) -> Result<i64> {
-        let conn = self.conn();
-        conn.execute(
-            "INSERT INTO runs (session, key, step, host, started_ms, finished_ms, outcome, exit_code,
-                user_cpu_ms, sys_cpu_ms, max_rss_bytes, read_bytes, write_bytes, energy_j, energy_method, log)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-            params![
-                run.session,
-                run.key.as_bytes(),
-                run.step,
-                run.host,
-                run.started_ms,
-                run.finished_ms,
-                run.outcome,
-                run.exit_code,
-                run.user_cpu_ms,
-                run.sys_cpu_ms,
-                run.max_rss_bytes,
-                run.read_bytes,
-                run.write_bytes,
-                run.energy_joules,
-                run.energy_method,
-                run.log.map(|d| d.0.to_vec()),
-            ],
-        )?;
-        Ok(conn.last_insert_rowid())
+        add_run_in(&self.conn(), run)
     }
 
     /// Pins an object or a derivation's outputs under a name (gc keeps them).
@@ -1000,4 +1044,63 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 /// Turns a tree entry name into a path component.
 pub(crate) fn entry_path(dir: &Path, name: &[u8]) -> PathBuf {
     dir.join(std::ffi::OsStr::from_bytes(name))
+}
+
+fn add_run_in(conn: &Connection, run: &RunRecord) -> Result<i64> {
+    conn.prepare_cached(
+        "INSERT INTO runs (session, key, step, host, started_ms, finished_ms, outcome, exit_code,
+            user_cpu_ms, sys_cpu_ms, max_rss_bytes, read_bytes, write_bytes, energy_j, energy_method, log)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+    )?
+    .execute(params![
+            run.session,
+            run.key.as_bytes(),
+            run.step,
+            run.host,
+            run.started_ms,
+            run.finished_ms,
+            run.outcome,
+            run.exit_code,
+            run.user_cpu_ms,
+            run.sys_cpu_ms,
+            run.max_rss_bytes,
+            run.read_bytes,
+            run.write_bytes,
+            run.energy_joules,
+            run.energy_method,
+            run.log.map(|d| d.0.to_vec()),
+        ])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Records a derivation's outputs, each of which must be stored with its kind.
+fn realise_in(tx: &Connection, key: &Digest, outputs: &[Output]) -> Result<()> {
+    let mut exists = tx.prepare_cached("SELECT kind FROM objects WHERE digest = ?1")?;
+    let mut insert = tx.prepare_cached(
+        "INSERT OR REPLACE INTO realisations (key, output, digest, kind, added_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let now = now_ms();
+    for o in outputs {
+        let kind: Option<String> = exists
+            .query_row([o.digest.as_bytes()], |r| r.get(0))
+            .optional()?;
+        match kind.as_deref() {
+            None => return Err(StoreError::MissingObject(o.digest)),
+            Some(k) if (k == "tree") != (o.kind == OutputKind::Tree) => {
+                return Err(StoreError::KindMismatch {
+                    digest: o.digest,
+                    output: o.name.clone(),
+                });
+            }
+            Some(_) => {}
+        }
+        insert.execute(params![
+            key.as_bytes(),
+            o.name,
+            o.digest.as_bytes(),
+            o.kind.as_str(),
+            now
+        ])?;
+    }
+    Ok(())
 }
