@@ -425,7 +425,10 @@ pub fn run(
             }
             // Start what fits, unless stopping: the first runnable instance whose
             // resources fit what is free.
-            while !stop {
+            loop {
+                if stop {
+                    break;
+                }
                 let fits = |(id, _, _): &(InstanceId, Digest, bool)| {
                     let r = &wf.step(instances.get(*id).step).resources;
                     (r.cpus as usize).min(total_cpus) <= free_cpus
