@@ -269,17 +269,49 @@ struct Done {
     error: Option<RunError>,
 }
 
-/// Takes the lock of a derivation key (a file in the store's `locks/`).
+/// Takes the lock of a derivation key, so that two processes never run one
+/// derivation at once: a lock on one byte of `STORE/locks/keys`, at an offset
+/// drawn from the key. These are open-file-description locks, so threads of one
+/// process exclude each other too, and the kernel drops them when the file
+/// closes or the process dies. One shared file, rather than one per key, because
+/// creating and deleting a file per job slows ext4's inode allocation down.
 fn lock_key(store: &LocalStore, key: &Digest) -> std::io::Result<std::fs::File> {
+    use nix::fcntl::{FcntlArg, fcntl};
+    use nix::libc;
     let dir = store.root().join("locks");
-    std::fs::create_dir_all(&dir)?;
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join(key.to_hex()))?;
-    f.lock()?;
-    Ok(f)
+    let path = dir.join("keys");
+    let open = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+    };
+    let f = match open() {
+        Ok(f) => f,
+        Err(_) => {
+            std::fs::create_dir_all(&dir)?;
+            open()?
+        }
+    };
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&key.as_bytes()[..8]);
+    // 62 bits of the key: a valid, non-negative file offset.
+    let offset = (u64::from_le_bytes(first) >> 2) as i64;
+    let byte = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: offset,
+        l_len: 1,
+        l_pid: 0,
+    };
+    loop {
+        match fcntl(&f, FcntlArg::F_OFD_SETLKW(&byte)) {
+            Ok(_) => return Ok(f),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Runs every instance (or takes it from the store), reporting each through `on_event`.
@@ -410,8 +442,7 @@ pub fn run(
                     match realised {
                         Some(realised) => {
                             materialize_outputs(wf, instances, store, *id, &realised, on_event)?;
-                            outputs[id.index()] =
-                                Some(realised.iter().map(|o| o.digest).collect());
+                            outputs[id.index()] = Some(realised.iter().map(|o| o.digest).collect());
                             summary.cached += 1;
                             on_event(Event::Cached {
                                 step: wf.step(inst.step).name.to_string(),
@@ -530,7 +561,6 @@ pub fn run(
             )?;
             if let Some(stored) = stored {
                 drop(job.lock);
-                let _ = std::fs::remove_file(store.root().join("locks").join(job.key.to_hex()));
                 outputs[job.id.index()] = Some(stored.iter().map(|o| o.digest).collect());
                 summary.executed += 1;
                 on_event(Event::Executed {
@@ -706,7 +736,10 @@ fn run_and_store(
     } else {
         None
     };
-    done.log_digest = Some(store.add_bytes(&done.log)?);
+    // A silent command has no log to keep.
+    if !done.log.is_empty() {
+        done.log_digest = Some(store.add_bytes(&done.log)?);
+    }
     if let Some(stored) = &stored {
         let r = materialize_outputs(wf, instances, store, job.id, stored, &mut |e| {
             events.push(e)
