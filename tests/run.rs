@@ -245,6 +245,63 @@ fn steps_take_their_cpus_out_of_j() {
 }
 
 #[test]
+fn each_command_sees_only_its_declared_inputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("src/deep")).unwrap();
+    std::fs::write(tmp.path().join("src/deep/in.txt"), "in\n").unwrap();
+    std::fs::write(tmp.path().join("src/other.txt"), "not read\n").unwrap();
+    write_pipeline(
+        tmp.path(),
+        r##"pipeline "s"
+input source "src/deep/in.txt"
+env GREETING "hello"
+step make {
+    in s=source
+    out o="made/x.txt"
+    run "ls -R > /dev/null; cat {in.s} > {out.o}; echo junk > junk.txt; mkdir -p stray/dir; echo > stray/dir/f; echo > $TMPDIR/t; echo > $HOME/h"
+}
+step look {
+    foreach n "1" "2" "3"
+    in m=make.o
+    out o="seen/{n}.txt"
+    run #"l=$(find . -path ./.mustbuild -prune -o -print | sort); t=$(ls -A $TMPDIR $HOME | grep -v ':$' | grep -v '^$' || true); { echo "$l"; echo "left:$t"; env | grep -v '^_=' | sort; } > {out.o}; echo > $TMPDIR/t{n}; echo > $HOME/h{n}; echo > leftover{n}; mkdir -p made/more"#
+}
+"##,
+    );
+    let store = tmp.path().join("store");
+    // One slot, workers reused from job to job: what one job leaves must be gone.
+    let r = run_with(tmp.path(), store.to_str().unwrap(), &["-j", "1"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for n in ["1", "2", "3"] {
+        let seen = std::fs::read_to_string(tmp.path().join(format!("seen/{n}.txt"))).unwrap();
+        let lines: Vec<&str> = seen.lines().collect();
+        let end = lines.iter().position(|l| l.starts_with("left:")).unwrap();
+        assert_eq!(
+            lines[..end],
+            [".", "./made", "./made/x.txt", "./seen"],
+            "exactly the declared input and the output's folder: {seen}"
+        );
+        assert_eq!(lines[end], "left:", "HOME and TMPDIR start empty: {seen}");
+        let names: Vec<&str> = lines[end + 1..]
+            .iter()
+            .map(|l| l.split('=').next().unwrap())
+            .collect();
+        for must in ["GREETING", "HOME", "PATH", "TMPDIR"] {
+            assert!(names.contains(&must), "{must} missing: {seen}");
+        }
+        for name in &names {
+            assert!(
+                [
+                    "GREETING", "HOME", "PATH", "TMPDIR", "PWD", "OLDPWD", "SHLVL"
+                ]
+                .contains(name),
+                "a cleared environment has no {name}: {seen}"
+            );
+        }
+    }
+}
+
+#[test]
 fn steps_get_their_own_gpus_from_cuda_visible_devices() {
     let tmp = tempfile::tempdir().unwrap();
     let times = tmp.path().join("times");

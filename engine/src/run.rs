@@ -193,38 +193,53 @@ impl Scratch {
         }
     }
 
-    /// Makes it empty (creating it the first time).
-    fn reset(&self) -> Result<(), RunError> {
+    /// Makes it empty (creating it the first time), but for the folders in
+    /// `keep` (relative paths), which stay, emptied: a job that needs the same
+    /// folders as the last one creates and deletes none.
+    fn reset(&self, keep: &std::collections::HashSet<&str>) -> Result<(), RunError> {
         for d in [&self.home, &self.tmp] {
             std::fs::create_dir_all(d).map_err(io_err("create", d))?;
         }
-        let keep = std::ffi::OsStr::new(".mustbuild");
-        for (dir, spare) in [
-            (&self.root, Some(keep)),
-            (&self.home, None),
-            (&self.tmp, None),
-        ] {
-            for e in std::fs::read_dir(dir).map_err(io_err("list", dir))? {
-                let e = e.map_err(io_err("list", dir))?;
-                if Some(e.file_name().as_os_str()) == spare {
-                    continue;
-                }
-                let path = e.path();
-                let gone = if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    std::fs::remove_dir_all(&path)
-                } else {
-                    std::fs::remove_file(&path)
-                };
-                gone.map_err(io_err("clean", &path))?;
-            }
-        }
-        Ok(())
+        empty(&self.root, "", keep)?;
+        let none = Default::default();
+        empty(&self.home, "", &none)?;
+        empty(&self.tmp, "", &none)
     }
 
     fn remove(&self) {
         let _ = remove_tree(&self.root);
         let _ = std::fs::remove_file(&self.log);
     }
+}
+
+/// Removes what is in `dir` (`rel` within the scratch folder) but `.mustbuild` at
+/// the top and the folders in `keep`, which are emptied in turn.
+fn empty(dir: &Path, rel: &str, keep: &std::collections::HashSet<&str>) -> Result<(), RunError> {
+    for e in std::fs::read_dir(dir).map_err(io_err("list", dir))? {
+        let e = e.map_err(io_err("list", dir))?;
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if rel.is_empty() && name == ".mustbuild" {
+            continue;
+        }
+        let inner = if rel.is_empty() {
+            name.into_owned()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let path = e.path();
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        let gone = if is_dir && keep.contains(inner.as_str()) {
+            empty(&path, &inner, keep)?;
+            continue;
+        } else if is_dir {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        gone.map_err(io_err("clean", &path))?;
+    }
+    Ok(())
 }
 
 /// Removes scratch folders left by runs that were killed (their process is gone).
@@ -250,6 +265,26 @@ fn remove_stale_scratch(store: &LocalStore) {
             };
         }
     }
+}
+
+/// What workers tell the coordinator.
+enum Message {
+    /// A job's command ended: its resources are free.
+    Freed {
+        cpus: usize,
+        memory: u64,
+        gpus: Vec<String>,
+    },
+    Done(Box<Done>),
+}
+
+/// An instance to run, its key known, waiting for resources.
+struct Runnable {
+    id: InstanceId,
+    key: Digest,
+    forced: bool,
+    /// 0, or how many times it failed and is tried again.
+    attempt: u32,
 }
 
 /// A job's end, as a worker leaves it: outputs stored and materialised when it
@@ -352,7 +387,7 @@ pub fn run(
     }
     // Instances whose inputs are known, then (key computed, not realised) those
     // waiting for resources to run.
-    let mut runnable: std::collections::VecDeque<(InstanceId, Digest, bool)> = Default::default();
+    let mut runnable: std::collections::VecDeque<Runnable> = Default::default();
     let mut ready: std::collections::VecDeque<InstanceId> = (0..n)
         .filter(|&i| waiting[i] == 0 && selected(i))
         .map(|i| InstanceId(i as u32))
@@ -373,10 +408,13 @@ pub fn run(
     let mut free_gpus: Vec<String> = options.gpus.clone();
     let (job_tx, job_rx) = mpsc::channel::<Job>();
     let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
-    let (done_tx, done_rx) = mpsc::channel::<Done>();
+    let (done_tx, done_rx) = mpsc::channel::<Message>();
     remove_stale_scratch(store);
     let result = std::thread::scope(|scope| -> Result<(), RunError> {
-        for worker in 0..total_cpus {
+        // Twice as many workers as CPU slots: a job gives its slot back when its
+        // command ends, and its worker then waits on fsyncs and copies while
+        // another runs the next command.
+        for worker in 0..2 * total_cpus {
             let rx = job_rx.clone();
             let tx = done_tx.clone();
             let cancel = cancel.clone();
@@ -388,10 +426,8 @@ pub fn run(
                         Err(_) => break,
                     };
                     let Ok(job) = job else { break };
-                    if tx
-                        .send(work(wf, instances, store, &scratch, job, &cancel))
-                        .is_err()
-                    {
+                    let done = work(wf, instances, store, &scratch, job, &cancel, &tx);
+                    if tx.send(Message::Done(Box::new(done))).is_err() {
                         break;
                     }
                 }
@@ -450,7 +486,12 @@ pub fn run(
                             });
                             release(&dependents[id.index()], &mut waiting, &mut ready);
                         }
-                        None => runnable.push_back((*id, key, *forced)),
+                        None => runnable.push_back(Runnable {
+                            id: *id,
+                            key,
+                            forced: *forced,
+                            attempt: 0,
+                        }),
                     }
                 }
             }
@@ -460,8 +501,8 @@ pub fn run(
                 if stop {
                     break;
                 }
-                let fits = |(id, _, _): &(InstanceId, Digest, bool)| {
-                    let r = &wf.step(instances.get(*id).step).resources;
+                let fits = |r: &Runnable| {
+                    let r = &wf.step(instances.get(r.id).step).resources;
                     (r.cpus as usize).min(total_cpus) <= free_cpus
                         && r.memory_bytes.unwrap_or(0).min(total_memory) <= free_memory
                         && r.gpus as usize <= free_gpus.len()
@@ -469,23 +510,32 @@ pub fn run(
                 let Some(pos) = runnable.iter().position(fits) else {
                     break;
                 };
-                let Some((id, key, forced)) = runnable.remove(pos) else {
+                let Some(Runnable {
+                    id,
+                    key,
+                    forced,
+                    attempt,
+                }) = runnable.remove(pos)
+                else {
                     break;
                 };
                 let inst = instances.get(id);
                 let step = wf.step(inst.step);
                 let mut job = prepare(wf, instances, id, key, &outputs, &options.path_var);
                 job.force = forced;
+                job.attempt = attempt;
                 job.cpus = (step.resources.cpus as usize).min(total_cpus);
                 job.memory = step.resources.memory_bytes.unwrap_or(0).min(total_memory);
                 job.gpus = free_gpus.split_off(free_gpus.len() - step.resources.gpus as usize);
                 job.request.gpus = (step.resources.gpus > 0).then(|| job.gpus.clone());
                 free_cpus -= job.cpus;
                 free_memory -= job.memory;
-                on_event(Event::Started {
-                    step: step.name.to_string(),
-                    values: inst.values.clone(),
-                });
+                if attempt == 0 {
+                    on_event(Event::Started {
+                        step: step.name.to_string(),
+                        values: inst.values.clone(),
+                    });
+                }
                 in_flight += 1;
                 if let Err(mpsc::SendError(job)) = job_tx.send(job) {
                     in_flight -= 1;
@@ -495,8 +545,22 @@ pub fn run(
             if in_flight == 0 {
                 break;
             }
-            let Ok(Done {
-                mut job,
+            let done = match done_rx.recv() {
+                Ok(Message::Freed {
+                    cpus,
+                    memory,
+                    mut gpus,
+                }) => {
+                    free_cpus += cpus;
+                    free_memory += memory;
+                    free_gpus.append(&mut gpus);
+                    continue;
+                }
+                Ok(Message::Done(done)) => *done,
+                Err(_) => break,
+            };
+            let Done {
+                job,
                 result,
                 stored,
                 log,
@@ -504,14 +568,8 @@ pub fn run(
                 realised_elsewhere,
                 events,
                 error,
-            }) = done_rx.recv()
-            else {
-                break;
-            };
+            } = done;
             in_flight -= 1;
-            free_cpus += job.cpus;
-            free_memory += job.memory;
-            free_gpus.append(&mut job.gpus);
             for e in events {
                 on_event(e);
             }
@@ -578,21 +636,13 @@ pub fn run(
                     values: inst.values.clone(),
                     attempt: job.attempt + 1,
                 });
-                let mut again =
-                    prepare(wf, instances, job.id, job.key, &outputs, &options.path_var);
-                again.attempt = job.attempt + 1;
-                again.force = job.force;
-                again.cpus = job.cpus;
-                again.memory = job.memory;
-                again.gpus = free_gpus.split_off(free_gpus.len() - step.resources.gpus as usize);
-                again.request.gpus = (step.resources.gpus > 0).then(|| again.gpus.clone());
-                free_cpus -= again.cpus;
-                free_memory -= again.memory;
-                in_flight += 1;
-                if let Err(mpsc::SendError(again)) = job_tx.send(again) {
-                    in_flight -= 1;
-                    free_gpus.extend(again.gpus);
-                }
+                // First in line for the next free slots.
+                runnable.push_front(Runnable {
+                    id: job.id,
+                    key: job.key,
+                    forced: job.force,
+                    attempt: job.attempt + 1,
+                });
             } else {
                 if outcome == Outcome::Cancelled {
                     summary.cancelled += 1;
@@ -650,7 +700,19 @@ fn work(
     scratch: &Scratch,
     mut job: Job,
     cancel: &CancelToken,
+    messages: &mpsc::Sender<Message>,
 ) -> Done {
+    let resources = Message::Freed {
+        cpus: job.cpus,
+        memory: job.memory,
+        gpus: std::mem::take(&mut job.gpus),
+    };
+    let freed = std::cell::Cell::new(Some(resources));
+    let free = || {
+        if let Some(m) = freed.take() {
+            let _ = messages.send(m);
+        }
+    };
     let placements = std::mem::take(&mut job.placements);
     job.request.dir = scratch.root.clone();
     job.request.log = scratch.log.clone();
@@ -678,10 +740,12 @@ fn work(
         scratch,
         &placements,
         cancel,
+        &free,
         &mut done,
     ) {
         done.error = Some(e);
     }
+    free();
     done
 }
 
@@ -700,6 +764,7 @@ fn run_and_store(
     scratch: &Scratch,
     placements: &[Placement],
     cancel: &CancelToken,
+    free: &dyn Fn(),
     done: &mut Done,
 ) -> Result<(), RunError> {
     let job = &done.job;
@@ -723,6 +788,8 @@ fn run_and_store(
             "cannot prepare the scratch folder: {e}"
         ))),
     };
+    // The command is over: its CPUs, memory and GPUs go to the next one.
+    free();
     done.log = std::fs::read(&job.request.log).unwrap_or_default();
     let stored = if done.result.outcome == Outcome::Succeeded {
         match store_outputs(wf, instances, store, &scratch.root, job) {
@@ -789,7 +856,19 @@ fn place_inputs(
     scratch: &Scratch,
     placements: &[Placement],
 ) -> Result<(), RunError> {
-    scratch.reset()?;
+    // The folders this job needs: the parents of its inputs, its output folders.
+    let mut keep = std::collections::HashSet::new();
+    for p in placements {
+        let (path, itself) = match p {
+            Placement::Source { to, .. } | Placement::Object { to, .. } => (to.as_str(), false),
+            Placement::Folder(dir) => (dir.as_str(), true),
+        };
+        if itself {
+            keep.insert(path);
+        }
+        keep.extend(path.match_indices('/').map(|(i, _)| &path[..i]));
+    }
+    scratch.reset(&keep)?;
     for p in placements {
         match p {
             Placement::Source { from, to } => copy_in(from, &scratch.root.join(to))?,
@@ -931,7 +1010,7 @@ fn copy_in(src: &Path, dest: &Path) -> Result<(), RunError> {
         }
         return Ok(());
     }
-    reflink_copy::reflink_or_copy(src, dest).map_err(io_err("copy input", src))?;
+    mustbuild_store::materialize::clone_or_copy(src, dest).map_err(io_err("copy input", src))?;
     Ok(())
 }
 

@@ -559,7 +559,7 @@ impl LocalStore {
             f.sync_all().map_err(io("sync", temp))?;
             return Ok(Some(src.to_path_buf()));
         }
-        reflink_copy::reflink_or_copy(src, temp).map_err(io("copy", src))?;
+        crate::materialize::clone_or_copy(src, temp).map_err(io("copy", src))?;
         let f = std::fs::OpenOptions::new()
             .write(true)
             .open(temp)
