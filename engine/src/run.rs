@@ -419,19 +419,26 @@ pub fn run(
             let tx = done_tx.clone();
             let cancel = cancel.clone();
             scope.spawn(move || {
-                let scratch = Scratch::new(store, worker);
+                let worker = Worker {
+                    wf,
+                    instances,
+                    store,
+                    scratch: Scratch::new(store, worker),
+                    cancel,
+                    messages: tx,
+                };
                 loop {
                     let job = match rx.lock() {
                         Ok(guard) => guard.recv(),
                         Err(_) => break,
                     };
                     let Ok(job) = job else { break };
-                    let done = work(wf, instances, store, &scratch, job, &cancel, &tx);
-                    if tx.send(Message::Done(Box::new(done))).is_err() {
+                    let done = work(&worker, job);
+                    if worker.messages.send(Message::Done(Box::new(done))).is_err() {
                         break;
                     }
                 }
-                scratch.remove();
+                worker.scratch.remove();
             });
         }
         drop(done_tx);
@@ -693,15 +700,23 @@ pub fn run(
 }
 
 /// A worker's part of a job: everything done with files, nothing recorded.
-fn work(
-    wf: &Workflow,
-    instances: &Instances,
-    store: &LocalStore,
-    scratch: &Scratch,
-    mut job: Job,
-    cancel: &CancelToken,
-    messages: &mpsc::Sender<Message>,
-) -> Done {
+/// What a worker thread works with.
+struct Worker<'a> {
+    wf: &'a Workflow,
+    instances: &'a Instances,
+    store: &'a LocalStore,
+    scratch: Scratch,
+    cancel: CancelToken,
+    messages: mpsc::Sender<Message>,
+}
+
+fn work(worker: &Worker<'_>, mut job: Job) -> Done {
+    let Worker {
+        store,
+        scratch,
+        messages,
+        ..
+    } = worker;
     let resources = Message::Freed {
         cpus: job.cpus,
         memory: job.memory,
@@ -733,16 +748,7 @@ fn work(
         events: Vec::new(),
         error: None,
     };
-    if let Err(e) = run_and_store(
-        wf,
-        instances,
-        store,
-        scratch,
-        &placements,
-        cancel,
-        &free,
-        &mut done,
-    ) {
+    if let Err(e) = run_and_store(worker, &placements, &free, &mut done) {
         done.error = Some(e);
     }
     free();
@@ -758,15 +764,19 @@ fn ended_early(outcome: Outcome) -> mustbuild_executors::ExecResult {
 }
 
 fn run_and_store(
-    wf: &Workflow,
-    instances: &Instances,
-    store: &LocalStore,
-    scratch: &Scratch,
+    worker: &Worker<'_>,
     placements: &[Placement],
-    cancel: &CancelToken,
     free: &dyn Fn(),
     done: &mut Done,
 ) -> Result<(), RunError> {
+    let Worker {
+        wf,
+        instances,
+        store,
+        scratch,
+        cancel,
+        ..
+    } = worker;
     let job = &done.job;
     let mut events = Vec::new();
     // Someone may have realised it while we waited for the lock.
