@@ -29,6 +29,10 @@ use std::path::{Path, PathBuf};
 
 const MAGIC: &str = "mustbuild-noop 1";
 
+/// The longest a run waits, at its end, for its newest outputs to become old
+/// enough to be recorded (50 ms on file systems with fine timestamps).
+const MAX_SETTLE_NS: i64 = 200_000_000;
+
 /// What a run was asked, besides the pipeline's content.
 #[derive(Debug, Clone, Default)]
 pub struct Request {
@@ -197,13 +201,24 @@ fn describe(
         return Ok(None);
     };
     let mut cached = store.cached_digests(&ids)?;
-    // Files not hashed yet (outputs copied in by this run) are hashed now, once.
-    let mut again = Vec::new();
-    for (i, c) in cached.iter().enumerate() {
-        if c.is_none() {
-            let _ = store.file_digest(&files[i].0);
-            again.push(i);
-        }
+    // Files not hashed yet (outputs copied in by this run) are hashed now, once:
+    // after a short wait if some were written too recently for the cache to
+    // trust (the last outputs of a run, typically).
+    let again: Vec<usize> = (0..files.len()).filter(|&i| cached[i].is_none()).collect();
+    let wait_until = again
+        .iter()
+        .map(|&i| mustbuild_store::filecache::trusted_from(&ids[i]))
+        .max()
+        .unwrap_or(0);
+    let wait = wait_until.saturating_sub(mustbuild_store::filecache::now_ns());
+    if wait > MAX_SETTLE_NS {
+        return Ok(None);
+    }
+    if wait > 0 {
+        std::thread::sleep(std::time::Duration::from_nanos(wait.unsigned_abs()));
+    }
+    for &i in &again {
+        let _ = store.file_digest(&files[i].0);
     }
     if !again.is_empty() {
         let more = store.cached_digests(&again.iter().map(|&i| ids[i]).collect::<Vec<_>>())?;

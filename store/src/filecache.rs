@@ -43,7 +43,26 @@ pub fn identity(m: &std::fs::Metadata) -> Identity {
     }
 }
 
-fn now_ns() -> i64 {
+/// The time (ns since the epoch) from which a file hashed with this identity is
+/// cached: its timestamps must be older than the file system's granularity
+/// allows a change to hide in. On file systems with whole-second timestamps
+/// (nanoseconds all zero) a change in the same second is invisible: the window
+/// is then a second.
+pub fn trusted_from(id: &Identity) -> i64 {
+    let coarse = id.mtime_ns % 1_000_000_000 == 0 && id.ctime_ns % 1_000_000_000 == 0;
+    let window = if coarse {
+        1_000_000_000 + RACY_NS
+    } else {
+        RACY_NS
+    };
+    id.mtime_ns
+        .max(id.ctime_ns)
+        .saturating_add(window)
+        .saturating_add(1)
+}
+
+/// Nanoseconds since the epoch, now.
+pub fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
@@ -81,15 +100,7 @@ impl LocalStore {
         let (digest, size) = hash_file_read(path).map_err(io("hash", path))?;
         let after = std::fs::metadata(path).map(|m| identity(&m)).ok();
         let stable = after == Some(id);
-        // On file systems with whole-second timestamps (nanoseconds all zero), a
-        // change in the same second is invisible: the window is then a second.
-        let coarse = id.mtime_ns % 1_000_000_000 == 0 && id.ctime_ns % 1_000_000_000 == 0;
-        let window = if coarse {
-            1_000_000_000 + RACY_NS
-        } else {
-            RACY_NS
-        };
-        let racy = id.mtime_ns.max(id.ctime_ns) >= started - window;
+        let racy = started < trusted_from(&id);
         if stable && !racy {
             self.conn()
                 .prepare_cached(
