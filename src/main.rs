@@ -590,23 +590,30 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         && targets.is_empty()
         && force.is_empty()
         && std::env::var_os("MUSTBUILD_NO_NOOP_RECORD").is_none();
-    if may_be_noop
-        && let Ok(store) = LocalStore::open(&store_root)
-        && let Ok(Some(noop)) = mustbuild_engine::noop::check(&store, &noop_request)
-    {
-        let total = noop.instances.len();
-        return report_run(json, total, jobs, wall, None, |on_event| {
-            for (step, values) in noop.instances {
-                on_event(Event::Cached { step, values });
-            }
-            Ok(mustbuild_engine::run::RunSummary {
-                cached: total,
-                session: noop.session,
-                from_noop_record: true,
-                ..Default::default()
-            })
-        });
-    }
+    let said = if may_be_noop && let Ok(store) = LocalStore::open(&store_root) {
+        mustbuild_engine::noop::check(&store, &noop_request)
+            .unwrap_or(mustbuild_engine::noop::Check::None)
+    } else {
+        mustbuild_engine::noop::Check::None
+    };
+    let prior = match said {
+        mustbuild_engine::noop::Check::Partial(prior) => Some(prior),
+        mustbuild_engine::noop::Check::None => None,
+        mustbuild_engine::noop::Check::NoOp(noop) => {
+            let total = noop.instances.len();
+            return report_run(json, total, jobs, wall, None, |on_event| {
+                for (step, values) in noop.instances {
+                    on_event(Event::Cached { step, values });
+                }
+                Ok(mustbuild_engine::run::RunSummary {
+                    cached: total,
+                    session: noop.session,
+                    from_noop_record: true,
+                    ..Default::default()
+                })
+            });
+        }
+    };
     let (loaded, expansion, diags) = load_and_expand_with(path, &overrides);
     let (Some(wf), Some(expansion)) = (&loaded.workflow, &expansion) else {
         print_diagnostics(&loaded, &diags);
@@ -752,6 +759,7 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
             Vec::new()
         },
         noop,
+        prior,
     };
     report_run(json, total, jobs, wall, Some(&cancel), |on_event| {
         mustbuild_engine::run::run(wf, &instances, &store, &options, on_event)

@@ -27,7 +27,7 @@ use mustbuild_store::{Digest, Identity, LocalStore, NoopRecord, StoreError, iden
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-const MAGIC: &str = "mustbuild-noop 1";
+const MAGIC: &str = "mustbuild-noop 2";
 
 /// The longest a run waits, at its end, for its newest outputs to become old
 /// enough to be recorded (50 ms on file systems with fine timestamps).
@@ -72,6 +72,80 @@ pub struct NoOp {
     pub instances: Vec<(String, Vec<String>)>,
 }
 
+/// One instance as the record has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Recorded {
+    step: String,
+    values: Vec<String>,
+    key: Digest,
+    /// Per declared output, in order.
+    outputs: Vec<Digest>,
+}
+
+/// A record whose pipeline, parameters, tools and globs are as they were, but
+/// some of whose files changed: what the run can take from it ([`Prior::clean`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Prior {
+    instances: Vec<Recorded>,
+    /// Every recorded file: its digest, and whether its identity is unchanged.
+    files: HashMap<PathBuf, (Digest, bool)>,
+}
+
+/// What the record says of this run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// Nothing changed: a no-op, already recorded as a session.
+    NoOp(NoOp),
+    /// Some files changed; the rest of the record holds.
+    Partial(Prior),
+    /// No record, or one that does not hold.
+    None,
+}
+
+impl Prior {
+    /// For each instance of this run (the same instances as the record's, since
+    /// the pipeline and its globs are the same): its recorded key and outputs,
+    /// when none of its source files or outputs changed and nothing upstream did.
+    /// What a clean instance's keys read: the digest of each source path.
+    #[expect(clippy::type_complexity, reason = "two plain lists, per instance")]
+    pub fn clean(
+        &self,
+        wf: &Workflow,
+        instances: &Instances,
+    ) -> (Vec<Option<(Digest, Vec<Digest>)>>, HashMap<String, Digest>) {
+        let n = instances.all.len();
+        let mut out: Vec<Option<(Digest, Vec<Digest>)>> = vec![None; n];
+        let mut sources = HashMap::new();
+        if self.instances.len() != n {
+            return (out, sources);
+        }
+        for (i, inst) in instances.all.iter().enumerate() {
+            let r = &self.instances[i];
+            if wf.step(inst.step).name != r.step.as_str() || inst.values != r.values {
+                return (vec![None; n], HashMap::new());
+            }
+            let unchanged = |p: &str| self.files.get(&wf.root.join(p)).filter(|f| f.1);
+            let mut clean = inst.deps.iter().all(|d| out[d.index()].is_some())
+                && inst.outputs.iter().all(|o| unchanged(o).is_some())
+                && r.outputs.len() == inst.outputs.len();
+            for f in inst.inputs.iter().flatten() {
+                if let FileRef::Source(p) = f {
+                    match unchanged(p) {
+                        Some((digest, _)) => {
+                            sources.insert(p.clone(), *digest);
+                        }
+                        None => clean = false,
+                    }
+                }
+            }
+            if clean {
+                out[i] = Some((r.key, r.outputs.clone()));
+            }
+        }
+        (out, sources)
+    }
+}
+
 /// The identity of the running mustbuild (a new build may compute keys otherwise).
 fn exe_identity() -> Option<Identity> {
     let exe = std::env::current_exe().ok()?;
@@ -96,17 +170,22 @@ fn clean(s: &str) -> bool {
 
 /// Writes the record of a complete run, when every file's identity is proven;
 /// otherwise removes any older record. Whether one was written.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "what one run leaves, read in one place"
+)]
 pub fn record(
     store: &LocalStore,
     request: &Request,
     wf: &Workflow,
     instances: &Instances,
+    keys: &[Option<Digest>],
     outputs: &[Option<Vec<Digest>>],
     seen: &Seen,
     session: i64,
 ) -> Result<bool, StoreError> {
     let name = request.name();
-    let body = match describe(store, request, wf, instances, outputs, seen)? {
+    let body = match describe(store, request, wf, instances, keys, outputs, seen)? {
         Some(body) => body,
         None => {
             store.forget_noop_record(&name)?;
@@ -122,6 +201,7 @@ fn describe(
     request: &Request,
     wf: &Workflow,
     instances: &Instances,
+    keys: &[Option<Digest>],
     outputs: &[Option<Vec<Digest>>],
     seen: &Seen,
 ) -> Result<Option<String>, StoreError> {
@@ -239,15 +319,31 @@ fn describe(
             tool.path.display()
         );
     }
-    for (k, (path, _)) in files.iter().enumerate().skip(tools.len()) {
-        let _ = writeln!(body, "file\t{}\t{}", fmt_identity(&ids[k]), path.display());
+    for (k, (path, digest)) in files.iter().enumerate().skip(tools.len()) {
+        let _ = writeln!(
+            body,
+            "file\t{}\t{}\t{}",
+            fmt_identity(&ids[k]),
+            digest.to_hex(),
+            path.display()
+        );
     }
-    for inst in &instances.all {
+    for (i, inst) in instances.all.iter().enumerate() {
         let step = &wf.step(inst.step).name;
+        let (Some(key), Some(outs)) = (keys[i], &outputs[i]) else {
+            return Ok(None);
+        };
         if inst.values.iter().any(|v| !clean(v)) {
             return Ok(None);
         }
-        let _ = writeln!(body, "instance\t{step}\t{}", inst.values.join("\u{1f}"));
+        let outs: Vec<String> = outs.iter().map(Digest::to_hex).collect();
+        let _ = writeln!(
+            body,
+            "instance\t{step}\t{}\t{}\t{}",
+            inst.values.join("\u{1f}"),
+            key.to_hex(),
+            outs.join(",")
+        );
     }
     Ok(Some(body))
 }
@@ -256,26 +352,46 @@ fn list_digest(files: &[String]) -> Digest {
     Digest::of(files.join("\n").as_bytes())
 }
 
-/// The no-op this run is, if the record of the last complete run proves it.
-/// Any doubt (no record, a change, an unreadable file) gives `None`.
-pub fn check(store: &LocalStore, request: &Request) -> Result<Option<NoOp>, StoreError> {
+/// What the record of the last complete run says of this one: a no-op (then
+/// recorded as a session), or what may be taken from it. Any doubt (no record, a
+/// changed pipeline, tool or glob, an unreadable record) gives `Check::None`.
+pub fn check(store: &LocalStore, request: &Request) -> Result<Check, StoreError> {
     let name = request.name();
     let Some(record) = store.noop_record(&name)? else {
-        return Ok(None);
+        return Ok(Check::None);
     };
-    let Some((wf_name, instances)) = verify(&record, request) else {
-        return Ok(None);
+    let Some(verified) = verify(&record, request) else {
+        return Ok(Check::None);
     };
-    let Some(session) = store.reuse_session(&name, &wf_name, &record)? else {
-        return Ok(None);
+    if verified.files.values().any(|(_, same)| !same) {
+        return Ok(Check::Partial(Prior {
+            instances: verified.instances,
+            files: verified.files,
+        }));
+    }
+    let Some(session) = store.reuse_session(&name, &verified.name, &record)? else {
+        return Ok(Check::None);
     };
-    Ok(Some(NoOp { session, instances }))
+    Ok(Check::NoOp(NoOp {
+        session,
+        instances: verified
+            .instances
+            .into_iter()
+            .map(|r| (r.step, r.values))
+            .collect(),
+    }))
 }
 
-/// The pipeline's name and the instances of the record, if everything it names
-/// is as it was.
-#[expect(clippy::type_complexity, reason = "a private helper's plain tuple")]
-fn verify(record: &NoopRecord, request: &Request) -> Option<(String, Vec<(String, Vec<String>)>)> {
+/// A record whose global part holds, and which of its files are unchanged.
+struct Verified {
+    name: String,
+    instances: Vec<Recorded>,
+    files: HashMap<PathBuf, (Digest, bool)>,
+}
+
+/// The record, if its pipeline files, overrides, `PATH`, executable, globs and
+/// tools are as they were; with each file's state.
+fn verify(record: &NoopRecord, request: &Request) -> Option<Verified> {
     let body = std::str::from_utf8(&record.body).ok()?;
     let mut lines = body.lines();
     if lines.next()? != MAGIC {
@@ -286,7 +402,8 @@ fn verify(record: &NoopRecord, request: &Request) -> Option<(String, Vec<(String
     let mut name = String::new();
     let mut overrides = Vec::new();
     let mut instances = Vec::new();
-    let mut files: Vec<(&str, &str)> = Vec::new();
+    let mut tools: Vec<(&str, &str)> = Vec::new();
+    let mut files: Vec<(&str, Digest, &str)> = Vec::new();
     for line in lines {
         let mut f = line.split('\t');
         let kind = f.next()?;
@@ -316,31 +433,57 @@ fn verify(record: &NoopRecord, request: &Request) -> Option<(String, Vec<(String
                 if found != Path::new(path) {
                     return None;
                 }
-                files.push((id, path));
+                tools.push((id, path));
             }
-            ("file", [id, path]) => files.push((id, path)),
-            ("instance", [step, values]) => instances.push((
-                step.to_string(),
-                if values.is_empty() {
+            ("file", [id, digest, path]) => files.push((id, digest.parse().ok()?, path)),
+            ("instance", [step, values, key, outputs]) => instances.push(Recorded {
+                step: step.to_string(),
+                values: if values.is_empty() {
                     Vec::new()
                 } else {
                     values.split('\u{1f}').map(str::to_string).collect()
                 },
-            )),
+                key: key.parse().ok()?,
+                outputs: if outputs.is_empty() {
+                    Vec::new()
+                } else {
+                    outputs
+                        .split(',')
+                        .map(|d| d.parse().ok())
+                        .collect::<Option<Vec<Digest>>>()?
+                },
+            }),
             _ => return None,
         }
     }
     if overrides != request.overrides {
         return None;
     }
-    let same = |(id, path): &(&str, &str)| {
-        identity_of(Path::new(path)).is_some_and(|i| fmt_identity(&i) == *id)
-    };
+    let same =
+        |id: &str, path: &str| identity_of(Path::new(path)).is_some_and(|i| fmt_identity(&i) == id);
+    // A tool's file changed: its digest, hence every key, may have.
+    if !tools.iter().all(|(id, path)| same(id, path)) {
+        return None;
+    }
     // Stat on two threads: the files are many, the calls short.
     let (a, b) = files.split_at(files.len() / 2);
-    let unchanged = std::thread::scope(|s| {
-        let other = s.spawn(|| a.iter().all(same));
-        b.iter().all(same) && other.join().unwrap_or(false)
+    let check = |part: &[(&str, Digest, &str)]| -> Vec<(PathBuf, (Digest, bool))> {
+        part.iter()
+            .map(|(id, digest, path)| (PathBuf::from(path), (*digest, same(id, path))))
+            .collect()
+    };
+    let (mut first, second) = std::thread::scope(|s| {
+        let other = s.spawn(|| check(a));
+        let mine = check(b);
+        (other.join().unwrap_or_default(), mine)
     });
-    unchanged.then_some((name, instances))
+    first.extend(second);
+    if first.len() != files.len() {
+        return None;
+    }
+    Some(Verified {
+        name,
+        instances,
+        files: first.into_iter().collect(),
+    })
 }

@@ -82,6 +82,9 @@ pub struct RunOptions {
     pub gpus: Vec<String>,
     /// Set to leave a no-op record after a complete run ([`crate::noop`]).
     pub noop: Option<crate::noop::Request>,
+    /// The last complete run's record, where it holds but some files changed:
+    /// instances whose files and upstream did not change take their keys from it.
+    pub prior: Option<crate::noop::Prior>,
 }
 
 /// What happened to one instance.
@@ -396,6 +399,12 @@ pub fn run(
         generation: store.generation()?,
         ..Default::default()
     };
+    let mut keys: Vec<Option<Digest>> = vec![None; n];
+    // What the record gives, for instances whose files and upstream are unchanged.
+    let (mut from_prior, prior_sources) = match &options.prior {
+        Some(prior) => prior.clean(wf, instances),
+        None => (vec![None; n], Default::default()),
+    };
     let session = store.begin_session(&wf.name)?;
     let mut summary = RunSummary {
         session,
@@ -451,7 +460,50 @@ pub fn run(
             // Keys of what became ready, a batch to a transaction; the realised
             // are materialised and release their dependents at once.
             while !stop && !ready.is_empty() {
-                let batch: Vec<InstanceId> = ready.drain(..ready.len().min(KEY_BATCH)).collect();
+                let mut batch: Vec<InstanceId> =
+                    ready.drain(..ready.len().min(KEY_BATCH)).collect();
+                // Keys known from the record, when the store still has their
+                // realisations as recorded; the others are computed.
+                let known: Vec<(InstanceId, Digest, Vec<Digest>)> = batch
+                    .iter()
+                    .filter(|id| !options.force.contains(&instances.get(**id).step))
+                    .filter_map(|id| from_prior[id.index()].take().map(|(k, o)| (*id, k, o)))
+                    .collect();
+                if !known.is_empty() {
+                    let ks: Vec<Digest> = known.iter().map(|k| k.1).collect();
+                    let realised = store.use_known_keys(session, &ks)?;
+                    let mut taken = std::collections::HashSet::new();
+                    for ((id, key, recorded), realised) in known.into_iter().zip(realised) {
+                        let inst = instances.get(id);
+                        let step = wf.step(inst.step);
+                        let same = realised.is_some_and(|r| {
+                            step.outputs.iter().zip(&recorded).all(|(decl, d)| {
+                                r.iter()
+                                    .any(|o| o.name == decl.name.as_str() && o.digest == *d)
+                            })
+                        });
+                        if !same {
+                            continue;
+                        }
+                        taken.insert(id);
+                        for f in inst.inputs.iter().flatten() {
+                            if let (FileRef::Source(p), true) = (f, options.noop.is_some())
+                                && let Some(d) = prior_sources.get(p)
+                            {
+                                seen.inputs.entry(p.clone()).or_insert((*d, false));
+                            }
+                        }
+                        keys[id.index()] = Some(key);
+                        outputs[id.index()] = Some(recorded);
+                        summary.cached += 1;
+                        on_event(Event::Cached {
+                            step: step.name.to_string(),
+                            values: inst.values.clone(),
+                        });
+                        release(&dependents[id.index()], &mut waiting, &mut ready);
+                    }
+                    batch.retain(|id| !taken.contains(id));
+                }
                 let mut keyed = Vec::with_capacity(batch.len());
                 for id in batch {
                     let inst = instances.get(id);
@@ -482,6 +534,7 @@ pub fn run(
                 let resolved = store.use_keys(session, &uses)?;
                 for ((id, _, _, forced), (key, realised)) in keyed.iter().zip(resolved) {
                     let inst = instances.get(*id);
+                    keys[id.index()] = Some(key);
                     match realised {
                         Some(realised) => {
                             materialize_outputs(wf, instances, store, *id, &realised, on_event)?;
@@ -691,7 +744,9 @@ pub fn run(
         if complete {
             seen.tools = tools;
             // A record is an optimisation: failing to write one fails nothing.
-            let _ = crate::noop::record(store, request, wf, instances, &outputs, &seen, session);
+            let _ = crate::noop::record(
+                store, request, wf, instances, &keys, &outputs, &seen, session,
+            );
         } else if options.selected.is_none() {
             let _ = store.forget_noop_record(&request.name());
         }

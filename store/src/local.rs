@@ -680,6 +680,33 @@ impl LocalStore {
         Ok(id)
     }
 
+    /// For keys a run knows without their material (from its no-op record): in
+    /// one transaction, each one's realisation, recorded as used by `session`
+    /// when there is one (gc keeps it, as a derivation of a running session).
+    pub fn use_known_keys(
+        &self,
+        session: i64,
+        keys: &[Digest],
+    ) -> Result<Vec<Option<Vec<Output>>>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut out = Vec::with_capacity(keys.len());
+        {
+            let mut used = tx.prepare_cached(
+                "INSERT OR IGNORE INTO session_uses (session, key) VALUES (?1, ?2)",
+            )?;
+            for key in keys {
+                let realised = self.realisation_in(&tx, key, false)?;
+                if realised.is_some() {
+                    used.execute(params![session, key.as_bytes()])?;
+                }
+                out.push(realised);
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
     /// What a run does first with instances' key materials, in one transaction:
     /// stores each, records that `session` uses it, makes it its instance's last
     /// key, and (when `lookup`) finds its realisation. The keys, and the realised
