@@ -551,7 +551,7 @@ fn total_memory() -> Option<u64> {
 }
 
 fn run_command(path: &Path, flags: RunFlags) -> u8 {
-    use mustbuild_engine::run::{Event, RunOptions};
+    use mustbuild_engine::run::RunOptions;
     let RunFlags {
         targets,
         params,
@@ -601,10 +601,18 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         mustbuild_engine::noop::Check::None => None,
         mustbuild_engine::noop::Check::NoOp(noop) => {
             let total = noop.instances.len();
-            return report_run(json, total, jobs, wall, None, |on_event| {
-                for (step, values) in noop.instances {
-                    on_event(Event::Cached { step, values });
-                }
+            // Every instance is cached: their lines go out in one write (a no-op
+            // over 100,000 instances would otherwise make 100,000 calls).
+            let live = !json && progress::stderr_is_live();
+            if !live {
+                let text = cached_lines(&noop.instances, json);
+                let _ = if json {
+                    std::io::stdout().lock().write_all(text.as_bytes())
+                } else {
+                    std::io::stderr().lock().write_all(text.as_bytes())
+                };
+            }
+            return report_run(json, total, jobs, wall, None, |_| {
                 Ok(mustbuild_engine::run::RunSummary {
                     cached: total,
                     session: noop.session,
@@ -766,6 +774,26 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
     })
 }
 
+/// The `cached` event of each instance, as `--json` lines or as plain lines.
+fn cached_lines(instances: &[(String, Vec<String>)], json: bool) -> String {
+    let mut text = String::with_capacity(instances.len() * 64);
+    for (step, values) in instances {
+        if json {
+            // As `serde_json::json!` writes it (keys sorted), without building a map.
+            text.push_str(r#"{"event":"cached","step":"#);
+            text.push_str(&serde_json::Value::from(step.as_str()).to_string());
+            text.push_str(r#","values":"#);
+            text.push_str(&serde_json::Value::from(values.clone()).to_string());
+            text.push_str("}\n");
+        } else {
+            text.push_str("cached   ");
+            text.push_str(&progress::label(step, values));
+            text.push('\n');
+        }
+    }
+    text
+}
+
 /// Reports a run's events as they come (JSON lines, a live line or plain lines)
 /// and its summary; the exit code.
 fn report_run(
@@ -913,4 +941,31 @@ fn select_targets(
         }
     }
     Ok(Some(keep))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_lines_are_the_events_a_run_prints() {
+        let instances = vec![
+            ("a".to_string(), vec![]),
+            (
+                "b \"q\"".to_string(),
+                vec!["x".to_string(), "ü\t".to_string()],
+            ),
+        ];
+        let json: Vec<String> = instances
+            .iter()
+            .map(|(step, values)| {
+                serde_json::json!({"event": "cached", "step": step, "values": values}).to_string()
+            })
+            .collect();
+        assert_eq!(cached_lines(&instances, true), json.join("\n") + "\n");
+        assert_eq!(
+            cached_lines(&instances, false),
+            "cached   a\ncached   b \"q\" (x, ü\t)\n"
+        );
+    }
 }

@@ -23,7 +23,7 @@
 use crate::instantiate::{FileRef, Instances};
 use crate::keys::{ToolIdentity, locate_tool};
 use mustbuild_lang::model::{InputSource, PathKind, Workflow};
-use mustbuild_store::{Digest, Identity, LocalStore, NoopRecord, StoreError, identity};
+use mustbuild_store::{Digest, Identity, LocalStore, StoreError, identity};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -114,6 +114,7 @@ impl Prior {
         instances: &Instances,
     ) -> (Vec<Option<(Digest, Vec<Digest>)>>, HashMap<String, Digest>) {
         let n = instances.all.len();
+        let root = absolute(&wf.root);
         let mut out: Vec<Option<(Digest, Vec<Digest>)>> = vec![None; n];
         let mut sources = HashMap::new();
         if self.instances.len() != n {
@@ -124,7 +125,7 @@ impl Prior {
             if wf.step(inst.step).name != r.step.as_str() || inst.values != r.values {
                 return (vec![None; n], HashMap::new());
             }
-            let unchanged = |p: &str| self.files.get(&wf.root.join(p)).filter(|f| f.1);
+            let unchanged = |p: &str| self.files.get(&root.join(p)).filter(|f| f.1);
             let mut clean = inst.deps.iter().all(|d| out[d.index()].is_some())
                 && inst.outputs.iter().all(|o| unchanged(o).is_some())
                 && r.outputs.len() == inst.outputs.len();
@@ -144,6 +145,23 @@ impl Prior {
         }
         (out, sources)
     }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// An identity as the record writes it.
+fn parse_identity(s: &str) -> Option<Identity> {
+    let mut n = s.split(' ').map(|x| x.parse::<i64>().ok());
+    let id = Identity {
+        dev: n.next()??,
+        ino: n.next()??,
+        size: n.next()??,
+        mtime_ns: n.next()??,
+        ctime_ns: n.next()??,
+    };
+    n.next().is_none().then_some(id)
 }
 
 /// The identity of the running mustbuild (a new build may compute keys otherwise).
@@ -228,7 +246,9 @@ fn describe(
         return Ok(None);
     }
     let _ = writeln!(body, "name\t{}", wf.name);
-    let _ = writeln!(body, "root\t{}", wf.root.display());
+    // Absolute paths: the record holds wherever the next run starts from.
+    let root = absolute(&wf.root);
+    let _ = writeln!(body, "root\t{}", root.display());
     let _ = writeln!(body, "path\t{}", request.path_var);
     for (k, v) in &request.overrides {
         if !clean(k) || !clean(v) {
@@ -263,14 +283,14 @@ fn describe(
                 let Some((digest, _)) = seen.inputs.get(p) else {
                     return Ok(None);
                 };
-                files.push((wf.root.join(p), *digest));
+                files.push((root.join(p), *digest));
             }
         }
         let Some(digests) = &outputs[i] else {
             return Ok(None);
         };
         for (path, digest) in inst.outputs.iter().zip(digests) {
-            files.push((wf.root.join(path), *digest));
+            files.push((root.join(path), *digest));
         }
     }
     let Some(ids) = files
@@ -360,59 +380,109 @@ pub fn check(store: &LocalStore, request: &Request) -> Result<Check, StoreError>
     let Some(record) = store.noop_record(&name)? else {
         return Ok(Check::None);
     };
-    let Some(verified) = verify(&record, request) else {
+    let Ok(body) = std::str::from_utf8(&record.body) else {
         return Ok(Check::None);
     };
-    if verified.files.values().any(|(_, same)| !same) {
-        return Ok(Check::Partial(Prior {
-            instances: verified.instances,
-            files: verified.files,
-        }));
-    }
-    let Some(session) = store.reuse_session(&name, &verified.name, &record)? else {
+    let Some(read) = read(body, request) else {
         return Ok(Check::None);
     };
-    Ok(Check::NoOp(NoOp {
-        session,
-        instances: verified
+    let unchanged = unchanged_files(&read.files);
+    if unchanged.iter().all(|&same| same) {
+        let Some(session) = store.reuse_session(read.name, &record)? else {
+            return Ok(Check::None);
+        };
+        let instances = read
             .instances
-            .into_iter()
-            .map(|r| (r.step, r.values))
-            .collect(),
-    }))
+            .iter()
+            .map(|[step, values, ..]| (step.to_string(), split_values(values)))
+            .collect();
+        return Ok(Check::NoOp(NoOp { session, instances }));
+    }
+    // Some files changed: what holds is parsed for the run.
+    let prior = (|| {
+        let mut instances = Vec::with_capacity(read.instances.len());
+        for [step, values, key, outputs] in &read.instances {
+            instances.push(Recorded {
+                step: step.to_string(),
+                values: split_values(values),
+                key: key.parse().ok()?,
+                outputs: if outputs.is_empty() {
+                    Vec::new()
+                } else {
+                    outputs
+                        .split(',')
+                        .map(|d| d.parse().ok())
+                        .collect::<Option<Vec<Digest>>>()?
+                },
+            });
+        }
+        let mut files = HashMap::with_capacity(read.files.len());
+        for ((_, digest, path), same) in read.files.iter().zip(unchanged) {
+            files.insert(PathBuf::from(path), (digest.parse().ok()?, same));
+        }
+        Some(Prior { instances, files })
+    })();
+    Ok(prior.map_or(Check::None, Check::Partial))
 }
 
-/// A record whose global part holds, and which of its files are unchanged.
-struct Verified {
-    name: String,
-    instances: Vec<Recorded>,
-    files: HashMap<PathBuf, (Digest, bool)>,
+fn split_values(values: &str) -> Vec<String> {
+    if values.is_empty() {
+        Vec::new()
+    } else {
+        values.split('\u{1f}').map(str::to_string).collect()
+    }
 }
 
-/// The record, if its pipeline files, overrides, `PATH`, executable, globs and
-/// tools are as they were; with each file's state.
-fn verify(record: &NoopRecord, request: &Request) -> Option<Verified> {
-    let body = std::str::from_utf8(&record.body).ok()?;
+/// A record whose global part holds: its lines, not parsed further.
+struct Read<'a> {
+    name: &'a str,
+    /// Step, values, key, outputs.
+    instances: Vec<[&'a str; 4]>,
+    /// Identity, digest, path.
+    files: Vec<(Identity, &'a str, &'a str)>,
+}
+
+/// Whether each file has the identity recorded (stat on two threads: the files
+/// are many, the calls short).
+fn unchanged_files(files: &[(Identity, &str, &str)]) -> Vec<bool> {
+    let same = |(id, _, path): &(Identity, &str, &str)| identity_of(Path::new(path)) == Some(*id);
+    let (a, b) = files.split_at(files.len() / 2);
+    let (mut first, second) = std::thread::scope(|s| {
+        let other = s.spawn(|| a.iter().map(same).collect::<Vec<bool>>());
+        let mine: Vec<bool> = b.iter().map(same).collect();
+        (other.join().unwrap_or_else(|_| vec![false; a.len()]), mine)
+    });
+    first.extend(second);
+    first
+}
+
+/// The record's lines, if its pipeline files, overrides, `PATH`, executable, globs
+/// and tools are as they were.
+fn read<'a>(body: &'a str, request: &Request) -> Option<Read<'a>> {
     let mut lines = body.lines();
     if lines.next()? != MAGIC {
         return None;
     }
-    let exe = fmt_identity(&exe_identity()?);
+    let exe = exe_identity()?;
     let mut root = PathBuf::new();
-    let mut name = String::new();
+    let mut name = "";
     let mut overrides = Vec::new();
     let mut instances = Vec::new();
-    let mut tools: Vec<(&str, &str)> = Vec::new();
-    let mut files: Vec<(&str, Digest, &str)> = Vec::new();
+    let mut files = Vec::new();
+    // Lines every record has: the executable, PATH, the root.
+    let (mut same_exe, mut same_path, mut has_root) = (false, false, false);
     for line in lines {
         let mut f = line.split('\t');
         let kind = f.next()?;
         let rest: Vec<&str> = f.collect();
         match (kind, rest.as_slice()) {
-            ("exe", [id]) if *id == exe => {}
-            ("name", [n]) => name = n.to_string(),
-            ("root", [r]) => root = PathBuf::from(r),
-            ("path", [p]) if *p == request.path_var => {}
+            ("exe", [id]) if parse_identity(id)? == exe => same_exe = true,
+            ("name", [n]) => name = n,
+            ("root", [r]) => {
+                root = PathBuf::from(r);
+                has_root = true;
+            }
+            ("path", [p]) if *p == request.path_var => same_path = true,
             ("param", [k, v]) => overrides.push((k.to_string(), v.to_string())),
             ("source", [digest, path]) => {
                 let text = std::fs::read(path).ok()?;
@@ -428,62 +498,24 @@ fn verify(record: &NoopRecord, request: &Request) -> Option<Verified> {
                     return None;
                 }
             }
+            // A tool found elsewhere, or changed: its digest, hence every key, may be.
             ("tool", [name, id, path]) => {
-                let found = locate_tool(name, &request.path_var)?;
-                if found != Path::new(path) {
+                if locate_tool(name, &request.path_var)? != Path::new(path)
+                    || identity_of(Path::new(path)) != Some(parse_identity(id)?)
+                {
                     return None;
                 }
-                tools.push((id, path));
             }
-            ("file", [id, digest, path]) => files.push((id, digest.parse().ok()?, path)),
-            ("instance", [step, values, key, outputs]) => instances.push(Recorded {
-                step: step.to_string(),
-                values: if values.is_empty() {
-                    Vec::new()
-                } else {
-                    values.split('\u{1f}').map(str::to_string).collect()
-                },
-                key: key.parse().ok()?,
-                outputs: if outputs.is_empty() {
-                    Vec::new()
-                } else {
-                    outputs
-                        .split(',')
-                        .map(|d| d.parse().ok())
-                        .collect::<Option<Vec<Digest>>>()?
-                },
-            }),
+            ("file", [id, digest, path]) => files.push((parse_identity(id)?, *digest, *path)),
+            ("instance", [step, values, key, outputs]) => {
+                instances.push([*step, *values, *key, *outputs]);
+            }
             _ => return None,
         }
     }
-    if overrides != request.overrides {
-        return None;
-    }
-    let same =
-        |id: &str, path: &str| identity_of(Path::new(path)).is_some_and(|i| fmt_identity(&i) == id);
-    // A tool's file changed: its digest, hence every key, may have.
-    if !tools.iter().all(|(id, path)| same(id, path)) {
-        return None;
-    }
-    // Stat on two threads: the files are many, the calls short.
-    let (a, b) = files.split_at(files.len() / 2);
-    let check = |part: &[(&str, Digest, &str)]| -> Vec<(PathBuf, (Digest, bool))> {
-        part.iter()
-            .map(|(id, digest, path)| (PathBuf::from(path), (*digest, same(id, path))))
-            .collect()
-    };
-    let (mut first, second) = std::thread::scope(|s| {
-        let other = s.spawn(|| check(a));
-        let mine = check(b);
-        (other.join().unwrap_or_default(), mine)
-    });
-    first.extend(second);
-    if first.len() != files.len() {
-        return None;
-    }
-    Some(Verified {
+    (same_exe && same_path && has_root && overrides == request.overrides).then_some(Read {
         name,
         instances,
-        files: first.into_iter().collect(),
+        files,
     })
 }

@@ -135,6 +135,13 @@ CREATE TABLE IF NOT EXISTS materialised (
     digest BLOB NOT NULL
 ) WITHOUT ROWID;
 
+-- A session that used exactly the derivations of an earlier one (a no-op run):
+-- gc keeps that one's derivations, and that one, while this one is kept.
+CREATE TABLE IF NOT EXISTS session_aliases (
+    session   INTEGER PRIMARY KEY REFERENCES sessions (id) ON DELETE CASCADE,
+    uses_from INTEGER NOT NULL
+);
+
 -- Counters: 'generation' goes up whenever gc or repair removes anything, so that
 -- what was known of the store before (a no-op record) can tell it is stale.
 CREATE TABLE IF NOT EXISTS meta (
@@ -186,6 +193,13 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     )?;
     // Other processes hold the write lock for short transactions; wait for them.
     conn.busy_timeout(Duration::from_secs(120))?;
+    // The last connection to close would checkpoint the WAL and delete it, with
+    // two fsyncs: milliseconds on every run. Checkpoints happen as the WAL grows
+    // (every 1,000 pages) instead.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )?;
     // Switching to WAL and creating the schema can meet another process doing the
     // same on a new store; SQLite then answers "busy" at once, without waiting.
     let mut attempt = 0;

@@ -885,15 +885,10 @@ impl LocalStore {
     }
 
     /// A no-op run, recorded: a new, finished session that uses every derivation
-    /// the record's session used, provided nothing was removed from the store since
-    /// (same generation, and that session's uses all still there). The record now
-    /// names the new session. `None` when the store changed.
-    pub fn reuse_session(
-        &self,
-        pipeline: &str,
-        name: &str,
-        record: &NoopRecord,
-    ) -> Result<Option<i64>> {
+    /// the record's session used (an alias of it, which gc follows), provided
+    /// nothing was removed from the store since (same generation, and that
+    /// session's uses all still there). `None` when the store changed.
+    pub fn reuse_session(&self, name: &str, record: &NoopRecord) -> Result<Option<i64>> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let uses: i64 = tx.query_row(
@@ -910,13 +905,11 @@ impl LocalStore {
             params![name, now],
         )?;
         let session = tx.last_insert_rowid();
+        // The same derivations as the record's session: named, not copied (a
+        // no-op over 100,000 instances would add as many rows).
         tx.execute(
-            "INSERT INTO session_uses (session, key) SELECT ?1, key FROM session_uses WHERE session = ?2",
+            "INSERT INTO session_aliases (session, uses_from) VALUES (?1, ?2)",
             params![session, record.session],
-        )?;
-        tx.execute(
-            "UPDATE noop_records SET session = ?2 WHERE pipeline = ?1",
-            params![pipeline, session],
         )?;
         tx.commit()?;
         Ok(Some(session))

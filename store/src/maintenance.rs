@@ -314,6 +314,12 @@ impl LocalStore {
              WHERE n > ?1 AND NOT (finished_ms IS NULL AND owner IN (SELECT id FROM owners))",
             [i64::try_from(keep_last).unwrap_or(i64::MAX)],
         )?;
+        // A kept no-op session keeps the session whose derivations it used.
+        tx.execute(
+            "DELETE FROM gc_old WHERE id IN (SELECT uses_from FROM session_aliases
+                 WHERE session NOT IN (SELECT id FROM gc_old))",
+            [],
+        )?;
         report.sessions_removed = tx
             .query_row("SELECT COUNT(*) FROM gc_old", [], |r| r.get::<_, i64>(0))?
             .max(0) as u64;
@@ -407,11 +413,17 @@ impl LocalStore {
             tx.execute("DELETE FROM tree_refs WHERE tree = ?1", [d.as_bytes()])?;
             tx.execute("DELETE FROM objects WHERE digest = ?1", [d.as_bytes()])?;
         }
-        tx.execute(
+        let sessions_gone = tx.execute(
             "DELETE FROM sessions WHERE id IN (SELECT id FROM gc_old)",
             [],
         )?;
-        crate::db::bump_generation(&tx)?;
+        if sessions_gone > 0
+            || !stale_realisations.is_empty()
+            || !stale_derivations.is_empty()
+            || !garbage.is_empty()
+        {
+            crate::db::bump_generation(&tx)?;
+        }
         tx.commit()?;
         Ok(garbage.into_iter().map(|g| g.0).collect())
     }

@@ -540,3 +540,41 @@ fn a_folder_digest_without_storing_matches_the_stored_tree() {
     let (f, size, is_dir) = store.path_digest(&dir.join("a.txt")).unwrap();
     assert_eq!((f, size, is_dir), (Digest::of(b"alpha\n"), 6, false));
 }
+
+#[test]
+fn no_op_sessions_keep_the_derivations_of_the_run_they_repeat() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(tmp.path().join("store")).unwrap();
+    let session = store.begin_session("p").unwrap();
+    let key = store.put_derivation(&material(7)).unwrap();
+    let d = store.add_bytes(b"the result").unwrap();
+    store.realise(&key, &file_output("o", d)).unwrap();
+    store.use_derivation(session, &key).unwrap();
+    store.finish_session(session).unwrap();
+    let generation = store.generation().unwrap();
+    store
+        .save_noop_record("/p/pipeline.kdl", session, generation, b"body")
+        .unwrap();
+    let record = store.noop_record("/p/pipeline.kdl").unwrap().unwrap();
+    assert_eq!((record.session, record.uses), (session, 1));
+    // Three no-op runs: three sessions that name the first one's derivations.
+    for _ in 0..3 {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(store.reuse_session("p", &record).unwrap().is_some());
+    }
+    store.release_leases().unwrap();
+    // Keeping the last two sessions keeps what the first one used.
+    let report = store.gc(2, false).unwrap();
+    assert_eq!(report.objects_removed, 0, "{report:?}");
+    assert!(store.has_object(&d).unwrap());
+    assert!(store.realisation(&key).unwrap().is_some());
+    // gc removed a session (the oldest alias) and so bumped the generation: the
+    // record no longer vouches for the store.
+    assert_eq!(report.sessions_removed, 1, "{report:?}");
+    assert!(store.reuse_session("p", &record).unwrap().is_none());
+    // With no session kept, the derivation and its output go.
+    store.release_leases().unwrap();
+    let report = store.gc(0, false).unwrap();
+    assert!(!store.has_object(&d).unwrap(), "{report:?}");
+    assert_eq!(store.realisation(&key).unwrap(), None);
+}
