@@ -228,8 +228,17 @@ fn initialise(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    // Added within schema 1: created on stores made before it.
-    conn.execute_batch(LAST_KEYS)?;
+    // Added within schema 1: created on stores made before it (parsing the
+    // statements on every open costs more than asking whether they are needed).
+    let present: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN
+         ('last_keys', 'materialised', 'session_aliases', 'meta', 'noop_records')",
+        [],
+        |r| r.get(0),
+    )?;
+    if present < 5 {
+        conn.execute_batch(LAST_KEYS)?;
+    }
     if version == 0 {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"

@@ -125,6 +125,9 @@ pub struct LocalStore {
     host: String,
     started_ms: i64,
     temp_counter: AtomicU64,
+    /// Whether this process's row is in `owners` (written when first needed: a
+    /// process that only reads, or a no-op run, writes none).
+    registered: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -263,8 +266,8 @@ impl LocalStore {
             host,
             started_ms: started,
             temp_counter: AtomicU64::new(0),
+            registered: std::sync::atomic::AtomicBool::new(false),
         };
-        store.register_owner(&store.conn())?;
         Ok(store)
     }
 
@@ -275,6 +278,7 @@ impl LocalStore {
             "INSERT OR IGNORE INTO owners (id, host, pid, proc_start, started_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?
         .execute(params![self.owner, self.host, pid, own_start(), self.started_ms])?;
+        self.registered.store(true, Ordering::Relaxed);
         Ok(())
     }
 
@@ -814,6 +818,8 @@ impl LocalStore {
     /// is among the last runs of that pipeline.
     pub fn begin_session(&self, pipeline: &str) -> Result<i64> {
         let conn = self.conn();
+        // gc tells a running session by its owner's row.
+        self.register_owner(&conn)?;
         conn.execute(
             "INSERT INTO sessions (pipeline, owner, started_ms) VALUES (?1, ?2, ?3)",
             params![pipeline, self.owner, now_ms()],
@@ -1002,13 +1008,25 @@ impl LocalStore {
     }
 }
 
+/// A WAL larger than this is checkpointed when a process closes the store.
+const WAL_FOLD_BYTES: u64 = 256 << 10;
+
 impl Drop for LocalStore {
     fn drop(&mut self) {
         let conn = self
             .conn
             .get_mut()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let _ = conn.execute("DELETE FROM owners WHERE id = ?1", [&self.owner]);
+        if *self.registered.get_mut() {
+            let _ = conn.execute("DELETE FROM owners WHERE id = ?1", [&self.owner]);
+        }
+        // Connections do not checkpoint on close (two fsyncs on every run); a
+        // large WAL is folded into the database here, so that opening it stays
+        // quick (an opener reads the whole WAL when no one else has it open).
+        let wal = self.root.join("meta.sqlite-wal");
+        if std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_FOLD_BYTES) {
+            let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+        }
     }
 }
 
