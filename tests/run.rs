@@ -245,6 +245,49 @@ fn steps_take_their_cpus_out_of_j() {
 }
 
 #[test]
+fn outputs_keep_their_order_and_executable_bit_when_taken_from_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pipeline = |tag: &str| {
+        format!(
+            r#"pipeline "o"
+step two {{
+    out z="z.txt" a="a.txt" tool="tool.sh"
+    run "echo Z > {{out.z}}; echo A > {{out.a}}; printf '#!/bin/sh\necho ran\n' > {{out.tool}}; chmod +x {{out.tool}}"
+}}
+step read {{
+    in z=two.z t=two.tool
+    out o="read.txt"
+    run "cat {{in.z}} > {{out.o}}; ./{{in.t}} >> {{out.o}}; echo {tag} >> {{out.o}}"
+}}
+"#
+        )
+    };
+    write_pipeline(tmp.path(), &pipeline("first"));
+    let store = tmp.path().join("store");
+    let store = store.to_str().unwrap();
+    let r = run_with(tmp.path(), store, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let read = || std::fs::read_to_string(tmp.path().join("read.txt")).unwrap();
+    assert_eq!(read(), "Z\nran\nfirst\n");
+    // `two` now comes from the store (its outputs listed by name there), `read` runs.
+    write_pipeline(tmp.path(), &pipeline("second"));
+    let r = run_with(tmp.path(), store, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(read(), "Z\nran\nsecond\n");
+    // And from the no-op record, when only `read`'s own file changed.
+    std::fs::remove_file(tmp.path().join("read.txt")).unwrap();
+    let r = run_with(tmp.path(), store, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(read(), "Z\nran\nsecond\n");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(tmp.path().join("tool.sh"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o111, 0o111, "the workspace copy is executable");
+}
+
+#[test]
 fn each_command_sees_only_its_declared_inputs() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(tmp.path().join("src/deep")).unwrap();

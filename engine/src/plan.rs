@@ -54,8 +54,8 @@ pub fn plan(
         } else {
             store.realisation(&key)?
         };
-        if let Some(r) = realised {
-            outputs[i] = Some(r.iter().map(|o| o.digest).collect());
+        if let Some((digests, _)) = realised.and_then(|r| crate::run::in_order(step, &r)) {
+            outputs[i] = Some(digests);
             out.push((id, Plan::Cached));
             continue;
         }

@@ -21,7 +21,7 @@
 use crate::instantiate::{FileRef, InstanceId, Instances};
 use crate::keys::{KeyError, key_from_outputs, resolve_tools};
 use mustbuild_executors::{CancelToken, ExecRequest, Outcome};
-use mustbuild_lang::model::{PathKind, Workflow};
+use mustbuild_lang::model::{PathKind, Step, Workflow};
 use mustbuild_store::{
     Digest, Ingest, KeyUse, LocalStore, Output, OutputKind, RunRecord, StoreError,
 };
@@ -181,7 +181,16 @@ struct Scratch {
     home: PathBuf,
     tmp: PathBuf,
     log: PathBuf,
+    /// Where the files a job leaves wait to be reused by the next one's copies:
+    /// ext4 slows inode allocation down behind recent deletions, and a job that
+    /// reads k files would otherwise create and delete k inodes.
+    spare: PathBuf,
+    spares: std::cell::RefCell<Vec<PathBuf>>,
+    named: std::cell::Cell<u64>,
 }
+
+/// Files kept for reuse per worker, at most.
+const MAX_SPARES: usize = 64;
 
 impl Scratch {
     fn new(store: &LocalStore, worker: usize) -> Scratch {
@@ -192,6 +201,9 @@ impl Scratch {
             home: root.join(".mustbuild/home"),
             tmp: root.join(".mustbuild/tmp"),
             log: base.join(format!("{name}.log")),
+            spare: base.join(format!("{name}.spare")),
+            spares: Default::default(),
+            named: Default::default(),
             root,
         }
     }
@@ -200,49 +212,109 @@ impl Scratch {
     /// `keep` (relative paths), which stay, emptied: a job that needs the same
     /// folders as the last one creates and deletes none.
     fn reset(&self, keep: &std::collections::HashSet<&str>) -> Result<(), RunError> {
-        for d in [&self.home, &self.tmp] {
+        for d in [&self.home, &self.tmp, &self.spare] {
             std::fs::create_dir_all(d).map_err(io_err("create", d))?;
         }
-        empty(&self.root, "", keep)?;
+        self.empty(&self.root, "", keep)?;
         let none = Default::default();
-        empty(&self.home, "", &none)?;
-        empty(&self.tmp, "", &none)
+        self.empty(&self.home, "", &none)?;
+        self.empty(&self.tmp, "", &none)
+    }
+
+    /// Removes what is in `dir` (`rel` within the scratch folder) but `.mustbuild`
+    /// at the top and the folders in `keep`, which are emptied in turn. Files
+    /// are kept aside for reuse.
+    fn empty(
+        &self,
+        dir: &Path,
+        rel: &str,
+        keep: &std::collections::HashSet<&str>,
+    ) -> Result<(), RunError> {
+        for e in std::fs::read_dir(dir).map_err(io_err("list", dir))? {
+            let e = e.map_err(io_err("list", dir))?;
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if rel.is_empty() && name == ".mustbuild" {
+                continue;
+            }
+            let inner = if rel.is_empty() {
+                name.into_owned()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let path = e.path();
+            let kind = e.file_type().map_err(io_err("read", &path))?;
+            let gone = if kind.is_dir() && keep.contains(inner.as_str()) {
+                self.empty(&path, &inner, keep)?;
+                continue;
+            } else if kind.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else if kind.is_file() {
+                self.retire(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            gone.map_err(io_err("clean", &path))?;
+        }
+        Ok(())
+    }
+
+    /// Keeps a file's inode for a later copy rather than deleting it.
+    fn retire(&self, path: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut spares = self.spares.borrow_mut();
+        if spares.len() >= MAX_SPARES {
+            return std::fs::remove_file(path);
+        }
+        let n = self.named.get();
+        self.named.set(n + 1);
+        let dest = self.spare.join(n.to_string());
+        // Writable again (a copy of a store object is read-only).
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(path, &dest)?;
+        spares.push(dest);
+        Ok(())
+    }
+
+    /// Copies `src` to `dest` (its permissions too, or `mode`), in a kept inode
+    /// when there is one.
+    fn copy_file(&self, src: &Path, dest: &Path, mode: Option<u32>) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        if let Some(spare) = self.spares.borrow_mut().pop()
+            && std::fs::rename(&spare, dest).is_err()
+        {
+            let _ = std::fs::remove_file(&spare);
+        }
+        mustbuild_store::materialize::clone_or_copy(src, dest)?;
+        if let Some(mode) = mode {
+            std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode))?;
+        }
+        Ok(())
+    }
+
+    /// Copies a source file or folder into the scratch folder.
+    fn copy_in(&self, src: &Path, dest: &Path) -> Result<(), RunError> {
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+        }
+        let meta = std::fs::metadata(src).map_err(io_err("read input", src))?;
+        if meta.is_dir() {
+            std::fs::create_dir_all(dest).map_err(io_err("create", dest))?;
+            for e in std::fs::read_dir(src).map_err(io_err("list", src))? {
+                let e = e.map_err(io_err("list", src))?;
+                self.copy_in(&e.path(), &dest.join(e.file_name()))?;
+            }
+            return Ok(());
+        }
+        self.copy_file(src, dest, None)
+            .map_err(io_err("copy input", src))
     }
 
     fn remove(&self) {
         let _ = remove_tree(&self.root);
+        let _ = remove_tree(&self.spare);
         let _ = std::fs::remove_file(&self.log);
     }
-}
-
-/// Removes what is in `dir` (`rel` within the scratch folder) but `.mustbuild` at
-/// the top and the folders in `keep`, which are emptied in turn.
-fn empty(dir: &Path, rel: &str, keep: &std::collections::HashSet<&str>) -> Result<(), RunError> {
-    for e in std::fs::read_dir(dir).map_err(io_err("list", dir))? {
-        let e = e.map_err(io_err("list", dir))?;
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        if rel.is_empty() && name == ".mustbuild" {
-            continue;
-        }
-        let inner = if rel.is_empty() {
-            name.into_owned()
-        } else {
-            format!("{rel}/{name}")
-        };
-        let path = e.path();
-        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
-        let gone = if is_dir && keep.contains(inner.as_str()) {
-            empty(&path, &inner, keep)?;
-            continue;
-        } else if is_dir {
-            std::fs::remove_dir_all(&path)
-        } else {
-            std::fs::remove_file(&path)
-        };
-        gone.map_err(io_err("clean", &path))?;
-    }
-    Ok(())
 }
 
 /// Removes scratch folders left by runs that were killed (their process is gone).
@@ -400,6 +472,8 @@ pub fn run(
         ..Default::default()
     };
     let mut keys: Vec<Option<Digest>> = vec![None; n];
+    // The kind (file, executable, folder) of each output, beside its digest.
+    let mut kinds: Vec<Option<Vec<OutputKind>>> = vec![None; n];
     // What the record gives, for instances whose files and upstream are unchanged.
     let (mut from_prior, prior_sources) = match &options.prior {
         Some(prior) => prior.clean(wf, instances),
@@ -476,15 +550,15 @@ pub fn run(
                     for ((id, key, recorded), realised) in known.into_iter().zip(realised) {
                         let inst = instances.get(id);
                         let step = wf.step(inst.step);
-                        let same = realised.is_some_and(|r| {
-                            step.outputs.iter().zip(&recorded).all(|(decl, d)| {
-                                r.iter()
-                                    .any(|o| o.name == decl.name.as_str() && o.digest == *d)
-                            })
-                        });
-                        if !same {
+                        let Some((digests, output_kinds)) =
+                            realised.as_deref().and_then(|r| in_order(step, r))
+                        else {
+                            continue;
+                        };
+                        if digests != recorded {
                             continue;
                         }
+                        kinds[id.index()] = Some(output_kinds);
                         taken.insert(id);
                         for f in inst.inputs.iter().flatten() {
                             if let (FileRef::Source(p), true) = (f, options.noop.is_some())
@@ -535,10 +609,12 @@ pub fn run(
                 for ((id, _, _, forced), (key, realised)) in keyed.iter().zip(resolved) {
                     let inst = instances.get(*id);
                     keys[id.index()] = Some(key);
-                    match realised {
-                        Some(realised) => {
+                    let step = wf.step(inst.step);
+                    match realised.and_then(|r| in_order(step, &r).map(|o| (r, o))) {
+                        Some((realised, (digests, output_kinds))) => {
                             materialize_outputs(wf, instances, store, *id, &realised, on_event)?;
-                            outputs[id.index()] = Some(realised.iter().map(|o| o.digest).collect());
+                            outputs[id.index()] = Some(digests);
+                            kinds[id.index()] = Some(output_kinds);
                             summary.cached += 1;
                             on_event(Event::Cached {
                                 step: wf.step(inst.step).name.to_string(),
@@ -581,7 +657,7 @@ pub fn run(
                 };
                 let inst = instances.get(id);
                 let step = wf.step(inst.step);
-                let mut job = prepare(wf, instances, id, key, &outputs, &options.path_var);
+                let mut job = prepare(wf, instances, id, key, &outputs, &kinds, &options.path_var);
                 job.force = forced;
                 job.attempt = attempt;
                 job.cpus = (step.resources.cpus as usize).min(total_cpus);
@@ -641,7 +717,9 @@ pub fn run(
             summary.cpu_seconds += (result.usage.user_cpu + result.usage.system_cpu).as_secs_f64();
             if realised_elsewhere {
                 let realised = stored.unwrap_or_default();
-                outputs[job.id.index()] = Some(realised.iter().map(|o| o.digest).collect());
+                let (digests, output_kinds) = in_order(step, &realised).unwrap_or_default();
+                outputs[job.id.index()] = Some(digests);
+                kinds[job.id.index()] = Some(output_kinds);
                 summary.cached += 1;
                 on_event(Event::Cached {
                     step: step.name.to_string(),
@@ -679,7 +757,9 @@ pub fn run(
             )?;
             if let Some(stored) = stored {
                 drop(job.lock);
-                outputs[job.id.index()] = Some(stored.iter().map(|o| o.digest).collect());
+                let (digests, output_kinds) = in_order(step, &stored).unwrap_or_default();
+                outputs[job.id.index()] = Some(digests);
+                kinds[job.id.index()] = Some(output_kinds);
                 summary.executed += 1;
                 on_event(Event::Executed {
                     step: step.name.to_string(),
@@ -936,9 +1016,27 @@ fn place_inputs(
     scratch.reset(&keep)?;
     for p in placements {
         match p {
-            Placement::Source { from, to } => copy_in(from, &scratch.root.join(to))?,
+            Placement::Source { from, to } => scratch.copy_in(from, &scratch.root.join(to))?,
+            Placement::Object {
+                digest,
+                kind: OutputKind::Tree,
+                to,
+            } => {
+                store.materialize(digest, OutputKind::Tree, &scratch.root.join(to))?;
+            }
             Placement::Object { digest, kind, to } => {
-                store.materialize(digest, *kind, &scratch.root.join(to))?;
+                let dest = scratch.root.join(to);
+                if let Some(parent) = dest.parent() {
+                    std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+                }
+                let mode = if *kind == OutputKind::Executable {
+                    0o755
+                } else {
+                    0o644
+                };
+                scratch
+                    .copy_file(&store.object_path(digest), &dest, Some(mode))
+                    .map_err(io_err("copy input", &dest))?;
             }
             Placement::Folder(dir) => {
                 let dir = scratch.root.join(dir);
@@ -947,6 +1045,21 @@ fn place_inputs(
         }
     }
     Ok(())
+}
+
+/// An instance's outputs in the order its step declares them (the store lists
+/// them by name): digests and kinds; `None` when one is missing.
+pub(crate) fn in_order(step: &Step, realised: &[Output]) -> Option<(Vec<Digest>, Vec<OutputKind>)> {
+    step.outputs
+        .iter()
+        .map(|decl| {
+            realised
+                .iter()
+                .find(|o| o.name == decl.name.as_str())
+                .map(|o| (o.digest, o.kind))
+        })
+        .collect::<Option<Vec<_>>>()
+        .map(|v| v.into_iter().unzip())
 }
 
 fn release(
@@ -992,6 +1105,7 @@ fn prepare(
     id: InstanceId,
     key: Digest,
     outputs: &[Option<Vec<Digest>>],
+    kinds: &[Option<Vec<OutputKind>>],
     path_var: &str,
 ) -> Job {
     let inst = instances.get(id);
@@ -1008,11 +1122,15 @@ fn prepare(
                 FileRef::Output { instance, output } => {
                     let up = instances.get(*instance);
                     if let Some(d) = outputs[instance.index()].as_ref().map(|d| d[*output]) {
-                        let kind = if wf.step(up.step).outputs[*output].kind == PathKind::Dir {
+                        let declared = if wf.step(up.step).outputs[*output].kind == PathKind::Dir {
                             OutputKind::Tree
                         } else {
                             OutputKind::File
                         };
+                        let kind = kinds[instance.index()]
+                            .as_ref()
+                            .and_then(|k| k.get(*output).copied())
+                            .unwrap_or(declared);
                         placements.push(Placement::Object {
                             digest: d,
                             kind,
@@ -1059,24 +1177,6 @@ fn prepare(
         placements,
         request,
     }
-}
-
-/// Copies a source file or folder into the scratch folder (reflink where possible).
-fn copy_in(src: &Path, dest: &Path) -> Result<(), RunError> {
-    if let Some(parent) = dest.parent() {
-        std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
-    }
-    let meta = std::fs::metadata(src).map_err(io_err("read input", src))?;
-    if meta.is_dir() {
-        std::fs::create_dir_all(dest).map_err(io_err("create", dest))?;
-        for e in std::fs::read_dir(src).map_err(io_err("list", src))? {
-            let e = e.map_err(io_err("list", src))?;
-            copy_in(&e.path(), &dest.join(e.file_name()))?;
-        }
-        return Ok(());
-    }
-    mustbuild_store::materialize::clone_or_copy(src, dest).map_err(io_err("copy input", src))?;
-    Ok(())
 }
 
 /// Puts an instance's outputs in the workspace. An output already there with the
