@@ -579,6 +579,13 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
     let wall = std::time::Instant::now();
     let noop_request = mustbuild_engine::noop::Request {
         pipeline: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
+        // As the loader takes it: the folder of the path as given.
+        root: std::path::absolute(
+            path.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new(".")),
+        )
+        .unwrap_or_default(),
         overrides: overrides.clone(),
         path_var: path_var.clone(),
         ..Default::default()

@@ -184,3 +184,27 @@ fn pipelines_with_folder_outputs_get_no_record() {
         "x\n"
     );
 }
+
+#[test]
+fn a_pipeline_file_linked_into_two_folders_has_a_record_per_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let store = store.to_str().unwrap();
+    let shared = tmp.path().join("shared.kdl");
+    write(
+        &shared,
+        "pipeline \"l\"\ninput i \"in.txt\"\nstep s {\n    in i=i\n    out o=\"out.txt\"\n    run \"cat {in.i} > {out.o}\"\n}\n",
+    );
+    for d in ["p1", "p2"] {
+        let dir = tmp.path().join(d);
+        write(&dir.join("in.txt"), d);
+        std::os::unix::fs::symlink(&shared, dir.join("pipeline.kdl")).unwrap();
+    }
+    let p1 = tmp.path().join("p1");
+    let p2 = tmp.path().join("p2");
+    assert_eq!(go(&p1, store, &[]), (1, 0, false));
+    assert_eq!(go(&p1, store, &[]), (0, 1, true));
+    // Same pipeline file, another folder: its own inputs, its own outputs.
+    assert_eq!(go(&p2, store, &[]), (1, 0, false));
+    assert_eq!(std::fs::read_to_string(p2.join("out.txt")).unwrap(), "p2");
+}

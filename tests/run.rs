@@ -292,50 +292,81 @@ fn each_command_sees_only_its_declared_inputs() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(tmp.path().join("src/deep")).unwrap();
     std::fs::write(tmp.path().join("src/deep/in.txt"), "in\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let perms = std::fs::Permissions::from_mode(0o644);
+        std::fs::set_permissions(tmp.path().join("src/deep/in.txt"), perms).unwrap();
+    }
     std::fs::write(tmp.path().join("src/other.txt"), "not read\n").unwrap();
     write_pipeline(
         tmp.path(),
-        r##"pipeline "s"
+        &r##"pipeline "s"
 input source "src/deep/in.txt"
 env GREETING "hello"
 step make {
     in s=source
     out o="made/x.txt"
-    run "ls -R > /dev/null; cat {in.s} > {out.o}; echo junk > junk.txt; mkdir -p stray/dir; echo > stray/dir/f; echo > $TMPDIR/t; echo > $HOME/h"
+    run "ls -R > /dev/null; cat {in.s} > {out.o}; echo junk > junk.txt; mkdir -p stray/dir; echo > stray/dir/f; echo > $TMPDIR/t; echo > $HOME/h; echo > .mustbuild/leak; ln ABS/src/deep/in.txt $HOME/linked"
 }
 step look {
-    foreach n "1" "2" "3"
+    foreach n "1" "2" "3" "4" "5" "6" "7" "8"
     in m=make.o
     out o="seen/{n}.txt"
-    run #"l=$(find . -path ./.mustbuild -prune -o -print | sort); t=$(ls -A $TMPDIR $HOME | grep -v ':$' | grep -v '^$' || true); { echo "$l"; echo "left:$t"; env | grep -v '^_=' | sort; } > {out.o}; echo > $TMPDIR/t{n}; echo > $HOME/h{n}; echo > leftover{n}; mkdir -p made/more"#
+    run #"l=$(find . -path ./.mustbuild -prune -o -print | sort); t=$(ls -A $TMPDIR $HOME | grep -v ':$' | grep -v '^$' || true); d=$(ls -A .mustbuild | tr '\n' ' '); { echo "$l"; echo "dot:$d"; echo "left:$t"; env | grep -v '^_=' | sort; } > {out.o}; cat {in.m} > /dev/null; echo > $TMPDIR/t{n}; echo > $HOME/h{n}; echo > leftover{n}; mkdir -p made/more"#
 }
-"##,
+"##
+        .replace("ABS", tmp.path().to_str().unwrap()),
     );
     let store = tmp.path().join("store");
     // One slot, workers reused from job to job: what one job leaves must be gone.
     let r = run_with(tmp.path(), store.to_str().unwrap(), &["-j", "1"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
+    // The user's file `make` hard-linked into its HOME was not taken for reuse
+    // (made writable, emptied, overwritten by another copy).
+    use std::os::unix::fs::PermissionsExt;
+    let user_file = tmp.path().join("src/deep/in.txt");
+    assert_eq!(std::fs::read_to_string(&user_file).unwrap(), "in\n");
+    assert_eq!(
+        std::fs::metadata(&user_file).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
     for n in ["1", "2", "3"] {
         let seen = std::fs::read_to_string(tmp.path().join(format!("seen/{n}.txt"))).unwrap();
         let lines: Vec<&str> = seen.lines().collect();
         let end = lines.iter().position(|l| l.starts_with("left:")).unwrap();
         assert_eq!(
-            lines[..end],
+            lines[..end - 1],
             [".", "./made", "./made/x.txt", "./seen"],
             "exactly the declared input and the output's folder: {seen}"
+        );
+        assert_eq!(
+            lines[end - 1],
+            "dot:home tmp ",
+            "nothing else in .mustbuild: {seen}"
         );
         assert_eq!(lines[end], "left:", "HOME and TMPDIR start empty: {seen}");
         let names: Vec<&str> = lines[end + 1..]
             .iter()
             .map(|l| l.split('=').next().unwrap())
             .collect();
+        assert!(
+            lines.contains(&"CUDA_VISIBLE_DEVICES="),
+            "a step that asks for no GPU sees none: {seen}"
+        );
         for must in ["GREETING", "HOME", "PATH", "TMPDIR"] {
             assert!(names.contains(&must), "{must} missing: {seen}");
         }
         for name in &names {
             assert!(
                 [
-                    "GREETING", "HOME", "PATH", "TMPDIR", "PWD", "OLDPWD", "SHLVL"
+                    "GREETING",
+                    "HOME",
+                    "PATH",
+                    "TMPDIR",
+                    "PWD",
+                    "OLDPWD",
+                    "SHLVL",
+                    "CUDA_VISIBLE_DEVICES"
                 ]
                 .contains(name),
                 "a cleared environment has no {name}: {seen}"
@@ -365,7 +396,7 @@ step both {{
 }}
 step none {{
     out o="none.txt"
-    run "echo ${{{{CUDA_VISIBLE_DEVICES-unset}}}} > {{out.o}}"
+    run "echo [${{{{CUDA_VISIBLE_DEVICES-unset}}}}] > {{out.o}}"
 }}
 "#,
             t = times.display()
@@ -397,7 +428,7 @@ step none {{
         .collect();
     both.sort();
     assert_eq!(both, ["3", "GPU-5"]);
-    assert_eq!(read("none.txt"), "unset\n");
+    assert_eq!(read("none.txt"), "[]\n", "a step without gpus sees none");
     // Two GPUs, four one-GPU steps, -j 4: never more than one step per GPU at once.
     let mut busy: std::collections::HashMap<String, bool> = Default::default();
     let mut events: Vec<(u128, String, String)> = read("times")

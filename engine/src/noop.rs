@@ -38,6 +38,9 @@ const MAX_SETTLE_NS: i64 = 200_000_000;
 pub struct Request {
     /// The pipeline file, absolute and canonical: the record's name.
     pub pipeline: PathBuf,
+    /// The pipeline's folder as this run sees it, absolute (not canonical: a
+    /// pipeline file reached through a link has its own folder).
+    pub root: PathBuf,
     /// `--param` overrides, as given.
     pub overrides: Vec<(String, String)>,
     pub path_var: String,
@@ -230,10 +233,12 @@ fn describe(
     let Some(exe) = exe_identity() else {
         return Ok(None);
     };
+    // Folder outputs: a folder's identity does not cover its files. Steps with no
+    // output: never realised, they run every time.
     if wf
         .steps
         .iter()
-        .any(|s| s.outputs.iter().any(|o| o.kind == PathKind::Dir))
+        .any(|s| s.outputs.is_empty() || s.outputs.iter().any(|o| o.kind == PathKind::Dir))
         || seen.inputs.values().any(|(_, dir)| *dir)
         || !clean(&request.path_var)
     {
@@ -482,7 +487,7 @@ fn read<'a>(body: &'a str, request: &Request) -> Option<Read<'a>> {
         match (kind, rest.as_slice()) {
             ("exe", [id]) if parse_identity(id)? == exe => same_exe = true,
             ("name", [n]) => name = n,
-            ("root", [r]) => {
+            ("root", [r]) if Path::new(r) == request.root => {
                 root = PathBuf::from(r);
                 has_root = true;
             }

@@ -34,6 +34,12 @@ use std::sync::mpsc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    #[error("a worker thread stopped on a bug; the store is consistent, and the next run resumes")]
+    WorkerLost,
+    #[error(
+        "the store's realisation of `{step}` lacks a declared output; `mustbuild store verify --repair` drops it"
+    )]
+    IncompleteRealisation { step: String },
     #[error("step `{step}` needs {needs} GPU(s); this machine offers {offered}{}", if *offered == 0 { " (set CUDA_VISIBLE_DEVICES, or install the NVIDIA driver's NVML)" } else { "" })]
     NotEnoughGpus {
         step: String,
@@ -212,13 +218,19 @@ impl Scratch {
     /// `keep` (relative paths), which stay, emptied: a job that needs the same
     /// folders as the last one creates and deletes none.
     fn reset(&self, keep: &std::collections::HashSet<&str>) -> Result<(), RunError> {
-        for d in [&self.home, &self.tmp, &self.spare] {
-            std::fs::create_dir_all(d).map_err(io_err("create", d))?;
+        // A job may have replaced any of these folders by a link or a file: they
+        // are made again rather than followed.
+        let dot = self.root.join(".mustbuild");
+        for d in [&self.root, &dot, &self.home, &self.tmp, &self.spare] {
+            real_folder(d)?;
         }
         self.empty(&self.root, "", keep)?;
-        let none = Default::default();
-        self.empty(&self.home, "", &none)?;
-        self.empty(&self.tmp, "", &none)
+        // In `.mustbuild`, only `home` and `tmp` stay, emptied.
+        let mustbuild_keep = [".mustbuild/home", ".mustbuild/tmp"].into_iter().collect();
+        self.empty(&dot, ".mustbuild", &mustbuild_keep)?;
+        // The log of the last job goes, even if this one never runs.
+        std::fs::File::create(&self.log).map_err(io_err("create", &self.log))?;
+        Ok(())
     }
 
     /// Removes what is in `dir` (`rel` within the scratch folder) but `.mustbuild`
@@ -261,16 +273,24 @@ impl Scratch {
 
     /// Keeps a file's inode for a later copy rather than deleting it.
     fn retire(&self, path: &Path) -> std::io::Result<()> {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let mut spares = self.spares.borrow_mut();
-        if spares.len() >= MAX_SPARES {
+        // Only a file that no other name shares (a command may have hard-linked
+        // anything, a user's data included) is reused; others lose this name only.
+        let sole = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.nlink() == 1);
+        if !sole || spares.len() >= MAX_SPARES {
             return std::fs::remove_file(path);
         }
         let n = self.named.get();
         self.named.set(n + 1);
         let dest = self.spare.join(n.to_string());
-        // Writable again (a copy of a store object is read-only).
+        // Writable again (a copy of a store object is read-only), and empty: a
+        // kept inode holds no data.
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)?
+            .set_len(0)?;
         std::fs::rename(path, &dest)?;
         spares.push(dest);
         Ok(())
@@ -317,6 +337,25 @@ impl Scratch {
     }
 }
 
+/// Makes `dir` a real folder: a link or a file there is removed first.
+fn real_folder(dir: &Path) -> Result<(), RunError> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => std::fs::remove_file(dir).map_err(io_err("replace", dir))?,
+        Err(_) => {}
+    }
+    std::fs::create_dir_all(dir).map_err(io_err("create", dir))
+}
+
+/// Removes a file, a link or a folder (never following a link).
+fn remove_any(path: &Path) -> std::io::Result<()> {
+    if std::fs::symlink_metadata(path)?.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    }
+}
+
 /// Removes scratch folders left by runs that were killed (their process is gone).
 fn remove_stale_scratch(store: &LocalStore) {
     let base = store.root().join("scratch");
@@ -332,12 +371,7 @@ fn remove_stale_scratch(store: &LocalStore) {
         if let Some(pid) = pid
             && !Path::new(&format!("/proc/{pid}")).exists()
         {
-            let path = e.path();
-            let _ = if path.is_dir() {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
+            let _ = remove_any(&e.path());
         }
     }
 }
@@ -351,6 +385,8 @@ enum Message {
         gpus: Vec<String>,
     },
     Done(Box<Done>),
+    /// A worker stopped on a bug.
+    Lost,
 }
 
 /// An instance to run, its key known, waiting for resources.
@@ -385,7 +421,12 @@ struct Done {
 /// process exclude each other too, and the kernel drops them when the file
 /// closes or the process dies. One shared file, rather than one per key, because
 /// creating and deleting a file per job slows ext4's inode allocation down.
-fn lock_key(store: &LocalStore, key: &Digest) -> std::io::Result<std::fs::File> {
+/// Waits (while not cancelled: `None` then) by polling, so that Ctrl-C is heard.
+fn lock_key(
+    store: &LocalStore,
+    key: &Digest,
+    cancel: &CancelToken,
+) -> std::io::Result<Option<std::fs::File>> {
     use nix::fcntl::{FcntlArg, fcntl};
     use nix::libc;
     let dir = store.root().join("locks");
@@ -415,10 +456,19 @@ fn lock_key(store: &LocalStore, key: &Digest) -> std::io::Result<std::fs::File> 
         l_len: 1,
         l_pid: 0,
     };
+    let mut nap = std::time::Duration::from_millis(5);
     loop {
-        match fcntl(&f, FcntlArg::F_OFD_SETLKW(&byte)) {
-            Ok(_) => return Ok(f),
+        match fcntl(&f, FcntlArg::F_OFD_SETLK(&byte)) {
+            Ok(_) => return Ok(Some(f)),
             Err(nix::errno::Errno::EINTR) => continue,
+            // Another process runs this derivation.
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => {
+                if cancel.is_cancelled() {
+                    return Ok(None);
+                }
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(std::time::Duration::from_millis(100));
+            }
             Err(e) => return Err(e.into()),
         }
     }
@@ -479,6 +529,12 @@ pub fn run(
         Some(prior) => prior.clean(wf, instances),
         None => (vec![None; n], Default::default()),
     };
+    // What the record says each instance's outputs are: an instance is taken
+    // from it only if what it reads came out as recorded.
+    let recorded_outputs: Vec<Option<Vec<Digest>>> = from_prior
+        .iter()
+        .map(|p| p.as_ref().map(|(_, o)| o.clone()))
+        .collect();
     let session = store.begin_session(&wf.name)?;
     let mut summary = RunSummary {
         session,
@@ -516,7 +572,14 @@ pub fn run(
                         Err(_) => break,
                     };
                     let Ok(job) = job else { break };
-                    let done = work(&worker, job);
+                    // A bug in a worker ends the run with an error, not a hang.
+                    let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        work(&worker, job)
+                    }));
+                    let Ok(done) = done else {
+                        let _ = worker.messages.send(Message::Lost);
+                        break;
+                    };
                     if worker.messages.send(Message::Done(Box::new(done))).is_err() {
                         break;
                     }
@@ -525,285 +588,313 @@ pub fn run(
             });
         }
         drop(done_tx);
-        let mut in_flight = 0usize;
-        let mut stop = false;
-        loop {
-            if cancel.is_cancelled() {
-                stop = true;
-            }
-            // Keys of what became ready, a batch to a transaction; the realised
-            // are materialised and release their dependents at once.
-            while !stop && !ready.is_empty() {
-                let mut batch: Vec<InstanceId> =
-                    ready.drain(..ready.len().min(KEY_BATCH)).collect();
-                // Keys known from the record, when the store still has their
-                // realisations as recorded; the others are computed.
-                let known: Vec<(InstanceId, Digest, Vec<Digest>)> = batch
-                    .iter()
-                    .filter(|id| !options.force.contains(&instances.get(**id).step))
-                    .filter_map(|id| from_prior[id.index()].take().map(|(k, o)| (*id, k, o)))
-                    .collect();
-                if !known.is_empty() {
-                    let ks: Vec<Digest> = known.iter().map(|k| k.1).collect();
-                    let realised = store.use_known_keys(session, &ks)?;
-                    let mut taken = std::collections::HashSet::new();
-                    for ((id, key, recorded), realised) in known.into_iter().zip(realised) {
-                        let inst = instances.get(id);
-                        let step = wf.step(inst.step);
-                        let Some((digests, output_kinds)) =
-                            realised.as_deref().and_then(|r| in_order(step, r))
-                        else {
-                            continue;
-                        };
-                        if digests != recorded {
-                            continue;
-                        }
-                        kinds[id.index()] = Some(output_kinds);
-                        taken.insert(id);
-                        for f in inst.inputs.iter().flatten() {
-                            if let (FileRef::Source(p), true) = (f, options.noop.is_some())
-                                && let Some(d) = prior_sources.get(p)
-                            {
-                                seen.inputs.entry(p.clone()).or_insert((*d, false));
-                            }
-                        }
-                        keys[id.index()] = Some(key);
-                        outputs[id.index()] = Some(recorded);
-                        summary.cached += 1;
-                        on_event(Event::Cached {
-                            step: step.name.to_string(),
-                            values: inst.values.clone(),
-                        });
-                        release(&dependents[id.index()], &mut waiting, &mut ready);
-                    }
-                    batch.retain(|id| !taken.contains(id));
+        // On an error, the commands running and queued are stopped before the
+        // error is returned (scope waits for the workers).
+        let coordinated = (|| -> Result<(), RunError> {
+            let mut in_flight = 0usize;
+            let mut stop = false;
+            loop {
+                if cancel.is_cancelled() {
+                    stop = true;
                 }
-                let mut keyed = Vec::with_capacity(batch.len());
-                for id in batch {
-                    let inst = instances.get(id);
-                    if let Some(material) =
-                        key_from_outputs(wf, instances, store, &tools, &outputs, id)?
-                    {
-                        if options.noop.is_some() {
-                            for (path, digest, dir) in crate::keys::input_digests(&material) {
-                                if !seen.inputs.contains_key(path) {
-                                    seen.inputs.insert(path.to_string(), (digest, dir));
+                // Keys of what became ready, a batch to a transaction; the realised
+                // are materialised and release their dependents at once.
+                while !stop && !ready.is_empty() {
+                    let mut batch: Vec<InstanceId> =
+                        ready.drain(..ready.len().min(KEY_BATCH)).collect();
+                    // Keys known from the record, when the store still has their
+                    // realisations as recorded; the others are computed.
+                    let known: Vec<(InstanceId, Digest, Vec<Digest>)> = batch
+                        .iter()
+                        .filter(|id| !options.force.contains(&instances.get(**id).step))
+                        .filter(|id| {
+                            instances.get(**id).deps.iter().all(|d| {
+                                outputs[d.index()].is_some()
+                                    && outputs[d.index()] == recorded_outputs[d.index()]
+                            })
+                        })
+                        .filter_map(|id| from_prior[id.index()].take().map(|(k, o)| (*id, k, o)))
+                        .collect();
+                    if !known.is_empty() {
+                        let ks: Vec<Digest> = known.iter().map(|k| k.1).collect();
+                        let realised = store.use_known_keys(session, &ks)?;
+                        let mut taken = std::collections::HashSet::new();
+                        for ((id, key, recorded), realised) in known.into_iter().zip(realised) {
+                            let inst = instances.get(id);
+                            let step = wf.step(inst.step);
+                            let Some((digests, output_kinds)) =
+                                realised.as_deref().and_then(|r| in_order(step, r))
+                            else {
+                                continue;
+                            };
+                            if digests != recorded {
+                                continue;
+                            }
+                            kinds[id.index()] = Some(output_kinds);
+                            taken.insert(id);
+                            for f in inst.inputs.iter().flatten() {
+                                if let (FileRef::Source(p), true) = (f, options.noop.is_some())
+                                    && let Some(d) = prior_sources.get(p)
+                                {
+                                    seen.inputs.entry(p.clone()).or_insert((*d, false));
                                 }
                             }
-                        }
-                        let forced = options.force.contains(&inst.step);
-                        keyed.push((id, material, instance_label(&inst.values), forced));
-                    }
-                }
-                let uses: Vec<KeyUse<'_>> = keyed
-                    .iter()
-                    .map(|(id, material, label, forced)| KeyUse {
-                        material,
-                        pipeline: &wf.name,
-                        step: &wf.step(instances.get(*id).step).name,
-                        instance: label,
-                        lookup: !forced,
-                    })
-                    .collect();
-                let resolved = store.use_keys(session, &uses)?;
-                for ((id, _, _, forced), (key, realised)) in keyed.iter().zip(resolved) {
-                    let inst = instances.get(*id);
-                    keys[id.index()] = Some(key);
-                    let step = wf.step(inst.step);
-                    match realised.and_then(|r| in_order(step, &r).map(|o| (r, o))) {
-                        Some((realised, (digests, output_kinds))) => {
-                            materialize_outputs(wf, instances, store, *id, &realised, on_event)?;
-                            outputs[id.index()] = Some(digests);
-                            kinds[id.index()] = Some(output_kinds);
+                            keys[id.index()] = Some(key);
+                            outputs[id.index()] = Some(recorded);
                             summary.cached += 1;
                             on_event(Event::Cached {
-                                step: wf.step(inst.step).name.to_string(),
+                                step: step.name.to_string(),
                                 values: inst.values.clone(),
                             });
                             release(&dependents[id.index()], &mut waiting, &mut ready);
                         }
-                        None => runnable.push_back(Runnable {
-                            id: *id,
-                            key,
-                            forced: *forced,
-                            attempt: 0,
-                        }),
+                        batch.retain(|id| !taken.contains(id));
+                    }
+                    let mut keyed = Vec::with_capacity(batch.len());
+                    for id in batch {
+                        let inst = instances.get(id);
+                        if let Some(material) =
+                            key_from_outputs(wf, instances, store, &tools, &outputs, id)?
+                        {
+                            if options.noop.is_some() {
+                                for (path, digest, dir) in crate::keys::input_digests(&material) {
+                                    if !seen.inputs.contains_key(path) {
+                                        seen.inputs.insert(path.to_string(), (digest, dir));
+                                    }
+                                }
+                            }
+                            let forced = options.force.contains(&inst.step);
+                            keyed.push((id, material, instance_label(&inst.values), forced));
+                        }
+                    }
+                    let uses: Vec<KeyUse<'_>> = keyed
+                        .iter()
+                        .map(|(id, material, label, forced)| KeyUse {
+                            material,
+                            pipeline: &wf.name,
+                            step: &wf.step(instances.get(*id).step).name,
+                            instance: label,
+                            lookup: !forced,
+                        })
+                        .collect();
+                    let resolved = store.use_keys(session, &uses)?;
+                    for ((id, _, _, forced), (key, realised)) in keyed.iter().zip(resolved) {
+                        let inst = instances.get(*id);
+                        keys[id.index()] = Some(key);
+                        let step = wf.step(inst.step);
+                        match realised.and_then(|r| in_order(step, &r).map(|o| (r, o))) {
+                            Some((realised, (digests, output_kinds))) => {
+                                materialize_outputs(
+                                    wf, instances, store, *id, &realised, on_event,
+                                )?;
+                                outputs[id.index()] = Some(digests);
+                                kinds[id.index()] = Some(output_kinds);
+                                summary.cached += 1;
+                                on_event(Event::Cached {
+                                    step: wf.step(inst.step).name.to_string(),
+                                    values: inst.values.clone(),
+                                });
+                                release(&dependents[id.index()], &mut waiting, &mut ready);
+                            }
+                            None => runnable.push_back(Runnable {
+                                id: *id,
+                                key,
+                                forced: *forced,
+                                attempt: 0,
+                            }),
+                        }
                     }
                 }
-            }
-            // Start what fits, unless stopping: the first runnable instance whose
-            // resources fit what is free.
-            loop {
-                if stop {
+                // Start what fits, unless stopping: the first runnable instance whose
+                // resources fit what is free.
+                loop {
+                    if stop {
+                        break;
+                    }
+                    let fits = |r: &Runnable| {
+                        let r = &wf.step(instances.get(r.id).step).resources;
+                        (r.cpus as usize).min(total_cpus) <= free_cpus
+                            && r.memory_bytes.unwrap_or(0).min(total_memory) <= free_memory
+                            && r.gpus as usize <= free_gpus.len()
+                    };
+                    let Some(pos) = runnable.iter().position(fits) else {
+                        break;
+                    };
+                    let Some(Runnable {
+                        id,
+                        key,
+                        forced,
+                        attempt,
+                    }) = runnable.remove(pos)
+                    else {
+                        break;
+                    };
+                    let inst = instances.get(id);
+                    let step = wf.step(inst.step);
+                    let mut job =
+                        prepare(wf, instances, id, key, &outputs, &kinds, &options.path_var);
+                    job.force = forced;
+                    job.attempt = attempt;
+                    job.cpus = (step.resources.cpus as usize).min(total_cpus);
+                    job.memory = step.resources.memory_bytes.unwrap_or(0).min(total_memory);
+                    job.gpus = free_gpus.split_off(free_gpus.len() - step.resources.gpus as usize);
+                    // A step that asked for none sees none (not every GPU).
+                    job.request.gpus = Some(job.gpus.clone());
+                    free_cpus -= job.cpus;
+                    free_memory -= job.memory;
+                    if attempt == 0 {
+                        on_event(Event::Started {
+                            step: step.name.to_string(),
+                            values: inst.values.clone(),
+                        });
+                    }
+                    in_flight += 1;
+                    if let Err(mpsc::SendError(job)) = job_tx.send(job) {
+                        in_flight -= 1;
+                        free_gpus.extend(job.gpus);
+                    }
+                }
+                if in_flight == 0 {
                     break;
                 }
-                let fits = |r: &Runnable| {
-                    let r = &wf.step(instances.get(r.id).step).resources;
-                    (r.cpus as usize).min(total_cpus) <= free_cpus
-                        && r.memory_bytes.unwrap_or(0).min(total_memory) <= free_memory
-                        && r.gpus as usize <= free_gpus.len()
+                let done = match done_rx.recv() {
+                    Ok(Message::Freed {
+                        cpus,
+                        memory,
+                        mut gpus,
+                    }) => {
+                        free_cpus += cpus;
+                        free_memory += memory;
+                        free_gpus.append(&mut gpus);
+                        continue;
+                    }
+                    Ok(Message::Done(done)) => *done,
+                    Ok(Message::Lost) => return Err(RunError::WorkerLost),
+                    Err(_) => break,
                 };
-                let Some(pos) = runnable.iter().position(fits) else {
-                    break;
-                };
-                let Some(Runnable {
-                    id,
-                    key,
-                    forced,
-                    attempt,
-                }) = runnable.remove(pos)
-                else {
-                    break;
-                };
-                let inst = instances.get(id);
+                let Done {
+                    job,
+                    result,
+                    stored,
+                    log,
+                    log_digest,
+                    realised_elsewhere,
+                    events,
+                    error,
+                } = done;
+                in_flight -= 1;
+                for e in events {
+                    on_event(e);
+                }
+                if let Some(e) = error {
+                    return Err(e);
+                }
+                let inst = instances.get(job.id);
                 let step = wf.step(inst.step);
-                let mut job = prepare(wf, instances, id, key, &outputs, &kinds, &options.path_var);
-                job.force = forced;
-                job.attempt = attempt;
-                job.cpus = (step.resources.cpus as usize).min(total_cpus);
-                job.memory = step.resources.memory_bytes.unwrap_or(0).min(total_memory);
-                job.gpus = free_gpus.split_off(free_gpus.len() - step.resources.gpus as usize);
-                job.request.gpus = (step.resources.gpus > 0).then(|| job.gpus.clone());
-                free_cpus -= job.cpus;
-                free_memory -= job.memory;
-                if attempt == 0 {
-                    on_event(Event::Started {
+                summary.cpu_seconds +=
+                    (result.usage.user_cpu + result.usage.system_cpu).as_secs_f64();
+                if realised_elsewhere {
+                    let realised = stored.unwrap_or_default();
+                    let Some((digests, output_kinds)) = in_order(step, &realised) else {
+                        return Err(RunError::IncompleteRealisation {
+                            step: step.name.to_string(),
+                        });
+                    };
+                    outputs[job.id.index()] = Some(digests);
+                    kinds[job.id.index()] = Some(output_kinds);
+                    summary.cached += 1;
+                    on_event(Event::Cached {
                         step: step.name.to_string(),
                         values: inst.values.clone(),
                     });
-                }
-                in_flight += 1;
-                if let Err(mpsc::SendError(job)) = job_tx.send(job) {
-                    in_flight -= 1;
-                    free_gpus.extend(job.gpus);
-                }
-            }
-            if in_flight == 0 {
-                break;
-            }
-            let done = match done_rx.recv() {
-                Ok(Message::Freed {
-                    cpus,
-                    memory,
-                    mut gpus,
-                }) => {
-                    free_cpus += cpus;
-                    free_memory += memory;
-                    free_gpus.append(&mut gpus);
+                    release(&dependents[job.id.index()], &mut waiting, &mut ready);
                     continue;
                 }
-                Ok(Message::Done(done)) => *done,
-                Err(_) => break,
-            };
-            let Done {
-                job,
-                result,
-                stored,
-                log,
-                log_digest,
-                realised_elsewhere,
-                events,
-                error,
-            } = done;
-            in_flight -= 1;
-            for e in events {
-                on_event(e);
-            }
-            if let Some(e) = error {
-                return Err(e);
-            }
-            let inst = instances.get(job.id);
-            let step = wf.step(inst.step);
-            summary.cpu_seconds += (result.usage.user_cpu + result.usage.system_cpu).as_secs_f64();
-            if realised_elsewhere {
-                let realised = stored.unwrap_or_default();
-                let (digests, output_kinds) = in_order(step, &realised).unwrap_or_default();
-                outputs[job.id.index()] = Some(digests);
-                kinds[job.id.index()] = Some(output_kinds);
-                summary.cached += 1;
-                on_event(Event::Cached {
-                    step: step.name.to_string(),
-                    values: inst.values.clone(),
-                });
-                release(&dependents[job.id.index()], &mut waiting, &mut ready);
-                continue;
-            }
-            let outcome = result.outcome.clone();
-            let stored = stored.filter(|_| outcome == Outcome::Succeeded);
-            store.finish_run(
-                &RunRecord {
-                    session: Some(session),
-                    key: job.key,
-                    step: step.name.to_string(),
-                    host: mustbuild_store::hostname(),
-                    started_ms: millis(result.started),
-                    finished_ms: millis(result.started) + result.usage.wall.as_millis() as i64,
-                    outcome: outcome_name(&outcome).to_string(),
-                    exit_code: match outcome {
-                        Outcome::Failed { exit_code } => Some(i64::from(exit_code)),
-                        Outcome::Succeeded => Some(0),
-                        _ => None,
+                let outcome = result.outcome.clone();
+                let stored = stored.filter(|_| outcome == Outcome::Succeeded);
+                store.finish_run(
+                    &RunRecord {
+                        session: Some(session),
+                        key: job.key,
+                        step: step.name.to_string(),
+                        host: mustbuild_store::hostname(),
+                        started_ms: millis(result.started),
+                        finished_ms: millis(result.started) + result.usage.wall.as_millis() as i64,
+                        outcome: outcome_name(&outcome).to_string(),
+                        exit_code: match outcome {
+                            Outcome::Failed { exit_code } => Some(i64::from(exit_code)),
+                            Outcome::Succeeded => Some(0),
+                            _ => None,
+                        },
+                        user_cpu_ms: Some(result.usage.user_cpu.as_millis() as i64),
+                        sys_cpu_ms: Some(result.usage.system_cpu.as_millis() as i64),
+                        max_rss_bytes: Some(result.usage.max_rss_bytes as i64),
+                        read_bytes: None,
+                        write_bytes: None,
+                        energy_joules: None,
+                        energy_method: None,
+                        log: log_digest,
                     },
-                    user_cpu_ms: Some(result.usage.user_cpu.as_millis() as i64),
-                    sys_cpu_ms: Some(result.usage.system_cpu.as_millis() as i64),
-                    max_rss_bytes: Some(result.usage.max_rss_bytes as i64),
-                    read_bytes: None,
-                    write_bytes: None,
-                    energy_joules: None,
-                    energy_method: None,
-                    log: log_digest,
-                },
-                stored.as_deref(),
-            )?;
-            if let Some(stored) = stored {
-                drop(job.lock);
-                let (digests, output_kinds) = in_order(step, &stored).unwrap_or_default();
-                outputs[job.id.index()] = Some(digests);
-                kinds[job.id.index()] = Some(output_kinds);
-                summary.executed += 1;
-                on_event(Event::Executed {
-                    step: step.name.to_string(),
-                    values: inst.values.clone(),
-                    seconds: result.usage.wall.as_secs_f64(),
-                });
-                release(&dependents[job.id.index()], &mut waiting, &mut ready);
-            } else if job.attempt < step.retry
-                && !cancel.is_cancelled()
-                && outcome != Outcome::Cancelled
-            {
-                on_event(Event::Retrying {
-                    step: step.name.to_string(),
-                    values: inst.values.clone(),
-                    attempt: job.attempt + 1,
-                });
-                // First in line for the next free slots.
-                runnable.push_front(Runnable {
-                    id: job.id,
-                    key: job.key,
-                    forced: job.force,
-                    attempt: job.attempt + 1,
-                });
-            } else {
-                if outcome == Outcome::Cancelled {
-                    summary.cancelled += 1;
+                    stored.as_deref(),
+                )?;
+                if let Some(stored) = stored {
+                    drop(job.lock);
+                    let Some((digests, output_kinds)) = in_order(step, &stored) else {
+                        return Err(RunError::IncompleteRealisation {
+                            step: step.name.to_string(),
+                        });
+                    };
+                    outputs[job.id.index()] = Some(digests);
+                    kinds[job.id.index()] = Some(output_kinds);
+                    summary.executed += 1;
+                    on_event(Event::Executed {
+                        step: step.name.to_string(),
+                        values: inst.values.clone(),
+                        seconds: result.usage.wall.as_secs_f64(),
+                    });
+                    release(&dependents[job.id.index()], &mut waiting, &mut ready);
+                } else if job.attempt < step.retry
+                    && !cancel.is_cancelled()
+                    && outcome != Outcome::Cancelled
+                {
+                    on_event(Event::Retrying {
+                        step: step.name.to_string(),
+                        values: inst.values.clone(),
+                        attempt: job.attempt + 1,
+                    });
+                    // First in line for the next free slots.
+                    runnable.push_front(Runnable {
+                        id: job.id,
+                        key: job.key,
+                        forced: job.force,
+                        attempt: job.attempt + 1,
+                    });
                 } else {
-                    summary.failed += 1;
-                }
-                failed[job.id.index()] = true;
-                on_event(Event::Failed {
-                    step: step.name.to_string(),
-                    values: inst.values.clone(),
-                    outcome,
-                    log_tail: tail(&log, 20),
-                });
-                // Unless told to go on, nothing new starts; what runs finishes.
-                if !options.keep_going {
-                    stop = true;
+                    if outcome == Outcome::Cancelled {
+                        summary.cancelled += 1;
+                    } else {
+                        summary.failed += 1;
+                    }
+                    failed[job.id.index()] = true;
+                    on_event(Event::Failed {
+                        step: step.name.to_string(),
+                        values: inst.values.clone(),
+                        outcome,
+                        log_tail: tail(&log, 20),
+                    });
+                    // Unless told to go on, nothing new starts; what runs finishes.
+                    if !options.keep_going {
+                        stop = true;
+                    }
                 }
             }
+            Ok(())
+        })();
+        if coordinated.is_err() {
+            cancel.cancel();
         }
         drop(job_tx);
-        Ok(())
+        coordinated
     });
     for (i, o) in outputs.iter().enumerate() {
         if o.is_none() && !failed[i] && selected(i) {
@@ -872,7 +963,14 @@ fn work(worker: &Worker<'_>, mut job: Job) -> Done {
     job.request
         .env
         .push(("TMPDIR".into(), scratch.tmp.display().to_string()));
-    job.lock = lock_key(store, &job.key).ok();
+    let cancelled = match lock_key(store, &job.key, &worker.cancel) {
+        Ok(Some(lock)) => {
+            job.lock = Some(lock);
+            false
+        }
+        Ok(None) => true,
+        Err(_) => false,
+    };
     let mut done = Done {
         job,
         result: ended_early(Outcome::Cancelled),
@@ -883,7 +981,7 @@ fn work(worker: &Worker<'_>, mut job: Job) -> Done {
         events: Vec::new(),
         error: None,
     };
-    if let Err(e) = run_and_store(worker, &placements, &free, &mut done) {
+    if !cancelled && let Err(e) = run_and_store(worker, &placements, &free, &mut done) {
         done.error = Some(e);
     }
     free();

@@ -29,7 +29,7 @@ pub struct ExecRequest {
     pub outputs: Vec<PathBuf>,
     pub time_limit: Option<Duration>,
     /// GPUs the command may use (indices or UUIDs, as the machine names them):
-    /// set as `CUDA_VISIBLE_DEVICES` when given.
+    /// set as `CUDA_VISIBLE_DEVICES` when given (empty: it sees none).
     pub gpus: Option<Vec<String>>,
 }
 
@@ -171,7 +171,8 @@ pub fn run(req: &ExecRequest, cancel: &CancelToken) -> ExecResult {
         match &pidfd {
             Some(fd) => {
                 let mut wait = Duration::from_millis(50);
-                if let Some(limit) = req.time_limit {
+                // Until the limit (once killed, the usual wait for it to go).
+                if let (Some(limit), None) = (req.time_limit, &stopped) {
                     wait = wait.min(limit.saturating_sub(clock.elapsed()));
                 }
                 let timeout = rustix::event::Timespec {

@@ -1025,6 +1025,8 @@ impl Drop for LocalStore {
         // quick (an opener reads the whole WAL when no one else has it open).
         let wal = self.root.join("meta.sqlite-wal");
         if std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_FOLD_BYTES) {
+            // Not worth waiting for: another process's gc may hold the lock.
+            let _ = conn.busy_timeout(std::time::Duration::from_millis(50));
             let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
         }
     }
