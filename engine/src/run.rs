@@ -199,8 +199,9 @@ struct Scratch {
 const MAX_SPARES: usize = 64;
 
 impl Scratch {
-    fn new(store: &LocalStore, worker: usize) -> Scratch {
-        let name = format!("{}-{worker}", std::process::id());
+    /// Worker `worker` of this process's run number `run`.
+    fn new(store: &LocalStore, run: u64, worker: usize) -> Scratch {
+        let name = format!("{}-{run}-{worker}", std::process::id());
         let base = store.root().join("scratch");
         let root = base.join(&name);
         Scratch {
@@ -549,6 +550,9 @@ pub fn run(
     let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
     let (done_tx, done_rx) = mpsc::channel::<Message>();
     remove_stale_scratch(store);
+    // Runs of one process (a library user's, tests) get scratch folders of their own.
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let run_number = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let result = std::thread::scope(|scope| -> Result<(), RunError> {
         // Twice as many workers as CPU slots: a job gives its slot back when its
         // command ends, and its worker then waits on fsyncs and copies while
@@ -562,7 +566,7 @@ pub fn run(
                     wf,
                     instances,
                     store,
-                    scratch: Scratch::new(store, worker),
+                    scratch: Scratch::new(store, run_number, worker),
                     cancel,
                     messages: tx,
                 };
