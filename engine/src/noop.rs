@@ -189,43 +189,49 @@ fn clean(s: &str) -> bool {
     !s.contains(['\t', '\n', '\r', '\u{1f}'])
 }
 
+/// What a complete run leaves for its record.
+#[derive(Debug, Clone, Copy)]
+pub struct Finished<'a> {
+    pub wf: &'a Workflow,
+    pub instances: &'a Instances,
+    /// Per instance: its key, and its outputs' digests in declared order.
+    pub keys: &'a [Option<Digest>],
+    pub outputs: &'a [Option<Vec<Digest>>],
+    pub seen: &'a Seen,
+}
+
 /// Writes the record of a complete run, when every file's identity is proven;
 /// otherwise removes any older record. Whether one was written.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "what one run leaves, read in one place"
-)]
 pub fn record(
     store: &LocalStore,
     request: &Request,
-    wf: &Workflow,
-    instances: &Instances,
-    keys: &[Option<Digest>],
-    outputs: &[Option<Vec<Digest>>],
-    seen: &Seen,
+    run: Finished<'_>,
     session: i64,
 ) -> Result<bool, StoreError> {
     let name = request.name();
-    let body = match describe(store, request, wf, instances, keys, outputs, seen)? {
+    let body = match describe(store, request, run)? {
         Some(body) => body,
         None => {
             store.forget_noop_record(&name)?;
             return Ok(false);
         }
     };
-    store.save_noop_record(&name, session, seen.generation, body.as_bytes())?;
+    store.save_noop_record(&name, session, run.seen.generation, body.as_bytes())?;
     Ok(true)
 }
 
 fn describe(
     store: &LocalStore,
     request: &Request,
-    wf: &Workflow,
-    instances: &Instances,
-    keys: &[Option<Digest>],
-    outputs: &[Option<Vec<Digest>>],
-    seen: &Seen,
+    run: Finished<'_>,
 ) -> Result<Option<String>, StoreError> {
+    let Finished {
+        wf,
+        instances,
+        keys,
+        outputs,
+        seen,
+    } = run;
     use std::fmt::Write;
     let Some(pipeline_files) = &request.pipeline_files else {
         return Ok(None);

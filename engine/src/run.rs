@@ -919,9 +919,14 @@ pub fn run(
         if complete {
             seen.tools = tools;
             // A record is an optimisation: failing to write one fails nothing.
-            let _ = crate::noop::record(
-                store, request, wf, instances, &keys, &outputs, &seen, session,
-            );
+            let finished = crate::noop::Finished {
+                wf,
+                instances,
+                keys: &keys,
+                outputs: &outputs,
+                seen: &seen,
+            };
+            let _ = crate::noop::record(store, request, finished, session);
         } else if options.selected.is_none() {
             let _ = store.forget_noop_record(&request.name());
         }
