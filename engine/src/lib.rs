@@ -3,8 +3,10 @@
 //! measurement.
 //!
 //! It is the only crate that knows the language, the store and the executors
-//! together. So far (issue 4, in progress): instantiation of derivations, the
-//! rendering of their commands, their keys, and a first plain `run`.
+//! together. Now: instantiation of derivations (`instantiate`), their commands
+//! (`command`) and keys (`keys`), the dispatcher of `mustbuild run` (`run`), its
+//! `--dry-run` reasons (`plan`) and the record that tells a no-op rerun without
+//! computing keys (`noop`). Provenance (`why`, `audit`) and energy are to come.
 
 // Library code returns errors; tests may unwrap (clippy.toml allows it there).
 #![warn(clippy::unwrap_used, clippy::expect_used)]

@@ -1,6 +1,6 @@
 //! mustbuild-executors: plain execution requests in (a command, a prepared
 //! folder, an environment, the outputs to expect), outcomes out; the local
-//! executor now, Slurm and HTCondor later.
+//! executor and the machine's GPUs (`gpus`) now, Slurm and HTCondor later.
 //!
 //! It must not know about KDL, derivations or the store ("builders stay dumb").
 //! A failed step is data (an [`Outcome`]), not an error.
