@@ -1022,7 +1022,10 @@ fn run_and_store(
     let job = &done.job;
     let mut events = Vec::new();
     // Someone may have realised it while we waited for the lock.
+    // Under the key's lock, a plain read sees any realisation another process
+    // made (it held the lock until that committed); only then a write to lease it.
     if !job.force
+        && store.is_realised(&job.key)?
         && let Some(realised) = store.realisation(&job.key)?
     {
         let r = materialize_outputs(wf, instances, store, job.id, &realised, &mut |e| {

@@ -766,6 +766,16 @@ impl LocalStore {
 
     /// The outputs of a realised derivation; they are leased to this process so that
     /// a concurrent gc keeps them while it materialises them.
+    /// Whether a key has a realisation (a read: no write lock, no lease).
+    pub fn is_realised(&self, key: &Digest) -> Result<bool> {
+        Ok(self
+            .conn()
+            .prepare_cached("SELECT 1 FROM realisations WHERE key = ?1 LIMIT 1")?
+            .query_row([key.as_bytes()], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
     pub fn realisation(&self, key: &Digest) -> Result<Option<Vec<Output>>> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
