@@ -501,13 +501,7 @@ def bench_shape(shape, n, reps, args, tools_wanted, workdir, logs):
         r = results[name]
         rows.append(
             {
-                "shape": shape,
-                "steps": dag.n,
-                "layers": dag.layers,
-                "edges": dag.edges,
-                "tool": name,
-                "shell": SHELLS[name],
-                "jobs": args.jobs,
+                **row_head(shape, dag, name, args.jobs),
                 "changed_source": Dag.src_path(source),
                 "rebuilt_on_change": len(cone),
                 "cold": median(r["cold"]),
@@ -519,6 +513,19 @@ def bench_shape(shape, n, reps, args, tools_wanted, workdir, logs):
     if not args.keep:
         shutil.rmtree(workdir / tag)
     return rows
+
+
+def row_head(shape, dag, tool, jobs):
+    """The fields every result row starts with: what ran, on which DAG."""
+    return {
+        "shape": shape,
+        "steps": dag.n,
+        "layers": dag.layers,
+        "edges": dag.edges,
+        "tool": tool,
+        "shell": SHELLS[tool],
+        "jobs": jobs,
+    }
 
 
 def bench_big(args, tools_wanted, workdir, logs):
@@ -542,13 +549,7 @@ def bench_big(args, tools_wanted, workdir, logs):
     rows = []
     for name, tool in tools.items():
         row = {
-            "shape": "layered",
-            "steps": dag.n,
-            "layers": dag.layers,
-            "edges": dag.edges,
-            "tool": name,
-            "shell": SHELLS[name],
-            "jobs": args.jobs,
+            **row_head("layered", dag, name, args.jobs),
             "rss_by": "GNU time %M (wait4 ru_maxrss)" if wrapper else "os.wait4 ru_maxrss",
             "rss_floor_kib": floor,
         }

@@ -332,8 +332,8 @@ impl Scratch {
     }
 
     fn remove(&self) {
-        let _ = remove_tree(&self.root);
-        let _ = remove_tree(&self.spare);
+        let _ = remove_any(&self.root);
+        let _ = remove_any(&self.spare);
         let _ = std::fs::remove_file(&self.log);
     }
 }
@@ -1341,14 +1341,6 @@ fn materialize_outputs(
         store.set_materialised(&absolute, &o.digest)?;
     }
     Ok(())
-}
-
-fn remove_tree(path: &Path) -> std::io::Result<()> {
-    if path.exists() {
-        std::fs::remove_dir_all(path)
-    } else {
-        Ok(())
-    }
 }
 
 /// How an instance is named among its step's: its fan-out values.

@@ -130,6 +130,12 @@ pub struct LocalStore {
     registered: std::sync::atomic::AtomicBool,
 }
 
+/// Statements that more than one method runs (one wording, one behaviour).
+const INSERT_DERIVATION: &str =
+    "INSERT OR IGNORE INTO derivations (key, material, added_ms) VALUES (?1, ?2, ?3)";
+const INSERT_USE: &str = "INSERT OR IGNORE INTO session_uses (session, key) VALUES (?1, ?2)";
+const SET_LAST_KEY: &str = "INSERT OR REPLACE INTO last_keys (pipeline, step, instance, key, added_ms) VALUES (?1, ?2, ?3, ?4, ?5)";
+
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -640,7 +646,7 @@ impl LocalStore {
         let key = material.key();
         let conn = self.conn();
         conn.execute(
-            "INSERT OR IGNORE INTO derivations (key, material, added_ms) VALUES (?1, ?2, ?3)",
+            INSERT_DERIVATION,
             params![key.as_bytes(), material.encode(), now_ms()],
         )?;
         Ok(key)
@@ -696,9 +702,7 @@ impl LocalStore {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut out = Vec::with_capacity(keys.len());
         {
-            let mut used = tx.prepare_cached(
-                "INSERT OR IGNORE INTO session_uses (session, key) VALUES (?1, ?2)",
-            )?;
+            let mut used = tx.prepare_cached(INSERT_USE)?;
             for key in keys {
                 let realised = self.realisation_in(&tx, key, false)?;
                 if realised.is_some() {
@@ -725,18 +729,12 @@ impl LocalStore {
         let mut out = Vec::with_capacity(uses.len());
         {
             let mut known = tx.prepare_cached("SELECT 1 FROM derivations WHERE key = ?1")?;
-            let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO derivations (key, material, added_ms) VALUES (?1, ?2, ?3)",
-            )?;
-            let mut used = tx.prepare_cached(
-                "INSERT OR IGNORE INTO session_uses (session, key) VALUES (?1, ?2)",
-            )?;
+            let mut insert = tx.prepare_cached(INSERT_DERIVATION)?;
+            let mut used = tx.prepare_cached(INSERT_USE)?;
             let mut same = tx.prepare_cached(
                 "SELECT 1 FROM last_keys WHERE pipeline = ?1 AND step = ?2 AND instance = ?3 AND key = ?4",
             )?;
-            let mut last = tx.prepare_cached(
-                "INSERT OR REPLACE INTO last_keys (pipeline, step, instance, key, added_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
+            let mut last = tx.prepare_cached(SET_LAST_KEY)?;
             let now = now_ms();
             for u in uses {
                 let key = u.material.key();
@@ -838,10 +836,8 @@ impl LocalStore {
     }
 
     pub fn use_derivation(&self, session: i64, key: &Digest) -> Result<()> {
-        self.conn().execute(
-            "INSERT OR IGNORE INTO session_uses (session, key) VALUES (?1, ?2)",
-            params![session, key.as_bytes()],
-        )?;
+        self.conn()
+            .execute(INSERT_USE, params![session, key.as_bytes()])?;
         Ok(())
     }
 
@@ -947,11 +943,13 @@ impl LocalStore {
         instance: &str,
         key: &Digest,
     ) -> Result<()> {
-        self.conn()
-            .prepare_cached(
-                "INSERT OR REPLACE INTO last_keys (pipeline, step, instance, key, added_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![pipeline, step, instance, key.as_bytes(), now_ms()])?;
+        self.conn().prepare_cached(SET_LAST_KEY)?.execute(params![
+            pipeline,
+            step,
+            instance,
+            key.as_bytes(),
+            now_ms()
+        ])?;
         Ok(())
     }
 
