@@ -19,9 +19,13 @@ fn copy_dir(src: &Path, dest: &Path) {
     for e in std::fs::read_dir(src).unwrap() {
         let e = e.unwrap();
         let to = dest.join(e.file_name());
+        // A local run of the example leaves results/ in the repository: not sources.
+        if e.file_name() == "results" {
+            continue;
+        }
         if e.file_type().unwrap().is_dir() {
             copy_dir(&e.path(), &to);
-        } else if e.file_name() != "results" {
+        } else {
             std::fs::write(&to, std::fs::read(e.path()).unwrap()).unwrap();
         }
     }
