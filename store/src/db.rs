@@ -8,15 +8,16 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Bumped with every incompatible schema change.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS objects (
     digest   BLOB PRIMARY KEY,
     kind     TEXT NOT NULL CHECK (kind IN ('blob', 'tree')),
     size     INTEGER NOT NULL,   -- blob: content bytes; tree: bytes of all files below
-    stored   INTEGER NOT NULL,   -- bytes in objects/ (the encoding, for a tree)
-    added_ms INTEGER NOT NULL
+    stored   INTEGER NOT NULL,   -- bytes kept (the encoding, for a tree)
+    added_ms INTEGER NOT NULL,
+    inline   BLOB                -- the content of a small object; NULL: in objects/
 ) WITHOUT ROWID;
 
 -- Tree edges, for reachability (gc) and for trees made invalid by a bad child (verify).
@@ -239,15 +240,25 @@ fn initialise(conn: &Connection) -> rusqlite::Result<()> {
     if present < 5 {
         conn.execute_batch(LAST_KEYS)?;
     }
-    if version == 0 {
-        conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-        ))
-        .inspect_err(|_| {
-            let _ = conn.execute_batch("ROLLBACK");
-        })?;
+    let upgrade = match version {
+        0 => format!("{SCHEMA} PRAGMA user_version = {SCHEMA_VERSION};"),
+        // Schema 2 keeps small objects in the database.
+        1 => "ALTER TABLE objects ADD COLUMN inline BLOB; PRAGMA user_version = 2;".to_string(),
+        _ => return Ok(()),
+    };
+    // Under the write lock, asking again: another process may have just done it.
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let done = (|| {
+        let now: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if now == version {
+            conn.execute_batch(&upgrade)?;
+        }
+        conn.execute_batch("COMMIT")
+    })();
+    if done.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
     }
-    Ok(())
+    done
 }
 
 /// The user_version of an opened database.

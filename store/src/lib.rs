@@ -32,8 +32,8 @@ pub use digest::Digest;
 pub use error::{Result, StoreError};
 pub use filecache::{Identity, Source, identity};
 pub use local::{
-    Ingest, KeyUse, LocalStore, NoopRecord, ObjectKind, Output, OutputKind, Root, RunRecord,
-    Stored, hostname,
+    INLINE_MAX, Ingest, KeyUse, LocalStore, NoopRecord, ObjectData, ObjectKind, Output, OutputKind,
+    Root, RunRecord, Stored, hostname,
 };
 pub use maintenance::{GcReport, StoreInfo, VerifyReport};
 pub use material::{Field, FieldChange, KeyMaterial};

@@ -5,6 +5,7 @@
 //!   VERSION              "mustbuild-store 1"
 //!   meta.sqlite          (+ -wal, -shm)
 //!   objects/ab/cdef…     one read-only file per object, named by its digest
+//!                        (objects up to INLINE_MAX bytes live in meta.sqlite instead)
 //!   tmp/                 files being ingested (OWNER-N), removed by gc when their owner is gone
 //!   quarantine/          objects `verify --repair` found corrupt
 //! ```
@@ -16,6 +17,12 @@
 //! A realisation is inserted only in a transaction that first checks every object
 //! it names has its row. A kill at any point leaves at worst a temporary file or an
 //! object file without a row, which gc removes.
+//!
+//! Small objects (most logs, tables, summaries and folder listings) are kept in
+//! their row: content and row are then one SQLite commit, atomic and durable
+//! together (a power cut loses both or neither), with no file, rename or fsync of
+//! their own. SQLite reads and writes blobs this small faster than the file system
+//! creates, fsyncs and opens files.
 
 use crate::db;
 use crate::digest::Digest;
@@ -31,6 +38,18 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub const LAYOUT_VERSION: &str = "mustbuild-store 1";
+
+/// Objects up to this size are kept in the database, not in `objects/`.
+pub const INLINE_MAX: u64 = 16 * 1024;
+
+/// Where an object's content is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectData {
+    /// In the database: the bytes.
+    Inline(Vec<u8>),
+    /// In `objects/`: its read-only file.
+    File(PathBuf),
+}
 
 /// What an object is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -91,14 +110,19 @@ pub struct Stored {
 pub enum Ingest {
     /// Copy (reflink where the file system allows); the source stays.
     Copy,
-    /// Rename into the store (same file system), falling back to a copy.
+    /// Take the file: rename it into the store (same file system), falling back
+    /// to a copy. A file small enough to be kept in the database is read, and left
+    /// where it is for the caller to reuse or remove.
     Move,
 }
 
 /// An object written to `tmp/`, durable, hashed, waiting for its transaction.
 #[derive(Debug)]
 pub(crate) struct Pending {
+    /// The durable temporary file; unused when `inline` holds the content.
     pub temp: PathBuf,
+    /// The content of an object kept in the database.
+    pub inline: Option<Vec<u8>>,
     pub digest: Digest,
     pub kind: ObjectKind,
     pub size: u64,
@@ -372,14 +396,15 @@ impl LocalStore {
                 // Nothing was stored: every moved file goes back where it was.
                 for p in pending {
                     match &p.origin {
-                        Some(origin) => {
-                            if std::fs::rename(&p.temp, origin).is_err() {
-                                let _ = std::fs::copy(self.object_path(&p.digest), origin);
-                            }
+                        Some(origin) if std::fs::rename(&p.temp, origin).is_err() => {
+                            let _ = std::fs::copy(self.object_path(&p.digest), origin);
                         }
-                        None => {
+                        Some(_) => {}
+                        // A small file read into memory has no temporary file.
+                        None if p.inline.is_none() => {
                             let _ = std::fs::remove_file(&p.temp);
                         }
+                        None => {}
                     }
                 }
                 Err(e)
@@ -407,10 +432,19 @@ impl LocalStore {
         let prepared: Vec<Result<Pending>> = items
             .par_iter()
             .map(|bytes| {
+                if bytes.len() as u64 <= INLINE_MAX {
+                    return Ok(Pending::inline(
+                        Digest::of(bytes),
+                        ObjectKind::Blob,
+                        bytes.len() as u64,
+                        bytes.to_vec(),
+                    ));
+                }
                 let temp = self.new_temp();
                 write_durably(&temp, bytes)?;
                 Ok(Pending {
                     temp,
+                    inline: None,
                     digest: Digest::of(bytes),
                     kind: ObjectKind::Blob,
                     size: bytes.len() as u64,
@@ -455,6 +489,24 @@ impl LocalStore {
         const MAX_DEPTH: usize = 256;
         let meta = std::fs::symlink_metadata(path).map_err(io("read", path))?;
         let ft = meta.file_type();
+        let executable = meta.permissions().mode() & 0o111 != 0;
+        let stored_file = |digest, size| Stored {
+            digest,
+            kind: if executable {
+                OutputKind::Executable
+            } else {
+                OutputKind::File
+            },
+            size,
+        };
+        if ft.is_file() && meta.len() <= INLINE_MAX {
+            let bytes = read_small(path).map_err(io("read", path))?;
+            if let Some(bytes) = bytes {
+                let (digest, size) = (Digest::of(&bytes), bytes.len() as u64);
+                pending.push(Pending::inline(digest, ObjectKind::Blob, size, bytes));
+                return Ok(stored_file(digest, size));
+            }
+        }
         if ft.is_file() {
             let temp = self.new_temp();
             let origin = self.bring(path, &temp, how)?;
@@ -468,9 +520,9 @@ impl LocalStore {
                     return Err(io("hash", &temp)(e));
                 }
             };
-            let executable = meta.permissions().mode() & 0o111 != 0;
             pending.push(Pending {
                 temp,
+                inline: None,
                 digest,
                 kind: ObjectKind::Blob,
                 size,
@@ -478,15 +530,7 @@ impl LocalStore {
                 children: Vec::new(),
                 origin,
             });
-            return Ok(Stored {
-                digest,
-                kind: if executable {
-                    OutputKind::Executable
-                } else {
-                    OutputKind::File
-                },
-                size,
-            });
+            return Ok(stored_file(digest, size));
         }
         if !ft.is_dir() {
             let what = if ft.is_symlink() {
@@ -539,16 +583,28 @@ impl LocalStore {
         })?;
         let encoded = tree.encode();
         let digest = tree.digest();
+        let size = tree.total_size();
+        let children: Vec<Digest> = tree.children().collect();
+        if encoded.len() as u64 <= INLINE_MAX {
+            let mut p = Pending::inline(digest, ObjectKind::Tree, size, encoded);
+            p.children = children;
+            pending.push(p);
+            return Ok(Stored {
+                digest,
+                kind: OutputKind::Tree,
+                size,
+            });
+        }
         let temp = self.new_temp();
         write_durably(&temp, &encoded)?;
-        let size = tree.total_size();
         pending.push(Pending {
             temp,
+            inline: None,
             digest,
             kind: ObjectKind::Tree,
             size,
             stored: encoded.len() as u64,
-            children: tree.children().collect(),
+            children,
             origin: None,
         });
         Ok(Stored {
@@ -591,7 +647,8 @@ impl LocalStore {
         {
             let mut exists = tx.prepare_cached("SELECT 1 FROM objects WHERE digest = ?1")?;
             let mut insert = tx.prepare_cached(
-                "INSERT INTO objects (digest, kind, size, stored, added_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO objects (digest, kind, size, stored, added_ms, inline)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             let mut refs =
                 tx.prepare_cached("INSERT OR IGNORE INTO tree_refs (tree, child) VALUES (?1, ?2)")?;
@@ -602,21 +659,26 @@ impl LocalStore {
                 let d = p.digest.as_bytes();
                 lease.execute(params![self.owner, d])?;
                 if exists.query_row([d], |_| Ok(())).optional()?.is_some() {
-                    let _ = std::fs::remove_file(&p.temp);
+                    if p.inline.is_none() {
+                        let _ = std::fs::remove_file(&p.temp);
+                    }
                     continue;
                 }
-                let dest = self.object_path(&p.digest);
-                let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
-                std::fs::set_permissions(&p.temp, std::fs::Permissions::from_mode(0o444))
-                    .map_err(io("protect", &p.temp))?;
-                std::fs::rename(&p.temp, &dest).map_err(io("store", &dest))?;
-                dirs_to_sync.insert(dir);
+                if p.inline.is_none() {
+                    let dest = self.object_path(&p.digest);
+                    let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
+                    std::fs::set_permissions(&p.temp, std::fs::Permissions::from_mode(0o444))
+                        .map_err(io("protect", &p.temp))?;
+                    std::fs::rename(&p.temp, &dest).map_err(io("store", &dest))?;
+                    dirs_to_sync.insert(dir);
+                }
                 insert.execute(params![
                     d,
                     p.kind.as_str(),
                     p.size as i64,
                     p.stored as i64,
-                    now
+                    now,
+                    p.inline.as_deref()
                 ])?;
                 for c in &p.children {
                     refs.execute(params![d, c.as_bytes()])?;
@@ -634,9 +696,25 @@ impl LocalStore {
     // ---- trees --------------------------------------------------------------------------
 
     pub fn read_tree(&self, d: &Digest) -> Result<Tree> {
-        let path = self.object_path(d);
-        let bytes = std::fs::read(&path).map_err(io("read", &path))?;
+        let bytes = match self.object_data(d)? {
+            ObjectData::Inline(bytes) => bytes,
+            ObjectData::File(path) => std::fs::read(&path).map_err(io("read", &path))?,
+        };
         Ok(Tree::decode(&bytes)?)
+    }
+
+    /// Where an object's content is: its bytes (a small object) or its file.
+    pub fn object_data(&self, d: &Digest) -> Result<ObjectData> {
+        let inline: Option<Option<Vec<u8>>> = self
+            .conn()
+            .prepare_cached("SELECT inline FROM objects WHERE digest = ?1")?
+            .query_row([d.as_bytes()], |r| r.get(0))
+            .optional()?;
+        match inline {
+            None => Err(StoreError::MissingObject(*d)),
+            Some(Some(bytes)) => Ok(ObjectData::Inline(bytes)),
+            Some(None) => Ok(ObjectData::File(self.object_path(d))),
+        }
     }
 
     // ---- records ------------------------------------------------------------------------
@@ -1071,6 +1149,31 @@ pub struct RunRecord {
 }
 
 /// Writes a file and makes it durable.
+/// A file's bytes if it holds at most `INLINE_MAX` of them (`None`: it grew).
+fn read_small(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(INLINE_MAX + 1)
+        .read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= INLINE_MAX).then_some(bytes))
+}
+
+impl Pending {
+    fn inline(digest: Digest, kind: ObjectKind, size: u64, bytes: Vec<u8>) -> Pending {
+        Pending {
+            temp: PathBuf::new(),
+            digest,
+            kind,
+            size,
+            stored: bytes.len() as u64,
+            inline: Some(bytes),
+            children: Vec::new(),
+            origin: None,
+        }
+    }
+}
+
 pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()

@@ -2,9 +2,9 @@
 
 use crate::digest::Digest;
 use crate::encoding::{TREE_CONTEXT, hash_in_context};
-use crate::error::{Result, io};
+use crate::error::{Result, StoreError, io};
 use crate::hashing::hash_file;
-use crate::local::{LocalStore, ObjectKind, hostname, proc_start};
+use crate::local::{LocalStore, ObjectData, ObjectKind, hostname, proc_start};
 use crate::tree::Tree;
 use rayon::prelude::*;
 use rusqlite::{Connection, OptionalExtension};
@@ -92,8 +92,27 @@ enum Check {
 
 impl LocalStore {
     /// Whether an object's file holds exactly its content.
-    fn check_object(&self, d: &Digest, kind: ObjectKind) -> Check {
-        let path = self.object_path(d);
+    /// `data`: where the object is, as its row says (`object_data`).
+    fn check_object(&self, d: &Digest, kind: ObjectKind, data: Result<ObjectData>) -> Check {
+        let path = match data {
+            Ok(ObjectData::File(path)) => path,
+            Ok(ObjectData::Inline(bytes)) => {
+                let got = match kind {
+                    ObjectKind::Blob => Digest::of(&bytes),
+                    ObjectKind::Tree if Tree::decode(&bytes).is_ok() => {
+                        hash_in_context(TREE_CONTEXT, &bytes)
+                    }
+                    ObjectKind::Tree => return Check::Corrupt,
+                };
+                return if got == *d {
+                    Check::Good
+                } else {
+                    Check::Corrupt
+                };
+            }
+            Err(StoreError::MissingObject(_)) => return Check::Missing,
+            Err(_) => return Check::Unreadable,
+        };
         let io_error = |e: std::io::Error| match e.kind() {
             std::io::ErrorKind::NotFound => Check::Missing,
             std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData => Check::Corrupt,
@@ -145,7 +164,7 @@ impl LocalStore {
         };
         let results: Vec<(Digest, Check)> = objects
             .par_iter()
-            .map(|(d, kind, _)| (*d, self.check_object(d, *kind)))
+            .map(|(d, kind, _)| (*d, self.check_object(d, *kind, self.object_data(d))))
             .collect();
         let dangling: i64 = self.conn().query_row(
             "SELECT COUNT(*) FROM realisations r WHERE NOT EXISTS (SELECT 1 FROM objects o WHERE o.digest = r.digest)",
@@ -180,17 +199,23 @@ impl LocalStore {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         // Look again under the write lock: a gc or a writer may have acted since.
         let still_bad = |ds: &[Digest], want: fn(&Check) -> bool| -> Result<Vec<Digest>> {
-            let mut q = tx.prepare_cached("SELECT kind FROM objects WHERE digest = ?1")?;
+            let mut q = tx.prepare_cached("SELECT kind, inline FROM objects WHERE digest = ?1")?;
             let mut out = Vec::new();
             for d in ds {
-                let kind: Option<String> = q.query_row([d.as_bytes()], |r| r.get(0)).optional()?;
-                let Some(kind) = kind else { continue };
+                let row: Option<(String, Option<Vec<u8>>)> = q
+                    .query_row([d.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                let Some((kind, inline)) = row else { continue };
                 let kind = if kind == "tree" {
                     ObjectKind::Tree
                 } else {
                     ObjectKind::Blob
                 };
-                if want(&self.check_object(d, kind)) {
+                let data = Ok(match inline {
+                    Some(bytes) => ObjectData::Inline(bytes),
+                    None => ObjectData::File(self.object_path(d)),
+                });
+                if want(&self.check_object(d, kind, data)) {
                     out.push(*d);
                 }
             }

@@ -9,7 +9,7 @@
 
 use crate::digest::Digest;
 use crate::error::{Result, StoreError, io};
-use crate::local::{LocalStore, OutputKind, entry_path};
+use crate::local::{LocalStore, ObjectData, OutputKind, entry_path};
 use crate::tree::EntryKind;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
@@ -31,9 +31,6 @@ impl LocalStore {
         kind: OutputKind,
         dest: &Path,
     ) -> Result<Materialized> {
-        if !self.has_object(digest)? {
-            return Err(StoreError::MissingObject(*digest));
-        }
         let parent = dest
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -88,16 +85,25 @@ impl LocalStore {
         dest: &Path,
         stats: &mut Materialized,
     ) -> Result<()> {
-        let src = self.object_path(digest);
-        if clone_or_copy(&src, dest).map_err(io("copy", &src))? {
-            stats.reflinked += 1;
-        } else {
-            stats.copied += 1;
-        }
-        stats.bytes += std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
         let mode = if executable { 0o755 } else { 0o644 };
-        std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode))
-            .map_err(io("set permissions of", dest))
+        match self.object_data(digest)? {
+            ObjectData::Inline(bytes) => {
+                write_new(dest, &bytes, mode).map_err(io("write", dest))?;
+                stats.copied += 1;
+                stats.bytes += bytes.len() as u64;
+                Ok(())
+            }
+            ObjectData::File(src) => {
+                if clone_or_copy(&src, dest).map_err(io("copy", &src))? {
+                    stats.reflinked += 1;
+                } else {
+                    stats.copied += 1;
+                }
+                stats.bytes += std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
+                std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode))
+                    .map_err(io("set permissions of", dest))
+            }
+        }
     }
 
     fn materialize_tree(
@@ -164,6 +170,21 @@ fn make_writable(dir: &Path) {
             }
         }
     }
+}
+
+/// Writes `bytes` into `dest` (created or truncated) with `mode`.
+pub fn write_new(dest: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(dest)?;
+    f.write_all(bytes)?;
+    // An existing file keeps its mode on open; the umask may narrow a new one's.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
 }
 
 /// Copies a file, with its permissions: a reflink (a copy-on-write clone) where

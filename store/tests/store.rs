@@ -2,11 +2,21 @@
 //! cache, verify and gc.
 
 use mustbuild_store::{
-    Digest, Field, Ingest, KeyMaterial, LocalStore, Output, OutputKind, Root, RunRecord, Source,
-    Tree,
+    Digest, Field, INLINE_MAX, Ingest, KeyMaterial, LocalStore, Output, OutputKind, Root,
+    RunRecord, Source, Tree,
 };
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+
+/// `head` then `line` repeated: content too big to live in the database, so that
+/// the store keeps it as a file in `objects/`.
+fn large(head: &str, line: &str) -> Vec<u8> {
+    let mut text = head.to_string();
+    while text.len() as u64 <= INLINE_MAX {
+        text.push_str(line);
+    }
+    text.into_bytes()
+}
 
 fn write(path: &Path, content: &[u8]) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -46,10 +56,11 @@ fn a_file_is_stored_once_read_only_and_materialised_by_copy() {
     let tmp = tempfile::tempdir().unwrap();
     let store = LocalStore::open(tmp.path().join("store")).unwrap();
     let src = tmp.path().join("result.csv");
-    write(&src, b"a,b\n1,2\n");
+    let content = large("a,b\n", "1,2\n");
+    write(&src, &content);
     let s = store.add_path(&src, Ingest::Copy).unwrap();
-    assert_eq!(s.digest, Digest::of(b"a,b\n1,2\n"));
-    assert_eq!((s.kind, s.size), (OutputKind::File, 8));
+    assert_eq!(s.digest, Digest::of(&content));
+    assert_eq!((s.kind, s.size), (OutputKind::File, content.len() as u64));
     assert!(store.has_object(&s.digest).unwrap());
     assert_eq!(
         store.add_path(&src, Ingest::Copy).unwrap(),
@@ -65,14 +76,73 @@ fn a_file_is_stored_once_read_only_and_materialised_by_copy() {
     let out = tmp.path().join("ws/out/result.csv");
     let m = store.materialize(&s.digest, s.kind, &out).unwrap();
     assert_eq!(m.reflinked + m.copied, 1);
-    assert_eq!(std::fs::read(&out).unwrap(), b"a,b\n1,2\n");
+    assert_eq!(std::fs::read(&out).unwrap(), content);
     // Editing the workspace copy can never change the store.
     std::fs::write(&out, b"edited").unwrap();
-    assert_eq!(std::fs::read(&object).unwrap(), b"a,b\n1,2\n");
+    assert_eq!(std::fs::read(&object).unwrap(), content);
     assert!(store.verify(false).unwrap().is_clean());
     // Materialising again restores the content over the edit.
     store.materialize(&s.digest, s.kind, &out).unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), content);
+}
+
+#[test]
+fn a_small_file_is_kept_in_the_database() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let store = LocalStore::open(&root).unwrap();
+    let src = tmp.path().join("scratch/summary.csv");
+    write(&src, b"a,b\n1,2\n");
+    let s = store.add_path(&src, Ingest::Move).unwrap();
+    assert_eq!((s.digest, s.size), (Digest::of(b"a,b\n1,2\n"), 8));
+    assert!(store.has_object(&s.digest).unwrap());
+    assert!(
+        !store.object_path(&s.digest).exists(),
+        "no file in objects/"
+    );
+    assert_eq!(
+        std::fs::read(&src).unwrap(),
+        b"a,b\n1,2\n",
+        "a small file moved in is read, and left for the caller"
+    );
+    // Stored again from elsewhere: one object.
+    write(&tmp.path().join("again.csv"), b"a,b\n1,2\n");
+    assert_eq!(
+        store
+            .add_path(&tmp.path().join("again.csv"), Ingest::Copy)
+            .unwrap(),
+        s
+    );
+    assert_eq!(store.info().unwrap().objects, 1);
+
+    let out = tmp.path().join("ws/out/summary.csv");
+    store.materialize(&s.digest, s.kind, &out).unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), b"a,b\n1,2\n");
+    assert_eq!(
+        std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    std::fs::write(&out, b"edited").unwrap();
+    store.materialize(&s.digest, s.kind, &out).unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), b"a,b\n1,2\n");
+
+    // A damaged row is found by verify and forgotten by repair, with what used it.
+    let key = store.put_derivation(&material(1)).unwrap();
+    store.realise(&key, &file_output("o", s.digest)).unwrap();
+    assert!(store.verify(false).unwrap().is_clean());
+    let db = rusqlite::Connection::open(root.join("meta.sqlite")).unwrap();
+    db.execute(
+        "UPDATE objects SET inline = ?1 WHERE digest = ?2",
+        rusqlite::params![b"a,b\n1,9\n".as_slice(), s.digest.as_bytes().as_slice()],
+    )
+    .unwrap();
+    drop(db);
+    let report = store.verify(false).unwrap();
+    assert_eq!(report.corrupt, vec![s.digest]);
+    let repaired = store.verify(true).unwrap();
+    assert_eq!(repaired.dropped_realisations, 1);
+    assert_eq!(store.realisation(&key).unwrap(), None);
+    assert!(store.verify(false).unwrap().is_clean());
 }
 
 #[test]
@@ -80,12 +150,13 @@ fn moving_a_file_in_takes_it_from_its_place() {
     let tmp = tempfile::tempdir().unwrap();
     let store = LocalStore::open(tmp.path().join("store")).unwrap();
     let src = tmp.path().join("scratch/out.txt");
-    write(&src, b"moved");
+    let content = large("moved\n", "and more\n");
+    write(&src, &content);
     let s = store.add_path(&src, Ingest::Move).unwrap();
     assert!(!src.exists());
     assert_eq!(
         std::fs::read(store.object_path(&s.digest)).unwrap(),
-        b"moved"
+        content
     );
 }
 
@@ -240,8 +311,12 @@ fn verify_finds_corrupt_and_missing_objects_and_repair_drops_what_used_them() {
     let store = LocalStore::open(tmp.path().join("store")).unwrap();
     let dir = tmp.path().join("d");
     sample_tree(&dir);
+    let table = large("x,y\n", "1,2\n");
+    write(&dir.join("sub/table.csv"), &table);
     let tree = store.add_path(&dir, Ingest::Copy).unwrap();
-    let lone = store.add_bytes(b"lonely blob").unwrap();
+    let lone = store
+        .add_bytes(&large("lonely blob\n", "and more\n"))
+        .unwrap();
     let key_tree = store.put_derivation(&material(1)).unwrap();
     store
         .realise(
@@ -262,11 +337,12 @@ fn verify_finds_corrupt_and_missing_objects_and_repair_drops_what_used_them() {
         .unwrap();
     assert!(store.verify(false).unwrap().is_clean());
 
-    // Corrupt a file inside the tree, delete the lone blob.
-    let inner = Digest::of(b"x,y\n1,2\n");
+    // Corrupt a file inside the tree, delete the lone blob (both big enough to
+    // be files in objects/).
+    let inner = Digest::of(&table);
     let p = store.object_path(&inner);
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-    std::fs::write(&p, b"x,y\n1,9\n").unwrap();
+    std::fs::write(&p, large("x,y\n", "1,9\n")).unwrap();
     std::fs::remove_file(store.object_path(&lone)).unwrap();
 
     let report = store.verify(false).unwrap();
@@ -459,13 +535,14 @@ fn a_hard_linked_file_is_copied_not_moved_in() {
     let tmp = tempfile::tempdir().unwrap();
     let store = LocalStore::open(tmp.path().join("store")).unwrap();
     let out = tmp.path().join("out.txt");
-    write(&out, b"result");
+    let content = large("result\n", "more\n");
+    write(&out, &content);
     std::fs::hard_link(&out, tmp.path().join("alias.txt")).unwrap();
     let s = store.add_path(&out, Ingest::Move).unwrap();
     std::fs::write(tmp.path().join("alias.txt"), b"EDITED").unwrap();
     assert_eq!(
         std::fs::read(store.object_path(&s.digest)).unwrap(),
-        b"result"
+        content
     );
     assert!(store.verify(false).unwrap().is_clean());
 }
@@ -577,4 +654,32 @@ fn no_op_sessions_keep_the_derivations_of_the_run_they_repeat() {
     let report = store.gc(0, false).unwrap();
     assert!(!store.has_object(&d).unwrap(), "{report:?}");
     assert_eq!(store.realisation(&key).unwrap(), None);
+}
+
+#[test]
+fn a_store_of_schema_1_is_upgraded_in_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let old = {
+        let store = LocalStore::open(&root).unwrap();
+        let d = store
+            .add_bytes(&large("stored by schema 1\n", "x\n"))
+            .unwrap();
+        drop(store);
+        // What schema 1 was: no inline column.
+        let db = rusqlite::Connection::open(root.join("meta.sqlite")).unwrap();
+        db.execute_batch("ALTER TABLE objects DROP COLUMN inline; PRAGMA user_version = 1;")
+            .unwrap();
+        d
+    };
+    let store = LocalStore::open(&root).unwrap();
+    let small = store.add_bytes(b"small").unwrap();
+    assert!(!store.object_path(&small).exists());
+    assert!(store.object_path(&old).exists());
+    assert!(store.verify(false).unwrap().is_clean());
+    let db = rusqlite::Connection::open(root.join("meta.sqlite")).unwrap();
+    let version: i64 = db
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
 }
