@@ -8,7 +8,11 @@
 //! mtime, ctime) of every source file the keys read and every output in the
 //! workspace. An identity is recorded only when the store's file-digest cache maps
 //! it to the very digest the run used, so the record claims nothing the cache
-//! cannot prove (and the cache leaves out identities too recent to trust).
+//! cannot prove (and the cache leaves out identities too recent to trust). Files
+//! too recent to trust when the record is written (a run's last outputs) are
+//! recorded as fresh, with the digest the run used: the next run reads them
+//! instead of trusting their identity, which costs a few small reads there
+//! rather than a wait at the end of every run.
 //!
 //! The next run first checks the record: if every pipeline file has the same
 //! content, every glob the same matches, every tool the same file, and every file
@@ -32,6 +36,10 @@ const MAGIC: &str = "mustbuild-noop 2";
 /// The longest a run waits, at its end, for its newest outputs to become old
 /// enough to be recorded (50 ms on file systems with fine timestamps).
 const MAX_SETTLE_NS: i64 = 200_000_000;
+
+/// Files too new to trust are recorded as fresh, and read again by the next run,
+/// up to this many bytes in all; beyond, the run waits for them to settle.
+const MAX_FRESH_BYTES: i64 = 64 << 20;
 
 /// What a run was asked, besides the pipeline's content.
 #[derive(Debug, Clone, Default)]
@@ -312,33 +320,41 @@ fn describe(
         return Ok(None);
     };
     let mut cached = store.cached_digests(&ids)?;
-    // Files not hashed yet (outputs copied in by this run) are hashed now, once:
-    // after a short wait if some were written too recently for the cache to
-    // trust (the last outputs of a run, typically).
-    let again: Vec<usize> = (0..files.len()).filter(|&i| cached[i].is_none()).collect();
-    let wait_until = again
+    // Files not hashed yet (outputs copied in by this run) are hashed now, once.
+    // Those written too recently for the cache to trust (the last outputs of a
+    // run, typically) are recorded as fresh: the next run reads them again rather
+    // than trust their identity. Unless they are big: then a short wait costs less.
+    let mut again: Vec<usize> = (0..files.len()).filter(|&i| cached[i].is_none()).collect();
+    let now = mustbuild_store::filecache::now_ns();
+    let trusted_from = |i: usize| mustbuild_store::filecache::trusted_from(&ids[i]);
+    let mut fresh: Vec<usize> = again
         .iter()
-        .map(|&i| mustbuild_store::filecache::trusted_from(&ids[i]))
-        .max()
-        .unwrap_or(0);
-    let wait = wait_until.saturating_sub(mustbuild_store::filecache::now_ns());
-    if wait > MAX_SETTLE_NS {
-        return Ok(None);
+        .copied()
+        .filter(|&i| trusted_from(i) > now)
+        .collect();
+    let fresh_bytes: i64 = fresh.iter().map(|&i| ids[i].size).sum();
+    // A tool's line holds its identity only: it must be proven now.
+    let fresh_tool = fresh.iter().any(|&i| i < tools.len());
+    if fresh_bytes > MAX_FRESH_BYTES || fresh_tool {
+        let wait = fresh.iter().map(|&i| trusted_from(i)).max().unwrap_or(0) - now;
+        if wait > MAX_SETTLE_NS {
+            return Ok(None);
+        }
+        std::thread::sleep(std::time::Duration::from_nanos(wait.max(0).unsigned_abs()));
+        fresh.clear();
     }
-    if wait > 0 {
-        std::thread::sleep(std::time::Duration::from_nanos(wait.unsigned_abs()));
-    }
-    for &i in &again {
-        let _ = store.file_digest(&files[i].0);
-    }
+    again.retain(|i| !fresh.contains(i));
     if !again.is_empty() {
+        let paths: Vec<&Path> = again.iter().map(|&i| files[i].0.as_path()).collect();
+        store.file_digests(&paths);
         let more = store.cached_digests(&again.iter().map(|&i| ids[i]).collect::<Vec<_>>())?;
-        for (i, c) in again.into_iter().zip(more) {
+        for (&i, c) in again.iter().zip(more) {
             cached[i] = c;
         }
     }
-    for ((path, digest), c) in files.iter().zip(&cached) {
-        if *c != Some(*digest) || !clean(&path.to_string_lossy()) {
+    let fresh: std::collections::HashSet<usize> = fresh.into_iter().collect();
+    for (i, ((path, digest), c)) in files.iter().zip(&cached).enumerate() {
+        if (*c != Some(*digest) && !fresh.contains(&i)) || !clean(&path.to_string_lossy()) {
             return Ok(None);
         }
     }
@@ -353,7 +369,8 @@ fn describe(
     for (k, (path, digest)) in files.iter().enumerate().skip(tools.len()) {
         let _ = writeln!(
             body,
-            "file\t{}\t{}\t{}",
+            "{}\t{}\t{}\t{}",
+            if fresh.contains(&k) { "fresh" } else { "file" },
             fmt_identity(&ids[k]),
             digest.to_hex(),
             path.display()
@@ -397,7 +414,7 @@ pub fn check(store: &LocalStore, request: &Request) -> Result<Check, StoreError>
     let Some(read) = read(body, request) else {
         return Ok(Check::None);
     };
-    let unchanged = unchanged_files(&read.files);
+    let unchanged = unchanged_files(store, &read.files);
     if unchanged.iter().all(|&same| same) {
         let Some(session) = store.reuse_session(read.name, &record)? else {
             return Ok(Check::None);
@@ -428,8 +445,8 @@ pub fn check(store: &LocalStore, request: &Request) -> Result<Check, StoreError>
             });
         }
         let mut files = HashMap::with_capacity(read.files.len());
-        for ((_, digest, path), same) in read.files.iter().zip(unchanged) {
-            files.insert(PathBuf::from(path), (digest.parse().ok()?, same));
+        for (f, same) in read.files.iter().zip(unchanged) {
+            files.insert(PathBuf::from(f.path), (f.digest.parse().ok()?, same));
         }
         Some(Prior { instances, files })
     })();
@@ -449,14 +466,38 @@ struct Read<'a> {
     name: &'a str,
     /// Step, values, key, outputs.
     instances: Vec<[&'a str; 4]>,
-    /// Identity, digest, path.
-    files: Vec<(Identity, &'a str, &'a str)>,
+    files: Vec<RecordedFile<'a>>,
+}
+
+/// A file as the record has it.
+struct RecordedFile<'a> {
+    identity: Identity,
+    /// The digest the run used, in hexadecimal.
+    digest: &'a str,
+    path: &'a str,
+    /// Too new, when recorded, for its identity to prove its content: the next
+    /// run reads it.
+    fresh: bool,
 }
 
 /// Whether each file has the identity recorded (stat on two threads: the files
-/// are many, the calls short).
-fn unchanged_files(files: &[(Identity, &str, &str)]) -> Vec<bool> {
-    let same = |(id, _, path): &(Identity, &str, &str)| identity_of(Path::new(path)) == Some(*id);
+/// are many, the calls short), and a fresh one the content recorded too.
+fn unchanged_files(store: &LocalStore, files: &[RecordedFile<'_>]) -> Vec<bool> {
+    let mut same = same_identities(files);
+    let fresh: Vec<usize> = (0..files.len())
+        .filter(|&i| files[i].fresh && same[i])
+        .collect();
+    if !fresh.is_empty() {
+        let paths: Vec<&Path> = fresh.iter().map(|&i| Path::new(files[i].path)).collect();
+        for (&i, hashed) in fresh.iter().zip(store.file_digests(&paths)) {
+            same[i] = hashed.is_ok_and(|(d, _, _)| d.to_hex() == files[i].digest);
+        }
+    }
+    same
+}
+
+fn same_identities(files: &[RecordedFile<'_>]) -> Vec<bool> {
+    let same = |f: &RecordedFile<'_>| identity_of(Path::new(f.path)) == Some(f.identity);
     // A thread costs more than a few thousand stats.
     if files.len() < 8192 {
         return files.iter().map(same).collect();
@@ -521,7 +562,18 @@ fn read<'a>(body: &'a str, request: &Request) -> Option<Read<'a>> {
                     return None;
                 }
             }
-            ("file", [id, digest, path]) => files.push((parse_identity(id)?, *digest, *path)),
+            ("file", [id, digest, path]) => files.push(RecordedFile {
+                identity: parse_identity(id)?,
+                digest,
+                path,
+                fresh: false,
+            }),
+            ("fresh", [id, digest, path]) => files.push(RecordedFile {
+                identity: parse_identity(id)?,
+                digest,
+                path,
+                fresh: true,
+            }),
             ("instance", [step, values, key, outputs]) => {
                 instances.push([*step, *values, *key, *outputs]);
             }

@@ -75,7 +75,98 @@ pub enum Source {
     Hashed,
 }
 
+/// A file hashed outside the cache: its digest, size, and the identity under
+/// which the cache may keep it (`None`: it changed while read, or is too new).
+fn hash_uncached(path: &Path, id: Identity) -> Result<((Digest, u64), Option<Identity>)> {
+    let started = now_ns();
+    let hashed = hash_file_read(path).map_err(io("hash", path))?;
+    let after = std::fs::metadata(path).map(|m| identity(&m)).ok();
+    let keep = after == Some(id) && started >= trusted_from(&id);
+    Ok((hashed, keep.then_some(id)))
+}
+
+/// Digest and size, where they came from, and the identity to cache them under.
+type Hashed = ((Digest, u64), Source, Option<Identity>);
+
+const REMEMBER: &str =
+    "INSERT OR REPLACE INTO file_digests (dev, ino, size, mtime_ns, ctime_ns, digest)
+                        VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+const LOOK_UP: &str = "SELECT digest FROM file_digests
+                       WHERE dev = ?1 AND ino = ?2 AND size = ?3 AND mtime_ns = ?4 AND ctime_ns = ?5";
+
 impl LocalStore {
+    /// The digests of many files, as `file_digest` gives them: those not in the
+    /// cache are read on several threads, and what they add to the cache is
+    /// written in one transaction.
+    pub fn file_digests(&self, paths: &[&Path]) -> Vec<Result<(Digest, u64, Source)>> {
+        use rayon::prelude::*;
+        let ids: Vec<Option<Identity>> = paths
+            .iter()
+            .map(|p| std::fs::metadata(p).ok().map(|m| identity(&m)))
+            .collect();
+        let known: Vec<Option<Digest>> = {
+            let ok: Vec<Identity> = ids.iter().flatten().copied().collect();
+            let mut found = match self.cached_digests(&ok) {
+                Ok(found) => found.into_iter(),
+                Err(_) => vec![None; ok.len()].into_iter(),
+            };
+            ids.iter()
+                .map(|i| i.and_then(|_| found.next().flatten()))
+                .collect()
+        };
+        let results: Vec<Result<Hashed>> = paths
+            .par_iter()
+            .zip(ids.par_iter())
+            .zip(known.par_iter())
+            .map(|((path, id), known)| {
+                let Some(id) = id else {
+                    let e = std::fs::metadata(path).err();
+                    return Err(io("read", path)(
+                        e.unwrap_or_else(|| std::io::ErrorKind::NotFound.into()),
+                    ));
+                };
+                if let Some(d) = known {
+                    return Ok(((*d, id.size.max(0) as u64), Source::Cache, None));
+                }
+                let (hashed, keep) = hash_uncached(path, *id)?;
+                Ok((hashed, Source::Hashed, keep))
+            })
+            .collect();
+        let remember: Vec<(Identity, Digest)> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .filter_map(|((d, _), _, keep)| keep.map(|id| (id, *d)))
+            .collect();
+        if !remember.is_empty() {
+            // The cache is an optimisation: failing to fill it fails nothing.
+            let _ = (|| -> Result<()> {
+                let mut conn = self.conn();
+                let tx =
+                    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                {
+                    let mut insert = tx.prepare_cached(REMEMBER)?;
+                    for (id, d) in &remember {
+                        insert.execute(params![
+                            id.dev,
+                            id.ino,
+                            id.size,
+                            id.mtime_ns,
+                            id.ctime_ns,
+                            d.as_bytes()
+                        ])?;
+                    }
+                }
+                tx.commit()?;
+                Ok(())
+            })();
+        }
+        results
+            .into_iter()
+            .map(|r| r.map(|((d, size), source, _)| (d, size, source)))
+            .collect()
+    }
+
     /// The content digest and size of a file, from the cache when it is unchanged.
     pub fn file_digest(&self, path: &Path) -> Result<(Digest, u64, Source)> {
         let meta = std::fs::metadata(path).map_err(io("read", path))?;
@@ -83,10 +174,7 @@ impl LocalStore {
         {
             let conn = self.conn();
             let cached: Option<Vec<u8>> = conn
-                .prepare_cached(
-                    "SELECT digest FROM file_digests
-                     WHERE dev = ?1 AND ino = ?2 AND size = ?3 AND mtime_ns = ?4 AND ctime_ns = ?5",
-                )?
+                .prepare_cached(LOOK_UP)?
                 .query_row(
                     params![id.dev, id.ino, id.size, id.mtime_ns, id.ctime_ns],
                     |r| r.get(0),
@@ -96,18 +184,16 @@ impl LocalStore {
                 return Ok((d, meta.size(), Source::Cache));
             }
         }
-        let started = now_ns();
-        let (digest, size) = hash_file_read(path).map_err(io("hash", path))?;
-        let after = std::fs::metadata(path).map(|m| identity(&m)).ok();
-        let stable = after == Some(id);
-        let racy = started < trusted_from(&id);
-        if stable && !racy {
-            self.conn()
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO file_digests (dev, ino, size, mtime_ns, ctime_ns, digest)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?
-                .execute(params![id.dev, id.ino, id.size, id.mtime_ns, id.ctime_ns, digest.as_bytes()])?;
+        let ((digest, size), keep) = hash_uncached(path, id)?;
+        if keep.is_some() {
+            self.conn().prepare_cached(REMEMBER)?.execute(params![
+                id.dev,
+                id.ino,
+                id.size,
+                id.mtime_ns,
+                id.ctime_ns,
+                digest.as_bytes()
+            ])?;
         }
         Ok((digest, size, Source::Hashed))
     }
@@ -121,10 +207,7 @@ impl LocalStore {
         let tx = conn.transaction()?;
         let mut out = Vec::with_capacity(ids.len());
         {
-            let mut q = tx.prepare_cached(
-                "SELECT digest FROM file_digests
-                 WHERE dev = ?1 AND ino = ?2 AND size = ?3 AND mtime_ns = ?4 AND ctime_ns = ?5",
-            )?;
+            let mut q = tx.prepare_cached(LOOK_UP)?;
             for id in ids {
                 let d: Option<Vec<u8>> = q
                     .query_row(
