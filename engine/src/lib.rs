@@ -17,5 +17,6 @@ pub mod keys;
 pub mod noop;
 pub mod plan;
 pub mod run;
+mod slots;
 
 pub use instantiate::{FileRef, Instance, InstanceId, Instances, instantiate};

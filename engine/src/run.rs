@@ -20,15 +20,19 @@
 
 use crate::instantiate::{FileRef, InstanceId, Instances};
 use crate::keys::{KeyError, key_from_outputs, resolve_tools};
+use crate::slots::Slots;
 use mustbuild_executors::{CancelToken, ExecRequest, Outcome};
 use mustbuild_lang::model::{PathKind, Step, Workflow};
 use mustbuild_store::{
-    Digest, Ingest, KeyUse, LocalStore, Output, OutputKind, RunRecord, StoreError,
+    Digest, Ingest, KeyUse, LocalStore, ObjectData, Output, OutputKind, RunRecord, StoreError,
 };
 
 /// Instances whose keys are recorded in one transaction (it holds the store's
 /// write lock: short enough for other runs and the workers to get it soon).
 const KEY_BATCH: usize = 256;
+/// The first batch: small, so that the first commands start without waiting for
+/// hundreds of keys; each next batch is twice as big, up to `KEY_BATCH`.
+const FIRST_KEY_BATCH: usize = 8;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
@@ -156,9 +160,13 @@ struct Job {
     /// Run even if realised (`--force`).
     force: bool,
     attempt: u32,
+    /// Its place in the order jobs were handed out: the first waiting for slots
+    /// goes first.
+    ticket: u64,
+    /// What its command takes out of the slots: CPUs, bytes of memory, GPUs.
     cpus: usize,
     memory: u64,
-    gpus: Vec<String>,
+    gpus: usize,
     key: Digest,
     /// What to put in the scratch folder before the command runs.
     placements: Vec<Placement>,
@@ -297,15 +305,26 @@ impl Scratch {
         Ok(())
     }
 
-    /// Copies `src` to `dest` (its permissions too, or `mode`), in a kept inode
-    /// when there is one.
-    fn copy_file(&self, src: &Path, dest: &Path, mode: Option<u32>) -> std::io::Result<()> {
-        use std::os::unix::fs::PermissionsExt;
+    /// Puts a kept inode at `dest`, when there is one.
+    fn reuse_spare(&self, dest: &Path) {
         if let Some(spare) = self.spares.borrow_mut().pop()
             && std::fs::rename(&spare, dest).is_err()
         {
             let _ = std::fs::remove_file(&spare);
         }
+    }
+
+    /// Writes a small object's bytes at `dest`, in a kept inode when there is one.
+    fn write_file(&self, bytes: &[u8], dest: &Path, mode: u32) -> std::io::Result<()> {
+        self.reuse_spare(dest);
+        mustbuild_store::materialize::write_new(dest, bytes, mode)
+    }
+
+    /// Copies `src` to `dest` (its permissions too, or `mode`), in a kept inode
+    /// when there is one.
+    fn copy_file(&self, src: &Path, dest: &Path, mode: Option<u32>) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        self.reuse_spare(dest);
         mustbuild_store::materialize::clone_or_copy(src, dest)?;
         if let Some(mode) = mode {
             std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode))?;
@@ -379,11 +398,10 @@ fn remove_stale_scratch(store: &LocalStore) {
 
 /// What workers tell the coordinator.
 enum Message {
-    /// A job's command ended: its resources are free.
-    Freed {
-        cpus: usize,
-        memory: u64,
-        gpus: Vec<String>,
+    /// A job's command got its slots and starts.
+    Started {
+        id: InstanceId,
+        attempt: u32,
     },
     Done(Box<Done>),
     /// A worker stopped on a bug.
@@ -410,6 +428,9 @@ struct Done {
     log_digest: Option<Digest>,
     /// Another process realised it while this one waited for the lock.
     realised_elsewhere: bool,
+    /// The command never started: the run stopped (a failure, Ctrl-C) while the
+    /// job waited for its lock or slots. Nothing of it is reported.
+    not_started: bool,
     /// What materialising said (edited outputs kept aside).
     events: Vec<Event>,
     /// A store or file-system failure: the run stops.
@@ -422,11 +443,13 @@ struct Done {
 /// process exclude each other too, and the kernel drops them when the file
 /// closes or the process dies. One shared file, rather than one per key, because
 /// creating and deleting a file per job slows ext4's inode allocation down.
-/// Waits (while not cancelled: `None` then) by polling, so that Ctrl-C is heard.
+/// Waits (while not cancelled: `None` then) by polling, so that Ctrl-C is heard;
+/// `waiting` is called when it starts to wait.
 fn lock_key(
     store: &LocalStore,
     key: &Digest,
     cancel: &CancelToken,
+    waiting: &dyn Fn(),
 ) -> std::io::Result<Option<std::fs::File>> {
     use nix::fcntl::{FcntlArg, fcntl};
     use nix::libc;
@@ -457,13 +480,17 @@ fn lock_key(
         l_len: 1,
         l_pid: 0,
     };
-    let mut nap = std::time::Duration::from_millis(5);
+    const FIRST_NAP: std::time::Duration = std::time::Duration::from_millis(5);
+    let mut nap = FIRST_NAP;
     loop {
         match fcntl(&f, FcntlArg::F_OFD_SETLK(&byte)) {
             Ok(_) => return Ok(Some(f)),
             Err(nix::errno::Errno::EINTR) => continue,
             // Another process runs this derivation.
             Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => {
+                if nap == FIRST_NAP {
+                    waiting();
+                }
                 if cancel.is_cancelled() {
                     return Ok(None);
                 }
@@ -544,8 +571,10 @@ pub fn run(
     let cancel = options.cancel.clone();
     let total_cpus = options.jobs.max(1);
     let total_memory = options.memory_bytes.unwrap_or(u64::MAX);
-    let (mut free_cpus, mut free_memory) = (total_cpus, total_memory);
-    let mut free_gpus: Vec<String> = options.gpus.clone();
+    let slots = Slots::new(total_cpus, total_memory, options.gpus.clone());
+    // Workers: those running commands, and as many again storing what a command
+    // made or preparing the next job, so that a slot given back is taken at once.
+    let workers = 2 * total_cpus + 1;
     let (job_tx, job_rx) = mpsc::channel::<Job>();
     let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
     let (done_tx, done_rx) = mpsc::channel::<Message>();
@@ -554,19 +583,18 @@ pub fn run(
     static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let run_number = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let result = std::thread::scope(|scope| -> Result<(), RunError> {
-        // Twice as many workers as CPU slots: a job gives its slot back when its
-        // command ends, and its worker then waits on fsyncs and copies while
-        // another runs the next command.
-        for worker in 0..2 * total_cpus {
+        for worker in 0..workers {
             let rx = job_rx.clone();
             let tx = done_tx.clone();
             let cancel = cancel.clone();
+            let slots = &slots;
             scope.spawn(move || {
                 let worker = Worker {
                     wf,
                     instances,
                     store,
                     scratch: Scratch::new(store, run_number, worker),
+                    slots,
                     cancel,
                     messages: tx,
                 };
@@ -597,15 +625,24 @@ pub fn run(
         let coordinated = (|| -> Result<(), RunError> {
             let mut in_flight = 0usize;
             let mut stop = false;
+            let mut batch_size = FIRST_KEY_BATCH;
+            let mut tickets = 0u64;
             loop {
                 if cancel.is_cancelled() {
                     stop = true;
                 }
+                if stop {
+                    // Jobs waiting for their slots give up; what runs finishes.
+                    slots.close();
+                }
                 // Keys of what became ready, a batch to a transaction; the realised
-                // are materialised and release their dependents at once.
-                while !stop && !ready.is_empty() {
+                // are materialised and release their dependents at once. One batch,
+                // then the workers get what it found to run: the first batches are
+                // small, so that commands start at once.
+                if !stop && !ready.is_empty() {
                     let mut batch: Vec<InstanceId> =
-                        ready.drain(..ready.len().min(KEY_BATCH)).collect();
+                        ready.drain(..ready.len().min(batch_size)).collect();
+                    batch_size = (batch_size * 2).min(KEY_BATCH);
                     // Keys known from the record, when the store still has their
                     // realisations as recorded; the others are computed.
                     let known: Vec<(InstanceId, Digest, Vec<Digest>)> = batch
@@ -709,67 +746,58 @@ pub fn run(
                         }
                     }
                 }
-                // Start what fits, unless stopping: the first runnable instance whose
-                // resources fit what is free.
-                loop {
-                    if stop {
-                        break;
-                    }
-                    let fits = |r: &Runnable| {
-                        let r = &wf.step(instances.get(r.id).step).resources;
-                        (r.cpus as usize).min(total_cpus) <= free_cpus
-                            && r.memory_bytes.unwrap_or(0).min(total_memory) <= free_memory
-                            && r.gpus as usize <= free_gpus.len()
-                    };
-                    let Some(pos) = runnable.iter().position(fits) else {
-                        break;
-                    };
+                // Hand runnable instances to idle workers, in order: each prepares
+                // its job, then waits for the job's share of the slots.
+                while !stop && in_flight < workers {
                     let Some(Runnable {
                         id,
                         key,
                         forced,
                         attempt,
-                    }) = runnable.remove(pos)
+                    }) = runnable.pop_front()
                     else {
                         break;
                     };
-                    let inst = instances.get(id);
-                    let step = wf.step(inst.step);
+                    let step = wf.step(instances.get(id).step);
                     let mut job =
                         prepare(wf, instances, id, key, &outputs, &kinds, &options.path_var);
                     job.force = forced;
                     job.attempt = attempt;
+                    job.ticket = tickets;
+                    tickets += 1;
                     job.cpus = (step.resources.cpus as usize).min(total_cpus);
                     job.memory = step.resources.memory_bytes.unwrap_or(0).min(total_memory);
-                    job.gpus = free_gpus.split_off(free_gpus.len() - step.resources.gpus as usize);
-                    // A step that asked for none sees none (not every GPU).
-                    job.request.gpus = Some(job.gpus.clone());
-                    free_cpus -= job.cpus;
-                    free_memory -= job.memory;
-                    if attempt == 0 {
-                        on_event(Event::Started {
-                            step: step.name.to_string(),
-                            values: inst.values.clone(),
-                        });
-                    }
+                    job.gpus = step.resources.gpus as usize;
+                    slots.queue(job.ticket, job.cpus, job.memory, job.gpus);
                     in_flight += 1;
-                    if let Err(mpsc::SendError(job)) = job_tx.send(job) {
+                    if job_tx.send(job).is_err() {
                         in_flight -= 1;
-                        free_gpus.extend(job.gpus);
+                        break;
                     }
                 }
-                if in_flight == 0 {
+                let more_keys = !stop && !ready.is_empty();
+                if in_flight == 0 && !more_keys {
                     break;
                 }
-                let done = match done_rx.recv() {
-                    Ok(Message::Freed {
-                        cpus,
-                        memory,
-                        mut gpus,
-                    }) => {
-                        free_cpus += cpus;
-                        free_memory += memory;
-                        free_gpus.append(&mut gpus);
+                // With keys left to compute, only what has arrived is handled first.
+                let message = if more_keys {
+                    match done_rx.try_recv() {
+                        Ok(m) => Ok(m),
+                        Err(mpsc::TryRecvError::Empty) => continue,
+                        Err(mpsc::TryRecvError::Disconnected) => Err(mpsc::RecvError),
+                    }
+                } else {
+                    done_rx.recv()
+                };
+                let done = match message {
+                    Ok(Message::Started { id, attempt }) => {
+                        if attempt == 0 {
+                            let inst = instances.get(id);
+                            on_event(Event::Started {
+                                step: wf.step(inst.step).name.to_string(),
+                                values: inst.values.clone(),
+                            });
+                        }
                         continue;
                     }
                     Ok(Message::Done(done)) => *done,
@@ -783,6 +811,7 @@ pub fn run(
                     log,
                     log_digest,
                     realised_elsewhere,
+                    not_started,
                     events,
                     error,
                 } = done;
@@ -792,6 +821,9 @@ pub fn run(
                 }
                 if let Some(e) = error {
                     return Err(e);
+                }
+                if not_started {
+                    continue;
                 }
                 let inst = instances.get(job.id);
                 let step = wf.step(inst.step);
@@ -941,28 +973,13 @@ struct Worker<'a> {
     instances: &'a Instances,
     store: &'a LocalStore,
     scratch: Scratch,
+    slots: &'a Slots,
     cancel: CancelToken,
     messages: mpsc::Sender<Message>,
 }
 
 fn work(worker: &Worker<'_>, mut job: Job) -> Done {
-    let Worker {
-        store,
-        scratch,
-        messages,
-        ..
-    } = worker;
-    let resources = Message::Freed {
-        cpus: job.cpus,
-        memory: job.memory,
-        gpus: std::mem::take(&mut job.gpus),
-    };
-    let freed = std::cell::Cell::new(Some(resources));
-    let free = || {
-        if let Some(m) = freed.take() {
-            let _ = messages.send(m);
-        }
-    };
+    let Worker { store, scratch, .. } = worker;
     let placements = std::mem::take(&mut job.placements);
     job.request.dir = scratch.root.clone();
     job.request.log = scratch.log.clone();
@@ -972,7 +989,11 @@ fn work(worker: &Worker<'_>, mut job: Job) -> Done {
     job.request
         .env
         .push(("TMPDIR".into(), scratch.tmp.display().to_string()));
-    let cancelled = match lock_key(store, &job.key, &worker.cancel) {
+    let ticket = job.ticket;
+    // While another process holds the derivation, later jobs do not wait for this one.
+    let cancelled = match lock_key(store, &job.key, &worker.cancel, &|| {
+        worker.slots.leave(ticket)
+    }) {
         Ok(Some(lock)) => {
             job.lock = Some(lock);
             false
@@ -987,13 +1008,14 @@ fn work(worker: &Worker<'_>, mut job: Job) -> Done {
         log: Vec::new(),
         log_digest: None,
         realised_elsewhere: false,
+        not_started: cancelled,
         events: Vec::new(),
         error: None,
     };
-    if !cancelled && let Err(e) = run_and_store(worker, &placements, &free, &mut done) {
+    if !cancelled && let Err(e) = run_and_store(worker, &placements, &mut done) {
         done.error = Some(e);
     }
-    free();
+    worker.slots.leave(ticket);
     done
 }
 
@@ -1008,7 +1030,6 @@ fn ended_early(outcome: Outcome) -> mustbuild_executors::ExecResult {
 fn run_and_store(
     worker: &Worker<'_>,
     placements: &[Placement],
-    free: &dyn Fn(),
     done: &mut Done,
 ) -> Result<(), RunError> {
     let Worker {
@@ -1016,10 +1037,11 @@ fn run_and_store(
         instances,
         store,
         scratch,
+        slots,
         cancel,
-        ..
+        messages,
     } = worker;
-    let job = &done.job;
+    let job = &mut done.job;
     let mut events = Vec::new();
     // Someone may have realised it while we waited for the lock.
     // Under the key's lock, a plain read sees any realisation another process
@@ -1038,13 +1060,30 @@ fn run_and_store(
         return Ok(());
     }
     done.result = match place_inputs(store, scratch, placements) {
-        Ok(()) => mustbuild_executors::run(&job.request, cancel),
+        Ok(()) => match slots.take(job.ticket, job.cpus, job.memory, job.gpus, cancel, || {
+            let _ = messages.send(Message::Started {
+                id: job.id,
+                attempt: job.attempt,
+            });
+        }) {
+            Ok(share) => {
+                // A step that asked for none sees none (not every GPU).
+                job.request.gpus = Some(share.gpus.clone());
+                let result = mustbuild_executors::run(&job.request, cancel);
+                // The command is over: its CPUs, memory and GPUs go to the next one.
+                slots.give(share);
+                result
+            }
+            Err(_) => {
+                done.not_started = true;
+                return Ok(());
+            }
+        },
         Err(e) => ended_early(Outcome::Infrastructure(format!(
             "cannot prepare the scratch folder: {e}"
         ))),
     };
-    // The command is over: its CPUs, memory and GPUs go to the next one.
-    free();
+    let job = &done.job;
     done.log = std::fs::read(&job.request.log).unwrap_or_default();
     let stored = if done.result.outcome == Outcome::Succeeded {
         match store_outputs(wf, instances, store, &scratch.root, job) {
@@ -1144,9 +1183,11 @@ fn place_inputs(
                 } else {
                     0o644
                 };
-                scratch
-                    .copy_file(&store.object_path(digest), &dest, Some(mode))
-                    .map_err(io_err("copy input", &dest))?;
+                match store.object_data(digest)? {
+                    ObjectData::Inline(bytes) => scratch.write_file(&bytes, &dest, mode),
+                    ObjectData::File(src) => scratch.copy_file(&src, &dest, Some(mode)),
+                }
+                .map_err(io_err("copy input", &dest))?;
             }
             Placement::Folder(dir) => {
                 let dir = scratch.root.join(dir);
@@ -1280,9 +1321,10 @@ fn prepare(
         lock: None,
         force: false,
         attempt: 0,
+        ticket: 0,
         cpus: 1,
         memory: 0,
-        gpus: Vec::new(),
+        gpus: 0,
         key,
         placements,
         request,
