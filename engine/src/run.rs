@@ -287,7 +287,10 @@ impl Scratch {
         // Only a file that no other name shares (a command may have hard-linked
         // anything, a user's data included) is reused; others lose this name only.
         let sole = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.nlink() == 1);
-        if !sole || spares.len() >= MAX_SPARES {
+        // Nor one with extended attributes (ACLs, labels, a command's own): a
+        // kept inode may become a workspace output.
+        let plain = || rustix::fs::listxattr(path, &mut [0u8; 0][..]).is_ok_and(|n| n == 0);
+        if !sole || spares.len() >= MAX_SPARES || !plain() {
             return std::fs::remove_file(path);
         }
         let n = self.named.get();
@@ -305,9 +308,14 @@ impl Scratch {
         Ok(())
     }
 
+    /// A kept inode, if there is one: an empty file, for the caller to move.
+    fn take_spare(&self) -> Option<PathBuf> {
+        self.spares.borrow_mut().pop()
+    }
+
     /// Puts a kept inode at `dest`, when there is one.
     fn reuse_spare(&self, dest: &Path) {
-        if let Some(spare) = self.spares.borrow_mut().pop()
+        if let Some(spare) = self.take_spare()
             && std::fs::rename(&spare, dest).is_err()
         {
             let _ = std::fs::remove_file(&spare);
@@ -433,6 +441,8 @@ struct Done {
     not_started: bool,
     /// What materialising said (edited outputs kept aside).
     events: Vec<Event>,
+    /// What it put in the workspace, to record with the run.
+    materialised: Vec<(PathBuf, Digest)>,
     /// A store or file-system failure: the run stops.
     error: Option<RunError>,
 }
@@ -719,15 +729,16 @@ pub fn run(
                         })
                         .collect();
                     let resolved = store.use_keys(session, &uses)?;
+                    let mut materialised = Vec::new();
                     for ((id, _, _, forced), (key, realised)) in keyed.iter().zip(resolved) {
                         let inst = instances.get(*id);
                         keys[id.index()] = Some(key);
                         let step = wf.step(inst.step);
                         match realised.and_then(|r| in_order(step, &r).map(|o| (r, o))) {
                             Some((realised, (digests, output_kinds))) => {
-                                materialize_outputs(
-                                    wf, instances, store, *id, &realised, on_event,
-                                )?;
+                                materialised.extend(materialize_outputs(
+                                    wf, instances, store, *id, &realised, None, on_event,
+                                )?);
                                 outputs[id.index()] = Some(digests);
                                 kinds[id.index()] = Some(output_kinds);
                                 summary.cached += 1;
@@ -745,6 +756,7 @@ pub fn run(
                             }),
                         }
                     }
+                    store.set_materialised_many(&materialised)?;
                 }
                 // Hand runnable instances to idle workers, in order: each prepares
                 // its job, then waits for the job's share of the slots.
@@ -813,6 +825,7 @@ pub fn run(
                     realised_elsewhere,
                     not_started,
                     events,
+                    materialised,
                     error,
                 } = done;
                 in_flight -= 1;
@@ -830,6 +843,7 @@ pub fn run(
                 summary.cpu_seconds +=
                     (result.usage.user_cpu + result.usage.system_cpu).as_secs_f64();
                 if realised_elsewhere {
+                    store.set_materialised_many(&materialised)?;
                     let realised = stored.unwrap_or_default();
                     let Some((digests, output_kinds)) = in_order(step, &realised) else {
                         return Err(RunError::IncompleteRealisation {
@@ -872,6 +886,7 @@ pub fn run(
                         log: log_digest,
                     },
                     stored.as_deref(),
+                    &materialised,
                 )?;
                 if let Some(stored) = stored {
                     drop(job.lock);
@@ -1010,6 +1025,7 @@ fn work(worker: &Worker<'_>, mut job: Job) -> Done {
         realised_elsewhere: false,
         not_started: cancelled,
         events: Vec::new(),
+        materialised: Vec::new(),
         error: None,
     };
     if !cancelled && let Err(e) = run_and_store(worker, &placements, &mut done) {
@@ -1050,11 +1066,17 @@ fn run_and_store(
         && store.is_realised(&job.key)?
         && let Some(realised) = store.realisation(&job.key)?
     {
-        let r = materialize_outputs(wf, instances, store, job.id, &realised, &mut |e| {
-            events.push(e)
-        });
+        let r = materialize_outputs(
+            wf,
+            instances,
+            store,
+            job.id,
+            &realised,
+            Some(scratch),
+            &mut |e| events.push(e),
+        );
         done.events = events;
-        r?;
+        done.materialised = r?;
         done.stored = Some(realised);
         done.realised_elsewhere = true;
         return Ok(());
@@ -1102,11 +1124,17 @@ fn run_and_store(
         done.log_digest = Some(store.add_bytes(&done.log)?);
     }
     if let Some(stored) = &stored {
-        let r = materialize_outputs(wf, instances, store, job.id, stored, &mut |e| {
-            events.push(e)
-        });
+        let r = materialize_outputs(
+            wf,
+            instances,
+            store,
+            job.id,
+            stored,
+            Some(scratch),
+            &mut |e| events.push(e),
+        );
         done.events = events;
-        r?;
+        done.materialised = r?;
     }
     done.stored = stored;
     Ok(())
@@ -1335,16 +1363,22 @@ fn prepare(
 /// right content is left alone (a no-op run copies nothing). One whose content
 /// differs from what mustbuild last put there was edited by someone: it is kept
 /// as `NAME.edited` and reported, then replaced.
+///
+/// Returns what it put where, for the store's `materialised` table (the caller
+/// records it with the run). A worker offers its scratch folder's kept inodes
+/// for the files it writes.
 fn materialize_outputs(
     wf: &Workflow,
     instances: &Instances,
     store: &LocalStore,
     id: InstanceId,
     outputs: &[Output],
+    spares: Option<&Scratch>,
     on_event: &mut dyn FnMut(Event),
-) -> Result<(), RunError> {
+) -> Result<Vec<(PathBuf, Digest)>, RunError> {
     let inst = instances.get(id);
     let step = wf.step(inst.step);
+    let mut materialised = Vec::with_capacity(step.outputs.len());
     for (decl, path) in step.outputs.iter().zip(&inst.outputs) {
         let Some(o) = outputs.iter().find(|o| o.name == decl.name.as_str()) else {
             continue;
@@ -1356,7 +1390,7 @@ fn materialize_outputs(
             let last = store.materialised(&absolute)?;
             if current == Some(o.digest) {
                 if last != current {
-                    store.set_materialised(&absolute, &o.digest)?;
+                    materialised.push((absolute, o.digest));
                 }
                 continue;
             }
@@ -1379,10 +1413,14 @@ fn materialize_outputs(
                 });
             }
         }
-        store.materialize(&o.digest, o.kind, &dest)?;
-        store.set_materialised(&absolute, &o.digest)?;
+        let spare = match o.kind {
+            OutputKind::Tree => None,
+            _ => spares.and_then(Scratch::take_spare),
+        };
+        store.materialize_reusing(&o.digest, o.kind, &dest, spare.as_deref())?;
+        materialised.push((absolute, o.digest));
     }
-    Ok(())
+    Ok(materialised)
 }
 
 /// How an instance is named among its step's: its fan-out values.

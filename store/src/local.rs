@@ -757,13 +757,21 @@ impl LocalStore {
 
     /// A finished run, recorded; when it succeeded, its realisation too (one
     /// transaction). The run's id.
-    pub fn finish_run(&self, run: &RunRecord, realised: Option<&[Output]>) -> Result<i64> {
+    /// Records a run and, when it succeeded, its realisation and what it put in
+    /// the workspace (`set_materialised`), in one transaction.
+    pub fn finish_run(
+        &self,
+        run: &RunRecord,
+        realised: Option<&[Output]>,
+        materialised: &[(PathBuf, Digest)],
+    ) -> Result<i64> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let id = add_run_in(&tx, run)?;
         if let Some(outputs) = realised {
             realise_in(&tx, &run.key, outputs)?;
         }
+        set_materialised_in(&tx, materialised)?;
         tx.commit()?;
         Ok(id)
     }
@@ -1045,9 +1053,18 @@ impl LocalStore {
 
     /// Remembers what was materialised at a workspace path.
     pub fn set_materialised(&self, path: &Path, digest: &Digest) -> Result<()> {
-        self.conn()
-            .prepare_cached("INSERT OR REPLACE INTO materialised (path, digest) VALUES (?1, ?2)")?
-            .execute(params![path.to_string_lossy(), digest.as_bytes()])?;
+        self.set_materialised_many(&[(path.to_path_buf(), *digest)])
+    }
+
+    /// `set_materialised` for many paths, in one transaction.
+    pub fn set_materialised_many(&self, items: &[(PathBuf, Digest)]) -> Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        set_materialised_in(&tx, items)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -1195,6 +1212,15 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 /// Turns a tree entry name into a path component.
 pub(crate) fn entry_path(dir: &Path, name: &[u8]) -> PathBuf {
     dir.join(std::ffi::OsStr::from_bytes(name))
+}
+
+fn set_materialised_in(tx: &Connection, items: &[(PathBuf, Digest)]) -> Result<()> {
+    let mut insert =
+        tx.prepare_cached("INSERT OR REPLACE INTO materialised (path, digest) VALUES (?1, ?2)")?;
+    for (path, digest) in items {
+        insert.execute(params![path.to_string_lossy(), digest.as_bytes()])?;
+    }
+    Ok(())
 }
 
 fn add_run_in(conn: &Connection, run: &RunRecord) -> Result<i64> {
