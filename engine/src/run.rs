@@ -701,6 +701,20 @@ pub fn run(
                         }
                         batch.retain(|id| !taken.contains(id));
                     }
+                    // The batch's source files, hashed on several threads and
+                    // cached in one transaction, before the keys read them.
+                    let sources: std::collections::BTreeSet<PathBuf> = batch
+                        .iter()
+                        .flat_map(|id| instances.get(*id).inputs.iter().flatten())
+                        .filter_map(|f| match f {
+                            FileRef::Source(p) => Some(wf.root.join(p)),
+                            FileRef::Output { .. } => None,
+                        })
+                        .collect();
+                    if sources.len() > 1 {
+                        let paths: Vec<&Path> = sources.iter().map(PathBuf::as_path).collect();
+                        store.file_digests(&paths);
+                    }
                     let mut keyed = Vec::with_capacity(batch.len());
                     for id in batch {
                         let inst = instances.get(id);

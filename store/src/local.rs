@@ -260,18 +260,11 @@ impl LocalStore {
             }
             Err(e) => return Err(io("read", version_file)(e)),
         }
-        // Every shard folder exists, durably, before any object is named.
+        // Shard folders (objects/ab/) are made when a first object goes in:
+        // most objects are small and live in the database.
         let objects = root.join("objects");
-        if std::fs::read_dir(&objects)
-            .map_err(io("list", &objects))?
-            .count()
-            < 256
-        {
-            for i in 0..=255u8 {
-                let shard = objects.join(format!("{i:02x}"));
-                std::fs::create_dir_all(&shard).map_err(io("create", &shard))?;
-            }
-            sync_dir(&objects)?;
+        if !objects.is_dir() {
+            std::fs::create_dir_all(&objects).map_err(io("create", &objects))?;
             sync_dir(&root)?;
         }
         let conn = db::open(&root.join("meta.sqlite"))?;
@@ -669,7 +662,19 @@ impl LocalStore {
                     let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
                     std::fs::set_permissions(&p.temp, std::fs::Permissions::from_mode(0o444))
                         .map_err(io("protect", &p.temp))?;
-                    std::fs::rename(&p.temp, &dest).map_err(io("store", &dest))?;
+                    if let Err(e) = std::fs::rename(&p.temp, &dest) {
+                        if e.kind() != std::io::ErrorKind::NotFound || !p.temp.exists() {
+                            return Err(io("store", &dest)(e));
+                        }
+                        // The shard's first object: its folder, durably, then again.
+                        match std::fs::create_dir(&dir) {
+                            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                                return Err(io("create", &dir)(e));
+                            }
+                            _ => sync_dir(&self.root.join("objects"))?,
+                        }
+                        std::fs::rename(&p.temp, &dest).map_err(io("store", &dest))?;
+                    }
                     dirs_to_sync.insert(dir);
                 }
                 insert.execute(params![
