@@ -33,7 +33,10 @@ Every step runs the same command in all three tools:
 keeps every output one short line per input while each output still depends on
 every byte of its inputs, so a change propagates through its whole downstream
 cone in all three tools and early cutoff never applies.) The shells differ:
-mustbuild runs `bash -e -o pipefail -c`, make and ninja run `/bin/sh -c`.
+mustbuild runs `bash -e -o pipefail -c`, make and ninja run `/bin/sh -c`. A
+fourth row, make-bash, is GNU make with SHELL and .SHELLFLAGS set to run each
+recipe exactly as mustbuild runs a command (bash -e -o pipefail -c): the cost of
+the shell alone, apart from what mustbuild does around it (--no-make-bash).
 make runs as `make -r -R` (no built-in rules or variables).
 
 Measurements, each repeated --reps times (default 5 for sizes up to 1,000 and 3
@@ -87,6 +90,7 @@ DEFAULT_MUSTBUILD = REPO / "target" / "release" / "mustbuild"
 SHELLS = {
     "mustbuild": "bash -e -o pipefail -c",
     "make": "/bin/sh -c",
+    "make-bash": "bash -e -o pipefail -c",
     "ninja": "/bin/sh -c",
 }
 
@@ -195,9 +199,12 @@ def write_mustbuild(dag, folder, name):
     (folder / "pipeline.kdl").write_text("\n".join(lines) + "\n")
 
 
-def write_make(dag, folder):
+def write_make(dag, folder, bash=False):
     outs = [dag.out_path(i) for i in range(dag.n)]
     lines = [".PHONY: all", "all: " + " ".join(outs), ""]
+    if bash:
+        # Each recipe line as mustbuild runs a command: bash -e -o pipefail -c.
+        lines[:0] = ["SHELL := /bin/bash", ".SHELLFLAGS := -e -o pipefail -c"]
     for i in range(dag.n):
         lines.append(f"{outs[i]}: {' '.join(dag.in_paths(i))}")
         lines.append(f"\t{dag.command(i)}")
@@ -408,9 +415,10 @@ def setup(dag, base, tools_wanted, binary, jobs, logs, name):
         if tool == "mustbuild":
             write_mustbuild(dag, folder, name)
             tools[tool] = Mustbuild(folder, jobs, logs, binary)
-        elif tool == "make":
-            write_make(dag, folder)
+        elif tool in ("make", "make-bash"):
+            write_make(dag, folder, bash=tool == "make-bash")
             tools[tool] = Make(folder, jobs, logs)
+            tools[tool].name = tool
         else:
             write_ninja(dag, folder)
             tools[tool] = Ninja(folder, jobs, logs)
@@ -653,7 +661,12 @@ def main():
     p.add_argument("--big", type=int, default=100_000, help="steps of the big layered pipeline [%(default)s]")
     p.add_argument("--big-reps", type=int, help="no-op repetitions of the big pipeline [--reps, else 3]")
     p.add_argument("--no-ninja", action="store_true", help="run without ninja")
-    p.add_argument("--no-make", action="store_true", help="run without make")
+    p.add_argument("--no-make", action="store_true", help="run without make (and make-bash)")
+    p.add_argument(
+        "--no-make-bash",
+        action="store_true",
+        help="run without make-bash (GNU make running each recipe as mustbuild does: bash -e -o pipefail -c)",
+    )
     p.add_argument("--seed", type=int, default=1, help="seed of the layered fan-in [%(default)s]")
     p.add_argument("--workdir", type=Path, help="where to generate (kept) [a temporary folder, removed]")
     p.add_argument("--keep", action="store_true", help="keep the generated folders")
@@ -668,6 +681,8 @@ def main():
         if shutil.which("make") is None:
             fail("GNU make is needed (`apt-get install make`), or pass --no-make")
         tools.append("make")
+        if not args.no_make_bash:
+            tools.append("make-bash")
     if not args.no_ninja:
         if shutil.which("ninja") is None:
             fail("ninja is needed: `apt-get install ninja-build` (or pass --no-ninja)")
@@ -716,7 +731,7 @@ def main():
             for shape in shapes:
                 rows += bench_shape(shape, n, reps, args, tools, workdir, logs)
         if not args.skip_100k:
-            big_tools = [t for t in tools if t != "make"]
+            big_tools = [t for t in tools if not t.startswith("make")]
             big_rows = bench_big(args, big_tools, workdir, logs)
     finally:
         if not args.keep:

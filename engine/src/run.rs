@@ -585,6 +585,11 @@ pub fn run(
     // Workers: those running commands, and as many again storing what a command
     // made or preparing the next job, so that a slot given back is taken at once.
     let workers = 2 * total_cpus + 1;
+    let same_fs = {
+        use std::os::unix::fs::MetadataExt;
+        let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+        dev(&wf.root).is_some() && dev(&wf.root) == dev(store.root())
+    };
     let (job_tx, job_rx) = mpsc::channel::<Job>();
     let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
     let (done_tx, done_rx) = mpsc::channel::<Message>();
@@ -604,6 +609,7 @@ pub fn run(
                     instances,
                     store,
                     scratch: Scratch::new(store, run_number, worker),
+                    same_fs,
                     slots,
                     cancel,
                     messages: tx,
@@ -1002,6 +1008,9 @@ struct Worker<'a> {
     instances: &'a Instances,
     store: &'a LocalStore,
     scratch: Scratch,
+    /// Whether the workspace is on the store's file system: only then can a
+    /// scratch folder's kept inodes become workspace outputs.
+    same_fs: bool,
     slots: &'a Slots,
     cancel: CancelToken,
     messages: mpsc::Sender<Message>,
@@ -1067,10 +1076,13 @@ fn run_and_store(
         instances,
         store,
         scratch,
+        same_fs,
         slots,
         cancel,
         messages,
     } = worker;
+    // Kept inodes for the workspace copies, where they can be moved there.
+    let spares = Some(scratch).filter(|_| *same_fs);
     let job = &mut done.job;
     let mut events = Vec::new();
     // Someone may have realised it while we waited for the lock.
@@ -1080,15 +1092,9 @@ fn run_and_store(
         && store.is_realised(&job.key)?
         && let Some(realised) = store.realisation(&job.key)?
     {
-        let r = materialize_outputs(
-            wf,
-            instances,
-            store,
-            job.id,
-            &realised,
-            Some(scratch),
-            &mut |e| events.push(e),
-        );
+        let r = materialize_outputs(wf, instances, store, job.id, &realised, spares, &mut |e| {
+            events.push(e)
+        });
         done.events = events;
         done.materialised = r?;
         done.stored = Some(realised);
@@ -1138,15 +1144,9 @@ fn run_and_store(
         done.log_digest = Some(store.add_bytes(&done.log)?);
     }
     if let Some(stored) = &stored {
-        let r = materialize_outputs(
-            wf,
-            instances,
-            store,
-            job.id,
-            stored,
-            Some(scratch),
-            &mut |e| events.push(e),
-        );
+        let r = materialize_outputs(wf, instances, store, job.id, stored, spares, &mut |e| {
+            events.push(e)
+        });
         done.events = events;
         done.materialised = r?;
     }
