@@ -214,7 +214,8 @@ impl Tally {
             print: true,
         };
         let stopped = match event {
-            // After a start, when another process realised it meanwhile.
+            // Taken from the store (or realised by another process meanwhile):
+            // off the running list if it was ever on it.
             Event::Cached { step, values } => {
                 self.cached += 1;
                 seen.print = false;

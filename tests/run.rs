@@ -734,3 +734,103 @@ fn a_fan_out_of_a_thousand() {
         (Some(0), Some(1001))
     );
 }
+
+#[test]
+fn a_run_stopped_by_a_failure_does_not_wait_for_another_runs_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_pipeline(
+        tmp.path(),
+        r#"pipeline "stop"
+step slow {
+    out o="slow.txt"
+    run "sleep 8; echo slow > {out.o}"
+}
+step bad {
+    out o="bad.txt"
+    run "sleep 0.5; exit 1"
+}
+step other {
+    out o="other.txt"
+    run "echo other > {out.o}"
+}
+"#,
+    );
+    let store = tmp.path().join("store");
+    let store = store.to_str().unwrap();
+    // The first run holds `slow`'s derivation for 8 s.
+    let first = common::mustbuild(tmp.path())
+        .args(["run", "pipeline.kdl", "--store", store, "slow"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // The second waits for that lock with one job, runs `bad`, which fails: it
+    // stops there, without waiting for the first run to finish `slow`.
+    let started = std::time::Instant::now();
+    let r = run(
+        tmp.path(),
+        &["run", "pipeline.kdl", "--store", store, "-j", "1"],
+    );
+    let took = started.elapsed();
+    let mut first = first;
+    let _ = first.kill();
+    let _ = first.wait();
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("bad"), "{}", r.stderr);
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "the stopped run waited {took:?} for the other run's lock"
+    );
+}
+
+#[test]
+fn outputs_put_in_place_before_an_error_are_not_taken_for_edits_later() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_pipeline(
+        tmp.path(),
+        r#"pipeline "edits"
+param v 1
+step s {
+    foreach n "1" "2"
+    out o="d{n}/o.txt"
+    run "echo {param.v} > {out.o}"
+}
+"#,
+    );
+    let store = tmp.path().join("store");
+    let store = store.to_str().unwrap();
+    let go = |v: &str| {
+        run(
+            tmp.path(),
+            &[
+                "run",
+                "pipeline.kdl",
+                "--store",
+                store,
+                "--param",
+                &format!("v={v}"),
+            ],
+        )
+    };
+    assert_eq!(go("1").code, 0);
+    assert_eq!(go("2").code, 0);
+    // d2 is a file now: putting d2/o.txt in place fails, after d1/o.txt was.
+    std::fs::remove_dir_all(tmp.path().join("d2")).unwrap();
+    std::fs::write(tmp.path().join("d2"), "in the way").unwrap();
+    let r = go("1");
+    assert_ne!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("d1/o.txt")).unwrap(),
+        "1\n"
+    );
+    // mustbuild wrote d1/o.txt: it is not kept aside as someone's edit.
+    std::fs::remove_file(tmp.path().join("d2")).unwrap();
+    let r = go("2");
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(!tmp.path().join("d1/o.txt.edited").exists(), "{}", r.stderr);
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("d1/o.txt")).unwrap(),
+        "2\n"
+    );
+}

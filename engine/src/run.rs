@@ -287,8 +287,7 @@ impl Scratch {
         // Only a file that no other name shares (a command may have hard-linked
         // anything, a user's data included) is reused; others lose this name only.
         let sole = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.nlink() == 1);
-        // Nor one with extended attributes (ACLs, labels, a command's own): a
-        // kept inode may become a workspace output.
+        // Nor one with extended attributes (ACLs, labels, a command's own).
         let plain = || rustix::fs::listxattr(path, &mut [0u8; 0][..]).is_ok_and(|n| n == 0);
         if !sole || spares.len() >= MAX_SPARES || !plain() {
             return std::fs::remove_file(path);
@@ -308,17 +307,17 @@ impl Scratch {
         Ok(())
     }
 
-    /// A kept inode, if there is one: an empty file, for the caller to move.
-    fn take_spare(&self) -> Option<PathBuf> {
-        self.spares.borrow_mut().pop()
-    }
-
-    /// Puts a kept inode at `dest`, when there is one.
+    /// Puts a kept inode at `dest`, when there is one. It is looked at again
+    /// there: a command could have linked it elsewhere since it was kept.
     fn reuse_spare(&self, dest: &Path) {
-        if let Some(spare) = self.take_spare()
-            && std::fs::rename(&spare, dest).is_err()
-        {
+        use std::os::unix::fs::MetadataExt;
+        let Some(spare) = self.spares.borrow_mut().pop() else {
+            return;
+        };
+        if std::fs::rename(&spare, dest).is_err() {
             let _ = std::fs::remove_file(&spare);
+        } else if !std::fs::symlink_metadata(dest).is_ok_and(|m| m.is_file() && m.nlink() == 1) {
+            let _ = std::fs::remove_file(dest);
         }
     }
 
@@ -409,7 +408,6 @@ enum Message {
     /// A job's command got its slots and starts.
     Started {
         id: InstanceId,
-        attempt: u32,
     },
     Done(Box<Done>),
     /// A worker stopped on a bug.
@@ -453,12 +451,12 @@ struct Done {
 /// process exclude each other too, and the kernel drops them when the file
 /// closes or the process dies. One shared file, rather than one per key, because
 /// creating and deleting a file per job slows ext4's inode allocation down.
-/// Waits (while not cancelled: `None` then) by polling, so that Ctrl-C is heard;
-/// `waiting` is called when it starts to wait.
+/// Waits (until `stopped`: `None` then) by polling, so that Ctrl-C, or the run
+/// stopping after a failure, is heard; `waiting` is called when it starts to wait.
 fn lock_key(
     store: &LocalStore,
     key: &Digest,
-    cancel: &CancelToken,
+    stopped: &dyn Fn() -> bool,
     waiting: &dyn Fn(),
 ) -> std::io::Result<Option<std::fs::File>> {
     use nix::fcntl::{FcntlArg, fcntl};
@@ -501,7 +499,7 @@ fn lock_key(
                 if nap == FIRST_NAP {
                     waiting();
                 }
-                if cancel.is_cancelled() {
+                if stopped() {
                     return Ok(None);
                 }
                 std::thread::sleep(nap);
@@ -536,6 +534,8 @@ pub fn run(
     }
     let mut outputs: Vec<Option<Vec<Digest>>> = vec![None; n];
     let mut failed = vec![false; n];
+    // Whether an instance's `started` event was sent (once, whatever the attempts).
+    let mut started = vec![false; n];
     let mut waiting: Vec<usize> = instances.all.iter().map(|i| i.deps.len()).collect();
     let mut dependents: Vec<Vec<InstanceId>> = vec![Vec::new(); n];
     for (i, inst) in instances
@@ -585,11 +585,7 @@ pub fn run(
     // Workers: those running commands, and as many again storing what a command
     // made or preparing the next job, so that a slot given back is taken at once.
     let workers = 2 * total_cpus + 1;
-    let same_fs = {
-        use std::os::unix::fs::MetadataExt;
-        let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
-        dev(&wf.root).is_some() && dev(&wf.root) == dev(store.root())
-    };
+
     let (job_tx, job_rx) = mpsc::channel::<Job>();
     let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
     let (done_tx, done_rx) = mpsc::channel::<Message>();
@@ -609,7 +605,6 @@ pub fn run(
                     instances,
                     store,
                     scratch: Scratch::new(store, run_number, worker),
-                    same_fs,
                     slots,
                     cancel,
                     messages: tx,
@@ -756,9 +751,20 @@ pub fn run(
                         let step = wf.step(inst.step);
                         match realised.and_then(|r| in_order(step, &r).map(|o| (r, o))) {
                             Some((realised, (digests, output_kinds))) => {
-                                materialised.extend(materialize_outputs(
-                                    wf, instances, store, *id, &realised, None, on_event,
-                                )?);
+                                let made = materialize_outputs(
+                                    wf,
+                                    instances,
+                                    store,
+                                    *id,
+                                    &realised,
+                                    &mut materialised,
+                                    on_event,
+                                );
+                                if let Err(e) = made {
+                                    // What was put in place is remembered even so.
+                                    let _ = store.set_materialised_many(&materialised);
+                                    return Err(e);
+                                }
                                 outputs[id.index()] = Some(digests);
                                 kinds[id.index()] = Some(output_kinds);
                                 summary.cached += 1;
@@ -822,8 +828,9 @@ pub fn run(
                     done_rx.recv()
                 };
                 let done = match message {
-                    Ok(Message::Started { id, attempt }) => {
-                        if attempt == 0 {
+                    Ok(Message::Started { id }) => {
+                        if !started[id.index()] {
+                            started[id.index()] = true;
                             let inst = instances.get(id);
                             on_event(Event::Started {
                                 step: wf.step(inst.step).name.to_string(),
@@ -853,6 +860,7 @@ pub fn run(
                     on_event(e);
                 }
                 if let Some(e) = error {
+                    let _ = store.set_materialised_many(&materialised);
                     return Err(e);
                 }
                 if not_started {
@@ -860,6 +868,15 @@ pub fn run(
                 }
                 let inst = instances.get(job.id);
                 let step = wf.step(inst.step);
+                // A job that failed before its command started (its inputs could
+                // not be put in place) is still reported as started first.
+                if !realised_elsewhere && !started[job.id.index()] {
+                    started[job.id.index()] = true;
+                    on_event(Event::Started {
+                        step: step.name.to_string(),
+                        values: inst.values.clone(),
+                    });
+                }
                 summary.cpu_seconds +=
                     (result.usage.user_cpu + result.usage.system_cpu).as_secs_f64();
                 if realised_elsewhere {
@@ -933,7 +950,8 @@ pub fn run(
                         values: inst.values.clone(),
                         attempt: job.attempt + 1,
                     });
-                    // First in line for the next free slots.
+                    // First in line among the runnable: handed out next (behind the
+                    // jobs already handed out).
                     runnable.push_front(Runnable {
                         id: job.id,
                         key: job.key,
@@ -967,6 +985,13 @@ pub fn run(
         drop(job_tx);
         coordinated
     });
+    // Jobs that ended after the run stopped on an error: what they put in the
+    // workspace is remembered (the next run would take it for an edit otherwise).
+    for m in done_rx.try_iter() {
+        if let Message::Done(d) = m {
+            let _ = store.set_materialised_many(&d.materialised);
+        }
+    }
     for (i, o) in outputs.iter().enumerate() {
         if o.is_none() && !failed[i] && selected(i) {
             summary.skipped += 1;
@@ -1008,9 +1033,6 @@ struct Worker<'a> {
     instances: &'a Instances,
     store: &'a LocalStore,
     scratch: Scratch,
-    /// Whether the workspace is on the store's file system: only then can a
-    /// scratch folder's kept inodes become workspace outputs.
-    same_fs: bool,
     slots: &'a Slots,
     cancel: CancelToken,
     messages: mpsc::Sender<Message>,
@@ -1029,9 +1051,8 @@ fn work(worker: &Worker<'_>, mut job: Job) -> Done {
         .push(("TMPDIR".into(), scratch.tmp.display().to_string()));
     let ticket = job.ticket;
     // While another process holds the derivation, later jobs do not wait for this one.
-    let cancelled = match lock_key(store, &job.key, &worker.cancel, &|| {
-        worker.slots.leave(ticket)
-    }) {
+    let stopped = || worker.cancel.is_cancelled() || worker.slots.is_closed();
+    let cancelled = match lock_key(store, &job.key, &stopped, &|| worker.slots.leave(ticket)) {
         Ok(Some(lock)) => {
             job.lock = Some(lock);
             false
@@ -1076,13 +1097,10 @@ fn run_and_store(
         instances,
         store,
         scratch,
-        same_fs,
         slots,
         cancel,
         messages,
     } = worker;
-    // Kept inodes for the workspace copies, where they can be moved there.
-    let spares = Some(scratch).filter(|_| *same_fs);
     let job = &mut done.job;
     let mut events = Vec::new();
     // Someone may have realised it while we waited for the lock.
@@ -1092,21 +1110,29 @@ fn run_and_store(
         && store.is_realised(&job.key)?
         && let Some(realised) = store.realisation(&job.key)?
     {
-        let r = materialize_outputs(wf, instances, store, job.id, &realised, spares, &mut |e| {
-            events.push(e)
-        });
+        let r = materialize_outputs(
+            wf,
+            instances,
+            store,
+            job.id,
+            &realised,
+            &mut done.materialised,
+            &mut |e| events.push(e),
+        );
         done.events = events;
-        done.materialised = r?;
+        r?;
         done.stored = Some(realised);
         done.realised_elsewhere = true;
         return Ok(());
     }
+    // Stopped meanwhile: no inputs to copy for a command that will not start.
+    if cancel.is_cancelled() || slots.is_closed() {
+        done.not_started = true;
+        return Ok(());
+    }
     done.result = match place_inputs(store, scratch, placements) {
         Ok(()) => match slots.take(job.ticket, job.cpus, job.memory, job.gpus, cancel, || {
-            let _ = messages.send(Message::Started {
-                id: job.id,
-                attempt: job.attempt,
-            });
+            let _ = messages.send(Message::Started { id: job.id });
         }) {
             Ok(share) => {
                 // A step that asked for none sees none (not every GPU).
@@ -1144,11 +1170,17 @@ fn run_and_store(
         done.log_digest = Some(store.add_bytes(&done.log)?);
     }
     if let Some(stored) = &stored {
-        let r = materialize_outputs(wf, instances, store, job.id, stored, spares, &mut |e| {
-            events.push(e)
-        });
+        let r = materialize_outputs(
+            wf,
+            instances,
+            store,
+            job.id,
+            stored,
+            &mut done.materialised,
+            &mut |e| events.push(e),
+        );
         done.events = events;
-        done.materialised = r?;
+        r?;
     }
     done.stored = stored;
     Ok(())
@@ -1378,21 +1410,19 @@ fn prepare(
 /// differs from what mustbuild last put there was edited by someone: it is kept
 /// as `NAME.edited` and reported, then replaced.
 ///
-/// Returns what it put where, for the store's `materialised` table (the caller
-/// records it with the run). A worker offers its scratch folder's kept inodes
-/// for the files it writes.
+/// Adds what it put where to `materialised`, for the store's `materialised`
+/// table (the caller records it with the run, or on its way out after an error).
 fn materialize_outputs(
     wf: &Workflow,
     instances: &Instances,
     store: &LocalStore,
     id: InstanceId,
     outputs: &[Output],
-    spares: Option<&Scratch>,
+    materialised: &mut Vec<(PathBuf, Digest)>,
     on_event: &mut dyn FnMut(Event),
-) -> Result<Vec<(PathBuf, Digest)>, RunError> {
+) -> Result<(), RunError> {
     let inst = instances.get(id);
     let step = wf.step(inst.step);
-    let mut materialised = Vec::with_capacity(step.outputs.len());
     for (decl, path) in step.outputs.iter().zip(&inst.outputs) {
         let Some(o) = outputs.iter().find(|o| o.name == decl.name.as_str()) else {
             continue;
@@ -1427,14 +1457,10 @@ fn materialize_outputs(
                 });
             }
         }
-        let spare = match o.kind {
-            OutputKind::Tree => None,
-            _ => spares.and_then(Scratch::take_spare),
-        };
-        store.materialize_reusing(&o.digest, o.kind, &dest, spare.as_deref())?;
+        store.materialize(&o.digest, o.kind, &dest)?;
         materialised.push((absolute, o.digest));
     }
-    Ok(materialised)
+    Ok(())
 }
 
 /// How an instance is named among its step's: its fan-out values.

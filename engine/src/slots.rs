@@ -149,6 +149,11 @@ impl Slots {
         self.returned.notify_all();
     }
 
+    /// Whether commands may no longer start (`close`).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
     /// No command starts from now on; waiters are refused.
     pub(crate) fn close(&self) {
         self.lock().closed = true;

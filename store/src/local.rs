@@ -260,13 +260,8 @@ impl LocalStore {
             }
             Err(e) => return Err(io("read", version_file)(e)),
         }
-        // Shard folders (objects/ab/) are made when a first object goes in:
-        // most objects are small and live in the database.
-        let objects = root.join("objects");
-        if !objects.is_dir() {
-            std::fs::create_dir_all(&objects).map_err(io("create", &objects))?;
-            sync_dir(&root)?;
-        }
+        // Shard folders (objects/ab/) are made when a first object goes in
+        // (commit_objects): most objects are small and live in the database.
         let conn = db::open(&root.join("meta.sqlite"))?;
         let schema = db::schema_version(&conn)?;
         if schema != db::SCHEMA_VERSION {
@@ -760,10 +755,8 @@ impl LocalStore {
         Ok(())
     }
 
-    /// A finished run, recorded; when it succeeded, its realisation too (one
-    /// transaction). The run's id.
     /// Records a run and, when it succeeded, its realisation and what it put in
-    /// the workspace (`set_materialised`), in one transaction.
+    /// the workspace (`set_materialised`), in one transaction. The run's id.
     pub fn finish_run(
         &self,
         run: &RunRecord,
@@ -1170,18 +1163,28 @@ pub struct RunRecord {
     pub log: Option<Digest>,
 }
 
-/// Writes a file and makes it durable.
-/// A file's bytes if it holds at most `INLINE_MAX` of them (`None`: it grew).
+/// A regular file's bytes if it holds at most `INLINE_MAX` of them (`None`: it
+/// grew, or is no longer a regular file). Links are not followed, and a FIFO put
+/// in its place cannot block the read.
 fn read_small(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(
+            rustix::fs::OFlags::NOFOLLOW.bits() as i32 | rustix::fs::OFlags::NONBLOCK.bits() as i32,
+        )
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Ok(None);
+    }
     let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(INLINE_MAX + 1)
-        .read_to_end(&mut bytes)?;
+    f.take(INLINE_MAX + 1).read_to_end(&mut bytes)?;
     Ok((bytes.len() as u64 <= INLINE_MAX).then_some(bytes))
 }
 
 impl Pending {
+    /// An object kept in the database: its bytes, no temporary file.
     fn inline(digest: Digest, kind: ObjectKind, size: u64, bytes: Vec<u8>) -> Pending {
         Pending {
             temp: PathBuf::new(),
@@ -1196,6 +1199,7 @@ impl Pending {
     }
 }
 
+/// Writes a file and makes it durable.
 pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()

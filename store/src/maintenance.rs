@@ -230,9 +230,19 @@ impl LocalStore {
             .copied()
             .collect();
         for d in &report.corrupt {
-            let from = self.object_path(d);
             let to = self.root.join("quarantine").join(d.to_hex());
-            let _ = std::fs::rename(&from, &to);
+            // A small object's bad bytes are kept there too, for a look.
+            let inline: Option<Option<Vec<u8>>> = tx
+                .query_row(
+                    "SELECT inline FROM objects WHERE digest = ?1",
+                    [d.as_bytes()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match inline {
+                Some(Some(bytes)) => drop(std::fs::write(&to, bytes)),
+                _ => drop(std::fs::rename(self.object_path(d), &to)),
+            }
         }
         // Trees above a bad object can no longer be materialised.
         let mut seen: HashSet<Digest> = bad.iter().copied().collect();
@@ -454,12 +464,14 @@ impl LocalStore {
     }
 
     /// Files in `objects/` without a row (a writer killed between its rename and
-    /// its commit, or a gc killed between its two transactions) and temporary files
-    /// of processes that are gone. Called with the write lock held.
+    /// its commit, or a gc killed between its two transactions) or whose row holds
+    /// the content itself, and temporary files of processes that are gone. Called
+    /// with the write lock held.
     fn stray_files(&self, tx: &Connection) -> Result<Vec<PathBuf>> {
         let mut out = Vec::new();
         let objects = self.root.join("objects");
-        let mut exists = tx.prepare_cached("SELECT 1 FROM objects WHERE digest = ?1")?;
+        let mut exists =
+            tx.prepare_cached("SELECT 1 FROM objects WHERE digest = ?1 AND inline IS NULL")?;
         for dir in std::fs::read_dir(&objects)
             .map_err(io("list", &objects))?
             .flatten()

@@ -31,20 +31,6 @@ impl LocalStore {
         kind: OutputKind,
         dest: &Path,
     ) -> Result<Materialized> {
-        self.materialize_reusing(digest, kind, dest, None)
-    }
-
-    /// `materialize`, writing a file output into `reuse` (an empty regular file
-    /// that no other name links and that has no extended attributes, moved into
-    /// place) rather than a new inode, when it is on the same file system:
-    /// creating files is what ext4 does slowest after deleting many.
-    pub fn materialize_reusing(
-        &self,
-        digest: &Digest,
-        kind: OutputKind,
-        dest: &Path,
-        reuse: Option<&Path>,
-    ) -> Result<Materialized> {
         let parent = dest
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -60,12 +46,6 @@ impl LocalStore {
         );
         let staging = parent.join(format!(".mb-{unique}"));
         remove_any(&staging)?;
-        if let Some(spare) = reuse
-            && kind != OutputKind::Tree
-            && std::fs::rename(spare, &staging).is_err()
-        {
-            let _ = std::fs::remove_file(spare);
-        }
         let mut stats = Materialized::default();
         let made = match kind {
             OutputKind::Tree => self.materialize_tree(digest, &staging, &mut stats, 0),

@@ -141,6 +141,11 @@ fn a_small_file_is_kept_in_the_database() {
     assert_eq!(report.corrupt, vec![s.digest]);
     let repaired = store.verify(true).unwrap();
     assert_eq!(repaired.dropped_realisations, 1);
+    assert_eq!(
+        std::fs::read(root.join("quarantine").join(s.digest.to_hex())).unwrap(),
+        b"a,b\n1,9\n",
+        "the bad bytes are kept aside"
+    );
     assert_eq!(store.realisation(&key).unwrap(), None);
     assert!(store.verify(false).unwrap().is_clean());
 }
