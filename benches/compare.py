@@ -738,7 +738,10 @@ def main():
             shutil.rmtree(workdir, ignore_errors=True)
     total = time.perf_counter() - started
 
-    print(f"\n## Results (medians; -j {args.jobs}; mustbuild: {SHELLS['mustbuild']}, make and ninja: /bin/sh -c)\n")
+    print(
+        f"\n## Results (medians; -j {args.jobs}; mustbuild and make-bash: {SHELLS['mustbuild']}, "
+        "make and ninja: /bin/sh -c)\n"
+    )
     if rows:
         print(table(rows))
         print("\nrebuilt: steps downstream of the changed source (what every tool reran)")
