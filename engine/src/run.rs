@@ -1110,6 +1110,8 @@ fn run_and_store(
         && store.is_realised(&job.key)?
         && let Some(realised) = store.realisation(&job.key)?
     {
+        // No command to start: later jobs do not wait behind this one's copies.
+        slots.leave(job.ticket);
         let r = materialize_outputs(
             wf,
             instances,
