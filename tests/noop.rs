@@ -57,15 +57,20 @@ step all {
 }
 "#;
 
-#[test]
-fn a_rerun_is_told_from_the_record_only_when_nothing_changed() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("p");
-    let store = tmp.path().join("store");
-    let store = store.to_str().unwrap();
+/// PIPELINE in `base/p` with two parts; (the pipeline's folder, a store folder).
+fn two_parts(base: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = base.join("p");
     write(&dir.join("pipeline.kdl"), PIPELINE);
     write(&dir.join("parts/a.txt"), "a1\na2\na3\n");
     write(&dir.join("parts/b.txt"), "b1\nb2\nb3\n");
+    (dir, base.join("store"))
+}
+
+#[test]
+fn a_rerun_is_told_from_the_record_only_when_nothing_changed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, store) = two_parts(tmp.path());
+    let store = store.to_str().unwrap();
     assert_eq!(go(&dir, store, &[]), (3, 0, false));
     // The full path leaves the record (waiting, if needed, until its newest
     // outputs are old enough to trust); the next rerun uses it.
@@ -217,12 +222,8 @@ fn outputs_too_new_to_trust_are_read_again_by_the_next_run() {
     // load: up to three tries.
     for attempt in 1..=3 {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("p");
-        let store_dir = tmp.path().join("store");
+        let (dir, store_dir) = two_parts(tmp.path());
         let store = store_dir.to_str().unwrap();
-        write(&dir.join("pipeline.kdl"), PIPELINE);
-        write(&dir.join("parts/a.txt"), "a1\na2\na3\n");
-        write(&dir.join("parts/b.txt"), "b1\nb2\nb3\n");
         assert_eq!(go(&dir, store, &[]), (3, 0, false));
         let db = rusqlite::Connection::open(store_dir.join("meta.sqlite")).unwrap();
         let body: Vec<u8> = db

@@ -327,7 +327,7 @@ fn describe(
     let mut again: Vec<usize> = (0..files.len()).filter(|&i| cached[i].is_none()).collect();
     let now = mustbuild_store::filecache::now_ns();
     let trusted_from = |i: usize| mustbuild_store::filecache::trusted_from(&ids[i]);
-    let mut fresh: Vec<usize> = again
+    let mut fresh: std::collections::HashSet<usize> = again
         .iter()
         .copied()
         .filter(|&i| trusted_from(i) > now)
@@ -352,7 +352,6 @@ fn describe(
             cached[i] = c;
         }
     }
-    let fresh: std::collections::HashSet<usize> = fresh.into_iter().collect();
     for (i, ((path, digest), c)) in files.iter().zip(&cached).enumerate() {
         if (*c != Some(*digest) && !fresh.contains(&i)) || !clean(&path.to_string_lossy()) {
             return Ok(None);

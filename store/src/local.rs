@@ -388,11 +388,7 @@ impl LocalStore {
                             let _ = std::fs::copy(self.object_path(&p.digest), origin);
                         }
                         Some(_) => {}
-                        // A small file read into memory has no temporary file.
-                        None if p.inline.is_none() => {
-                            let _ = std::fs::remove_file(&p.temp);
-                        }
-                        None => {}
+                        None => p.discard(),
                     }
                 }
                 Err(e)
@@ -451,16 +447,12 @@ impl LocalStore {
             }
         }
         if let Some(e) = failure {
-            for p in pending {
-                let _ = std::fs::remove_file(&p.temp);
-            }
+            pending.iter().for_each(Pending::discard);
             return Err(e);
         }
         let digests = pending.iter().map(|p| p.digest).collect();
         if let Err(e) = self.commit_objects(&pending) {
-            for p in &pending {
-                let _ = std::fs::remove_file(&p.temp);
-            }
+            pending.iter().for_each(Pending::discard);
             return Err(e);
         }
         Ok(digests)
@@ -647,9 +639,7 @@ impl LocalStore {
                 let d = p.digest.as_bytes();
                 lease.execute(params![self.owner, d])?;
                 if exists.query_row([d], |_| Ok(())).optional()?.is_some() {
-                    if p.inline.is_none() {
-                        let _ = std::fs::remove_file(&p.temp);
-                    }
+                    p.discard();
                     continue;
                 }
                 if p.inline.is_none() {
@@ -1195,6 +1185,13 @@ impl Pending {
             inline: Some(bytes),
             children: Vec::new(),
             origin: None,
+        }
+    }
+
+    /// Removes its temporary file, if it has one (an inline object has none).
+    fn discard(&self) {
+        if self.inline.is_none() {
+            let _ = std::fs::remove_file(&self.temp);
         }
     }
 }
