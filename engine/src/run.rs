@@ -757,6 +757,7 @@ pub fn run(
                                     store,
                                     *id,
                                     &realised,
+                                    &[],
                                     &mut materialised,
                                     on_event,
                                 );
@@ -1118,6 +1119,7 @@ fn run_and_store(
             store,
             job.id,
             &realised,
+            &[],
             &mut done.materialised,
             &mut |e| events.push(e),
         );
@@ -1155,8 +1157,9 @@ fn run_and_store(
     };
     let job = &done.job;
     done.log = std::fs::read(&job.request.log).unwrap_or_default();
+    let mut in_scratch = Vec::new();
     let stored = if done.result.outcome == Outcome::Succeeded {
-        match store_outputs(wf, instances, store, &scratch.root, job) {
+        match store_outputs(wf, instances, store, &scratch.root, job, &mut in_scratch) {
             Ok(Ok(stored)) => Some(stored),
             Ok(Err(why)) => {
                 done.result.outcome = Outcome::Infrastructure(why);
@@ -1178,6 +1181,7 @@ fn run_and_store(
             store,
             job.id,
             stored,
+            &in_scratch,
             &mut done.materialised,
             &mut |e| events.push(e),
         );
@@ -1190,18 +1194,26 @@ fn run_and_store(
 
 /// Moves a succeeded job's declared outputs into the store; an output of the
 /// wrong kind (a folder declared as a file) is the step's failure, with why.
+/// The files the store kept in its database, it read and left in the scratch
+/// folder: those are named in `in_scratch` (output name, file), to be moved to
+/// the workspace rather than written again.
 fn store_outputs(
     wf: &Workflow,
     instances: &Instances,
     store: &LocalStore,
     scratch: &Path,
     job: &Job,
+    in_scratch: &mut Vec<(String, PathBuf)>,
 ) -> Result<Result<Vec<Output>, String>, StoreError> {
     let inst = instances.get(job.id);
     let step = wf.step(inst.step);
     let mut stored = Vec::new();
     for (decl, path) in step.outputs.iter().zip(&inst.outputs) {
-        let s = store.add_path(&scratch.join(path), Ingest::Move)?;
+        let file = scratch.join(path);
+        let s = store.add_path(&file, Ingest::Move)?;
+        if s.kind != OutputKind::Tree && s.size <= mustbuild_store::INLINE_MAX {
+            in_scratch.push((decl.name.to_string(), file));
+        }
         let is_dir = s.kind == OutputKind::Tree;
         if is_dir != (decl.kind == PathKind::Dir) {
             return Ok(Err(format!(
@@ -1412,14 +1424,19 @@ fn prepare(
 /// differs from what mustbuild last put there was edited by someone: it is kept
 /// as `NAME.edited` and reported, then replaced.
 ///
+/// Files named in `in_scratch` (output name, file holding exactly its content)
+/// are moved there rather than written again, when they can be.
+///
 /// Adds what it put where to `materialised`, for the store's `materialised`
 /// table (the caller records it with the run, or on its way out after an error).
+#[allow(clippy::too_many_arguments)]
 fn materialize_outputs(
     wf: &Workflow,
     instances: &Instances,
     store: &LocalStore,
     id: InstanceId,
     outputs: &[Output],
+    in_scratch: &[(String, PathBuf)],
     materialised: &mut Vec<(PathBuf, Digest)>,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<(), RunError> {
@@ -1431,7 +1448,8 @@ fn materialize_outputs(
         };
         let dest = wf.root.join(path);
         let absolute = std::path::absolute(&dest).unwrap_or_else(|_| dest.clone());
-        if std::fs::symlink_metadata(&dest).is_ok() {
+        let present = std::fs::symlink_metadata(&dest).ok();
+        if present.is_some() {
             let current = store.path_digest(&dest).ok().map(|(d, _, _)| d);
             let last = store.materialised(&absolute)?;
             if current == Some(o.digest) {
@@ -1459,7 +1477,23 @@ fn materialize_outputs(
                 });
             }
         }
-        store.materialize(&o.digest, o.kind, &dest)?;
+        let left = in_scratch.iter().find(|(name, _)| name == &o.name);
+        let adopted = match left {
+            // Not over a folder: that is replaced in steps, by `materialize`.
+            Some((_, file)) if !present.is_some_and(|m| m.is_dir()) => {
+                if let Some(parent) = dest.parent()
+                    && !parent.is_dir()
+                {
+                    std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+                }
+                mustbuild_store::materialize::adopt(file, &dest, o.kind == OutputKind::Executable)
+                    .map_err(io_err("move the output to", &dest))?
+            }
+            _ => false,
+        };
+        if !adopted {
+            store.materialize(&o.digest, o.kind, &dest)?;
+        }
         materialised.push((absolute, o.digest));
     }
     Ok(())

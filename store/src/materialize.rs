@@ -172,6 +172,29 @@ fn make_writable(dir: &Path) {
     }
 }
 
+/// Puts at `dest`, by renaming it, a file that holds exactly an output's content
+/// (a step's output, read into the store and left in place): no new file, no
+/// bytes written, nothing deleted. It gets the mode a materialisation gives
+/// (`executable` or not). `Ok(false)` when it cannot: it is not a regular file
+/// with this one name (a command may have linked it elsewhere), or `dest` is on
+/// another file system; then it stays where it was.
+pub fn adopt(src: &Path, dest: &Path, executable: bool) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(src)?;
+    if !meta.is_file() || meta.nlink() != 1 {
+        return Ok(false);
+    }
+    let mode = if executable { 0o755 } else { 0o644 };
+    if meta.mode() & 0o7777 != mode {
+        std::fs::set_permissions(src, std::fs::Permissions::from_mode(mode))?;
+    }
+    match std::fs::rename(src, dest) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Writes `bytes` into `dest` (created or truncated) with `mode`.
 pub fn write_new(dest: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
