@@ -4,7 +4,9 @@
 //! it asks for the job's share, and takes the share only for the command itself:
 //! so when a command ends, the next one is ready to start at once, and the file
 //! work of jobs (copies, fsyncs) overlaps the commands instead of keeping a slot
-//! idle. Waiters are woken whenever a share comes back.
+//! idle. When a share comes back, only the waiter it goes to is woken: waking
+//! them all would have every waiting worker take the lock in turn, for nothing,
+//! between one command's end and the next one's start.
 //!
 //! Jobs start in the order the run hands them out, as far as resources allow: a
 //! job is queued when handed out, and a share goes to the first queued job it
@@ -12,7 +14,7 @@
 //! process's lock on its derivation leaves the queue meanwhile).
 
 use mustbuild_executors::CancelToken;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// What one command holds while it runs.
@@ -35,7 +37,6 @@ pub(crate) enum Refused {
 
 pub(crate) struct Slots {
     free: Mutex<Free>,
-    returned: Condvar,
 }
 
 struct Free {
@@ -43,13 +44,37 @@ struct Free {
     memory: u64,
     gpus: Vec<String>,
     closed: bool,
-    /// What each queued job needs (CPUs, memory, GPUs), by ticket.
-    waiting: std::collections::BTreeMap<u64, (usize, u64, usize)>,
+    /// The queued jobs, by ticket.
+    waiting: std::collections::BTreeMap<u64, Waiter>,
+}
+
+/// A queued job: what it needs (CPUs, memory, GPUs), and how to wake its worker
+/// once that waits (`None` while it still prepares the job).
+struct Waiter {
+    need: (usize, u64, usize),
+    wake: Option<Arc<Condvar>>,
 }
 
 impl Free {
     fn fits(&self, &(cpus, memory, gpus): &(usize, u64, usize)) -> bool {
         cpus <= self.cpus && memory <= self.memory && gpus <= self.gpus.len()
+    }
+
+    /// Wakes the worker of the first queued job that fits what is free: the one
+    /// that may take a share now (if it waits already; else it takes it when it
+    /// asks).
+    fn wake_next(&self) {
+        if let Some(w) = self.waiting.values().find(|w| self.fits(&w.need))
+            && let Some(wake) = &w.wake
+        {
+            wake.notify_one();
+        }
+    }
+
+    fn wake_all(&self) {
+        for wake in self.waiting.values().filter_map(|w| w.wake.as_ref()) {
+            wake.notify_one();
+        }
     }
 }
 
@@ -66,7 +91,6 @@ impl Slots {
                 closed: false,
                 waiting: Default::default(),
             }),
-            returned: Condvar::new(),
         }
     }
 
@@ -78,14 +102,18 @@ impl Slots {
 
     /// Queues a job handed out (`ticket`s are unique and given in order).
     pub(crate) fn queue(&self, ticket: u64, cpus: usize, memory: u64, gpus: usize) {
-        self.lock().waiting.insert(ticket, (cpus, memory, gpus));
+        let need = (cpus, memory, gpus);
+        self.lock()
+            .waiting
+            .insert(ticket, Waiter { need, wake: None });
     }
 
     /// Takes a job out of the queue (it waits for something else, or ends without
     /// running a command): later ones no longer wait behind it.
     pub(crate) fn leave(&self, ticket: u64) {
-        if self.lock().waiting.remove(&ticket).is_some() {
-            self.returned.notify_all();
+        let mut free = self.lock();
+        if free.waiting.remove(&ticket).is_some() {
+            free.wake_next();
         }
     }
 
@@ -104,8 +132,15 @@ impl Slots {
         taken: impl FnOnce(),
     ) -> Result<Share, Refused> {
         let need = (cpus, memory, gpus);
+        let wake = Arc::new(Condvar::new());
         let mut free = self.lock();
-        free.waiting.entry(ticket).or_insert(need);
+        free.waiting.insert(
+            ticket,
+            Waiter {
+                need,
+                wake: Some(wake.clone()),
+            },
+        );
         loop {
             let refused = if free.closed {
                 Some(Refused::Closed)
@@ -118,7 +153,10 @@ impl Slots {
                 free.waiting.remove(&ticket);
                 return Err(why);
             }
-            let first = !free.waiting.range(..ticket).any(|(_, n)| free.fits(n));
+            let first = !free
+                .waiting
+                .range(..ticket)
+                .any(|(_, w)| free.fits(&w.need));
             if first && free.fits(&need) {
                 free.waiting.remove(&ticket);
                 free.cpus -= cpus;
@@ -127,12 +165,10 @@ impl Slots {
                 let gpus = free.gpus.split_off(at);
                 taken();
                 // What is left may fit a later waiter that waited behind this one.
-                if !free.waiting.is_empty() {
-                    self.returned.notify_all();
-                }
+                free.wake_next();
                 return Ok(Share { cpus, memory, gpus });
             }
-            free = match self.returned.wait_timeout(free, CANCEL_POLL) {
+            free = match wake.wait_timeout(free, CANCEL_POLL) {
                 Ok((guard, _)) => guard,
                 Err(p) => p.into_inner().0,
             };
@@ -145,8 +181,7 @@ impl Slots {
         free.cpus += share.cpus;
         free.memory += share.memory;
         free.gpus.extend(share.gpus);
-        drop(free);
-        self.returned.notify_all();
+        free.wake_next();
     }
 
     /// Whether commands may no longer start (`close`).
@@ -156,8 +191,9 @@ impl Slots {
 
     /// No command starts from now on; waiters are refused.
     pub(crate) fn close(&self) {
-        self.lock().closed = true;
-        self.returned.notify_all();
+        let mut free = self.lock();
+        free.closed = true;
+        free.wake_all();
     }
 }
 
