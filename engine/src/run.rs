@@ -25,6 +25,7 @@ use mustbuild_executors::{CancelToken, ExecRequest, Outcome};
 use mustbuild_lang::model::{PathKind, Step, Workflow};
 use mustbuild_store::{
     Digest, Ingest, KeyUse, LocalStore, ObjectData, Output, OutputKind, RunRecord, StoreError,
+    Unrecorded,
 };
 
 /// Instances whose keys are recorded in one transaction (it holds the store's
@@ -441,6 +442,8 @@ struct Done {
     events: Vec<Event>,
     /// What it put in the workspace, to record with the run.
     materialised: Vec<(PathBuf, Digest)>,
+    /// Its small outputs, to record with the run.
+    objects: Unrecorded,
     /// A store or file-system failure: the run stops.
     error: Option<RunError>,
 }
@@ -758,6 +761,7 @@ pub fn run(
                                     *id,
                                     &realised,
                                     &[],
+                                    &Unrecorded::default(),
                                     &mut materialised,
                                     on_event,
                                 );
@@ -854,6 +858,7 @@ pub fn run(
                     not_started,
                     events,
                     materialised,
+                    objects,
                     error,
                 } = done;
                 in_flight -= 1;
@@ -925,6 +930,7 @@ pub fn run(
                     },
                     stored.as_deref(),
                     &materialised,
+                    &objects,
                 )?;
                 if let Some(stored) = stored {
                     drop(job.lock);
@@ -1071,6 +1077,7 @@ fn work(worker: &Worker<'_>, mut job: Job) -> Done {
         not_started: cancelled,
         events: Vec::new(),
         materialised: Vec::new(),
+        objects: Unrecorded::default(),
         error: None,
     };
     if !cancelled && let Err(e) = run_and_store(worker, &placements, &mut done) {
@@ -1120,6 +1127,7 @@ fn run_and_store(
             job.id,
             &realised,
             &[],
+            &Unrecorded::default(),
             &mut done.materialised,
             &mut |e| events.push(e),
         );
@@ -1159,7 +1167,15 @@ fn run_and_store(
     done.log = std::fs::read(&job.request.log).unwrap_or_default();
     let mut in_scratch = Vec::new();
     let stored = if done.result.outcome == Outcome::Succeeded {
-        match store_outputs(wf, instances, store, &scratch.root, job, &mut in_scratch) {
+        match store_outputs(
+            wf,
+            instances,
+            store,
+            &scratch.root,
+            job,
+            &mut in_scratch,
+            &mut done.objects,
+        ) {
             Ok(Ok(stored)) => Some(stored),
             Ok(Err(why)) => {
                 done.result.outcome = Outcome::Infrastructure(why);
@@ -1182,6 +1198,7 @@ fn run_and_store(
             job.id,
             stored,
             &in_scratch,
+            &done.objects,
             &mut done.materialised,
             &mut |e| events.push(e),
         );
@@ -1194,9 +1211,10 @@ fn run_and_store(
 
 /// Moves a succeeded job's declared outputs into the store; an output of the
 /// wrong kind (a folder declared as a file) is the step's failure, with why.
-/// The files the store kept in its database, it read and left in the scratch
-/// folder: those are named in `in_scratch` (output name, file), to be moved to
-/// the workspace rather than written again.
+/// Small files are not recorded yet: they go to `objects`, recorded with the
+/// run. The store read them and left them in the scratch folder: those are
+/// named in `in_scratch` (output name, file), to be moved to the workspace
+/// rather than written again.
 fn store_outputs(
     wf: &Workflow,
     instances: &Instances,
@@ -1204,13 +1222,15 @@ fn store_outputs(
     scratch: &Path,
     job: &Job,
     in_scratch: &mut Vec<(String, PathBuf)>,
+    objects: &mut Unrecorded,
 ) -> Result<Result<Vec<Output>, String>, StoreError> {
     let inst = instances.get(job.id);
     let step = wf.step(inst.step);
     let mut stored = Vec::new();
     for (decl, path) in step.outputs.iter().zip(&inst.outputs) {
         let file = scratch.join(path);
-        let s = store.add_path(&file, Ingest::Move)?;
+        let (s, unrecorded) = store.add_path_unrecorded(&file, Ingest::Move)?;
+        objects.append(unrecorded);
         if s.kind != OutputKind::Tree && s.size <= mustbuild_store::INLINE_MAX {
             in_scratch.push((decl.name.to_string(), file));
         }
@@ -1425,7 +1445,8 @@ fn prepare(
 /// as `NAME.edited` and reported, then replaced.
 ///
 /// Files named in `in_scratch` (output name, file holding exactly its content)
-/// are moved there rather than written again, when they can be.
+/// are moved there rather than written again, when they can be; the content of
+/// the others may be among `unrecorded`.
 ///
 /// Adds what it put where to `materialised`, for the store's `materialised`
 /// table (the caller records it with the run, or on its way out after an error).
@@ -1437,6 +1458,7 @@ fn materialize_outputs(
     id: InstanceId,
     outputs: &[Output],
     in_scratch: &[(String, PathBuf)],
+    unrecorded: &Unrecorded,
     materialised: &mut Vec<(PathBuf, Digest)>,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<(), RunError> {
@@ -1492,7 +1514,7 @@ fn materialize_outputs(
             _ => false,
         };
         if !adopted {
-            store.materialize(&o.digest, o.kind, &dest)?;
+            store.materialize_with(&o.digest, o.kind, &dest, unrecorded)?;
         }
         materialised.push((absolute, o.digest));
     }

@@ -33,7 +33,7 @@ pub use error::{Result, StoreError};
 pub use filecache::{Identity, Source, identity};
 pub use local::{
     INLINE_MAX, Ingest, KeyUse, LocalStore, NoopRecord, ObjectData, ObjectKind, Output, OutputKind,
-    Root, RunRecord, Stored, hostname,
+    Root, RunRecord, Stored, Unrecorded, hostname,
 };
 pub use maintenance::{GcReport, StoreInfo, VerifyReport};
 pub use material::{Field, FieldChange, KeyMaterial};

@@ -132,6 +132,26 @@ pub(crate) struct Pending {
     pub origin: Option<PathBuf>,
 }
 
+/// Objects read and hashed but not recorded yet (`add_path_unrecorded`): kept in
+/// memory until `finish_run` records them.
+#[derive(Debug, Default)]
+pub struct Unrecorded(Vec<Pending>);
+
+impl Unrecorded {
+    /// The content of the object `digest`, when it is one of these.
+    pub fn bytes(&self, digest: &Digest) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .find(|p| p.digest == *digest)
+            .and_then(|p| p.inline.as_deref())
+    }
+
+    /// Takes the objects of `other` too.
+    pub fn append(&mut self, other: Unrecorded) {
+        self.0.extend(other.0);
+    }
+}
+
 /// One output of a realisation.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Output {
@@ -368,9 +388,20 @@ impl LocalStore {
     /// Stores a file or a folder (recursively; symbolic links as links).
     pub fn add_path(&self, path: &Path, how: Ingest) -> Result<Stored> {
         let mut pending = Vec::new();
-        let result = self
-            .prepare(path, how, &mut pending, 0)
-            .and_then(|s| self.commit_objects(&pending).map(|()| s));
+        let prepared = self.prepare(path, how, &mut pending, 0);
+        self.commit_prepared(path, how, prepared, pending)
+    }
+
+    /// Records what `prepare` made of `path`; on any error, puts every moved
+    /// file back where it was.
+    fn commit_prepared(
+        &self,
+        path: &Path,
+        how: Ingest,
+        prepared: Result<Stored>,
+        pending: Vec<Pending>,
+    ) -> Result<Stored> {
+        let result = prepared.and_then(|s| self.commit_objects(&pending).map(|()| s));
         match result {
             Ok(s) => {
                 if how == Ingest::Move && s.kind == OutputKind::Tree {
@@ -394,6 +425,23 @@ impl LocalStore {
                 Err(e)
             }
         }
+    }
+
+    /// Like `add_path`, but a file small enough to live in the database is not
+    /// recorded yet: it comes back as `Unrecorded`, for `finish_run` to record
+    /// in its own transaction (one transaction per job rather than two). Until
+    /// then nothing in the store names it, and nothing is lost if it never is.
+    /// Anything else (a folder, a bigger file) is recorded at once.
+    pub fn add_path_unrecorded(&self, path: &Path, how: Ingest) -> Result<(Stored, Unrecorded)> {
+        let mut pending = Vec::new();
+        let prepared = self.prepare(path, how, &mut pending, 0);
+        let small_file = prepared.as_ref().is_ok_and(|s| s.kind != OutputKind::Tree)
+            && pending.iter().all(|p| p.inline.is_some());
+        if small_file {
+            return prepared.map(|s| (s, Unrecorded(pending)));
+        }
+        self.commit_prepared(path, how, prepared, pending)
+            .map(|s| (s, Unrecorded(Vec::new())))
     }
 
     /// Stores bytes (logs, small records) as a blob.
@@ -622,7 +670,15 @@ impl LocalStore {
         }
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        self.register_owner(&tx)?;
+        self.commit_objects_in(&tx, pending)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// `commit_objects` inside the caller's transaction, which must commit for
+    /// the objects to be recorded (their files are in `objects/` by then).
+    fn commit_objects_in(&self, tx: &Connection, pending: &[Pending]) -> Result<()> {
+        self.register_owner(tx)?;
         let mut dirs_to_sync = std::collections::BTreeSet::new();
         {
             let mut exists = tx.prepare_cached("SELECT 1 FROM objects WHERE digest = ?1")?;
@@ -679,7 +735,6 @@ impl LocalStore {
         for dir in &dirs_to_sync {
             sync_dir(dir)?;
         }
-        tx.commit()?;
         Ok(())
     }
 
@@ -745,16 +800,21 @@ impl LocalStore {
         Ok(())
     }
 
-    /// Records a run and, when it succeeded, its realisation and what it put in
-    /// the workspace (`set_materialised`), in one transaction. The run's id.
+    /// Records a run and, when it succeeded, the objects it made that were not
+    /// recorded yet, its realisation and what it put in the workspace
+    /// (`set_materialised`), in one transaction. The run's id.
     pub fn finish_run(
         &self,
         run: &RunRecord,
         realised: Option<&[Output]>,
         materialised: &[(PathBuf, Digest)],
+        objects: &Unrecorded,
     ) -> Result<i64> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if realised.is_some() && !objects.0.is_empty() {
+            self.commit_objects_in(&tx, &objects.0)?;
+        }
         let id = add_run_in(&tx, run)?;
         if let Some(outputs) = realised {
             realise_in(&tx, &run.key, outputs)?;

@@ -9,7 +9,7 @@
 
 use crate::digest::Digest;
 use crate::error::{Result, StoreError, io};
-use crate::local::{LocalStore, ObjectData, OutputKind, entry_path};
+use crate::local::{LocalStore, ObjectData, OutputKind, Unrecorded, entry_path};
 use crate::tree::EntryKind;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
@@ -31,6 +31,17 @@ impl LocalStore {
         kind: OutputKind,
         dest: &Path,
     ) -> Result<Materialized> {
+        self.materialize_with(digest, kind, dest, &Unrecorded::default())
+    }
+
+    /// `materialize`, for a file that may be among objects not recorded yet.
+    pub fn materialize_with(
+        &self,
+        digest: &Digest,
+        kind: OutputKind,
+        dest: &Path,
+        unrecorded: &Unrecorded,
+    ) -> Result<Materialized> {
         let parent = dest
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -49,7 +60,13 @@ impl LocalStore {
         let mut stats = Materialized::default();
         let made = match kind {
             OutputKind::Tree => self.materialize_tree(digest, &staging, &mut stats, 0),
-            k => self.materialize_file(digest, k == OutputKind::Executable, &staging, &mut stats),
+            k => self.materialize_file(
+                digest,
+                k == OutputKind::Executable,
+                &staging,
+                &mut stats,
+                unrecorded,
+            ),
         };
         if let Err(e) = made {
             let _ = remove_any(&staging);
@@ -84,9 +101,14 @@ impl LocalStore {
         executable: bool,
         dest: &Path,
         stats: &mut Materialized,
+        unrecorded: &Unrecorded,
     ) -> Result<()> {
         let mode = if executable { 0o755 } else { 0o644 };
-        match self.object_data(digest)? {
+        let data = match unrecorded.bytes(digest) {
+            Some(bytes) => ObjectData::Inline(bytes.to_vec()),
+            None => self.object_data(digest)?,
+        };
+        match data {
             ObjectData::Inline(bytes) => {
                 write_new(dest, &bytes, mode).map_err(io("write", dest))?;
                 stats.copied += 1;
@@ -126,7 +148,13 @@ impl LocalStore {
             match &e.kind {
                 EntryKind::File {
                     executable, digest, ..
-                } => self.materialize_file(digest, *executable, &path, stats)?,
+                } => self.materialize_file(
+                    digest,
+                    *executable,
+                    &path,
+                    stats,
+                    &Unrecorded::default(),
+                )?,
                 EntryKind::Dir { digest, .. } => {
                     self.materialize_tree(digest, &path, stats, depth + 1)?
                 }
