@@ -834,3 +834,78 @@ step s {
         "2\n"
     );
 }
+
+#[test]
+fn a_small_output_is_moved_to_the_workspace_only_when_nothing_else_links_it() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    // One output the command also links outside its scratch folder, one it makes
+    // private (umask 077): both small, so both kept in the store's database.
+    write_pipeline(
+        tmp.path(),
+        &format!(
+            r#"pipeline "moved"
+step linked {{
+    out o="linked.txt"
+    run "echo linked > {{out.o}} && ln {{out.o}} {}/link"
+}}
+step private {{
+    out o="private.txt"
+    run "umask 077 && echo private > {{out.o}}"
+}}
+"#,
+            outside.display()
+        ),
+    );
+    let store = tmp.path().join("store");
+    let r = run(
+        tmp.path(),
+        &["run", "pipeline.kdl", "--store", store.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    // The linked output was copied, not moved: writing through the command's
+    // link changes neither the workspace nor the store.
+    let linked = tmp.path().join("linked.txt");
+    assert_eq!(std::fs::metadata(&linked).unwrap().nlink(), 1);
+    std::fs::write(outside.join("link"), "changed later\n").unwrap();
+    assert_eq!(std::fs::read_to_string(&linked).unwrap(), "linked\n");
+    // The private one has the mode every materialised file gets.
+    let private = tmp.path().join("private.txt");
+    assert_eq!(std::fs::read_to_string(&private).unwrap(), "private\n");
+    assert_eq!(
+        std::fs::metadata(&private).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    // Both are what the store recorded: a second run executes nothing and
+    // keeps nothing aside as edited.
+    let r = run(
+        tmp.path(),
+        &[
+            "run",
+            "pipeline.kdl",
+            "--store",
+            store.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("\"executed\":0"), "{}", r.stdout);
+    assert!(!r.stdout.contains("replaced"), "{}", r.stdout);
+    std::fs::remove_file(&linked).unwrap();
+    std::fs::remove_file(&private).unwrap();
+    let r = run(
+        tmp.path(),
+        &[
+            "run",
+            "pipeline.kdl",
+            "--store",
+            store.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert!(r.stdout.contains("\"executed\":0"), "{}", r.stdout);
+    assert_eq!(std::fs::read_to_string(&linked).unwrap(), "linked\n");
+    assert_eq!(std::fs::read_to_string(&private).unwrap(), "private\n");
+}

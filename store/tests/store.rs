@@ -688,3 +688,65 @@ fn a_store_of_schema_1_is_upgraded_in_place() {
         .unwrap();
     assert_eq!(version, 2);
 }
+
+#[test]
+fn a_small_output_is_recorded_with_its_run_and_only_if_it_succeeded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(&tmp.path().join("store")).unwrap();
+    let record = |key: Digest, outcome: &str| RunRecord {
+        session: None,
+        key,
+        step: "s".into(),
+        host: mustbuild_store::hostname(),
+        started_ms: 1,
+        finished_ms: 2,
+        outcome: outcome.into(),
+        exit_code: None,
+        user_cpu_ms: None,
+        sys_cpu_ms: None,
+        max_rss_bytes: None,
+        read_bytes: None,
+        write_bytes: None,
+        energy_joules: None,
+        energy_method: None,
+        log: None,
+    };
+    let small = tmp.path().join("small.txt");
+    write(&small, b"small\n");
+    let (s, unrecorded) = store.add_path_unrecorded(&small, Ingest::Move).unwrap();
+    // Read, left in place, not recorded: its bytes are in memory only.
+    assert!(small.exists());
+    assert!(!store.has_object(&s.digest).unwrap());
+    assert_eq!(unrecorded.bytes(&s.digest), Some(&b"small\n"[..]));
+    // Materialised from memory before it is recorded.
+    let copy = tmp.path().join("copy.txt");
+    store
+        .materialize_with(&s.digest, OutputKind::File, &copy, &unrecorded)
+        .unwrap();
+    assert_eq!(std::fs::read(&copy).unwrap(), b"small\n");
+    // A failed run records nothing of it.
+    let failed = store.put_derivation(&material(1)).unwrap();
+    store
+        .finish_run(&record(failed, "failed"), None, &[], &unrecorded)
+        .unwrap();
+    assert!(!store.has_object(&s.digest).unwrap());
+    // A run that succeeded records it with its realisation, in one transaction.
+    let key = store.put_derivation(&material(2)).unwrap();
+    let outputs = file_output("o", s.digest);
+    store
+        .finish_run(&record(key, "succeeded"), Some(&outputs), &[], &unrecorded)
+        .unwrap();
+    assert!(store.has_object(&s.digest).unwrap());
+    assert_eq!(store.realisation(&key).unwrap(), Some(outputs.to_vec()));
+    // A folder, or a file too big for the database, is recorded at once.
+    let big = tmp.path().join("big.txt");
+    write(&big, &large("big\n", "more\n"));
+    let (b, none) = store.add_path_unrecorded(&big, Ingest::Copy).unwrap();
+    assert!(store.has_object(&b.digest).unwrap());
+    assert_eq!(none.bytes(&b.digest), None);
+    let dir = tmp.path().join("tree");
+    sample_tree(&dir);
+    let (t, _) = store.add_path_unrecorded(&dir, Ingest::Copy).unwrap();
+    assert_eq!(t.kind, OutputKind::Tree);
+    assert!(store.has_object(&t.digest).unwrap());
+}
