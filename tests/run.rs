@@ -909,3 +909,57 @@ step private {{
     assert_eq!(std::fs::read_to_string(&linked).unwrap(), "linked\n");
     assert_eq!(std::fs::read_to_string(&private).unwrap(), "private\n");
 }
+
+#[test]
+fn a_command_that_replaces_its_home_or_tmp_leaves_the_next_job_real_empty_folders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(outside.join("home")).unwrap();
+    std::fs::write(outside.join("precious"), "keep\n").unwrap();
+    std::fs::write(outside.join("home/precious"), "keep\n").unwrap();
+    // Twelve jobs, one at a time: every worker's scratch folder is reused. Each
+    // job checks that it starts with real, empty HOME and TMPDIR, then breaks
+    // them for the next: HOME a link outside and TMPDIR a file, or all of
+    // `.mustbuild` a link outside.
+    let values: Vec<String> = (1..=12).map(|n| format!("\"{n}\"")).collect();
+    write_pipeline(
+        tmp.path(),
+        &format!(
+            r##"pipeline "broken-home"
+step s {{
+    foreach n {values}
+    out o="o/{{n}}.txt"
+    run #"test -d "$HOME" -a ! -L "$HOME" -a -d "$TMPDIR" -a ! -L "$TMPDIR" -a ! -L .mustbuild; test -z "$(ls -A "$HOME")$(ls -A "$TMPDIR")"; echo ok > {{out.o}}; if [ $(({{n}} % 2)) = 0 ]; then rm -rf .mustbuild; ln -s {out} .mustbuild; else rm -rf "$HOME" "$TMPDIR"; ln -s {out} "$HOME"; echo x > "$TMPDIR"; fi"#
+}}
+"##,
+            values = values.join(" "),
+            out = outside.display()
+        ),
+    );
+    let store = tmp.path().join("store");
+    let r = run(
+        tmp.path(),
+        &[
+            "run",
+            "pipeline.kdl",
+            "-j",
+            "1",
+            "--store",
+            store.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    for n in 1..=12 {
+        let o = tmp.path().join(format!("o/{n}.txt"));
+        assert_eq!(std::fs::read_to_string(o).unwrap(), "ok\n");
+    }
+    // What the links pointed at was never emptied.
+    assert_eq!(
+        std::fs::read_to_string(outside.join("precious")).unwrap(),
+        "keep\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(outside.join("home/precious")).unwrap(),
+        "keep\n"
+    );
+}

@@ -202,6 +202,8 @@ struct Scratch {
     spare: PathBuf,
     spares: std::cell::RefCell<Vec<PathBuf>>,
     named: std::cell::Cell<u64>,
+    /// Whether the spare folder is known to be there.
+    spare_made: std::cell::Cell<bool>,
 }
 
 /// Files kept for reuse per worker, at most.
@@ -220,43 +222,65 @@ impl Scratch {
             spare: base.join(format!("{name}.spare")),
             spares: Default::default(),
             named: Default::default(),
+            spare_made: Default::default(),
             root,
         }
     }
 
     /// Makes it empty (creating it the first time), but for the folders in
     /// `keep` (relative paths), which stay, emptied: a job that needs the same
-    /// folders as the last one creates and deletes none.
-    fn reset(&self, keep: &std::collections::HashSet<&str>) -> Result<(), RunError> {
-        // A job may have replaced any of these folders by a link or a file: they
-        // are made again rather than followed.
-        let dot = self.root.join(".mustbuild");
-        for d in [&self.root, &dot, &self.home, &self.tmp, &self.spare] {
-            real_folder(d)?;
+    /// folders as the last one creates and deletes none. The kept folders that
+    /// were there (and are now empty), by relative path.
+    fn reset(
+        &self,
+        keep: &std::collections::HashSet<&str>,
+    ) -> Result<std::collections::HashSet<String>, RunError> {
+        real_folder(&self.root)?;
+        if !self.spare_made.get() {
+            real_folder(&self.spare)?;
+            self.spare_made.set(true);
         }
-        self.empty(&self.root, "", keep)?;
+        let mut found = std::collections::HashSet::new();
+        self.empty(&self.root, "", keep, &mut found)?;
         // In `.mustbuild`, only `home` and `tmp` stay, emptied.
-        let mustbuild_keep = [".mustbuild/home", ".mustbuild/tmp"].into_iter().collect();
-        self.empty(&dot, ".mustbuild", &mustbuild_keep)?;
-        // The log of the last job goes, even if this one never runs.
-        std::fs::File::create(&self.log).map_err(io_err("create", &self.log))?;
-        Ok(())
+        let dot = self.root.join(".mustbuild");
+        if found.contains(".mustbuild") {
+            let mustbuild_keep = [".mustbuild/home", ".mustbuild/tmp"].into_iter().collect();
+            self.empty(&dot, ".mustbuild", &mustbuild_keep, &mut found)?;
+        }
+        // A job may have removed these folders, or replaced one by a link or a
+        // file (removed above, never followed): they are made again.
+        for (rel, dir) in [
+            (".mustbuild", &dot),
+            (".mustbuild/home", &self.home),
+            (".mustbuild/tmp", &self.tmp),
+        ] {
+            if !found.contains(rel) {
+                real_folder(dir)?;
+            }
+        }
+        Ok(found)
     }
 
-    /// Removes what is in `dir` (`rel` within the scratch folder) but `.mustbuild`
-    /// at the top and the folders in `keep`, which are emptied in turn. Files
-    /// are kept aside for reuse.
+    /// Removes what is in `dir` (`rel` within the scratch folder) but the folders
+    /// in `keep` and a real `.mustbuild` folder at the top, which stay: the
+    /// kept ones are emptied in turn, and all go in `found`. Files are kept
+    /// aside for reuse.
     fn empty(
         &self,
         dir: &Path,
         rel: &str,
         keep: &std::collections::HashSet<&str>,
+        found: &mut std::collections::HashSet<String>,
     ) -> Result<(), RunError> {
         for e in std::fs::read_dir(dir).map_err(io_err("list", dir))? {
             let e = e.map_err(io_err("list", dir))?;
             let name = e.file_name();
             let name = name.to_string_lossy();
-            if rel.is_empty() && name == ".mustbuild" {
+            let path = e.path();
+            let kind = e.file_type().map_err(io_err("read", &path))?;
+            if rel.is_empty() && name == ".mustbuild" && kind.is_dir() {
+                found.insert(".mustbuild".to_string());
                 continue;
             }
             let inner = if rel.is_empty() {
@@ -264,10 +288,9 @@ impl Scratch {
             } else {
                 format!("{rel}/{name}")
             };
-            let path = e.path();
-            let kind = e.file_type().map_err(io_err("read", &path))?;
             let gone = if kind.is_dir() && keep.contains(inner.as_str()) {
-                self.empty(&path, &inner, keep)?;
+                self.empty(&path, &inner, keep, found)?;
+                found.insert(inner);
                 continue;
             } else if kind.is_dir() {
                 std::fs::remove_dir_all(&path)
@@ -287,7 +310,8 @@ impl Scratch {
         let mut spares = self.spares.borrow_mut();
         // Only a file that no other name shares (a command may have hard-linked
         // anything, a user's data included) is reused; others lose this name only.
-        let sole = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.nlink() == 1);
+        let meta = std::fs::symlink_metadata(path)?;
+        let sole = meta.is_file() && meta.nlink() == 1;
         // Nor one with extended attributes (ACLs, labels, a command's own).
         let plain = || rustix::fs::listxattr(path, &mut [0u8; 0][..]).is_ok_and(|n| n == 0);
         if !sole || spares.len() >= MAX_SPARES || !plain() {
@@ -298,12 +322,19 @@ impl Scratch {
         let dest = self.spare.join(n.to_string());
         // Writable again (a copy of a store object is read-only), and empty: a
         // kept inode holds no data.
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        if meta.mode() & 0o600 != 0o600 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        }
         std::fs::OpenOptions::new()
             .write(true)
             .open(path)?
             .set_len(0)?;
-        std::fs::rename(path, &dest)?;
+        if std::fs::rename(path, &dest).is_err() {
+            // The spare folder is gone (a command may remove anything): made
+            // again by the next reset; this file goes.
+            self.spare_made.set(false);
+            return std::fs::remove_file(path);
+        }
         spares.push(dest);
         Ok(())
     }
@@ -340,11 +371,9 @@ impl Scratch {
         Ok(())
     }
 
-    /// Copies a source file or folder into the scratch folder.
+    /// Copies a source file or folder into the scratch folder (`dest`'s folder
+    /// is there).
     fn copy_in(&self, src: &Path, dest: &Path) -> Result<(), RunError> {
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
-        }
         let meta = std::fs::metadata(src).map_err(io_err("read input", src))?;
         if meta.is_dir() {
             std::fs::create_dir_all(dest).map_err(io_err("create", dest))?;
@@ -1164,7 +1193,12 @@ fn run_and_store(
         ))),
     };
     let job = &done.job;
-    done.log = std::fs::read(&job.request.log).unwrap_or_default();
+    // The log is the command's (the executor truncated it when it started),
+    // unless the command could not start: it is then the last job's.
+    let started = !matches!(done.result.outcome, Outcome::Infrastructure(_));
+    if started {
+        done.log = std::fs::read(&job.request.log).unwrap_or_default();
+    }
     let mut in_scratch = Vec::new();
     let stored = if done.result.outcome == Outcome::Succeeded {
         match store_outputs(
@@ -1252,6 +1286,11 @@ fn store_outputs(
     Ok(Ok(stored))
 }
 
+/// The folder part of a relative path (`""` for none).
+fn parent(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(p, _)| p)
+}
+
 /// An emptied scratch folder with the job's inputs in place.
 fn place_inputs(
     store: &LocalStore,
@@ -1270,10 +1309,22 @@ fn place_inputs(
         }
         keep.extend(path.match_indices('/').map(|(i, _)| &path[..i]));
     }
-    scratch.reset(&keep)?;
+    // The folders there now, and a way to make the others once.
+    let mut there = scratch.reset(&keep)?;
+    let mut folder = |rel: &str| -> Result<(), RunError> {
+        if !rel.is_empty() && !there.contains(rel) {
+            let dir = scratch.root.join(rel);
+            std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+            there.insert(rel.to_string());
+        }
+        Ok(())
+    };
     for p in placements {
         match p {
-            Placement::Source { from, to } => scratch.copy_in(from, &scratch.root.join(to))?,
+            Placement::Source { from, to } => {
+                folder(parent(to))?;
+                scratch.copy_in(from, &scratch.root.join(to))?
+            }
             Placement::Object {
                 digest,
                 kind: OutputKind::Tree,
@@ -1282,10 +1333,8 @@ fn place_inputs(
                 store.materialize(digest, OutputKind::Tree, &scratch.root.join(to))?;
             }
             Placement::Object { digest, kind, to } => {
+                folder(parent(to))?;
                 let dest = scratch.root.join(to);
-                if let Some(parent) = dest.parent() {
-                    std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
-                }
                 let mode = if *kind == OutputKind::Executable {
                     0o755
                 } else {
@@ -1297,10 +1346,7 @@ fn place_inputs(
                 }
                 .map_err(io_err("copy input", &dest))?;
             }
-            Placement::Folder(dir) => {
-                let dir = scratch.root.join(dir);
-                std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-            }
+            Placement::Folder(dir) => folder(dir)?,
         }
     }
     Ok(())

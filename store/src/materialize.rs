@@ -244,18 +244,40 @@ pub fn write_new(dest: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
 /// Unlike trying a reflink into a new file, deleting it and copying afresh, one
 /// file is created: creating and deleting files in quick succession slows
 /// ext4's inode allocation down.
+///
+/// A file small enough for the database is always copied: a reflink would save
+/// nothing, and trying one costs a call.
 pub fn clone_or_copy(src: &Path, dest: &Path) -> std::io::Result<bool> {
     let mut from = std::fs::File::open(src)?;
-    let permissions = from.metadata()?.permissions();
+    let meta = from.metadata()?;
     let mut to = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .open(dest)?;
-    let cloned = rustix::fs::ioctl_ficlone(&to, &from).is_ok();
+    let cloned =
+        meta.len() > crate::local::INLINE_MAX && rustix::fs::ioctl_ficlone(&to, &from).is_ok();
     if !cloned {
-        std::io::copy(&mut from, &mut to)?;
+        copy_bytes(&mut from, &mut to, meta.len())?;
     }
-    to.set_permissions(permissions)?;
+    to.set_permissions(meta.permissions())?;
     Ok(cloned)
+}
+
+/// Copies the rest of `from` (`len` bytes, as far as is known) to `to`, in the
+/// kernel where it can (`copy_file_range`), else through a buffer.
+fn copy_bytes(from: &mut std::fs::File, to: &mut std::fs::File, len: u64) -> std::io::Result<()> {
+    let mut left = len;
+    loop {
+        // Past `len`, one more call finds the end (or what was added since).
+        let chunk = usize::try_from(left).unwrap_or(usize::MAX).max(1 << 16);
+        match rustix::fs::copy_file_range(&*from, None, &*to, None, chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => left = left.saturating_sub(n as u64),
+            Err(rustix::io::Errno::INTR) => {}
+            // Not between these files (another kind of file, an old kernel): the
+            // offsets are where the last call left them.
+            Err(_) => return std::io::copy(from, to).map(drop),
+        }
+    }
 }

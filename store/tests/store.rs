@@ -692,7 +692,7 @@ fn a_store_of_schema_1_is_upgraded_in_place() {
 #[test]
 fn a_small_output_is_recorded_with_its_run_and_only_if_it_succeeded() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = LocalStore::open(&tmp.path().join("store")).unwrap();
+    let store = LocalStore::open(tmp.path().join("store")).unwrap();
     let record = |key: Digest, outcome: &str| RunRecord {
         session: None,
         key,
