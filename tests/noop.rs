@@ -256,3 +256,40 @@ fn outputs_too_new_to_trust_are_read_again_by_the_next_run() {
         return;
     }
 }
+
+#[test]
+fn files_outside_the_folder_and_at_its_top_are_checked_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("elsewhere/data.txt");
+    write(&outside, "one\n");
+    let dir = tmp.path().join("p");
+    // An input by absolute path, outside the pipeline's folder; an output at the
+    // folder's top (the record names it without a folder).
+    write(
+        &dir.join("pipeline.kdl"),
+        &format!(
+            r#"pipeline "top"
+input data "{}"
+step copy {{
+    in d=data
+    out o="copy.txt"
+    run "cat {{in.d}} > {{out.o}}"
+}}
+"#,
+            outside.display()
+        ),
+    );
+    let store = tmp.path().join("store");
+    let store = store.to_str().unwrap();
+    assert_eq!(go(&dir, store, &[]), (1, 0, false));
+    assert_eq!(go(&dir, store, &[]), (0, 1, true));
+    // The outside input changes: not a no-op.
+    write(&outside, "two\n");
+    assert_eq!(go(&dir, store, &[]), (1, 0, false));
+    assert_eq!(std::fs::read_to_string(dir.join("copy.txt")).unwrap(), "two\n");
+    assert_eq!(go(&dir, store, &[]), (0, 1, true));
+    // The output at the top goes: not a no-op either (it is put back).
+    std::fs::remove_file(dir.join("copy.txt")).unwrap();
+    assert_eq!(go(&dir, store, &[]), (0, 1, false));
+    assert_eq!(std::fs::read_to_string(dir.join("copy.txt")).unwrap(), "two\n");
+}

@@ -31,7 +31,7 @@ use mustbuild_store::{Digest, Identity, LocalStore, StoreError, identity};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-const MAGIC: &str = "mustbuild-noop 2";
+const MAGIC: &str = "mustbuild-noop 3";
 
 /// The longest a run waits, at its end, for its newest outputs to become old
 /// enough to be recorded (50 ms on file systems with fine timestamps).
@@ -365,6 +365,8 @@ fn describe(
             tool.path.display()
         );
     }
+    // A file in the pipeline's folder by its path there (shorter to read, and
+    // looked up from the folder, opened once).
     for (k, (path, digest)) in files.iter().enumerate().skip(tools.len()) {
         let _ = writeln!(
             body,
@@ -372,7 +374,7 @@ fn describe(
             if fresh.contains(&k) { "fresh" } else { "file" },
             fmt_identity(&ids[k]),
             digest.to_hex(),
-            path.display()
+            path.strip_prefix(&root).unwrap_or(path).display()
         );
     }
     for (i, inst) in instances.all.iter().enumerate() {
@@ -413,7 +415,7 @@ pub fn check(store: &LocalStore, request: &Request) -> Result<Check, StoreError>
     let Some(read) = read(body, request) else {
         return Ok(Check::None);
     };
-    let unchanged = unchanged_files(store, &read.files);
+    let unchanged = unchanged_files(store, &read.root, &read.files);
     if unchanged.iter().all(|&same| same) {
         let Some(session) = store.reuse_session(read.name, &record)? else {
             return Ok(Check::None);
@@ -445,7 +447,7 @@ pub fn check(store: &LocalStore, request: &Request) -> Result<Check, StoreError>
         }
         let mut files = HashMap::with_capacity(read.files.len());
         for (f, same) in read.files.iter().zip(unchanged) {
-            files.insert(PathBuf::from(f.path), (f.digest.parse().ok()?, same));
+            files.insert(read.root.join(f.path), (f.digest.parse().ok()?, same));
         }
         Some(Prior { instances, files })
     })();
@@ -465,6 +467,8 @@ struct Read<'a> {
     name: &'a str,
     /// Step, values, key, outputs.
     instances: Vec<[&'a str; 4]>,
+    /// The pipeline's folder, which relative paths are in.
+    root: PathBuf,
     files: Vec<RecordedFile<'a>>,
 }
 
@@ -473,6 +477,7 @@ struct RecordedFile<'a> {
     identity: Identity,
     /// The digest the run used, in hexadecimal.
     digest: &'a str,
+    /// Absolute, or relative to the pipeline's folder.
     path: &'a str,
     /// Too new, when recorded, for its identity to prove its content: the next
     /// run reads it.
@@ -481,13 +486,14 @@ struct RecordedFile<'a> {
 
 /// Whether each file has the identity recorded (stat on two threads: the files
 /// are many, the calls short), and a fresh one the content recorded too.
-fn unchanged_files(store: &LocalStore, files: &[RecordedFile<'_>]) -> Vec<bool> {
-    let mut same = same_identities(files);
+fn unchanged_files(store: &LocalStore, root: &Path, files: &[RecordedFile<'_>]) -> Vec<bool> {
+    let mut same = same_identities(root, files);
     let fresh: Vec<usize> = (0..files.len())
         .filter(|&i| files[i].fresh && same[i])
         .collect();
     if !fresh.is_empty() {
-        let paths: Vec<&Path> = fresh.iter().map(|&i| Path::new(files[i].path)).collect();
+        let paths: Vec<PathBuf> = fresh.iter().map(|&i| root.join(files[i].path)).collect();
+        let paths: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
         for (&i, hashed) in fresh.iter().zip(store.file_digests(&paths)) {
             same[i] = hashed.is_ok_and(|(d, _, _)| d.to_hex() == files[i].digest);
         }
@@ -495,20 +501,77 @@ fn unchanged_files(store: &LocalStore, files: &[RecordedFile<'_>]) -> Vec<bool> 
     same
 }
 
-fn same_identities(files: &[RecordedFile<'_>]) -> Vec<bool> {
-    let same = |f: &RecordedFile<'_>| identity_of(Path::new(f.path)) == Some(f.identity);
+fn same_identities(root: &Path, files: &[RecordedFile<'_>]) -> Vec<bool> {
+    let same = |files: &[RecordedFile<'_>]| {
+        let mut folders = Folders::new(root);
+        files
+            .iter()
+            .map(|f| folders.identity(f.path) == Some(f.identity))
+            .collect::<Vec<bool>>()
+    };
     // A thread costs more than a few thousand stats.
     if files.len() < 8192 {
-        return files.iter().map(same).collect();
+        return same(files);
     }
     let (a, b) = files.split_at(files.len() / 2);
     let (mut first, second) = std::thread::scope(|s| {
-        let other = s.spawn(|| a.iter().map(same).collect::<Vec<bool>>());
-        let mine: Vec<bool> = b.iter().map(same).collect();
+        let other = s.spawn(|| same(a));
+        let mine = same(b);
         (other.join().unwrap_or_else(|_| vec![false; a.len()]), mine)
     });
     first.extend(second);
     first
+}
+
+/// Stats files by name within their folder, opened once (`O_PATH`): the kernel
+/// then looks up one name per file rather than every component of a long
+/// absolute path, which is most of the cost of thousands of stats. Relative
+/// paths are in `root`.
+struct Folders<'a> {
+    root: &'a Path,
+    open: HashMap<&'a str, Option<rustix::fd::OwnedFd>>,
+}
+
+impl<'a> Folders<'a> {
+    fn new(root: &'a Path) -> Folders<'a> {
+        Folders {
+            root,
+            open: HashMap::new(),
+        }
+    }
+
+    /// What `identity_of` says of `path` (links followed), or `None`.
+    fn identity(&mut self, path: &'a str) -> Option<Identity> {
+        use rustix::fs::{AtFlags, Mode, OFlags, StatxFlags, makedev, open, statx};
+        let (dir, name) = match path.rsplit_once('/') {
+            Some(("", _)) | Some((_, "")) => return identity_of(&self.root.join(path)),
+            Some((dir, name)) => (dir, name),
+            None => ("", path),
+        };
+        let root = self.root;
+        // (An absolute folder replaces the root when joined.)
+        let fd = self.open.entry(dir).or_insert_with(|| {
+            let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+            open(root.join(dir), flags, Mode::empty()).ok()
+        });
+        let Some(fd) = fd else {
+            return identity_of(&root.join(path));
+        };
+        let wanted = StatxFlags::INO | StatxFlags::SIZE | StatxFlags::MTIME | StatxFlags::CTIME;
+        let x = statx(&*fd, name, AtFlags::empty(), wanted).ok()?;
+        let ns = |t: rustix::fs::StatxTimestamp| {
+            t.tv_sec
+                .saturating_mul(1_000_000_000)
+                .saturating_add(i64::from(t.tv_nsec))
+        };
+        Some(Identity {
+            dev: makedev(x.stx_dev_major, x.stx_dev_minor) as i64,
+            ino: x.stx_ino as i64,
+            size: x.stx_size as i64,
+            mtime_ns: ns(x.stx_mtime),
+            ctime_ns: ns(x.stx_ctime),
+        })
+    }
 }
 
 /// The record's lines, if its pipeline files, overrides, `PATH`, executable, globs
@@ -527,10 +590,15 @@ fn read<'a>(body: &'a str, request: &Request) -> Option<Read<'a>> {
     // Lines every record has: the executable, PATH, the root.
     let (mut same_exe, mut same_path, mut has_root) = (false, false, false);
     for line in lines {
-        let mut f = line.split('\t');
-        let kind = f.next()?;
-        let rest: Vec<&str> = f.collect();
-        match (kind, rest.as_slice()) {
+        // At most five fields: the line's kind, then up to four.
+        let mut fields = [""; 5];
+        let mut n = 0;
+        for field in line.split('\t') {
+            *fields.get_mut(n)? = field;
+            n += 1;
+        }
+        let (kind, rest) = (fields[0], &fields[1..n.max(1)]);
+        match (kind, rest) {
             ("exe", [id]) if parse_identity(id)? == exe => same_exe = true,
             ("name", [n]) => name = n,
             ("root", [r]) if Path::new(r) == request.root => {
@@ -582,6 +650,7 @@ fn read<'a>(body: &'a str, request: &Request) -> Option<Read<'a>> {
     (same_exe && same_path && has_root && overrides == request.overrides).then_some(Read {
         name,
         instances,
+        root,
         files,
     })
 }
