@@ -286,10 +286,16 @@ step copy {{
     // The outside input changes: not a no-op.
     write(&outside, "two\n");
     assert_eq!(go(&dir, store, &[]), (1, 0, false));
-    assert_eq!(std::fs::read_to_string(dir.join("copy.txt")).unwrap(), "two\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("copy.txt")).unwrap(),
+        "two\n"
+    );
     assert_eq!(go(&dir, store, &[]), (0, 1, true));
     // The output at the top goes: not a no-op either (it is put back).
     std::fs::remove_file(dir.join("copy.txt")).unwrap();
     assert_eq!(go(&dir, store, &[]), (0, 1, false));
-    assert_eq!(std::fs::read_to_string(dir.join("copy.txt")).unwrap(), "two\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("copy.txt")).unwrap(),
+        "two\n"
+    );
 }

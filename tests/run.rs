@@ -963,3 +963,52 @@ step s {{
         "keep\n"
     );
 }
+
+#[test]
+fn an_input_written_over_a_kept_file_holds_only_its_own_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Twelve inputs, longest first, one job at a time: each worker writes later
+    // (shorter) inputs over the files earlier (longer) ones left.
+    let mut values = Vec::new();
+    for n in 0..12u32 {
+        let text: String = (0..(12 - n) * 300)
+            .map(|i| char::from(b'a' + ((i + n) % 26) as u8))
+            .collect();
+        let path = tmp.path().join(format!("in/{n}.txt"));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, format!("{text}\n")).unwrap();
+        values.push(format!("\"{n}\""));
+    }
+    write_pipeline(
+        tmp.path(),
+        &format!(
+            r#"pipeline "over"
+step s {{
+    foreach n {}
+    in i=(file)"in/{{n}}.txt"
+    out o="out/{{n}}.txt"
+    run "cat {{in.i}} > {{out.o}}"
+}}
+"#,
+            values.join(" ")
+        ),
+    );
+    let store = tmp.path().join("store");
+    let r = run(
+        tmp.path(),
+        &[
+            "run",
+            "pipeline.kdl",
+            "-j",
+            "1",
+            "--store",
+            store.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    for n in 0..12 {
+        let input = std::fs::read(tmp.path().join(format!("in/{n}.txt"))).unwrap();
+        let output = std::fs::read(tmp.path().join(format!("out/{n}.txt"))).unwrap();
+        assert_eq!(input, output, "input {n}");
+    }
+}

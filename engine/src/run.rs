@@ -200,7 +200,10 @@ struct Scratch {
     /// ext4 slows inode allocation down behind recent deletions, and a job that
     /// reads k files would otherwise create and delete k inodes.
     spare: PathBuf,
-    spares: std::cell::RefCell<Vec<PathBuf>>,
+    /// The kept files, and the bytes each still holds: a small one keeps its
+    /// data until it is written over (emptying a file, then filling it again,
+    /// costs more than writing over it).
+    spares: std::cell::RefCell<Vec<(PathBuf, u64)>>,
     named: std::cell::Cell<u64>,
     /// Whether the spare folder is known to be there.
     spare_made: std::cell::Cell<bool>,
@@ -320,43 +323,60 @@ impl Scratch {
         let n = self.named.get();
         self.named.set(n + 1);
         let dest = self.spare.join(n.to_string());
-        // Writable again (a copy of a store object is read-only), and empty: a
-        // kept inode holds no data.
+        // Writable again (a copy of a store object is read-only); a big file is
+        // emptied now, a small one when it is written over.
         if meta.mode() & 0o600 != 0o600 {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         }
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)?
-            .set_len(0)?;
+        let mut held = meta.len();
+        if held > mustbuild_store::INLINE_MAX {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)?
+                .set_len(0)?;
+            held = 0;
+        }
         if std::fs::rename(path, &dest).is_err() {
             // The spare folder is gone (a command may remove anything): made
             // again by the next reset; this file goes.
             self.spare_made.set(false);
             return std::fs::remove_file(path);
         }
-        spares.push(dest);
+        spares.push((dest, held));
         Ok(())
     }
 
-    /// Puts a kept inode at `dest`, when there is one. It is looked at again
-    /// there: a command could have linked it elsewhere since it was kept.
-    fn reuse_spare(&self, dest: &Path) {
+    /// Puts a kept inode at `dest`, when there is one: the bytes it still holds
+    /// (`None`: no kept inode there). It is looked at again there: a command
+    /// could have linked it elsewhere since it was kept.
+    fn reuse_spare(&self, dest: &Path) -> Option<u64> {
         use std::os::unix::fs::MetadataExt;
-        let Some(spare) = self.spares.borrow_mut().pop() else {
-            return;
-        };
+        let (spare, held) = self.spares.borrow_mut().pop()?;
         if std::fs::rename(&spare, dest).is_err() {
             let _ = std::fs::remove_file(&spare);
+            None
         } else if !std::fs::symlink_metadata(dest).is_ok_and(|m| m.is_file() && m.nlink() == 1) {
             let _ = std::fs::remove_file(dest);
+            None
+        } else {
+            Some(held)
         }
     }
 
-    /// Writes a small object's bytes at `dest`, in a kept inode when there is one.
+    /// Writes a small file's bytes at `dest`, over a kept inode's when there is
+    /// one (then cut to length: nothing of what it held is left).
     fn write_file(&self, bytes: &[u8], dest: &Path, mode: u32) -> std::io::Result<()> {
-        self.reuse_spare(dest);
-        mustbuild_store::materialize::write_new(dest, bytes, mode)
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+        let Some(held) = self.reuse_spare(dest) else {
+            return mustbuild_store::materialize::write_new(dest, bytes, mode);
+        };
+        let mut f = std::fs::OpenOptions::new().write(true).open(dest)?;
+        f.write_all(bytes)?;
+        if held > bytes.len() as u64 {
+            f.set_len(bytes.len() as u64)?;
+        }
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
     }
 
     /// Copies `src` to `dest` (its permissions too, or `mode`), in a kept inode
@@ -374,7 +394,14 @@ impl Scratch {
     /// Copies a source file or folder into the scratch folder (`dest`'s folder
     /// is there).
     fn copy_in(&self, src: &Path, dest: &Path) -> Result<(), RunError> {
+        use std::os::unix::fs::PermissionsExt;
         let meta = std::fs::metadata(src).map_err(io_err("read input", src))?;
+        if meta.is_file() && meta.len() <= mustbuild_store::INLINE_MAX {
+            let bytes = read_whole(src, meta.len()).map_err(io_err("read input", src))?;
+            return self
+                .write_file(&bytes, dest, meta.permissions().mode() & 0o7777)
+                .map_err(io_err("copy input", src));
+        }
         if meta.is_dir() {
             std::fs::create_dir_all(dest).map_err(io_err("create", dest))?;
             for e in std::fs::read_dir(src).map_err(io_err("list", src))? {
@@ -392,6 +419,17 @@ impl Scratch {
         let _ = remove_any(&self.spare);
         let _ = std::fs::remove_file(&self.log);
     }
+}
+
+/// A small file's bytes (`len`: its size when looked at, a hint).
+fn read_whole(path: &Path, len: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0) + 1);
+    // Through `take`: `File::read_to_end` would ask the size again (fstat, lseek).
+    std::fs::File::open(path)?
+        .take(u64::MAX)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// Makes `dir` a real folder: a link or a file there is removed first.
