@@ -95,6 +95,10 @@ const REMEMBER: &str =
 const LOOK_UP: &str = "SELECT digest FROM file_digests
                        WHERE dev = ?1 AND ino = ?2 AND size = ?3 AND mtime_ns = ?4 AND ctime_ns = ?5";
 
+/// Files to hash, or bytes in them, from which `file_digests` uses threads.
+const PARALLEL_FILES: usize = 16;
+const PARALLEL_BYTES: i64 = 4 << 20;
+
 impl LocalStore {
     /// The digests of many files, as `file_digest` gives them: those not in the
     /// cache are read on several threads, and what they add to the cache is
@@ -115,24 +119,38 @@ impl LocalStore {
                 .map(|i| i.and_then(|_| found.next().flatten()))
                 .collect()
         };
-        let results: Vec<Result<Hashed>> = paths
-            .par_iter()
-            .zip(ids.par_iter())
-            .zip(known.par_iter())
-            .map(|((path, id), known)| {
-                let Some(id) = id else {
-                    let e = std::fs::metadata(path).err();
-                    return Err(io("read", path)(
-                        e.unwrap_or_else(|| std::io::ErrorKind::NotFound.into()),
-                    ));
-                };
-                if let Some(d) = known {
-                    return Ok(((*d, id.size.max(0) as u64), Source::Cache, None));
-                }
-                let (hashed, keep) = hash_uncached(path, *id)?;
-                Ok((hashed, Source::Hashed, keep))
-            })
-            .collect();
+        let one = |((path, id), known): ((&&Path, &Option<Identity>), &Option<Digest>)| {
+            let Some(id) = id else {
+                let e = std::fs::metadata(path).err();
+                return Err(io("read", path)(
+                    e.unwrap_or_else(|| std::io::ErrorKind::NotFound.into()),
+                ));
+            };
+            if let Some(d) = known {
+                return Ok(((*d, id.size.max(0) as u64), Source::Cache, None));
+            }
+            let (hashed, keep) = hash_uncached(path, *id)?;
+            Ok((hashed, Source::Hashed, keep))
+        };
+        // Threads only for enough to read: starting them costs more than
+        // hashing a few small files (a no-op rerun reads its fresh files).
+        let (count, bytes) = ids
+            .iter()
+            .zip(&known)
+            .filter(|(id, known)| id.is_some() && known.is_none())
+            .fold((0usize, 0i64), |(n, b), (id, _)| {
+                (n + 1, b + id.map_or(0, |i| i.size))
+            });
+        let results: Vec<Result<Hashed>> = if count >= PARALLEL_FILES || bytes >= PARALLEL_BYTES {
+            paths
+                .par_iter()
+                .zip(ids.par_iter())
+                .zip(known.par_iter())
+                .map(one)
+                .collect()
+        } else {
+            paths.iter().zip(&ids).zip(&known).map(one).collect()
+        };
         let remember: Vec<(Identity, Digest)> = results
             .iter()
             .filter_map(|r| r.as_ref().ok())
