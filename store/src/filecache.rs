@@ -96,8 +96,8 @@ const LOOK_UP: &str = "SELECT digest FROM file_digests
                        WHERE dev = ?1 AND ino = ?2 AND size = ?3 AND mtime_ns = ?4 AND ctime_ns = ?5";
 
 /// Files to hash, or bytes in them, from which `file_digests` uses threads.
-const PARALLEL_FILES: usize = 16;
-const PARALLEL_BYTES: i64 = 4 << 20;
+const PARALLEL_FILES: usize = 64;
+const PARALLEL_BYTES: i64 = 1 << 20;
 
 impl LocalStore {
     /// The digests of many files, as `file_digest` gives them: those not in the
