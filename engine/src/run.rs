@@ -24,9 +24,13 @@ use crate::slots::Slots;
 use mustbuild_executors::{CancelToken, ExecRequest, Outcome};
 use mustbuild_lang::model::{PathKind, Step, Workflow};
 use mustbuild_store::{
-    Digest, Ingest, KeyUse, LocalStore, ObjectData, Output, OutputKind, RunRecord, StoreError,
-    Unrecorded,
+    Digest, FinishedRun, Ingest, KeyUse, LocalStore, ObjectData, Output, OutputKind, RunRecord,
+    StoreError, Unrecorded,
 };
+
+/// Job ends recorded in one transaction, at most: those that arrived while the
+/// last were recorded.
+const RECORD_BATCH: usize = 64;
 
 /// Instances whose keys are recorded in one transaction (it holds the store's
 /// write lock: short enough for other runs and the workers to get it soon).
@@ -899,81 +903,93 @@ pub fn run(
                 } else {
                     done_rx.recv()
                 };
-                let done = match message {
+                let first = match message {
                     Ok(Message::Started { id }) => {
-                        if !started[id.index()] {
-                            started[id.index()] = true;
-                            let inst = instances.get(id);
-                            on_event(Event::Started {
-                                step: wf.step(inst.step).name.to_string(),
-                                values: inst.values.clone(),
-                            });
-                        }
+                        announce((wf, instances), id, &mut started, on_event);
                         continue;
                     }
                     Ok(Message::Done(done)) => *done,
                     Ok(Message::Lost) => return Err(RunError::WorkerLost),
                     Err(_) => break,
                 };
-                let Done {
-                    job,
-                    result,
-                    stored,
-                    log,
-                    log_digest,
-                    realised_elsewhere,
-                    not_started,
-                    events,
-                    materialised,
-                    objects,
-                    error,
-                } = done;
-                in_flight -= 1;
-                for e in events {
-                    on_event(e);
+                // The jobs that ended meanwhile too: their runs are recorded in one
+                // transaction (most of what a job costs the store is per transaction).
+                let mut batch = vec![first];
+                while batch.len() < RECORD_BATCH {
+                    match done_rx.try_recv() {
+                        Ok(Message::Started { id }) => {
+                            announce((wf, instances), id, &mut started, on_event)
+                        }
+                        Ok(Message::Done(done)) => batch.push(*done),
+                        Ok(Message::Lost) => return Err(RunError::WorkerLost),
+                        Err(_) => break,
+                    }
                 }
-                if let Some(e) = error {
-                    let _ = store.set_materialised_many(&materialised);
-                    return Err(e);
-                }
-                if not_started {
-                    continue;
-                }
-                let inst = instances.get(job.id);
-                let step = wf.step(inst.step);
-                // A job that failed before its command started (its inputs could
-                // not be put in place) is still reported as started first.
-                if !realised_elsewhere && !started[job.id.index()] {
-                    started[job.id.index()] = true;
-                    on_event(Event::Started {
-                        step: step.name.to_string(),
-                        values: inst.values.clone(),
-                    });
-                }
-                summary.cpu_seconds +=
-                    (result.usage.user_cpu + result.usage.system_cpu).as_secs_f64();
-                if realised_elsewhere {
-                    store.set_materialised_many(&materialised)?;
-                    let realised = stored.unwrap_or_default();
-                    let Some((digests, output_kinds)) = in_order(step, &realised) else {
-                        return Err(RunError::IncompleteRealisation {
+                in_flight -= batch.len();
+                // What is recorded, and the rest of each job, for after the commit.
+                let mut to_record: Vec<ToRecord> = Vec::with_capacity(batch.len());
+                let mut batch = batch.into_iter();
+                while let Some(done) = batch.next() {
+                    let Done {
+                        job,
+                        result,
+                        stored,
+                        log,
+                        log_digest,
+                        realised_elsewhere,
+                        not_started,
+                        events,
+                        materialised,
+                        objects,
+                        error,
+                    } = done;
+                    for e in events {
+                        on_event(e);
+                    }
+                    if let Some(e) = error {
+                        // What the others put in place is remembered on the way out.
+                        let _ = store.set_materialised_many(&materialised);
+                        for r in &to_record {
+                            let _ = store.set_materialised_many(&r.materialised);
+                        }
+                        for d in batch {
+                            let _ = store.set_materialised_many(&d.materialised);
+                        }
+                        return Err(e);
+                    }
+                    if not_started {
+                        continue;
+                    }
+                    let inst = instances.get(job.id);
+                    let step = wf.step(inst.step);
+                    // A job that failed before its command started (its inputs could
+                    // not be put in place) is still reported as started first.
+                    if !realised_elsewhere {
+                        announce((wf, instances), job.id, &mut started, on_event);
+                    }
+                    summary.cpu_seconds +=
+                        (result.usage.user_cpu + result.usage.system_cpu).as_secs_f64();
+                    if realised_elsewhere {
+                        store.set_materialised_many(&materialised)?;
+                        let realised = stored.unwrap_or_default();
+                        let Some((digests, output_kinds)) = in_order(step, &realised) else {
+                            return Err(RunError::IncompleteRealisation {
+                                step: step.name.to_string(),
+                            });
+                        };
+                        outputs[job.id.index()] = Some(digests);
+                        kinds[job.id.index()] = Some(output_kinds);
+                        summary.cached += 1;
+                        on_event(Event::Cached {
                             step: step.name.to_string(),
+                            values: inst.values.clone(),
                         });
-                    };
-                    outputs[job.id.index()] = Some(digests);
-                    kinds[job.id.index()] = Some(output_kinds);
-                    summary.cached += 1;
-                    on_event(Event::Cached {
-                        step: step.name.to_string(),
-                        values: inst.values.clone(),
-                    });
-                    release(&dependents[job.id.index()], &mut waiting, &mut ready);
-                    continue;
-                }
-                let outcome = result.outcome.clone();
-                let stored = stored.filter(|_| outcome == Outcome::Succeeded);
-                store.finish_run(
-                    &RunRecord {
+                        release(&dependents[job.id.index()], &mut waiting, &mut ready);
+                        continue;
+                    }
+                    let outcome = result.outcome.clone();
+                    let stored = stored.filter(|_| outcome == Outcome::Succeeded);
+                    let record = RunRecord {
                         session: Some(session),
                         key: job.key,
                         step: step.name.to_string(),
@@ -994,60 +1010,95 @@ pub fn run(
                         energy_joules: None,
                         energy_method: None,
                         log: log_digest,
-                    },
-                    stored.as_deref(),
-                    &materialised,
-                    &objects,
-                )?;
-                if let Some(stored) = stored {
-                    drop(job.lock);
-                    let Some((digests, output_kinds)) = in_order(step, &stored) else {
-                        return Err(RunError::IncompleteRealisation {
-                            step: step.name.to_string(),
-                        });
                     };
-                    outputs[job.id.index()] = Some(digests);
-                    kinds[job.id.index()] = Some(output_kinds);
-                    summary.executed += 1;
-                    on_event(Event::Executed {
-                        step: step.name.to_string(),
-                        values: inst.values.clone(),
-                        seconds: result.usage.wall.as_secs_f64(),
-                    });
-                    release(&dependents[job.id.index()], &mut waiting, &mut ready);
-                } else if job.attempt < step.retry
-                    && !cancel.is_cancelled()
-                    && outcome != Outcome::Cancelled
-                {
-                    on_event(Event::Retrying {
-                        step: step.name.to_string(),
-                        values: inst.values.clone(),
-                        attempt: job.attempt + 1,
-                    });
-                    // First in line among the runnable: handed out next (behind the
-                    // jobs already handed out).
-                    runnable.push_front(Runnable {
-                        id: job.id,
-                        key: job.key,
-                        forced: job.force,
-                        attempt: job.attempt + 1,
-                    });
-                } else {
-                    if outcome == Outcome::Cancelled {
-                        summary.cancelled += 1;
-                    } else {
-                        summary.failed += 1;
-                    }
-                    failed[job.id.index()] = true;
-                    on_event(Event::Failed {
-                        step: step.name.to_string(),
-                        values: inst.values.clone(),
+                    to_record.push(ToRecord {
+                        job,
+                        result,
                         outcome,
-                        log_tail: tail(&log, 20),
+                        stored,
+                        log,
+                        record,
+                        materialised,
+                        objects,
                     });
-                    // Unless told to go on, nothing new starts; what runs finishes.
-                    if !options.keep_going {
-                        stop = true;
+                }
+                let finished: Vec<FinishedRun<'_>> = to_record
+                    .iter()
+                    .map(|r| FinishedRun {
+                        run: &r.record,
+                        realised: r.stored.as_deref(),
+                        materialised: &r.materialised,
+                        objects: &r.objects,
+                    })
+                    .collect();
+                if let Err(e) = store.finish_runs(&finished) {
+                    for r in &to_record {
+                        let _ = store.set_materialised_many(&r.materialised);
+                    }
+                    return Err(e.into());
+                }
+                drop(finished);
+                for ToRecord {
+                    job,
+                    result,
+                    outcome,
+                    stored,
+                    log,
+                    ..
+                } in to_record
+                {
+                    let inst = instances.get(job.id);
+                    let step = wf.step(inst.step);
+                    if let Some(stored) = stored {
+                        drop(job.lock);
+                        let Some((digests, output_kinds)) = in_order(step, &stored) else {
+                            return Err(RunError::IncompleteRealisation {
+                                step: step.name.to_string(),
+                            });
+                        };
+                        outputs[job.id.index()] = Some(digests);
+                        kinds[job.id.index()] = Some(output_kinds);
+                        summary.executed += 1;
+                        on_event(Event::Executed {
+                            step: step.name.to_string(),
+                            values: inst.values.clone(),
+                            seconds: result.usage.wall.as_secs_f64(),
+                        });
+                        release(&dependents[job.id.index()], &mut waiting, &mut ready);
+                    } else if job.attempt < step.retry
+                        && !cancel.is_cancelled()
+                        && outcome != Outcome::Cancelled
+                    {
+                        on_event(Event::Retrying {
+                            step: step.name.to_string(),
+                            values: inst.values.clone(),
+                            attempt: job.attempt + 1,
+                        });
+                        // First in line among the runnable: handed out next (behind the
+                        // jobs already handed out).
+                        runnable.push_front(Runnable {
+                            id: job.id,
+                            key: job.key,
+                            forced: job.force,
+                            attempt: job.attempt + 1,
+                        });
+                    } else {
+                        if outcome == Outcome::Cancelled {
+                            summary.cancelled += 1;
+                        } else {
+                            summary.failed += 1;
+                        }
+                        failed[job.id.index()] = true;
+                        on_event(Event::Failed {
+                            step: step.name.to_string(),
+                            values: inst.values.clone(),
+                            outcome,
+                            log_tail: tail(&log, 20),
+                        });
+                        // Unless told to go on, nothing new starts; what runs finishes.
+                        if !options.keep_going {
+                            stop = true;
+                        }
                     }
                 }
             }
@@ -1403,6 +1454,36 @@ pub(crate) fn in_order(step: &Step, realised: &[Output]) -> Option<(Vec<Digest>,
         })
         .collect::<Option<Vec<_>>>()
         .map(|v| v.into_iter().unzip())
+}
+
+/// A job's end waiting for its run to be recorded.
+struct ToRecord {
+    job: Job,
+    result: mustbuild_executors::ExecResult,
+    outcome: Outcome,
+    /// Its outputs, when it succeeded.
+    stored: Option<Vec<Output>>,
+    log: Vec<u8>,
+    record: RunRecord,
+    materialised: Vec<(PathBuf, Digest)>,
+    objects: Unrecorded,
+}
+
+/// Reports an instance's `started` event, once.
+fn announce(
+    (wf, instances): (&Workflow, &Instances),
+    id: InstanceId,
+    started: &mut [bool],
+    on_event: &mut dyn FnMut(Event),
+) {
+    if !started[id.index()] {
+        started[id.index()] = true;
+        let inst = instances.get(id);
+        on_event(Event::Started {
+            step: wf.step(inst.step).name.to_string(),
+            values: inst.values.clone(),
+        });
+    }
 }
 
 fn release(

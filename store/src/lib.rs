@@ -32,8 +32,8 @@ pub use digest::Digest;
 pub use error::{Result, StoreError};
 pub use filecache::{Identity, Source, identity};
 pub use local::{
-    INLINE_MAX, Ingest, KeyUse, LocalStore, NoopRecord, ObjectData, ObjectKind, Output, OutputKind,
-    Root, RunRecord, Stored, Unrecorded, hostname,
+    FinishedRun, INLINE_MAX, Ingest, KeyUse, LocalStore, NoopRecord, ObjectData, ObjectKind,
+    Output, OutputKind, Root, RunRecord, Stored, Unrecorded, hostname,
 };
 pub use maintenance::{GcReport, StoreInfo, VerifyReport};
 pub use material::{Field, FieldChange, KeyMaterial};

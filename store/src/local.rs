@@ -152,6 +152,16 @@ impl Unrecorded {
     }
 }
 
+/// A run to record (`finish_runs`): the run; its outputs when it succeeded;
+/// what it put in the workspace; the objects it made, not recorded yet.
+#[derive(Debug, Clone, Copy)]
+pub struct FinishedRun<'a> {
+    pub run: &'a RunRecord,
+    pub realised: Option<&'a [Output]>,
+    pub materialised: &'a [(PathBuf, Digest)],
+    pub objects: &'a Unrecorded,
+}
+
 /// One output of a realisation.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Output {
@@ -810,18 +820,33 @@ impl LocalStore {
         materialised: &[(PathBuf, Digest)],
         objects: &Unrecorded,
     ) -> Result<i64> {
+        let ids = self.finish_runs(&[FinishedRun {
+            run,
+            realised,
+            materialised,
+            objects,
+        }])?;
+        Ok(ids[0])
+    }
+
+    /// `finish_run` for several runs, in one transaction (a commit costs more
+    /// than the rows of one run). Their ids, in order.
+    pub fn finish_runs(&self, runs: &[FinishedRun<'_>]) -> Result<Vec<i64>> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        if realised.is_some() && !objects.0.is_empty() {
-            self.commit_objects_in(&tx, &objects.0)?;
+        let mut ids = Vec::with_capacity(runs.len());
+        for r in runs {
+            if r.realised.is_some() && !r.objects.0.is_empty() {
+                self.commit_objects_in(&tx, &r.objects.0)?;
+            }
+            ids.push(add_run_in(&tx, r.run)?);
+            if let Some(outputs) = r.realised {
+                realise_in(&tx, &r.run.key, outputs)?;
+            }
+            set_materialised_in(&tx, r.materialised)?;
         }
-        let id = add_run_in(&tx, run)?;
-        if let Some(outputs) = realised {
-            realise_in(&tx, &run.key, outputs)?;
-        }
-        set_materialised_in(&tx, materialised)?;
         tx.commit()?;
-        Ok(id)
+        Ok(ids)
     }
 
     /// For keys a run knows without their material (from its no-op record): in
