@@ -204,10 +204,9 @@ struct Scratch {
     /// ext4 slows inode allocation down behind recent deletions, and a job that
     /// reads k files would otherwise create and delete k inodes.
     spare: PathBuf,
-    /// The kept files, and the bytes each still holds: a small one keeps its
-    /// data until it is written over (emptying a file, then filling it again,
-    /// costs more than writing over it).
-    spares: std::cell::RefCell<Vec<(PathBuf, u64)>>,
+    /// The kept files: a small one keeps its bytes until it is written over
+    /// (emptying a file, then filling it again, costs more than writing over it).
+    spares: std::cell::RefCell<Vec<PathBuf>>,
     named: std::cell::Cell<u64>,
     /// Whether the spare folder is known to be there.
     spare_made: std::cell::Cell<bool>,
@@ -332,13 +331,11 @@ impl Scratch {
         if meta.mode() & 0o600 != 0o600 {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         }
-        let mut held = meta.len();
-        if held > mustbuild_store::INLINE_MAX {
+        if meta.len() > mustbuild_store::INLINE_MAX {
             std::fs::OpenOptions::new()
                 .write(true)
                 .open(path)?
                 .set_len(0)?;
-            held = 0;
         }
         if std::fs::rename(path, &dest).is_err() {
             // The spare folder is gone (a command may remove anything): made
@@ -346,24 +343,26 @@ impl Scratch {
             self.spare_made.set(false);
             return std::fs::remove_file(path);
         }
-        spares.push((dest, held));
+        spares.push(dest);
         Ok(())
     }
 
-    /// Puts a kept inode at `dest`, when there is one: the bytes it still holds
-    /// (`None`: no kept inode there). It is looked at again there: a command
-    /// could have linked it elsewhere since it was kept.
-    fn reuse_spare(&self, dest: &Path) -> Option<u64> {
+    /// Puts a kept inode at `dest`, when there is one: whether it did. It is
+    /// looked at again there: a command could have linked it elsewhere since it
+    /// was kept.
+    fn reuse_spare(&self, dest: &Path) -> bool {
         use std::os::unix::fs::MetadataExt;
-        let (spare, held) = self.spares.borrow_mut().pop()?;
+        let Some(spare) = self.spares.borrow_mut().pop() else {
+            return false;
+        };
         if std::fs::rename(&spare, dest).is_err() {
             let _ = std::fs::remove_file(&spare);
-            None
+            false
         } else if !std::fs::symlink_metadata(dest).is_ok_and(|m| m.is_file() && m.nlink() == 1) {
             let _ = std::fs::remove_file(dest);
-            None
+            false
         } else {
-            Some(held)
+            true
         }
     }
 
@@ -372,12 +371,14 @@ impl Scratch {
     fn write_file(&self, bytes: &[u8], dest: &Path, mode: u32) -> std::io::Result<()> {
         use std::io::Write;
         use std::os::unix::fs::PermissionsExt;
-        let Some(held) = self.reuse_spare(dest) else {
+        if !self.reuse_spare(dest) {
             return mustbuild_store::materialize::write_new(dest, bytes, mode);
-        };
+        }
         let mut f = std::fs::OpenOptions::new().write(true).open(dest)?;
         f.write_all(bytes)?;
-        if held > bytes.len() as u64 {
+        // As long as it is now, not as it was kept: a process a command left
+        // behind could have written to it since.
+        if f.metadata()?.len() > bytes.len() as u64 {
             f.set_len(bytes.len() as u64)?;
         }
         f.set_permissions(std::fs::Permissions::from_mode(mode))
