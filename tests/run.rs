@@ -1012,3 +1012,89 @@ step s {{
         assert_eq!(input, output, "input {n}");
     }
 }
+
+#[test]
+fn jobs_recorded_together_are_all_recorded_when_one_of_them_fails_to_finish() {
+    let tmp = tempfile::tempdir().unwrap();
+    let marks = tmp.path().join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    // `bad`'s output cannot be put in place: `blocker` is a file. Each command
+    // marks its start, then ends after the others in the order a, b, c, bad.
+    let step = |name: &str, secs: &str, out: &str| {
+        format!(
+            "step {name} {{\n    out o=\"{out}\"\n    run \"touch {}/{name}; sleep {secs}; echo {name} > {{out.o}}\"\n}}\n",
+            marks.display()
+        )
+    };
+    write_pipeline(
+        tmp.path(),
+        &format!(
+            "pipeline \"batch\"\n{}{}{}{}",
+            step("a", "1", "a.txt"),
+            step("b", "1.3", "b.txt"),
+            step("c", "1.6", "c.txt"),
+            step("bad", "1.9", "blocker/bad.txt"),
+        ),
+    );
+    std::fs::write(tmp.path().join("blocker"), "in the way\n").unwrap();
+    let store = tmp.path().join("store");
+    // A store made beforehand, so that it can be locked while the run goes on.
+    assert_eq!(
+        run(
+            tmp.path(),
+            &["store", "info", "--store", store.to_str().unwrap()]
+        )
+        .code,
+        0
+    );
+    let child = common::mustbuild(tmp.path())
+        .args(["run", "pipeline.kdl", "-j", "4", "--json", "--store"])
+        .arg(&store)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once every command runs, another process holds the store's write lock
+    // until all have ended: their ends wait for the coordinator together.
+    let started = std::time::Instant::now();
+    while ["a", "b", "c", "bad"]
+        .iter()
+        .any(|n| !marks.join(n).exists())
+    {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "the commands never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let db = rusqlite::Connection::open(store.join("meta.sqlite")).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(3000));
+    db.execute_batch("ROLLBACK").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    for name in ["a", "b", "c"] {
+        let executed = stdout.lines().any(|l| {
+            l.contains(r#""event":"executed""#) && l.contains(&format!(r#""step":"{name}""#))
+        });
+        assert!(executed, "{name} was executed and recorded: {stdout}");
+    }
+    // Recorded: with `blocker` gone, only `bad` runs again.
+    std::fs::remove_file(tmp.path().join("blocker")).unwrap();
+    let r = run(
+        tmp.path(),
+        &[
+            "run",
+            "pipeline.kdl",
+            "--json",
+            "--store",
+            store.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let summary: serde_json::Value =
+        serde_json::from_str(r.stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["executed"], 1, "{}", r.stdout);
+    assert_eq!(summary["cached"], 3, "{}", r.stdout);
+}

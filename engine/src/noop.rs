@@ -558,7 +558,12 @@ impl<'a> Folders<'a> {
             return identity_of(&root.join(path));
         };
         let wanted = StatxFlags::INO | StatxFlags::SIZE | StatxFlags::MTIME | StatxFlags::CTIME;
-        let x = statx(&*fd, name, AtFlags::empty(), wanted).ok()?;
+        let x = match statx(&*fd, name, AtFlags::empty(), wanted) {
+            Ok(x) => x,
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => return None,
+            // No statx here (a seccomp filter may refuse it): std falls back.
+            Err(_) => return identity_of(&root.join(path)),
+        };
         let ns = |t: rustix::fs::StatxTimestamp| {
             t.tv_sec
                 .saturating_mul(1_000_000_000)

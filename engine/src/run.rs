@@ -319,7 +319,7 @@ impl Scratch {
         let meta = std::fs::symlink_metadata(path)?;
         let sole = meta.is_file() && meta.nlink() == 1;
         // Nor one with extended attributes (ACLs, labels, a command's own).
-        let plain = || rustix::fs::listxattr(path, &mut [0u8; 0][..]).is_ok_and(|n| n == 0);
+        let plain = || mustbuild_store::materialize::has_attributes(path).is_ok_and(|has| !has);
         if !sole || spares.len() >= MAX_SPARES || !plain() {
             return std::fs::remove_file(path);
         }
@@ -916,47 +916,77 @@ pub fn run(
                 // The jobs that ended meanwhile too: their runs are recorded in one
                 // transaction (most of what a job costs the store is per transaction).
                 let mut batch = vec![first];
+                let mut lost = false;
                 while batch.len() < RECORD_BATCH {
                     match done_rx.try_recv() {
                         Ok(Message::Started { id }) => {
                             announce((wf, instances), id, &mut started, on_event)
                         }
                         Ok(Message::Done(done)) => batch.push(*done),
-                        Ok(Message::Lost) => return Err(RunError::WorkerLost),
+                        Ok(Message::Lost) => {
+                            lost = true;
+                            break;
+                        }
                         Err(_) => break,
                     }
                 }
                 in_flight -= batch.len();
-                // What is recorded, and the rest of each job, for after the commit.
-                let mut to_record: Vec<ToRecord> = Vec::with_capacity(batch.len());
-                let mut batch = batch.into_iter();
-                while let Some(done) = batch.next() {
+                // A job that met a store or file-system error stops the run: those
+                // that ended before it are recorded as usual, those after it only
+                // have what they put in the workspace remembered.
+                let after_error = match batch.iter().position(|d| d.error.is_some()) {
+                    Some(i) => batch.split_off(i),
+                    None => Vec::new(),
+                };
+                // Per job: its run and, when it succeeded, its outputs.
+                let records: Vec<Option<RecordedRun<'_>>> = batch
+                    .iter()
+                    .map(|d| {
+                        let recorded = !d.not_started && !d.realised_elsewhere;
+                        recorded.then(|| {
+                            let stored = d
+                                .stored
+                                .as_deref()
+                                .filter(|_| d.result.outcome == Outcome::Succeeded);
+                            (run_record(wf, instances, session, d), stored)
+                        })
+                    })
+                    .collect();
+                let finished: Vec<FinishedRun<'_>> = batch
+                    .iter()
+                    .zip(&records)
+                    .filter_map(|(d, r)| {
+                        r.as_ref().map(|(record, stored)| FinishedRun {
+                            run: record,
+                            realised: *stored,
+                            materialised: &d.materialised,
+                            objects: &d.objects,
+                        })
+                    })
+                    .collect();
+                if let Err(e) = store.finish_runs(&finished) {
+                    for d in batch.iter().chain(&after_error) {
+                        let _ = store.set_materialised_many(&d.materialised);
+                    }
+                    return Err(e.into());
+                }
+                drop(finished);
+                drop(records);
+                let mut retries = Vec::new();
+                for done in batch {
                     let Done {
                         job,
                         result,
                         stored,
                         log,
-                        log_digest,
                         realised_elsewhere,
                         not_started,
                         events,
                         materialised,
-                        objects,
-                        error,
+                        ..
                     } = done;
                     for e in events {
                         on_event(e);
-                    }
-                    if let Some(e) = error {
-                        // What the others put in place is remembered on the way out.
-                        let _ = store.set_materialised_many(&materialised);
-                        for r in &to_record {
-                            let _ = store.set_materialised_many(&r.materialised);
-                        }
-                        for d in batch {
-                            let _ = store.set_materialised_many(&d.materialised);
-                        }
-                        return Err(e);
                     }
                     if not_started {
                         continue;
@@ -990,67 +1020,8 @@ pub fn run(
                     }
                     let outcome = result.outcome.clone();
                     let stored = stored.filter(|_| outcome == Outcome::Succeeded);
-                    let record = RunRecord {
-                        session: Some(session),
-                        key: job.key,
-                        step: step.name.to_string(),
-                        host: mustbuild_store::hostname(),
-                        started_ms: millis(result.started),
-                        finished_ms: millis(result.started) + result.usage.wall.as_millis() as i64,
-                        outcome: outcome_name(&outcome).to_string(),
-                        exit_code: match outcome {
-                            Outcome::Failed { exit_code } => Some(i64::from(exit_code)),
-                            Outcome::Succeeded => Some(0),
-                            _ => None,
-                        },
-                        user_cpu_ms: Some(result.usage.user_cpu.as_millis() as i64),
-                        sys_cpu_ms: Some(result.usage.system_cpu.as_millis() as i64),
-                        max_rss_bytes: Some(result.usage.max_rss_bytes as i64),
-                        read_bytes: None,
-                        write_bytes: None,
-                        energy_joules: None,
-                        energy_method: None,
-                        log: log_digest,
-                    };
-                    to_record.push(ToRecord {
-                        job,
-                        result,
-                        outcome,
-                        stored,
-                        log,
-                        record,
-                        materialised,
-                        objects,
-                    });
-                }
-                let finished: Vec<FinishedRun<'_>> = to_record
-                    .iter()
-                    .map(|r| FinishedRun {
-                        run: &r.record,
-                        realised: r.stored.as_deref(),
-                        materialised: &r.materialised,
-                        objects: &r.objects,
-                    })
-                    .collect();
-                if let Err(e) = store.finish_runs(&finished) {
-                    for r in &to_record {
-                        let _ = store.set_materialised_many(&r.materialised);
-                    }
-                    return Err(e.into());
-                }
-                drop(finished);
-                for ToRecord {
-                    job,
-                    result,
-                    outcome,
-                    stored,
-                    log,
-                    ..
-                } in to_record
-                {
-                    let inst = instances.get(job.id);
-                    let step = wf.step(inst.step);
                     if let Some(stored) = stored {
+                        // Recorded: another process waiting for it finds it realised.
                         drop(job.lock);
                         let Some((digests, output_kinds)) = in_order(step, &stored) else {
                             return Err(RunError::IncompleteRealisation {
@@ -1075,9 +1046,7 @@ pub fn run(
                             values: inst.values.clone(),
                             attempt: job.attempt + 1,
                         });
-                        // First in line among the runnable: handed out next (behind the
-                        // jobs already handed out).
-                        runnable.push_front(Runnable {
+                        retries.push(Runnable {
                             id: job.id,
                             key: job.key,
                             forced: job.force,
@@ -1101,6 +1070,28 @@ pub fn run(
                             stop = true;
                         }
                     }
+                }
+                // First in line among the runnable, in the order they ended: handed
+                // out next (behind the jobs already handed out).
+                for r in retries.into_iter().rev() {
+                    runnable.push_front(r);
+                }
+                let mut after_error = after_error.into_iter();
+                if let Some(failing) = after_error.next() {
+                    for e in failing.events {
+                        on_event(e);
+                    }
+                    // What it and the jobs after it put in place is remembered.
+                    let _ = store.set_materialised_many(&failing.materialised);
+                    for d in after_error {
+                        let _ = store.set_materialised_many(&d.materialised);
+                    }
+                    if let Some(e) = failing.error {
+                        return Err(e);
+                    }
+                }
+                if lost {
+                    return Err(RunError::WorkerLost);
                 }
             }
             Ok(())
@@ -1211,6 +1202,7 @@ fn ended_early(outcome: Outcome) -> mustbuild_executors::ExecResult {
         outcome,
         usage: mustbuild_executors::Usage::default(),
         started: std::time::SystemTime::now(),
+        spawned: false,
     }
 }
 
@@ -1283,10 +1275,9 @@ fn run_and_store(
         ))),
     };
     let job = &done.job;
-    // The log is the command's (the executor truncated it when it started),
-    // unless the command could not start: it is then the last job's.
-    let started = !matches!(done.result.outcome, Outcome::Infrastructure(_));
-    if started {
+    // The log is the command's (the executor truncated it when it started it),
+    // unless the command was not started: it is then the last job's.
+    if done.result.spawned {
         done.log = std::fs::read(&job.request.log).unwrap_or_default();
     }
     let mut in_scratch = Vec::new();
@@ -1457,17 +1448,35 @@ pub(crate) fn in_order(step: &Step, realised: &[Output]) -> Option<(Vec<Digest>,
         .map(|v| v.into_iter().unzip())
 }
 
-/// A job's end waiting for its run to be recorded.
-struct ToRecord {
-    job: Job,
-    result: mustbuild_executors::ExecResult,
-    outcome: Outcome,
-    /// Its outputs, when it succeeded.
-    stored: Option<Vec<Output>>,
-    log: Vec<u8>,
-    record: RunRecord,
-    materialised: Vec<(PathBuf, Digest)>,
-    objects: Unrecorded,
+/// A job's run record, and its outputs when it succeeded.
+type RecordedRun<'a> = (RunRecord, Option<&'a [Output]>);
+
+/// The run record of a job whose command ran (or could not start).
+fn run_record(wf: &Workflow, instances: &Instances, session: i64, done: &Done) -> RunRecord {
+    let result = &done.result;
+    let outcome = &result.outcome;
+    RunRecord {
+        session: Some(session),
+        key: done.job.key,
+        step: wf.step(instances.get(done.job.id).step).name.to_string(),
+        host: mustbuild_store::hostname(),
+        started_ms: millis(result.started),
+        finished_ms: millis(result.started) + result.usage.wall.as_millis() as i64,
+        outcome: outcome_name(outcome).to_string(),
+        exit_code: match outcome {
+            Outcome::Failed { exit_code } => Some(i64::from(*exit_code)),
+            Outcome::Succeeded => Some(0),
+            _ => None,
+        },
+        user_cpu_ms: Some(result.usage.user_cpu.as_millis() as i64),
+        sys_cpu_ms: Some(result.usage.system_cpu.as_millis() as i64),
+        max_rss_bytes: Some(result.usage.max_rss_bytes as i64),
+        read_bytes: None,
+        write_bytes: None,
+        energy_joules: None,
+        energy_method: None,
+        log: done.log_digest,
+    }
 }
 
 /// Reports an instance's `started` event, once.

@@ -70,6 +70,9 @@ pub struct ExecResult {
     pub outcome: Outcome,
     pub usage: Usage,
     pub started: SystemTime,
+    /// Whether the command was started: the log is then its own (before, it is
+    /// whatever the file held).
+    pub spawned: bool,
 }
 
 /// Set from anywhere to stop a run (Ctrl-C, `--keep-going` off after a failure).
@@ -109,21 +112,24 @@ fn bash() -> &'static std::path::Path {
 pub fn run(req: &ExecRequest, cancel: &CancelToken) -> ExecResult {
     let started = SystemTime::now();
     let clock = Instant::now();
-    let infrastructure = |why: String| ExecResult {
+    let infrastructure = |why: String, spawned: bool| ExecResult {
         outcome: Outcome::Infrastructure(why),
         usage: Usage::default(),
         started,
+        spawned,
     };
     let log = match std::fs::File::create(&req.log) {
         Ok(f) => f,
         Err(e) => {
-            return infrastructure(format!("cannot create the log {}: {e}", req.log.display()));
+            let why = format!("cannot create the log {}: {e}", req.log.display());
+            return infrastructure(why, false);
         }
     };
     let log_err = match log.try_clone() {
         Ok(f) => f,
         Err(e) => {
-            return infrastructure(format!("cannot share the log {}: {e}", req.log.display()));
+            let why = format!("cannot share the log {}: {e}", req.log.display());
+            return infrastructure(why, false);
         }
     };
     let mut cmd = Command::new(bash());
@@ -141,7 +147,7 @@ pub fn run(req: &ExecRequest, cancel: &CancelToken) -> ExecResult {
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return infrastructure(format!("cannot start bash: {e}")),
+        Err(e) => return infrastructure(format!("cannot start bash: {e}"), false),
     };
     let pgid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     let mut stopped: Option<Outcome> = None;
@@ -155,7 +161,7 @@ pub fn run(req: &ExecRequest, cancel: &CancelToken) -> ExecResult {
         match child.try_wait4() {
             Ok(Some(r)) => break r,
             Ok(None) => {}
-            Err(e) => return infrastructure(format!("cannot wait for the command: {e}")),
+            Err(e) => return infrastructure(format!("cannot wait for the command: {e}"), true),
         }
         if stopped.is_none() {
             let over = req.time_limit.filter(|&l| clock.elapsed() >= l);
@@ -221,6 +227,7 @@ pub fn run(req: &ExecRequest, cancel: &CancelToken) -> ExecResult {
         outcome,
         usage,
         started,
+        spawned: true,
     }
 }
 

@@ -203,13 +203,33 @@ fn make_writable(dir: &Path) {
 /// Puts at `dest`, by renaming it, a file that holds exactly an output's content
 /// (a step's output, read into the store and left in place): no new file, no
 /// bytes written, nothing deleted. It gets the mode a materialisation gives
-/// (`executable` or not). `Ok(false)` when it cannot: it is not a regular file
-/// with this one name (a command may have linked it elsewhere), or `dest` is on
-/// another file system; then it stays where it was.
+/// (`executable` or not). `Ok(false)` when it cannot, and it then stays where it
+/// was: it is not a regular file with this one name (a command may have linked
+/// it elsewhere); it would not be what a file written there would be (extended
+/// attributes: ACLs, security labels, a command's own; another group than the
+/// folder gives; a folder with attributes of its own, such as a default ACL);
+/// or `dest` is on another file system.
+///
+/// A process the command left running outside its process group may still
+/// write to it; the next run then finds the output changed, as if someone
+/// edited it, keeps that aside and puts back the stored content.
 pub fn adopt(src: &Path, dest: &Path, executable: bool) -> std::io::Result<bool> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::symlink_metadata(src)?;
-    if !meta.is_file() || meta.nlink() != 1 {
+    if !meta.is_file() || meta.nlink() != 1 || has_attributes(src)? {
+        return Ok(false);
+    }
+    let folder = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let there = std::fs::metadata(folder)?;
+    let group = if there.mode() & 0o2000 != 0 {
+        there.gid()
+    } else {
+        rustix::process::getegid().as_raw()
+    };
+    if meta.gid() != group || has_attributes(folder)? {
         return Ok(false);
     }
     let mode = if executable { 0o755 } else { 0o644 };
@@ -220,6 +240,17 @@ pub fn adopt(src: &Path, dest: &Path, executable: bool) -> std::io::Result<bool>
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+/// Whether a file or folder has extended attributes (none where the file
+/// system keeps none).
+pub fn has_attributes(path: &Path) -> std::io::Result<bool> {
+    // (`listxattr` with an empty buffer would say 0 whatever there is.)
+    match rustix::fs::listxattr_query(path) {
+        Ok(n) => Ok(n > 0),
+        Err(rustix::io::Errno::NOTSUP) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -272,6 +303,9 @@ fn copy_bytes(from: &mut std::fs::File, to: &mut std::fs::File, len: u64) -> std
         // Past `len`, one more call finds the end (or what was added since).
         let chunk = usize::try_from(left).unwrap_or(usize::MAX).max(1 << 16);
         match rustix::fs::copy_file_range(&*from, None, &*to, None, chunk) {
+            // Nothing where there should be something: a file system whose sizes
+            // are not its contents' (procfs, some FUSE), read the usual way.
+            Ok(0) if left == len && len > 0 => return std::io::copy(from, to).map(drop),
             Ok(0) => return Ok(()),
             Ok(n) => left = left.saturating_sub(n as u64),
             Err(rustix::io::Errno::INTR) => {}
@@ -279,5 +313,58 @@ fn copy_bytes(from: &mut std::fs::File, to: &mut std::fs::File, len: u64) -> std
             // offsets are where the last call left them.
             Err(_) => return std::io::copy(from, to).map(drop),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn adopt_moves_a_plain_file_and_sets_its_mode() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, dest) = (tmp.path().join("out"), tmp.path().join("ws/out"));
+        std::fs::create_dir(tmp.path().join("ws")).unwrap();
+        std::fs::write(&src, "x\n").unwrap();
+        std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(adopt(&src, &dest, true).unwrap());
+        assert!(!src.exists());
+        assert_eq!(std::fs::read(&dest).unwrap(), b"x\n");
+        assert_eq!(std::fs::metadata(&dest).unwrap().mode() & 0o7777, 0o755);
+    }
+
+    #[test]
+    fn adopt_leaves_a_linked_file_or_one_with_attributes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, dest) = (tmp.path().join("out"), tmp.path().join("dest"));
+        std::fs::write(&src, "x\n").unwrap();
+        std::fs::hard_link(&src, tmp.path().join("elsewhere")).unwrap();
+        assert!(!adopt(&src, &dest, false).unwrap());
+        assert!(src.exists() && !dest.exists());
+        std::fs::remove_file(tmp.path().join("elsewhere")).unwrap();
+        // An attribute a file written there would not have (where the file system
+        // keeps user attributes at all).
+        let set =
+            rustix::fs::setxattr(&src, "user.origin", b"cmd", rustix::fs::XattrFlags::empty());
+        match set {
+            Ok(()) => {
+                assert!(!adopt(&src, &dest, false).unwrap());
+                assert!(src.exists() && !dest.exists());
+            }
+            Err(e) => eprintln!("user attributes not kept here ({e}): that case is not checked"),
+        }
+    }
+
+    #[test]
+    fn copy_bytes_copies_what_is_there() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        std::fs::write(&a, b"0123456789").unwrap();
+        let mut from = std::fs::File::open(&a).unwrap();
+        let mut to = std::fs::File::create(&b).unwrap();
+        // Told fewer bytes than there are: all are copied all the same.
+        copy_bytes(&mut from, &mut to, 4).unwrap();
+        assert_eq!(std::fs::read(&b).unwrap(), b"0123456789");
     }
 }
