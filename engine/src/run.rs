@@ -28,6 +28,10 @@ use mustbuild_store::{
     StoreError, Unrecorded,
 };
 
+/// Keys of instances that became ready are computed when fewer than this many
+/// jobs per worker wait to be handed out (or a whole batch is ready).
+const KEYS_AHEAD: usize = 2;
+
 /// Job ends recorded in one transaction, at most: those that arrived while the
 /// last were recorded.
 const RECORD_BATCH: usize = 64;
@@ -724,8 +728,17 @@ pub fn run(
                 // Keys of what became ready, a batch to a transaction; the realised
                 // are materialised and release their dependents at once. One batch,
                 // then the workers get what it found to run: the first batches are
-                // small, so that commands start at once.
-                if !stop && !ready.is_empty() {
+                // small, so that commands start at once. While enough jobs wait
+                // to be handed out, what becomes ready waits too, for a bigger
+                // batch: it would start behind those jobs anyway, and a
+                // transaction per job that ends costs more than its keys.
+                let keys_now = |ready: &std::collections::VecDeque<InstanceId>,
+                                runnable: &std::collections::VecDeque<Runnable>,
+                                batch_size: usize| {
+                    !ready.is_empty()
+                        && (runnable.len() < KEYS_AHEAD * workers || ready.len() >= batch_size)
+                };
+                if !stop && keys_now(&ready, &runnable, batch_size) {
                     let mut batch: Vec<InstanceId> =
                         ready.drain(..ready.len().min(batch_size)).collect();
                     batch_size = (batch_size * 2).min(KEY_BATCH);
@@ -890,7 +903,7 @@ pub fn run(
                         break;
                     }
                 }
-                let more_keys = !stop && !ready.is_empty();
+                let more_keys = !stop && keys_now(&ready, &runnable, batch_size);
                 if in_flight == 0 && !more_keys {
                     break;
                 }
