@@ -680,15 +680,20 @@ impl LocalStore {
         }
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        self.commit_objects_in(&tx, pending)?;
+        self.commit_objects_in(&tx, pending, true)?;
         tx.commit()?;
         Ok(())
     }
 
     /// `commit_objects` inside the caller's transaction, which must commit for
-    /// the objects to be recorded (their files are in `objects/` by then).
-    fn commit_objects_in(&self, tx: &Connection, pending: &[Pending]) -> Result<()> {
-        self.register_owner(tx)?;
+    /// the objects to be recorded (their files are in `objects/` by then). With
+    /// `lease`, this process leases them (gc keeps them while it lives); without,
+    /// the caller names them in the same transaction (a realisation of a key its
+    /// running session uses).
+    fn commit_objects_in(&self, tx: &Connection, pending: &[Pending], lease: bool) -> Result<()> {
+        if lease {
+            self.register_owner(tx)?;
+        }
         let mut dirs_to_sync = std::collections::BTreeSet::new();
         {
             let mut exists = tx.prepare_cached("SELECT 1 FROM objects WHERE digest = ?1")?;
@@ -698,12 +703,14 @@ impl LocalStore {
             )?;
             let mut refs =
                 tx.prepare_cached("INSERT OR IGNORE INTO tree_refs (tree, child) VALUES (?1, ?2)")?;
-            let mut lease =
+            let mut leased =
                 tx.prepare_cached("INSERT OR IGNORE INTO leases (owner, digest) VALUES (?1, ?2)")?;
             let now = now_ms();
             for p in pending {
                 let d = p.digest.as_bytes();
-                lease.execute(params![self.owner, d])?;
+                if lease {
+                    leased.execute(params![self.owner, d])?;
+                }
                 if exists.query_row([d], |_| Ok(())).optional()?.is_some() {
                     p.discard();
                     continue;
@@ -830,14 +837,18 @@ impl LocalStore {
     }
 
     /// `finish_run` for several runs, in one transaction (a commit costs more
-    /// than the rows of one run). Their ids, in order.
+    /// than the rows of one run). Their ids, in order. Objects recorded here are
+    /// not leased: the realisation names them in the same commit, and gc keeps
+    /// the realisations of keys a running or recent session uses.
     pub fn finish_runs(&self, runs: &[FinishedRun<'_>]) -> Result<Vec<i64>> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut ids = Vec::with_capacity(runs.len());
         for r in runs {
             if r.realised.is_some() && !r.objects.0.is_empty() {
-                self.commit_objects_in(&tx, &r.objects.0)?;
+                // Named at once by the realisation of a key the run's session
+                // uses: a gc root, no lease needed.
+                self.commit_objects_in(&tx, &r.objects.0, false)?;
             }
             ids.push(add_run_in(&tx, r.run)?);
             if let Some(outputs) = r.realised {
