@@ -937,17 +937,7 @@ step s {{
         ),
     );
     let store = tmp.path().join("store");
-    let r = run(
-        tmp.path(),
-        &[
-            "run",
-            "pipeline.kdl",
-            "-j",
-            "1",
-            "--store",
-            store.to_str().unwrap(),
-        ],
-    );
+    let r = run_with(tmp.path(), store.to_str().unwrap(), &["-j", "1"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     for n in 1..=12 {
         let o = tmp.path().join(format!("o/{n}.txt"));
@@ -994,17 +984,7 @@ step s {{
         ),
     );
     let store = tmp.path().join("store");
-    let r = run(
-        tmp.path(),
-        &[
-            "run",
-            "pipeline.kdl",
-            "-j",
-            "1",
-            "--store",
-            store.to_str().unwrap(),
-        ],
-    );
+    let r = run_with(tmp.path(), store.to_str().unwrap(), &["-j", "1"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     for n in 0..12 {
         let input = std::fs::read(tmp.path().join(format!("in/{n}.txt"))).unwrap();

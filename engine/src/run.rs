@@ -1016,13 +1016,8 @@ pub fn run(
                     if realised_elsewhere {
                         store.set_materialised_many(&materialised)?;
                         let realised = stored.unwrap_or_default();
-                        let Some((digests, output_kinds)) = in_order(step, &realised) else {
-                            return Err(RunError::IncompleteRealisation {
-                                step: step.name.to_string(),
-                            });
-                        };
-                        outputs[job.id.index()] = Some(digests);
-                        kinds[job.id.index()] = Some(output_kinds);
+                        (outputs[job.id.index()], kinds[job.id.index()]) =
+                            outputs_in_order(step, &realised)?;
                         summary.cached += 1;
                         on_event(Event::Cached {
                             step: step.name.to_string(),
@@ -1036,13 +1031,8 @@ pub fn run(
                     if let Some(stored) = stored {
                         // Recorded: another process waiting for it finds it realised.
                         drop(job.lock);
-                        let Some((digests, output_kinds)) = in_order(step, &stored) else {
-                            return Err(RunError::IncompleteRealisation {
-                                step: step.name.to_string(),
-                            });
-                        };
-                        outputs[job.id.index()] = Some(digests);
-                        kinds[job.id.index()] = Some(output_kinds);
+                        (outputs[job.id.index()], kinds[job.id.index()]) =
+                            outputs_in_order(step, &stored)?;
                         summary.executed += 1;
                         on_event(Event::Executed {
                             step: step.name.to_string(),
@@ -1459,6 +1449,23 @@ pub(crate) fn in_order(step: &Step, realised: &[Output]) -> Option<(Vec<Digest>,
         })
         .collect::<Option<Vec<_>>>()
         .map(|v| v.into_iter().unzip())
+}
+
+/// A realised instance's output digests and kinds in declared order, as the
+/// dispatcher keeps them; an error when one is missing.
+#[expect(
+    clippy::type_complexity,
+    reason = "the dispatcher's two per-instance lists"
+)]
+fn outputs_in_order(
+    step: &Step,
+    realised: &[Output],
+) -> Result<(Option<Vec<Digest>>, Option<Vec<OutputKind>>), RunError> {
+    let (digests, kinds) =
+        in_order(step, realised).ok_or_else(|| RunError::IncompleteRealisation {
+            step: step.name.to_string(),
+        })?;
+    Ok((Some(digests), Some(kinds)))
 }
 
 /// A job's run record, and its outputs when it succeeded.
