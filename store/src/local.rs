@@ -841,6 +841,9 @@ impl LocalStore {
     /// not leased: the realisation names them in the same commit, and gc keeps
     /// the realisations of keys a running or recent session uses.
     pub fn finish_runs(&self, runs: &[FinishedRun<'_>]) -> Result<Vec<i64>> {
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut ids = Vec::with_capacity(runs.len());
