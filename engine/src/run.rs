@@ -1348,10 +1348,11 @@ fn store_outputs(
     for (decl, path) in step.outputs.iter().zip(&inst.outputs) {
         let file = scratch.join(path);
         let (s, unrecorded) = store.add_path_unrecorded(&file, Ingest::Move)?;
-        objects.append(unrecorded);
-        if s.kind != OutputKind::Tree && s.size <= mustbuild_store::INLINE_MAX {
+        // Not recorded yet: a small file, which the store read and left there.
+        if unrecorded.bytes(&s.digest).is_some() {
             in_scratch.push((decl.name.to_string(), file));
         }
+        objects.append(unrecorded);
         let is_dir = s.kind == OutputKind::Tree;
         if is_dir != (decl.kind == PathKind::Dir) {
             return Ok(Err(format!(

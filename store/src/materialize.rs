@@ -104,17 +104,17 @@ impl LocalStore {
         unrecorded: &Unrecorded,
     ) -> Result<()> {
         let mode = if executable { 0o755 } else { 0o644 };
-        let data = match unrecorded.bytes(digest) {
-            Some(bytes) => ObjectData::Inline(bytes.to_vec()),
-            None => self.object_data(digest)?,
+        let mut write = |bytes: &[u8]| {
+            write_new(dest, bytes, mode).map_err(io("write", dest))?;
+            stats.copied += 1;
+            stats.bytes += bytes.len() as u64;
+            Ok(())
         };
-        match data {
-            ObjectData::Inline(bytes) => {
-                write_new(dest, &bytes, mode).map_err(io("write", dest))?;
-                stats.copied += 1;
-                stats.bytes += bytes.len() as u64;
-                Ok(())
-            }
+        if let Some(bytes) = unrecorded.bytes(digest) {
+            return write(bytes);
+        }
+        match self.object_data(digest)? {
+            ObjectData::Inline(bytes) => write(&bytes),
             ObjectData::File(src) => {
                 if clone_or_copy(&src, dest).map_err(io("copy", &src))? {
                     stats.reflinked += 1;
