@@ -32,6 +32,16 @@ use mustbuild_store::{
 /// jobs per worker wait to be handed out (or a whole batch is ready).
 const KEYS_AHEAD: usize = 2;
 
+/// Jobs handed to the workers, at most, per worker: a worker that finishes one
+/// finds the next already waiting, without waking the coordinator for it.
+const HANDED_PER_WORKER: usize = 2;
+
+/// Commands that started are reported within this time. Starting sends the
+/// coordinator no message: every wake-up of a thread while commands run costs
+/// the machine idle time, so starts are reported with the next job that ends,
+/// or after this time.
+const STARTS_REPORTED_WITHIN: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Job ends recorded in one transaction, at most: those that arrived while the
 /// last were recorded.
 const RECORD_BATCH: usize = 64;
@@ -482,10 +492,6 @@ fn remove_stale_scratch(store: &LocalStore) {
 
 /// What workers tell the coordinator.
 enum Message {
-    /// A job's command got its slots and starts.
-    Started {
-        id: InstanceId,
-    },
     Done(Box<Done>),
     /// A worker stopped on a bug.
     Lost,
@@ -668,6 +674,8 @@ pub fn run(
     let (job_tx, job_rx) = mpsc::channel::<Job>();
     let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
     let (done_tx, done_rx) = mpsc::channel::<Message>();
+    // Instances whose commands started, in the order they took their shares.
+    let starts = std::sync::Mutex::new(Vec::new());
     remove_stale_scratch(store);
     // Runs of one process (a library user's, tests) get scratch folders of their own.
     static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -678,6 +686,7 @@ pub fn run(
             let tx = done_tx.clone();
             let cancel = cancel.clone();
             let slots = &slots;
+            let starts = &starts;
             scope.spawn(move || {
                 let worker = Worker {
                     wf,
@@ -687,6 +696,7 @@ pub fn run(
                     slots,
                     cancel,
                     messages: tx,
+                    starts,
                 };
                 loop {
                     let job = match rx.lock() {
@@ -874,9 +884,9 @@ pub fn run(
                     }
                     store.set_materialised_many(&materialised)?;
                 }
-                // Hand runnable instances to idle workers, in order: each prepares
-                // its job, then waits for the job's share of the slots.
-                while !stop && in_flight < workers {
+                // Hand runnable instances to the workers, in order, a few ahead: each
+                // prepares its job, then waits for the job's share of the slots.
+                while !stop && in_flight < HANDED_PER_WORKER * workers {
                     let Some(Runnable {
                         id,
                         key,
@@ -909,22 +919,24 @@ pub fn run(
                 }
                 // With keys left to compute, only what has arrived is handled first.
                 let message = if more_keys {
-                    match done_rx.try_recv() {
-                        Ok(m) => Ok(m),
-                        Err(mpsc::TryRecvError::Empty) => continue,
-                        Err(mpsc::TryRecvError::Disconnected) => Err(mpsc::RecvError),
-                    }
+                    done_rx.try_recv()
                 } else {
-                    done_rx.recv()
+                    done_rx
+                        .recv_timeout(STARTS_REPORTED_WITHIN)
+                        .map_err(|e| match e {
+                            mpsc::RecvTimeoutError::Timeout => mpsc::TryRecvError::Empty,
+                            mpsc::RecvTimeoutError::Disconnected => {
+                                mpsc::TryRecvError::Disconnected
+                            }
+                        })
                 };
+                // Started before any job that ended: reported first.
+                announce_starts(&starts, (wf, instances), &mut started, on_event);
                 let first = match message {
-                    Ok(Message::Started { id }) => {
-                        announce((wf, instances), id, &mut started, on_event);
-                        continue;
-                    }
                     Ok(Message::Done(done)) => *done,
                     Ok(Message::Lost) => return Err(RunError::WorkerLost),
-                    Err(_) => break,
+                    Err(mpsc::TryRecvError::Empty) => continue,
+                    Err(mpsc::TryRecvError::Disconnected) => break,
                 };
                 // The jobs that ended meanwhile too: their runs are recorded in one
                 // transaction (most of what a job costs the store is per transaction).
@@ -932,9 +944,6 @@ pub fn run(
                 let mut lost = false;
                 while batch.len() < RECORD_BATCH {
                     match done_rx.try_recv() {
-                        Ok(Message::Started { id }) => {
-                            announce((wf, instances), id, &mut started, on_event)
-                        }
                         Ok(Message::Done(done)) => batch.push(*done),
                         Ok(Message::Lost) => {
                             lost = true;
@@ -944,6 +953,8 @@ pub fn run(
                     }
                 }
                 in_flight -= batch.len();
+                // Those that ended meanwhile may have started meanwhile.
+                announce_starts(&starts, (wf, instances), &mut started, on_event);
                 // A job that met a store or file-system error stops the run: those
                 // that ended before it are recorded as usual, those after it only
                 // have what they put in the workspace remembered.
@@ -1156,6 +1167,7 @@ struct Worker<'a> {
     slots: &'a Slots,
     cancel: CancelToken,
     messages: mpsc::Sender<Message>,
+    starts: &'a std::sync::Mutex<Vec<InstanceId>>,
 }
 
 fn work(worker: &Worker<'_>, mut job: Job) -> Done {
@@ -1221,7 +1233,8 @@ fn run_and_store(
         scratch,
         slots,
         cancel,
-        messages,
+        starts,
+        ..
     } = worker;
     let job = &mut done.job;
     let mut events = Vec::new();
@@ -1258,7 +1271,10 @@ fn run_and_store(
     }
     done.result = match place_inputs(store, scratch, placements) {
         Ok(()) => match slots.take(job.ticket, job.cpus, job.memory, job.gpus, cancel, || {
-            let _ = messages.send(Message::Started { id: job.id });
+            starts
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(job.id);
         }) {
             Ok(share) => {
                 // A step that asked for none sees none (not every GPU).
@@ -1514,6 +1530,23 @@ fn announce(
             step: wf.step(inst.step).name.to_string(),
             values: inst.values.clone(),
         });
+    }
+}
+
+/// Reports the `started` events of the commands that started since the last call.
+fn announce_starts(
+    starts: &std::sync::Mutex<Vec<InstanceId>>,
+    context: (&Workflow, &Instances),
+    started: &mut [bool],
+    on_event: &mut dyn FnMut(Event),
+) {
+    let ids = std::mem::take(
+        &mut *starts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    for id in ids {
+        announce(context, id, started, on_event);
     }
 }
 
