@@ -42,6 +42,10 @@ const HANDED_PER_WORKER: usize = 2;
 /// or after this time.
 const STARTS_REPORTED_WITHIN: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// The longest the coordinator waits, while enough jobs are handed out, before
+/// it looks at the jobs that ended (see `Pace`).
+const NAP_MAX: std::time::Duration = std::time::Duration::from_millis(3);
+
 /// Job ends recorded in one transaction, at most: those that arrived while the
 /// last were recorded.
 const RECORD_BATCH: usize = 64;
@@ -727,6 +731,7 @@ pub fn run(
             let mut stop = false;
             let mut batch_size = FIRST_KEY_BATCH;
             let mut tickets = 0u64;
+            let mut pace = Pace::default();
             loop {
                 if cancel.is_cancelled() {
                     stop = true;
@@ -917,6 +922,11 @@ pub fn run(
                 if in_flight == 0 && !more_keys {
                     break;
                 }
+                // While the workers have jobs enough in hand, the jobs that end
+                // meanwhile are taken together: one wake-up, one transaction.
+                if !more_keys && !stop {
+                    pace.nap(in_flight.saturating_sub(total_cpus));
+                }
                 // With keys left to compute, only what has arrived is handled first.
                 let message = if more_keys {
                     done_rx.try_recv()
@@ -953,6 +963,7 @@ pub fn run(
                     }
                 }
                 in_flight -= batch.len();
+                pace.ended(batch.len());
                 // Those that ended meanwhile may have started meanwhile.
                 announce_starts(&starts, (wf, instances), &mut started, on_event);
                 // A job that met a store or file-system error stops the run: those
@@ -1530,6 +1541,46 @@ fn announce(
             step: wf.step(inst.step).name.to_string(),
             values: inst.values.clone(),
         });
+    }
+}
+
+/// How often jobs end, to know how long the coordinator may leave them
+/// unrecorded without the workers running out of jobs.
+///
+/// Each time a worker sends a job's end, the coordinator wakes. That wake-up,
+/// while commands run on every core, can preempt one of them and leave it
+/// queued behind the coordinator while another core goes idle; each also
+/// costs a transaction. When several jobs are handed out and waiting, nothing
+/// needs the coordinator soon: it naps for half the time the waiting jobs will
+/// take to start (at most `NAP_MAX`), then takes all the ends that arrived.
+#[derive(Default)]
+struct Pace {
+    last: Option<std::time::Instant>,
+    /// Time between two job ends, averaged.
+    between: Option<std::time::Duration>,
+}
+
+impl Pace {
+    /// `n` jobs ended now.
+    fn ended(&mut self, n: usize) {
+        let now = std::time::Instant::now();
+        if let Some(last) = self.last {
+            let sample = (now - last) / n.max(1) as u32;
+            self.between = Some(match self.between {
+                Some(b) => (b * 3 + sample) / 4,
+                None => sample,
+            });
+        }
+        self.last = Some(now);
+    }
+
+    /// Naps while `waiting` handed-out jobs keep the workers busy.
+    fn nap(&self, waiting: usize) {
+        let Some(between) = self.between else { return };
+        let nap = (between * waiting as u32 / 2).min(NAP_MAX);
+        if nap >= std::time::Duration::from_micros(200) {
+            std::thread::sleep(nap);
+        }
     }
 }
 
