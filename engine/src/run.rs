@@ -678,6 +678,8 @@ pub fn run(
     let (job_tx, job_rx) = mpsc::channel::<Job>();
     let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
     let (done_tx, done_rx) = mpsc::channel::<Message>();
+    // What is materialised is recorded by absolute path.
+    let root = std::path::absolute(&wf.root).unwrap_or_else(|_| wf.root.clone());
     // Instances whose commands started, in the order they took their shares.
     let starts = std::sync::Mutex::new(Vec::new());
     remove_stale_scratch(store);
@@ -691,6 +693,7 @@ pub fn run(
             let cancel = cancel.clone();
             let slots = &slots;
             let starts = &starts;
+            let root = &root;
             scope.spawn(move || {
                 let worker = Worker {
                     wf,
@@ -701,6 +704,7 @@ pub fn run(
                     cancel,
                     messages: tx,
                     starts,
+                    root,
                 };
                 loop {
                     let job = match rx.lock() {
@@ -855,8 +859,7 @@ pub fn run(
                         match realised.and_then(|r| in_order(step, &r).map(|o| (r, o))) {
                             Some((realised, (digests, output_kinds))) => {
                                 let made = materialize_outputs(
-                                    wf,
-                                    instances,
+                                    (wf, instances, &root),
                                     store,
                                     *id,
                                     &realised,
@@ -1179,6 +1182,8 @@ struct Worker<'a> {
     cancel: CancelToken,
     messages: mpsc::Sender<Message>,
     starts: &'a std::sync::Mutex<Vec<InstanceId>>,
+    /// The pipeline's folder, as an absolute path.
+    root: &'a Path,
 }
 
 fn work(worker: &Worker<'_>, mut job: Job) -> Done {
@@ -1245,6 +1250,7 @@ fn run_and_store(
         slots,
         cancel,
         starts,
+        root,
         ..
     } = worker;
     let job = &mut done.job;
@@ -1259,8 +1265,7 @@ fn run_and_store(
         // No command to start: later jobs do not wait behind this one's copies.
         slots.leave(job.ticket);
         let r = materialize_outputs(
-            wf,
-            instances,
+            (wf, instances, root),
             store,
             job.id,
             &realised,
@@ -1307,7 +1312,8 @@ fn run_and_store(
     let job = &done.job;
     // The log is the command's (the executor truncated it when it started it),
     // unless the command was not started: it is then the last job's.
-    if done.result.spawned {
+    // (Most commands say nothing: their empty log is not opened.)
+    if done.result.spawned && std::fs::metadata(&job.request.log).is_ok_and(|m| m.len() > 0) {
         done.log = std::fs::read(&job.request.log).unwrap_or_default();
     }
     let mut in_scratch = Vec::new();
@@ -1337,8 +1343,7 @@ fn run_and_store(
     }
     if let Some(stored) = &stored {
         let r = materialize_outputs(
-            wf,
-            instances,
+            (wf, instances, root),
             store,
             job.id,
             stored,
@@ -1732,8 +1737,7 @@ fn prepare(
 /// table (the caller records it with the run, or on its way out after an error).
 #[allow(clippy::too_many_arguments)]
 fn materialize_outputs(
-    wf: &Workflow,
-    instances: &Instances,
+    (wf, instances, root): (&Workflow, &Instances, &Path),
     store: &LocalStore,
     id: InstanceId,
     outputs: &[Output],
@@ -1749,7 +1753,7 @@ fn materialize_outputs(
             continue;
         };
         let dest = wf.root.join(path);
-        let absolute = std::path::absolute(&dest).unwrap_or_else(|_| dest.clone());
+        let absolute = root.join(path);
         let present = std::fs::symlink_metadata(&dest).ok();
         if present.is_some() {
             let current = store.path_digest(&dest).ok().map(|(d, _, _)| d);
