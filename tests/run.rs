@@ -472,6 +472,68 @@ step none {{
     );
 }
 
+/// A command's start is reported while it runs, not with its end: this one
+/// ends only once the test has seen its `started` event.
+#[test]
+fn a_start_is_reported_while_the_command_still_runs() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let release = tmp.path().join("release");
+    write_pipeline(
+        tmp.path(),
+        &format!(
+            "pipeline \"s\"\nstep wait {{\n    out o=\"out.txt\"\n    run \"while [ ! -e {r} ]; do sleep 0.02; done; echo ok > {{out.o}}\"\n}}\n",
+            r = release.display()
+        ),
+    );
+    let store = tmp.path().join("store");
+    let mut child = common::mustbuild(tmp.path())
+        .args([
+            "run",
+            "pipeline.kdl",
+            "--json",
+            "--store",
+            store.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines, events) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines.send(line);
+        }
+    });
+    let started = loop {
+        match events.recv_timeout(std::time::Duration::from_secs(20)) {
+            Ok(line) if line.contains(r#""event":"started""#) => break line,
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill();
+                panic!("no `started` event while the command ran");
+            }
+        }
+    };
+    assert!(started.contains(r#""step":"wait""#), "{started}");
+    std::fs::write(&release, "").unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = events.iter().collect();
+    assert!(
+        rest.iter().any(|l| l.contains(r#""event":"executed""#)),
+        "{rest:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("out.txt")).unwrap(),
+        "ok\n"
+    );
+}
+
 #[test]
 fn sigint_stops_the_run_and_the_next_run_does_only_the_rest() {
     let tmp = tempfile::tempdir().unwrap();
