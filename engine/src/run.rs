@@ -1552,12 +1552,11 @@ fn announce(
 /// How often jobs end, to know how long the coordinator may leave them
 /// unrecorded without the workers running out of jobs.
 ///
-/// Each time a worker sends a job's end, the coordinator wakes. That wake-up,
-/// while commands run on every core, can preempt one of them and leave it
-/// queued behind the coordinator while another core goes idle; each also
-/// costs a transaction. When several jobs are handed out and waiting, nothing
-/// needs the coordinator soon: it naps for half the time the waiting jobs will
-/// take to start (at most `NAP_MAX`), then takes all the ends that arrived.
+/// Each time a worker sends a job's end, the coordinator wakes and records it:
+/// a transaction, and a wake-up that can preempt a running command. When
+/// several jobs are handed out and waiting, nothing needs the coordinator
+/// soon: it naps for half the time the waiting jobs will take to start (at most
+/// `NAP_MAX`), then records all the ends that arrived in one transaction.
 #[derive(Default)]
 struct Pace {
     last: Option<std::time::Instant>,
