@@ -1,6 +1,7 @@
 //! mustbuild-executors: plain execution requests in (a command, a prepared
 //! folder, an environment, the outputs to expect), outcomes out; the local
-//! executor and the machine's GPUs (`gpus`) now, Slurm and HTCondor later.
+//! executor (simple commands started without bash: `direct`) and the machine's
+//! GPUs (`gpus`) now, Slurm and HTCondor later.
 //!
 //! It must not know about KDL, derivations or the store ("builders stay dumb").
 //! A failed step is data (an [`Outcome`]), not an error.
@@ -8,6 +9,7 @@
 // Library code returns errors; tests may unwrap (clippy.toml allows it there).
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+mod direct;
 pub mod gpus;
 pub mod local;
 

@@ -108,8 +108,13 @@ fn bash() -> &'static std::path::Path {
     })
 }
 
-/// Runs a request to its end.
+/// Runs a request to its end: through bash, or without it when bash would only
+/// start one program (see [`crate::direct`]).
 pub fn run(req: &ExecRequest, cancel: &CancelToken) -> ExecResult {
+    run_with(req, cancel, true)
+}
+
+fn run_with(req: &ExecRequest, cancel: &CancelToken, allow_direct: bool) -> ExecResult {
     let started = SystemTime::now();
     let clock = Instant::now();
     let infrastructure = |why: String, spawned: bool| ExecResult {
@@ -125,29 +130,39 @@ pub fn run(req: &ExecRequest, cancel: &CancelToken) -> ExecResult {
             return infrastructure(why, false);
         }
     };
-    let log_err = match log.try_clone() {
-        Ok(f) => f,
-        Err(e) => {
-            let why = format!("cannot share the log {}: {e}", req.log.display());
-            return infrastructure(why, false);
-        }
+    let direct = if allow_direct {
+        crate::direct::spawn(req, &log)
+    } else {
+        None
     };
-    let mut cmd = Command::new(bash());
-    cmd.args(["-e", "-o", "pipefail", "-c", &req.command])
-        .current_dir(&req.dir)
-        .env_clear()
-        .envs(req.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log_err)
-        // Its own process group, so that a kill reaches everything it started.
-        .process_group(0);
-    if let Some(gpus) = &req.gpus {
-        cmd.env("CUDA_VISIBLE_DEVICES", gpus.join(","));
-    }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return infrastructure(format!("cannot start bash: {e}"), false),
+    let mut child = match direct {
+        Some(child) => child,
+        None => {
+            let log_err = match log.try_clone() {
+                Ok(f) => f,
+                Err(e) => {
+                    let why = format!("cannot share the log {}: {e}", req.log.display());
+                    return infrastructure(why, false);
+                }
+            };
+            let mut cmd = Command::new(bash());
+            cmd.args(["-e", "-o", "pipefail", "-c", &req.command])
+                .current_dir(&req.dir)
+                .env_clear()
+                .envs(req.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log_err)
+                // Its own process group, so that a kill reaches everything it started.
+                .process_group(0);
+            if let Some(gpus) = &req.gpus {
+                cmd.env("CUDA_VISIBLE_DEVICES", gpus.join(","));
+            }
+            match cmd.spawn() {
+                Ok(c) => c,
+                Err(e) => return infrastructure(format!("cannot start bash: {e}"), false),
+            }
+        }
     };
     let pgid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     let mut stopped: Option<Outcome> = None;
@@ -336,6 +351,110 @@ mod tests {
         let r = run(&request(dir.path(), "sleep 30"), &cancel);
         t.join().unwrap();
         assert_eq!(r.outcome, Outcome::Cancelled);
+    }
+
+    /// A folder with an input and scripts: one that shows what it was given,
+    /// one without `#!`, one that may not be executed, one that names its
+    /// parent process.
+    fn prepared() -> tempfile::TempDir {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = |name: &str, text: &str, mode: u32| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        script("in.txt", "some input\n", 0o644);
+        script(
+            "show.sh",
+            "#!/bin/sh\necho \"$0\" \"$@\"\necho \"stdin: $(cat)\"\nenv | sort\necho to-stderr >&2\n",
+            0o755,
+        );
+        script("noshebang.sh", "echo no interpreter named\n", 0o755);
+        script("notexec.sh", "#!/bin/sh\necho never\n", 0o644);
+        script("parent.sh", "#!/bin/sh\ncat /proc/$PPID/comm\n", 0o755);
+        // On the PATH: a program, a file that is not one, and a folder.
+        std::fs::create_dir_all(dir.path().join("bin/sort")).unwrap();
+        std::fs::copy(dir.path().join("show.sh"), dir.path().join("bin/show")).unwrap();
+        script("bin/cksum", "#!/bin/sh\necho not this one\n", 0o644);
+        dir
+    }
+
+    /// Every file of `dir`, by name, with `dir`'s own path taken out.
+    fn contents(dir: &std::path::Path) -> Vec<(String, String)> {
+        let mut all: Vec<(String, String)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                if e.path().is_dir() {
+                    return (e.file_name().into_string().unwrap(), "(folder)".into());
+                }
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                let text = text.replace(dir.to_str().unwrap(), "DIR");
+                (e.file_name().into_string().unwrap(), text)
+            })
+            .collect();
+        all.sort();
+        all
+    }
+
+    #[test]
+    fn without_bash_a_command_does_what_it_does_with_bash() {
+        let cancel = CancelToken::default();
+        for command in [
+            "cksum in.txt > out.txt",
+            "./show.sh in.txt",
+            "./show.sh a b=c:d > out.txt 2>&1",
+            "./show.sh x < in.txt 2> err.txt",
+            "./show.sh 2>&1 > out.txt",
+            "./show.sh >> in.txt",
+            "cksum in.txt > a.txt > b.txt",
+            "show found on the path > out.txt",
+            "sort in.txt > out.txt",
+            "cksum missing.txt > out.txt",
+            // What fails before the program runs is left to bash.
+            "no-such-program x",
+            "cksum in.txt > no/such/folder/out.txt",
+            "./noshebang.sh > out.txt",
+            "./notexec.sh",
+        ] {
+            let (direct, bash) = (prepared(), prepared());
+            let with_path = |dir: &std::path::Path| {
+                let mut req = request(dir, command);
+                req.env[0].1 = format!("{}/bin:/usr/bin:/bin", dir.display());
+                req
+            };
+            let a = run_with(&with_path(direct.path()), &cancel, true);
+            let b = run_with(&with_path(bash.path()), &cancel, false);
+            assert_eq!(a.outcome, b.outcome, "{command}");
+            assert_eq!(contents(direct.path()), contents(bash.path()), "{command}");
+        }
+    }
+
+    #[test]
+    fn a_simple_command_runs_without_bash() {
+        let cancel = CancelToken::default();
+        let parent = |allow_direct: bool| {
+            let dir = prepared();
+            let r = run_with(
+                &request(dir.path(), "./parent.sh > out.txt"),
+                &cancel,
+                allow_direct,
+            );
+            assert_eq!(r.outcome, Outcome::Succeeded);
+            std::fs::read_to_string(dir.path().join("out.txt")).unwrap()
+        };
+        assert_eq!(parent(false), "bash\n");
+        assert_ne!(parent(true), "bash\n");
+        // Bash would exit 128 + 11 here; without it, the signal is reported.
+        let dir = prepared();
+        std::fs::write(dir.path().join("segv.sh"), "#!/bin/sh\nkill -SEGV $$\n").unwrap();
+        let req = request(dir.path(), "/bin/sh segv.sh > out.txt");
+        assert_eq!(run(&req, &cancel).outcome, Outcome::Killed { signal: 11 });
+        assert_eq!(
+            run_with(&req, &cancel, false).outcome,
+            Outcome::Failed { exit_code: 139 }
+        );
     }
 
     #[test]
