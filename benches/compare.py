@@ -32,11 +32,17 @@ Every step runs the same command in all three tools:
 (`cat` would make the outputs of deep layered graphs grow exponentially; cksum
 keeps every output one short line per input while each output still depends on
 every byte of its inputs, so a change propagates through its whole downstream
-cone in all three tools and early cutoff never applies.) The shells differ:
-mustbuild runs `bash -e -o pipefail -c`, make and ninja run `/bin/sh -c`. A
-fourth row, make-bash, is GNU make with SHELL and .SHELLFLAGS set to run each
-recipe exactly as mustbuild runs a command (bash -e -o pipefail -c): the cost of
-the shell alone, apart from what mustbuild does around it (--no-make-bash).
+cone in all three tools and early cutoff never applies.) The shells differ.
+make and ninja run `/bin/sh -c`. mustbuild runs a command as `bash -e -o
+pipefail -c` would, but starts a simple command like this one (plain words and
+redirections) itself, without bash (see executors/src/direct.rs); GNU make does
+the same for recipe lines without shell syntax. Two more rows show what the
+shell costs:
+  make-bash       GNU make with SHELL and .SHELLFLAGS set to run each recipe
+                  under bash -e -o pipefail -c (--no-make-bash);
+  mustbuild-bash  mustbuild with `;` after each command, which makes it shell
+                  syntax and so runs it through bash, as every command went
+                  before the direct start (--no-mustbuild-bash).
 make runs as `make -r -R` (no built-in rules or variables).
 
 Measurements, each repeated --reps times (default 5 for sizes up to 1,000 and 3
@@ -88,7 +94,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MUSTBUILD = REPO / "target" / "release" / "mustbuild"
 SHELLS = {
-    "mustbuild": "bash -e -o pipefail -c",
+    "mustbuild": "none (a simple command is started directly)",
+    "mustbuild-bash": "bash -e -o pipefail -c",
     "make": "/bin/sh -c",
     "make-bash": "bash -e -o pipefail -c",
     "ninja": "/bin/sh -c",
@@ -178,7 +185,7 @@ def write_sources(dag, folder):
         (folder / dag.src_path(j)).write_text(f"source {j}\n")
 
 
-def write_mustbuild(dag, folder, name):
+def write_mustbuild(dag, folder, name, through_bash=False):
     lines = [f'pipeline "{name}"', ""]
     lines += [f'input s{j} "{dag.src_path(j)}"' for j in range(dag.sources)]
     letters = "abc"
@@ -193,7 +200,7 @@ def write_mustbuild(dag, folder, name):
             f"step n{i} {{",
             f"    in {refs}",
             f'    out o="{dag.out_path(i)}"',
-            f'    run "cksum {placeholders} > {{out.o}}"',
+            f'    run "cksum {placeholders} > {{out.o}}{";" if through_bash else ""}"',
             "}",
         ]
     (folder / "pipeline.kdl").write_text("\n".join(lines) + "\n")
@@ -345,7 +352,7 @@ class Mustbuild(Tool):
         s = self.last_summary
         if s["executed"] != executed or s["cached"] != cached:
             fail(
-                f"mustbuild {label}: expected executed={executed} cached={cached}, "
+                f"{self.name} {label}: expected executed={executed} cached={cached}, "
                 f"its summary says executed={s['executed']} cached={s['cached']} ({self.folder})"
             )
 
@@ -412,9 +419,10 @@ def setup(dag, base, tools_wanted, binary, jobs, logs, name):
         folder = base / tool
         folder.mkdir()
         write_sources(dag, folder)
-        if tool == "mustbuild":
-            write_mustbuild(dag, folder, name)
+        if tool in ("mustbuild", "mustbuild-bash"):
+            write_mustbuild(dag, folder, name, through_bash=tool == "mustbuild-bash")
             tools[tool] = Mustbuild(folder, jobs, logs, binary)
+            tools[tool].name = tool
         elif tool in ("make", "make-bash"):
             write_make(dag, folder, bash=tool == "make-bash")
             tools[tool] = Make(folder, jobs, logs)
@@ -446,10 +454,11 @@ def bench_shape(shape, n, reps, args, tools_wanted, workdir, logs):
     source, cone = dag.changed_source()
     print(f"   one-change edits {Dag.src_path(source)}: {len(cone)} steps downstream", flush=True)
     results = {t: {"cold": [], "noop": [], "one_change": []} for t in tools}
-    if "mustbuild" in tools:
-        results["mustbuild"]["summary_wall"] = {"cold": [], "noop": [], "one_change": []}
-        # Whether the run was told a no-op by mustbuild's no-op record (summary field).
-        results["mustbuild"]["noop_record"] = {"noop": [], "one_change": []}
+    for name, tool in tools.items():
+        if isinstance(tool, Mustbuild):
+            results[name]["summary_wall"] = {"cold": [], "noop": [], "one_change": []}
+            # Whether the run was told a no-op by mustbuild's no-op record (summary field).
+            results[name]["noop_record"] = {"noop": [], "one_change": []}
     reference = None
     for rep in range(reps):
         for name, tool in tools.items():
@@ -461,7 +470,7 @@ def bench_shape(shape, n, reps, args, tools_wanted, workdir, logs):
             missing = [i for i in range(dag.n) if f"{i}.txt" not in after_cold]
             if missing:
                 fail(f"{name} cold run left {len(missing)} outputs missing (e.g. {Dag.out_path(missing[0])}) in {tool.folder}")
-            if name == "mustbuild":
+            if isinstance(tool, Mustbuild):
                 tool.expect(dag.n, 0, "cold")
                 r["summary_wall"]["cold"].append(tool.last_summary["wall_seconds"])
             if rep == 0:
@@ -477,7 +486,7 @@ def bench_shape(shape, n, reps, args, tools_wanted, workdir, logs):
             if after_noop != after_cold:
                 changed = sum(1 for k, v in after_noop.items() if after_cold.get(k) != v)
                 fail(f"{name} no-op run rewrote {changed} outputs in {tool.folder}")
-            if name == "mustbuild":
+            if isinstance(tool, Mustbuild):
                 tool.expect(0, dag.n, "no-op")
                 r["summary_wall"]["noop"].append(tool.last_summary["wall_seconds"])
                 r["noop_record"]["noop"].append(tool.last_summary.get("noop_record"))
@@ -493,15 +502,15 @@ def bench_shape(shape, n, reps, args, tools_wanted, workdir, logs):
                     f"downstream of {Dag.src_path(source)} ({len(rebuilt - cone)} unexpected, {len(cone - rebuilt)} missed) "
                     f"in {tool.folder}"
                 )
-            if name == "mustbuild":
+            if isinstance(tool, Mustbuild):
                 tool.expect(len(cone), dag.n - len(cone), "one-change")
                 r["summary_wall"]["one_change"].append(tool.last_summary["wall_seconds"])
                 r["noop_record"]["one_change"].append(tool.last_summary.get("noop_record"))
             r["one_change"].append(s)
             print(
-                f"   rep {rep + 1}/{reps} {name:9s} cold {sig3(r['cold'][-1]):>7s}  no-op {sig3(r['noop'][-1]):>7s}"
+                f"   rep {rep + 1}/{reps} {name:14s} cold {sig3(r['cold'][-1]):>7s}  no-op {sig3(r['noop'][-1]):>7s}"
                 f"  one-change {sig3(r['one_change'][-1]):>7s} ({len(cone)} rebuilt)"
-                + (f"  [no-op record used: {r['noop_record']['noop'][-1]}]" if name == "mustbuild" else ""),
+                + (f"  [no-op record used: {r['noop_record']['noop'][-1]}]" if isinstance(tool, Mustbuild) else ""),
                 flush=True,
             )
     rows = []
@@ -580,7 +589,7 @@ def bench_big(args, tools_wanted, workdir, logs):
         noops, rsss, walls, records = [], [], [], []
         for rep in range(args.big_reps):
             s, rss = tool.run("noop", wrapper)
-            if name == "mustbuild":
+            if isinstance(tool, Mustbuild):
                 tool.expect(0, dag.n, "no-op")
                 walls.append(tool.last_summary["wall_seconds"])
                 records.append(tool.last_summary.get("noop_record"))
@@ -667,6 +676,11 @@ def main():
         action="store_true",
         help="run without make-bash (GNU make running each recipe as mustbuild does: bash -e -o pipefail -c)",
     )
+    p.add_argument(
+        "--no-mustbuild-bash",
+        action="store_true",
+        help="run without mustbuild-bash (every command through bash -e -o pipefail -c)",
+    )
     p.add_argument("--seed", type=int, default=1, help="seed of the layered fan-in [%(default)s]")
     p.add_argument("--workdir", type=Path, help="where to generate (kept) [a temporary folder, removed]")
     p.add_argument("--keep", action="store_true", help="keep the generated folders")
@@ -677,6 +691,8 @@ def main():
     if not args.mustbuild.is_file():
         fail(f"{args.mustbuild} not found: run `cargo build --release` in {REPO} (or pass --mustbuild PATH)")
     tools = ["mustbuild"]
+    if not args.no_mustbuild_bash:
+        tools.append("mustbuild-bash")
     if not args.no_make:
         if shutil.which("make") is None:
             fail("GNU make is needed (`apt-get install make`), or pass --no-make")
@@ -731,7 +747,7 @@ def main():
             for shape in shapes:
                 rows += bench_shape(shape, n, reps, args, tools, workdir, logs)
         if not args.skip_100k:
-            big_tools = [t for t in tools if not t.startswith("make")]
+            big_tools = [t for t in tools if t in ("mustbuild", "ninja")]
             big_rows = bench_big(args, big_tools, workdir, logs)
     finally:
         if not args.keep:
@@ -739,8 +755,8 @@ def main():
     total = time.perf_counter() - started
 
     print(
-        f"\n## Results (medians; -j {args.jobs}; mustbuild and make-bash: {SHELLS['mustbuild']}, "
-        "make and ninja: /bin/sh -c)\n"
+        f"\n## Results (medians; -j {args.jobs}; mustbuild: no shell for a simple command; "
+        "mustbuild-bash and make-bash: bash -e -o pipefail -c; make and ninja: /bin/sh -c)\n"
     )
     if rows:
         print(table(rows))
