@@ -12,16 +12,20 @@
 //! Only a command whose meaning cannot depend on the shell takes this path:
 //! words of `A-Z a-z 0-9 _ @ % + = : , . / -` only (no quoting, expansion,
 //! globbing, comments or operators), a first word that is neither an
-//! assignment nor one of bash's builtins and reserved words, redirections of
-//! the standard descriptors only (`<`, `>`, `>>`, `N>&M`), and an environment
-//! that sets none of the variables bash itself reads. Everything else, and
-//! anything that fails before the program runs (a missing program, a folder
-//! that is not there, a script without `#!`), goes to bash, which then does
-//! and reports exactly what it always does.
+//! assignment, nor a job (`%1`), nor one of bash's builtins and reserved words,
+//! redirections of the standard descriptors only (`<`, `>`, `>>`, `N>&M`) to
+//! regular files (or missing ones) inside the step's folder, or to `/dev/null`
+//! (mustbuild opens them, so a path that means "this process", such as
+//! `/dev/stderr` or `/proc/self/…`, or a FIFO, goes to bash), and an
+//! environment that sets none of the variables bash reads or changes.
+//! Everything else, and anything that fails before the program runs (a
+//! missing program, a folder that is not there, a script without `#!`), goes
+//! to bash, which then does and reports exactly what it always does.
 //!
-//! Two things differ from bash, both on failure only: a program killed by a
-//! signal is reported as killed by that signal (bash would exit `128 + N` and
-//! print a line), and bash's own message is not in the log.
+//! What differs from bash: a program killed by a signal is reported as killed
+//! by that signal (bash would exit `128 + N` and print a line, not in the log
+//! here); and the program's parent is mustbuild, and it leads its own process
+//! group, where with a redirection bash would be its parent and the leader.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -143,21 +147,39 @@ const NOT_PROGRAMS: &[&str] = &[
     "while",
 ];
 
-/// Variables bash reads for itself (or that it sets for the program): a command
-/// given any of these goes to bash.
+/// Variables bash reads, or changes or drops before it starts a program
+/// (found by passing each of bash 5.2's variables to `env` through bash), and
+/// those of its special variables that could be next: a command given any of
+/// these goes to bash. Names starting with `BASH` go to bash too.
 const BASH_VARIABLES: &[&str] = &[
-    "ENV",
-    "SHELLOPTS",
-    "POSIXLY_CORRECT",
-    "SHLVL",
-    "PWD",
-    "OLDPWD",
     "_",
-    "IFS",
     "CDPATH",
+    "COMP_WORDBREAKS",
+    "DIRSTACK",
+    "ENV",
+    "EPOCHREALTIME",
+    "EPOCHSECONDS",
+    "EUID",
     "EXECIGNORE",
+    "FUNCNAME",
     "GLOBIGNORE",
+    "GROUPS",
+    "HISTCMD",
+    "IFS",
+    "LINENO",
+    "OLDPWD",
+    "OPTERR",
+    "OPTIND",
+    "POSIXLY_CORRECT",
+    "PPID",
     "PS4",
+    "PWD",
+    "RANDOM",
+    "SECONDS",
+    "SHELLOPTS",
+    "SHLVL",
+    "SRANDOM",
+    "UID",
 ];
 
 /// A character that bash takes literally in a word, wherever it is.
@@ -236,8 +258,9 @@ pub(crate) fn parse(command: &str) -> Option<Simple<'_>> {
         }
         let start = skip_blanks(i);
         let end = word_end(start);
-        if end == start {
-            return None;
+        let digits = bytes[start..end].iter().all(u8::is_ascii_digit);
+        if end == start || (digits && matches!(bytes.get(end), Some(b'<' | b'>'))) {
+            return None; // nothing to open, or (`> 2>x`) a syntax error
         }
         redirects.push(Redirect::File {
             fd,
@@ -247,7 +270,8 @@ pub(crate) fn parse(command: &str) -> Option<Simple<'_>> {
         i = end;
     }
     let first = *words.first()?;
-    if first.contains('=') || (!first.contains('/') && NOT_PROGRAMS.contains(&first)) {
+    let builtin = !first.contains('/') && NOT_PROGRAMS.contains(&first);
+    if first.contains('=') || first.starts_with('%') || builtin {
         return None;
     }
     Some(Simple { words, redirects })
@@ -268,8 +292,10 @@ fn plain_environment(env: &[(String, String)]) -> bool {
 
 /// The program bash would run for `word`: the word itself when it has a `/`
 /// (relative to the command's folder, and passed on as written, since a script
-/// sees the path it was started by), else the first executable file on `PATH`
-/// (absolute entries only; anything else is left to bash).
+/// sees the path it was started by), else the first entry of `PATH` that holds
+/// an executable non-folder of that name, as bash searches (with `access`, as
+/// bash uses `eaccess`). Left to bash: relative or empty entries, and a match
+/// that is not a regular file (bash would try it, and fail).
 fn find_program(word: &str, env: &[(String, String)]) -> Option<PathBuf> {
     if word.contains('/') {
         return Some(PathBuf::from(word));
@@ -280,36 +306,36 @@ fn find_program(word: &str, env: &[(String, String)]) -> Option<PathBuf> {
             return None;
         }
         let candidate = Path::new(entry).join(word);
-        let executable = nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok();
-        if executable && candidate.metadata().is_ok_and(|m| m.is_file()) {
-            return Some(candidate);
+        let Ok(meta) = candidate.metadata() else {
+            continue;
+        };
+        if meta.is_dir() || nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_err()
+        {
+            continue;
         }
+        return meta.is_file().then_some(candidate);
     }
     None
 }
 
-/// The physical path of `dir` (what bash's `PWD` would be); its parent, the
-/// same for every job of a run, is resolved once per thread.
-fn physical(dir: &Path) -> Option<PathBuf> {
-    thread_local! {
-        static PARENT: std::cell::RefCell<Option<(PathBuf, PathBuf)>> =
-            const { std::cell::RefCell::new(None) };
+/// Whether opening `path` in mustbuild gives what opening it in the step would:
+/// `/dev/null`, or a path inside the step's folder (relative, no `..`) that is
+/// missing or a regular file, not a link.
+fn opens_the_same(dir: &Path, path: &str) -> bool {
+    if path == "/dev/null" {
+        return true;
     }
-    let (parent, name) = (dir.parent()?, dir.file_name()?);
-    if dir.symlink_metadata().ok()?.file_type().is_symlink() {
-        return std::fs::canonicalize(dir).ok();
-    }
-    PARENT.with_borrow_mut(|cached| {
-        if let Some((p, real)) = cached.as_ref()
-            && p == parent
-        {
-            return Some(real.join(name));
+    let inside = Path::new(path).components().all(|c| {
+        matches!(
+            c,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    });
+    inside
+        && match dir.join(path).symlink_metadata() {
+            Ok(meta) => meta.is_file(),
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
         }
-        let real = std::fs::canonicalize(parent).ok()?;
-        let joined = real.join(name);
-        *cached = Some((parent.to_path_buf(), real));
-        Some(joined)
-    })
 }
 
 /// Starts `command` as bash would, without bash: `None` when it is not simple,
@@ -321,9 +347,18 @@ pub(crate) fn spawn(req: &ExecRequest, log: &File) -> Option<Child> {
     if !plain_environment(env) {
         return None;
     }
-    let pwd = physical(&req.dir)?;
+    let dir = &req.dir;
+    let redirected = |r: &Redirect| match *r {
+        Redirect::File { path, .. } => opens_the_same(dir, path),
+        Redirect::Copy { .. } => true,
+    };
+    if !simple.redirects.iter().all(redirected) {
+        return None;
+    }
     let program = find_program(simple.words[0], env)?;
-    // Standard input, output and error, as bash would leave them.
+    // Bash's PWD: the physical path of its working folder.
+    let pwd = std::fs::canonicalize(dir).ok()?;
+    // Standard input (`None`: /dev/null), output and error, as bash leaves them.
     let mut fds: [Option<File>; 3] = [None, Some(log.try_clone().ok()?), None];
     fds[2] = Some(log.try_clone().ok()?);
     for r in &simple.redirects {
@@ -335,14 +370,11 @@ pub(crate) fn spawn(req: &ExecRequest, log: &File) -> Option<Child> {
                     Open::Truncate => options.write(true).create(true).truncate(true),
                     Open::Append => options.append(true).create(true),
                 };
-                fds[fd] = Some(options.open(pwd.join(path)).ok()?);
+                fds[fd] = Some(options.open(dir.join(path)).ok()?);
             }
-            Redirect::Copy { fd, to } => {
-                fds[fd] = match &fds[to] {
-                    Some(f) => Some(f.try_clone().ok()?),
-                    None => None,
-                };
-            }
+            // A copy of standard input while it is /dev/null, open for
+            // reading only: left to bash.
+            Redirect::Copy { fd, to } => fds[fd] = Some(fds[to].as_ref()?.try_clone().ok()?),
         }
     }
     let stdio = |f: Option<File>| f.map_or_else(Stdio::null, Stdio::from);
@@ -351,7 +383,7 @@ pub(crate) fn spawn(req: &ExecRequest, log: &File) -> Option<Child> {
     Command::new(&program)
         .arg0(simple.words[0])
         .args(&simple.words[1..])
-        .current_dir(&pwd)
+        .current_dir(dir)
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("PWD", &pwd)
@@ -478,6 +510,84 @@ mod tests {
     }
 
     #[test]
+    fn only_what_opens_the_same_anywhere_is_opened_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("file"), "x").unwrap();
+        std::fs::create_dir(d.join("folder")).unwrap();
+        std::os::unix::fs::symlink("file", d.join("link")).unwrap();
+        let fifo = std::process::Command::new("mkfifo")
+            .arg(d.join("fifo"))
+            .status()
+            .unwrap();
+        assert!(fifo.success());
+        for path in ["file", "./file", "missing", "folder/missing", "/dev/null"] {
+            assert!(opens_the_same(d, path), "{path}");
+        }
+        for path in [
+            "folder",
+            "link",
+            "fifo",
+            "../file",
+            "folder/../file",
+            "/dev/stderr",
+            "/dev/fd/1",
+            "/proc/self/status",
+            "/tmp/x",
+        ] {
+            assert!(!opens_the_same(d, path), "{path}");
+        }
+    }
+
+    #[test]
+    fn the_program_is_the_one_bash_would_find() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for (sub, mode) in [("a", 0o644), ("b", 0o755)] {
+            std::fs::create_dir(d.join(sub)).unwrap();
+            let p = d.join(sub).join("tool");
+            std::fs::write(&p, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        std::fs::create_dir_all(d.join("c/tool")).unwrap();
+        let path = |entries: &[&str]| {
+            let joined: Vec<String> = entries
+                .iter()
+                .map(|e| {
+                    if e.starts_with('/') || e.is_empty() {
+                        e.to_string()
+                    } else {
+                        d.join(e).display().to_string()
+                    }
+                })
+                .collect();
+            vec![("PATH".to_string(), joined.join(":"))]
+        };
+        // A folder and a file that may not be run are passed over.
+        assert_eq!(
+            find_program("tool", &path(&["c", "a", "b"])),
+            Some(d.join("b/tool"))
+        );
+        assert_eq!(
+            find_program("tool", &path(&["nowhere", "b"])),
+            Some(d.join("b/tool"))
+        );
+        assert_eq!(
+            find_program("./tool", &path(&["b"])),
+            Some(PathBuf::from("./tool"))
+        );
+        assert_eq!(find_program("tool", &path(&["a"])), None);
+        // Searching the current folder, or no PATH at all: bash decides.
+        assert_eq!(find_program("tool", &path(&["", "b"])), None);
+        assert_eq!(
+            find_program("tool", &[("PATH".into(), "bin:/usr/bin".into())]),
+            None
+        );
+        assert_eq!(find_program("tool", &[]), None);
+    }
+
+    #[test]
     fn only_an_environment_bash_ignores_is_plain() {
         let env = |name: &str| vec![(name.to_string(), "x".to_string())];
         assert!(plain_environment(&env("PATH")));
@@ -489,6 +599,10 @@ mod tests {
             "PWD",
             "_",
             "IFS",
+            "PPID",
+            "OPTIND",
+            "RANDOM",
+            "EPOCHSECONDS",
             "A-B",
             "1A",
             "",

@@ -377,6 +377,7 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("bin/sort")).unwrap();
         std::fs::copy(dir.path().join("show.sh"), dir.path().join("bin/show")).unwrap();
         script("bin/cksum", "#!/bin/sh\necho not this one\n", 0o644);
+        std::os::unix::fs::symlink("in.txt", dir.path().join("link.txt")).unwrap();
         dir
     }
 
@@ -401,29 +402,46 @@ mod tests {
     #[test]
     fn without_bash_a_command_does_what_it_does_with_bash() {
         let cancel = CancelToken::default();
-        for command in [
-            "cksum in.txt > out.txt",
-            "./show.sh in.txt",
-            "./show.sh a b=c:d > out.txt 2>&1",
-            "./show.sh x < in.txt 2> err.txt",
-            "./show.sh 2>&1 > out.txt",
-            "./show.sh >> in.txt",
-            "cksum in.txt > a.txt > b.txt",
-            "show found on the path > out.txt",
-            "sort in.txt > out.txt",
-            "cksum missing.txt > out.txt",
+        // Each command, whether it is started without bash, then its run both
+        // ways in two copies of the same folder.
+        for (command, direct) in [
+            ("cksum in.txt > out.txt", true),
+            ("./show.sh in.txt", true),
+            ("./show.sh a b=c:d > out.txt 2>&1", true),
+            ("./show.sh x < in.txt 2> err.txt", true),
+            ("./show.sh 2>&1 > out.txt", true),
+            ("./show.sh >> in.txt", true),
+            ("cksum in.txt > a.txt > b.txt", true),
+            ("show found on the path > out.txt", true),
+            ("sort in.txt > out.txt", true),
+            ("cksum missing.txt > out.txt", true),
+            ("cksum in.txt 2> /dev/null > out.txt", true),
+            // Standard output a copy of a file open for reading: a write error.
+            ("cksum in.txt < in.txt >&0", true),
+            // What only bash can do, or does differently from mustbuild.
+            ("cksum in.txt >&0", false),
+            ("cksum in.txt > /dev/stderr", false),
+            ("cksum in.txt > link.txt", false),
+            ("cksum in.txt > 2>x", false),
+            ("%cksum in.txt", false),
             // What fails before the program runs is left to bash.
-            "no-such-program x",
-            "cksum in.txt > no/such/folder/out.txt",
-            "./noshebang.sh > out.txt",
-            "./notexec.sh",
+            ("no-such-program x", false),
+            ("cksum in.txt > no/such/folder/out.txt", false),
+            ("./noshebang.sh > out.txt", false),
+            ("./notexec.sh", false),
         ] {
-            let (direct, bash) = (prepared(), prepared());
             let with_path = |dir: &std::path::Path| {
                 let mut req = request(dir, command);
                 req.env[0].1 = format!("{}/bin:/usr/bin:/bin", dir.display());
                 req
             };
+            let probe = prepared();
+            let req = with_path(probe.path());
+            let log = std::fs::File::create(&req.log).unwrap();
+            let started = crate::direct::spawn(&req, &log).map(|mut c| c.wait().unwrap());
+            assert_eq!(started.is_some(), direct, "{command}");
+
+            let (direct, bash) = (prepared(), prepared());
             let a = run_with(&with_path(direct.path()), &cancel, true);
             let b = run_with(&with_path(bash.path()), &cancel, false);
             assert_eq!(a.outcome, b.outcome, "{command}");
