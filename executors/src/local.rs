@@ -433,6 +433,7 @@ mod tests {
             let with_path = |dir: &std::path::Path| {
                 let mut req = request(dir, command);
                 req.env[0].1 = format!("{}/bin:/usr/bin:/bin", dir.display());
+                req.gpus = Some(vec!["0".into(), "2".into()]);
                 req
             };
             let probe = prepared();
