@@ -24,8 +24,10 @@
 //!
 //! What differs from bash: a program killed by a signal is reported as killed
 //! by that signal (bash would exit `128 + N` and print a line, not in the log
-//! here); and the program's parent is mustbuild, and it leads its own process
-//! group, where with a redirection bash would be its parent and the leader.
+//! here); the program's parent is mustbuild, and it leads its own process
+//! group, where with a redirection bash would be its parent and the leader;
+//! and its environment holds the same variables in another order (sorted by
+//! name; bash's order is that of its hash tables).
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -172,6 +174,8 @@ const BASH_VARIABLES: &[&str] = &[
     "OPTIND",
     "POSIXLY_CORRECT",
     "PPID",
+    "PS1",
+    "PS2",
     "PS4",
     "PWD",
     "RANDOM",
@@ -319,29 +323,46 @@ fn find_program(word: &str, env: &[(String, String)]) -> Option<PathBuf> {
 }
 
 /// Whether opening `path` in mustbuild gives what opening it in the step would:
-/// `/dev/null`, or a path inside the step's folder (relative, no `..`) that is
-/// missing or a regular file, not a link.
+/// `/dev/null`, or a path inside the step's folder (relative, no `..`, through
+/// folders that are not links) that is missing or a regular file, not a link.
 fn opens_the_same(dir: &Path, path: &str) -> bool {
+    use std::path::Component;
     if path == "/dev/null" {
         return true;
     }
-    let inside = Path::new(path).components().all(|c| {
-        matches!(
-            c,
-            std::path::Component::Normal(_) | std::path::Component::CurDir
-        )
-    });
-    inside
-        && match dir.join(path).symlink_metadata() {
-            Ok(meta) => meta.is_file(),
-            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    let mut at = dir.to_path_buf();
+    let mut parts = Path::new(path).components().peekable();
+    while let Some(part) = parts.next() {
+        match part {
+            Component::CurDir => continue,
+            Component::Normal(name) => at.push(name),
+            _ => return false,
         }
+        let meta = at.symlink_metadata();
+        if parts.peek().is_some() {
+            // A folder on the way (a link could lead out, to /proc/self…).
+            if !meta.is_ok_and(|m| m.is_dir()) {
+                return false;
+            }
+        } else {
+            return match meta {
+                Ok(meta) => meta.is_file(),
+                Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+            };
+        }
+    }
+    false
 }
 
 /// Starts `command` as bash would, without bash: `None` when it is not simple,
 /// or when anything fails before the program runs (bash then does it, and says
 /// what went wrong in its own words).
 pub(crate) fn spawn(req: &ExecRequest, log: &File) -> Option<Child> {
+    // Bash gets the command as one argument, which Linux refuses from 128 KiB
+    // up: bash then fails to start, and so must this.
+    if req.command.len() >= 128 << 10 {
+        return None;
+    }
     let simple = parse(&req.command)?;
     let env = &req.env;
     if !plain_environment(env) {
@@ -491,6 +512,8 @@ mod tests {
             "cksum a <<< b",
             "cksum a >",
             "cksum a 2>&3",
+            "cksum a > 2>x",
+            "cksum a > 1<x",
             "cksum a 2>&1x",
             "cksum a >>&2",
             "cksum a !",
@@ -516,6 +539,8 @@ mod tests {
         std::fs::write(d.join("file"), "x").unwrap();
         std::fs::create_dir(d.join("folder")).unwrap();
         std::os::unix::fs::symlink("file", d.join("link")).unwrap();
+        std::os::unix::fs::symlink("folder", d.join("to-folder")).unwrap();
+        std::os::unix::fs::symlink("/proc/self", d.join("self")).unwrap();
         let fifo = std::process::Command::new("mkfifo")
             .arg(d.join("fifo"))
             .status()
@@ -534,6 +559,12 @@ mod tests {
             "/dev/fd/1",
             "/proc/self/status",
             "/tmp/x",
+            "to-folder/missing",
+            "self/status",
+            "self/cwd/stray",
+            "file/missing",
+            "nowhere/missing",
+            "",
         ] {
             assert!(!opens_the_same(d, path), "{path}");
         }
@@ -551,6 +582,14 @@ mod tests {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
         }
         std::fs::create_dir_all(d.join("c/tool")).unwrap();
+        // An executable that is not a regular file: bash would try it.
+        std::fs::create_dir(d.join("f")).unwrap();
+        let fifo = std::process::Command::new("mkfifo")
+            .args(["-m", "755"])
+            .arg(d.join("f/tool"))
+            .status()
+            .unwrap();
+        assert!(fifo.success());
         let path = |entries: &[&str]| {
             let joined: Vec<String> = entries
                 .iter()
@@ -578,6 +617,7 @@ mod tests {
             Some(PathBuf::from("./tool"))
         );
         assert_eq!(find_program("tool", &path(&["a"])), None);
+        assert_eq!(find_program("tool", &path(&["a", "f", "b"])), None);
         // Searching the current folder, or no PATH at all: bash decides.
         assert_eq!(find_program("tool", &path(&["", "b"])), None);
         assert_eq!(
@@ -603,6 +643,8 @@ mod tests {
             "OPTIND",
             "RANDOM",
             "EPOCHSECONDS",
+            "PS1",
+            "PS2",
             "A-B",
             "1A",
             "",

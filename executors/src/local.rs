@@ -367,6 +367,7 @@ mod tests {
         script("in.txt", "some input\n", 0o644);
         script(
             "show.sh",
+            // Sorted: the order of the variables differs (documented in direct).
             "#!/bin/sh\necho \"$0\" \"$@\"\necho \"stdin: $(cat)\"\nenv | sort\necho to-stderr >&2\n",
             0o755,
         );
@@ -377,6 +378,8 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("bin/sort")).unwrap();
         std::fs::copy(dir.path().join("show.sh"), dir.path().join("bin/show")).unwrap();
         script("bin/cksum", "#!/bin/sh\necho not this one\n", 0o644);
+        // For bash, a first word starting with % names a job, not a program.
+        script("bin/%cksum", "#!/bin/sh\necho a program\n", 0o755);
         std::os::unix::fs::symlink("in.txt", dir.path().join("link.txt")).unwrap();
         dir
     }
@@ -448,6 +451,40 @@ mod tests {
             assert_eq!(a.outcome, b.outcome, "{command}");
             assert_eq!(contents(direct.path()), contents(bash.path()), "{command}");
         }
+    }
+
+    #[test]
+    fn pwd_is_the_physical_folder_as_bash_has_it() {
+        let cancel = CancelToken::default();
+        let shown = |allow_direct: bool| {
+            let real = prepared();
+            let links = tempfile::tempdir().unwrap();
+            let link = links.path().join("step");
+            std::os::unix::fs::symlink(real.path(), &link).unwrap();
+            let r = run_with(
+                &request(&link, "./show.sh > out.txt"),
+                &cancel,
+                allow_direct,
+            );
+            assert_eq!(r.outcome, Outcome::Succeeded);
+            let out = std::fs::read_to_string(real.path().join("out.txt")).unwrap();
+            out.replace(real.path().to_str().unwrap(), "DIR")
+        };
+        let (direct, bash) = (shown(true), shown(false));
+        assert!(bash.contains("PWD=DIR\n"), "{bash}");
+        assert_eq!(direct, bash);
+    }
+
+    #[test]
+    fn a_command_too_long_for_bash_fails_as_it_would() {
+        let command = format!("cksum{} > out.txt", " in.txt".repeat(20_000));
+        let dir = prepared();
+        let r = run(&request(dir.path(), &command), &CancelToken::default());
+        assert!(
+            matches!(r.outcome, Outcome::Infrastructure(_)),
+            "{:?}",
+            r.outcome
+        );
     }
 
     #[test]
