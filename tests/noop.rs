@@ -216,15 +216,40 @@ fn a_pipeline_file_linked_into_two_folders_has_a_record_per_folder() {
 
 #[test]
 fn outputs_too_new_to_trust_are_read_again_by_the_next_run() {
+    fresh_outputs_are_read_again(two_parts, 3);
+}
+
+#[test]
+fn big_outputs_too_new_to_trust_are_read_again_through_the_digest_cache() {
+    // Over 1 MiB of fresh outputs: checked through the digest cache, which then
+    // spares the next no-op reading them.
+    fresh_outputs_are_read_again(
+        |base| {
+            let dir = base.join("p");
+            write(
+                &dir.join("pipeline.kdl"),
+                "pipeline \"big\"\ninput i \"in.txt\"\nstep s {\n    in i=i\n    out o=\"big.bin\"\n    run \"head -c 1500000 /dev/zero > {out.o}\"\n}\n",
+            );
+            write(&dir.join("in.txt"), "x");
+            (dir, base.join("store"))
+        },
+        1,
+    );
+}
+
+fn fresh_outputs_are_read_again(
+    setup: impl Fn(&Path) -> (std::path::PathBuf, std::path::PathBuf),
+    steps: u64,
+) {
     // A run that ends right after its last outputs were written records them as
     // fresh rather than wait for them to become old enough to trust. Whether they
     // are still that new when the record is written depends on the machine's
     // load: up to three tries.
     for attempt in 1..=3 {
         let tmp = tempfile::tempdir().unwrap();
-        let (dir, store_dir) = two_parts(tmp.path());
+        let (dir, store_dir) = setup(tmp.path());
         let store = store_dir.to_str().unwrap();
-        assert_eq!(go(&dir, store, &[]), (3, 0, false));
+        assert_eq!(go(&dir, store, &[]), (steps, 0, false));
         let db = rusqlite::Connection::open(store_dir.join("meta.sqlite")).unwrap();
         let body: Vec<u8> = db
             .query_row("SELECT body FROM noop_records", [], |r| r.get(0))
@@ -234,7 +259,7 @@ fn outputs_too_new_to_trust_are_read_again_by_the_next_run() {
             assert!(attempt < 3, "no output recorded as fresh in 3 runs: {body}");
             continue;
         }
-        assert_eq!(go(&dir, store, &[]), (0, 3, true));
+        assert_eq!(go(&dir, store, &[]), (0, steps, true));
 
         // A fresh file's identity proves nothing: the next run reads it and
         // compares it with the digest recorded. Here the record says other bytes
@@ -251,8 +276,8 @@ fn outputs_too_new_to_trust_are_read_again_by_the_next_run() {
         db.execute("UPDATE noop_records SET body = ?1", [tampered.as_bytes()])
             .unwrap();
         drop(db);
-        assert_eq!(go(&dir, store, &[]), (0, 3, false));
-        assert_eq!(go(&dir, store, &[]), (0, 3, true));
+        assert_eq!(go(&dir, store, &[]), (0, steps, false));
+        assert_eq!(go(&dir, store, &[]), (0, steps, true));
         return;
     }
 }
