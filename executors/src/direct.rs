@@ -380,8 +380,11 @@ pub(crate) fn spawn(req: &ExecRequest, log: &File) -> Option<Child> {
     // Bash's PWD: the physical path of its working folder.
     let pwd = std::fs::canonicalize(dir).ok()?;
     // Standard input (`None`: /dev/null), output and error, as bash leaves them.
-    let mut fds: [Option<File>; 3] = [None, Some(log.try_clone().ok()?), None];
-    fds[2] = Some(log.try_clone().ok()?);
+    let mut fds: [Option<File>; 3] = [
+        None,
+        Some(log.try_clone().ok()?),
+        Some(log.try_clone().ok()?),
+    ];
     for r in &simple.redirects {
         match *r {
             Redirect::File { fd, open, path } => {
