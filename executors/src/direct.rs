@@ -31,7 +31,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 use crate::ExecRequest;
 
@@ -209,6 +209,12 @@ pub(crate) fn parse(command: &str) -> Option<Simple<'_>> {
         }
         i
     };
+    // Digits right before `<` or `>` name a descriptor.
+    let names_a_descriptor = |start: usize, end: usize| {
+        end > start
+            && bytes[start..end].iter().all(u8::is_ascii_digit)
+            && matches!(bytes.get(end), Some(b'<' | b'>'))
+    };
     loop {
         i = skip_blanks(i);
         if i == bytes.len() {
@@ -217,8 +223,7 @@ pub(crate) fn parse(command: &str) -> Option<Simple<'_>> {
         let end = word_end(i);
         let next = bytes.get(end).copied();
         let operator = matches!(next, Some(b'<' | b'>'));
-        // Digits right before `<` or `>` name the descriptor.
-        let fd = if operator && end > i && bytes[i..end].iter().all(u8::is_ascii_digit) {
+        let fd = if names_a_descriptor(i, end) {
             Some(
                 command[i..end]
                     .parse::<usize>()
@@ -262,8 +267,7 @@ pub(crate) fn parse(command: &str) -> Option<Simple<'_>> {
         }
         let start = skip_blanks(i);
         let end = word_end(start);
-        let digits = bytes[start..end].iter().all(u8::is_ascii_digit);
-        if end == start || (digits && matches!(bytes.get(end), Some(b'<' | b'>'))) {
+        if end == start || names_a_descriptor(start, end) {
             return None; // nothing to open, or (`> 2>x`) a syntax error
         }
         redirects.push(Redirect::File {
@@ -404,12 +408,9 @@ pub(crate) fn spawn(req: &ExecRequest, log: &File) -> Option<Child> {
     let stdio = |f: Option<File>| f.map_or_else(Stdio::null, Stdio::from);
     let [stdin, stdout, stderr] = fds;
     use std::os::unix::process::CommandExt;
-    Command::new(&program)
+    crate::local::step_process(&program, req)
         .arg0(simple.words[0])
         .args(&simple.words[1..])
-        .current_dir(dir)
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("PWD", &pwd)
         // Bash execs a command without redirections in place of itself, and
         // lowers SHLVL first.
@@ -422,16 +423,9 @@ pub(crate) fn spawn(req: &ExecRequest, log: &File) -> Option<Child> {
             },
         )
         .env("_", &program)
-        .envs(
-            req.gpus
-                .as_ref()
-                .map(|g| ("CUDA_VISIBLE_DEVICES", g.join(","))),
-        )
         .stdin(stdio(stdin))
         .stdout(stdio(stdout))
         .stderr(stdio(stderr))
-        // Its own process group, so that a kill reaches everything it started.
-        .process_group(0)
         .spawn()
         .ok()
 }

@@ -108,6 +108,21 @@ fn bash() -> &'static std::path::Path {
     })
 }
 
+/// `program` set up as every step's process is, whoever starts it: in the
+/// request's folder, with exactly its environment (and its GPUs), in a process
+/// group of its own so that a kill reaches everything it started.
+pub(crate) fn step_process(program: &std::path::Path, req: &ExecRequest) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.current_dir(&req.dir)
+        .env_clear()
+        .envs(req.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .process_group(0);
+    if let Some(gpus) = &req.gpus {
+        cmd.env("CUDA_VISIBLE_DEVICES", gpus.join(","));
+    }
+    cmd
+}
+
 /// Runs a request to its end: through bash, or without it when bash would only
 /// start one program (see [`crate::direct`]).
 pub fn run(req: &ExecRequest, cancel: &CancelToken) -> ExecResult {
@@ -145,20 +160,13 @@ fn run_with(req: &ExecRequest, cancel: &CancelToken, allow_direct: bool) -> Exec
                     return infrastructure(why, false);
                 }
             };
-            let mut cmd = Command::new(bash());
-            cmd.args(["-e", "-o", "pipefail", "-c", &req.command])
-                .current_dir(&req.dir)
-                .env_clear()
-                .envs(req.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            let spawned = step_process(bash(), req)
+                .args(["-e", "-o", "pipefail", "-c", &req.command])
                 .stdin(Stdio::null())
                 .stdout(log)
                 .stderr(log_err)
-                // Its own process group, so that a kill reaches everything it started.
-                .process_group(0);
-            if let Some(gpus) = &req.gpus {
-                cmd.env("CUDA_VISIBLE_DEVICES", gpus.join(","));
-            }
-            match cmd.spawn() {
+                .spawn();
+            match spawned {
                 Ok(c) => c,
                 Err(e) => return infrastructure(format!("cannot start bash: {e}"), false),
             }
