@@ -18,8 +18,9 @@ pub fn workspace_path<'a>(instances: &'a Instances, f: &'a FileRef) -> &'a str {
 
 /// `text` as one shell word: unchanged when it is made of safe characters only.
 pub fn shell_quote(text: &str) -> String {
-    let safe = |c: char| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c);
-    if !text.is_empty() && text.chars().all(safe) {
+    // The same characters the local executor starts a command without bash
+    // for: a path left unquoted never sends its command to bash.
+    if !text.is_empty() && text.chars().all(mustbuild_executors::bash_literal) {
         return text.to_string();
     }
     format!("'{}'", text.replace('\'', r"'\''"))

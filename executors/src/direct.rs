@@ -186,9 +186,14 @@ const BASH_VARIABLES: &[&str] = &[
     "UID",
 ];
 
-/// A character that bash takes literally in a word, wherever it is.
+/// A character that bash takes literally in a word, wherever it is (what a
+/// word needs no quoting for).
+pub fn bash_literal(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c)
+}
+
 fn word_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || b"_@%+=:,./-".contains(&c)
+    bash_literal(char::from(c))
 }
 
 /// `command` as a simple command, when it is one (see the module's comment).

@@ -13,4 +13,5 @@ mod direct;
 pub mod gpus;
 pub mod local;
 
+pub use direct::bash_literal;
 pub use local::{CancelToken, ExecRequest, ExecResult, Outcome, Usage, run};
