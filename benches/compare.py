@@ -570,7 +570,7 @@ def bench_big(args, tools_wanted, workdir, logs):
             "rss_by": "GNU time %M (wait4 ru_maxrss)" if wrapper else "os.wait4 ru_maxrss",
             "rss_floor_kib": floor,
         }
-        if name == "mustbuild":
+        if isinstance(tool, Mustbuild):
             s, rss = check_pipeline(args.mustbuild, tool.folder, logs, tag)
             row["check"] = s
             row["check_peak_rss_kib"] = rss
@@ -580,7 +580,7 @@ def bench_big(args, tools_wanted, workdir, logs):
         after_cold = snapshot(tool.folder)
         if len(after_cold) != dag.n:
             fail(f"{name} cold run left {dag.n - len(after_cold)} outputs missing in {tool.folder}")
-        if name == "mustbuild":
+        if isinstance(tool, Mustbuild):
             tool.expect(dag.n, 0, "cold")
             row["cold_summary_wall"] = tool.last_summary["wall_seconds"]
         row["cold"] = s
@@ -595,7 +595,7 @@ def bench_big(args, tools_wanted, workdir, logs):
                 records.append(tool.last_summary.get("noop_record"))
             noops.append(s)
             rsss.append(rss)
-            used = f" [no-op record used: {records[-1]}]" if name == "mustbuild" else ""
+            used = f" [no-op record used: {records[-1]}]" if isinstance(tool, Mustbuild) else ""
             print(f"   {name:9s} no-op {rep + 1}/{args.big_reps}: {sig3(s)} s, peak RSS {rss / 1024:.1f} MiB{used}", flush=True)
         if snapshot(tool.folder) != after_cold:
             fail(f"{name} no-op runs rewrote outputs in {tool.folder}")
