@@ -264,17 +264,32 @@ fn fresh_outputs_are_read_again(
         // A fresh file's identity proves nothing: the next run reads it and
         // compares it with the digest recorded. Here the record says other bytes
         // than the workspace holds, so the rerun takes the full path (which finds
-        // every output in place).
-        let other = mustbuild_store::Digest::of(b"other bytes").to_hex();
+        // every output in place). The record's detail names the body it goes
+        // with: it is made to name the new one.
+        use mustbuild_store::Digest;
+        let other = Digest::of(b"other bytes").to_hex();
         let tampered: String = body
             .lines()
             .map(|l| match l.split('\t').collect::<Vec<_>>().as_slice() {
-                ["fresh", id, _, path] => format!("fresh\t{id}\t{other}\t{path}\n"),
+                ["fresh", _, path] => format!("fresh\t{other}\t{path}\n"),
                 _ => format!("{l}\n"),
             })
             .collect();
-        db.execute("UPDATE noop_records SET body = ?1", [tampered.as_bytes()])
+        let detail: Vec<u8> = db
+            .query_row("SELECT detail FROM noop_records", [], |r| r.get(0))
             .unwrap();
+        let detail = String::from_utf8(detail).unwrap();
+        let (first, rest) = detail.split_once('\n').unwrap();
+        let (magic, _) = first.split_once('\t').unwrap();
+        let detail = format!(
+            "{magic}\t{}\n{rest}",
+            Digest::of(tampered.as_bytes()).to_hex()
+        );
+        db.execute(
+            "UPDATE noop_records SET body = ?1, detail = ?2",
+            [tampered.as_bytes(), detail.as_bytes()],
+        )
+        .unwrap();
         drop(db);
         assert_eq!(go(&dir, store, &[]), (0, steps, false));
         assert_eq!(go(&dir, store, &[]), (0, steps, true));

@@ -14,6 +14,12 @@
 //! instead of trusting their identity, which costs a few small reads there
 //! rather than a wait at the end of every run.
 //!
+//! The record is in two parts. Its body is what every rerun reads: the above,
+//! but for the files only their paths and one digest of all their identities
+//! (and the digest of each fresh one), and the instances by name. Its detail
+//! is read when that digest or a fresh file differs: each file's identity and
+//! digest, each instance's key and outputs. So a no-op reads a tenth of it.
+//!
 //! The next run first checks the record: if every pipeline file has the same
 //! content, every glob the same matches, every tool the same file, and every file
 //! the same identity, then every key would come out the same and every output is
@@ -31,7 +37,10 @@ use mustbuild_store::{Digest, Identity, LocalStore, StoreError, identity};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-const MAGIC: &str = "mustbuild-noop 3";
+const MAGIC: &str = "mustbuild-noop 4";
+
+/// The first word of a record's detail, which then names its body's digest.
+const DETAIL_MAGIC: &str = "mustbuild-noop-detail 4";
 
 /// The longest a run waits, at its end, for its newest outputs to become old
 /// enough to be recorded (50 ms on file systems with fine timestamps).
@@ -43,7 +52,7 @@ const MAX_FRESH_BYTES: i64 = 64 << 20;
 
 /// Fresh files up to this many bytes in all are checked by reading them, not
 /// through the digest cache.
-const FRESH_READ_BYTES: i64 = 1 << 20;
+const FRESH_READ_BYTES: u64 = 1 << 20;
 
 /// What a run was asked, besides the pipeline's content.
 #[derive(Debug, Clone, Default)]
@@ -221,22 +230,32 @@ pub fn record(
     session: i64,
 ) -> Result<bool, StoreError> {
     let name = request.name();
-    let body = match describe(store, request, run)? {
-        Some(body) => body,
+    let (body, detail) = match describe(store, request, run)? {
+        Some(record) => record,
         None => {
             store.forget_noop_record(&name)?;
             return Ok(false);
         }
     };
-    store.save_noop_record(&name, session, run.seen.generation, body.as_bytes())?;
+    store.save_noop_record(
+        &name,
+        session,
+        run.seen.generation,
+        body.as_bytes(),
+        detail.as_bytes(),
+    )?;
     Ok(true)
 }
 
+/// A record's body, which every rerun reads: what the run read, the path of
+/// every file, one digest of all their identities, and the instances by name;
+/// and its detail, read when that digest or a fresh file differs: each file's
+/// identity and digest, each instance's key and outputs, in the same order.
 fn describe(
     store: &LocalStore,
     request: &Request,
     run: Finished<'_>,
-) -> Result<Option<String>, StoreError> {
+) -> Result<Option<(String, String)>, StoreError> {
     let Finished {
         wf,
         instances,
@@ -369,17 +388,25 @@ fn describe(
             tool.path.display()
         );
     }
+    let identities: Vec<Option<Identity>> = ids[tools.len()..].iter().copied().map(Some).collect();
+    let _ = writeln!(
+        body,
+        "identities\t{}",
+        identities_digest(&identities).to_hex()
+    );
+    let mut detail = format!("{DETAIL_MAGIC}\t");
+    let detail_at = detail.len();
     // A file in the pipeline's folder by its path there (shorter to read, and
     // looked up from the folder, opened once).
     for (k, (path, digest)) in files.iter().enumerate().skip(tools.len()) {
-        let _ = writeln!(
-            body,
-            "{}\t{}\t{}\t{}",
-            if fresh.contains(&k) { "fresh" } else { "file" },
-            fmt_identity(&ids[k]),
-            digest.to_hex(),
-            path.strip_prefix(&root).unwrap_or(path).display()
-        );
+        let path = path.strip_prefix(&root).unwrap_or(path).display();
+        let digest = digest.to_hex();
+        if fresh.contains(&k) {
+            let _ = writeln!(body, "fresh\t{digest}\t{path}");
+        } else {
+            let _ = writeln!(body, "file\t{path}");
+        }
+        let _ = writeln!(detail, "file\t{}\t{digest}", fmt_identity(&ids[k]));
     }
     for (i, inst) in instances.all.iter().enumerate() {
         let step = &wf.step(inst.step).name;
@@ -390,15 +417,33 @@ fn describe(
             return Ok(None);
         }
         let outs: Vec<String> = outs.iter().map(Digest::to_hex).collect();
-        let _ = writeln!(
-            body,
-            "instance\t{step}\t{}\t{}\t{}",
-            inst.values.join("\u{1f}"),
-            key.to_hex(),
-            outs.join(",")
-        );
+        let _ = writeln!(body, "instance\t{step}\t{}", inst.values.join("\u{1f}"));
+        let _ = writeln!(detail, "instance\t{}\t{}", key.to_hex(), outs.join(","));
     }
-    Ok(Some(body))
+    // The detail names the body it goes with: both are read in two queries,
+    // between which another run may have replaced the record.
+    detail.insert_str(
+        detail_at,
+        &format!("{}\n", Digest::of(body.as_bytes()).to_hex()),
+    );
+    Ok(Some((body, detail)))
+}
+
+/// One digest of the identities of a record's files, in order (`None`: no file).
+fn identities_digest(identities: &[Option<Identity>]) -> Digest {
+    let mut bytes = Vec::with_capacity(identities.len() * 41);
+    for id in identities {
+        match id {
+            None => bytes.push(0),
+            Some(i) => {
+                bytes.push(1);
+                for n in [i.dev, i.ino, i.size, i.mtime_ns, i.ctime_ns] {
+                    bytes.extend_from_slice(&n.to_le_bytes());
+                }
+            }
+        }
+    }
+    Digest::of(&bytes)
 }
 
 fn list_digest(files: &[String]) -> Digest {
@@ -419,43 +464,59 @@ pub fn check(store: &LocalStore, request: &Request) -> Result<Check, StoreError>
     let Some(read) = read(body, request) else {
         return Ok(Check::None);
     };
-    let unchanged = unchanged_files(store, &read.root, &read.files);
-    if unchanged.iter().all(|&same| same) {
+    let identities = identities(&read.root, &read.files);
+    // Every file with the identity recorded: only fresh ones can have changed.
+    // Otherwise, which did is in the detail.
+    let mut detail = None;
+    let mut same = vec![true; read.files.len()];
+    if identities_digest(&identities) != read.identities {
+        let Some(d) = read_detail(store, &name, &read)? else {
+            return Ok(Check::None);
+        };
+        for (i, (id, _)) in d.files.iter().enumerate() {
+            same[i] = identities[i] == Some(*id);
+        }
+        detail = Some(d);
+    }
+    fresh_unchanged(store, &read.root, &read.files, &identities, &mut same);
+    if detail.is_none() && same.iter().all(|&same| same) {
         let Some(session) = store.reuse_session(read.name, &record)? else {
             return Ok(Check::None);
         };
         let instances = read
             .instances
             .iter()
-            .map(|[step, values, ..]| (step.to_string(), split_values(values)))
+            .map(|[step, values]| (step.to_string(), split_values(values)))
             .collect();
         return Ok(Check::NoOp(NoOp { session, instances }));
     }
-    // Some files changed: what holds is parsed for the run.
-    let prior = (|| {
-        let mut instances = Vec::with_capacity(read.instances.len());
-        for [step, values, key, outputs] in &read.instances {
-            instances.push(Recorded {
-                step: step.to_string(),
-                values: split_values(values),
-                key: key.parse().ok()?,
-                outputs: if outputs.is_empty() {
-                    Vec::new()
-                } else {
-                    outputs
-                        .split(',')
-                        .map(|d| d.parse().ok())
-                        .collect::<Option<Vec<Digest>>>()?
-                },
-            });
-        }
-        let mut files = HashMap::with_capacity(read.files.len());
-        for (f, same) in read.files.iter().zip(unchanged) {
-            files.insert(read.root.join(f.path), (f.digest.parse().ok()?, same));
-        }
-        Some(Prior { instances, files })
-    })();
-    Ok(prior.map_or(Check::None, Check::Partial))
+    // Some files changed: what holds is taken for the run.
+    let detail = match detail {
+        Some(d) => d,
+        None => match read_detail(store, &name, &read)? {
+            Some(d) => d,
+            None => return Ok(Check::None),
+        },
+    };
+    let instances = read
+        .instances
+        .iter()
+        .zip(detail.instances)
+        .map(|([step, values], (key, outputs))| Recorded {
+            step: step.to_string(),
+            values: split_values(values),
+            key,
+            outputs,
+        })
+        .collect();
+    let files = read
+        .files
+        .iter()
+        .zip(&detail.files)
+        .zip(same)
+        .map(|((f, (_, digest)), same)| (read.root.join(f.path), (*digest, same)))
+        .collect();
+    Ok(Check::Partial(Prior { instances, files }))
 }
 
 fn split_values(values: &str) -> Vec<String> {
@@ -466,70 +527,137 @@ fn split_values(values: &str) -> Vec<String> {
     }
 }
 
-/// A record whose global part holds: its lines, not parsed further.
+/// A record's body whose global part holds: its lines, not parsed further.
 struct Read<'a> {
+    /// The body, whose digest its detail names.
+    body: &'a str,
     name: &'a str,
-    /// Step, values, key, outputs.
-    instances: Vec<[&'a str; 4]>,
+    /// Step, values.
+    instances: Vec<[&'a str; 2]>,
     /// The pipeline's folder, which relative paths are in.
     root: PathBuf,
     files: Vec<RecordedFile<'a>>,
+    /// The digest of the files' identities, in order.
+    identities: Digest,
 }
 
-/// A file as the record has it.
+/// A file as the record's body has it.
 struct RecordedFile<'a> {
-    identity: Identity,
-    /// The digest the run used, in hexadecimal.
-    digest: &'a str,
     /// Absolute, or relative to the pipeline's folder.
     path: &'a str,
     /// Too new, when recorded, for its identity to prove its content: the next
-    /// run reads it.
-    fresh: bool,
+    /// run reads it, and compares it with this digest (in hexadecimal).
+    fresh: Option<&'a str>,
 }
 
-/// Whether each file has the identity recorded (stat on two threads: the files
-/// are many, the calls short), and a fresh one the content recorded too.
-fn unchanged_files(store: &LocalStore, root: &Path, files: &[RecordedFile<'_>]) -> Vec<bool> {
-    let mut same = same_identities(root, files);
-    let fresh: Vec<usize> = (0..files.len())
-        .filter(|&i| files[i].fresh && same[i])
-        .collect();
-    let fresh_bytes: i64 = fresh.iter().map(|&i| files[i].identity.size).sum();
-    if fresh_bytes <= FRESH_READ_BYTES {
-        // Small: read again, which costs less than asking the digest cache and
-        // filling it (and the next run reads them as cheaply).
-        for &i in &fresh {
-            let text = std::fs::read(root.join(files[i].path));
-            same[i] = text.is_ok_and(|t| Digest::of(&t).to_hex() == files[i].digest);
-        }
-    } else {
-        let paths: Vec<PathBuf> = fresh.iter().map(|&i| root.join(files[i].path)).collect();
-        let paths: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
-        for (&i, hashed) in fresh.iter().zip(store.file_digests(&paths)) {
-            same[i] = hashed.is_ok_and(|(d, _, _)| d.to_hex() == files[i].digest);
+/// A record's detail, in the order of its body.
+struct Detail {
+    /// Per file: its identity and digest.
+    files: Vec<(Identity, Digest)>,
+    /// Per instance: its key and outputs.
+    instances: Vec<(Digest, Vec<Digest>)>,
+}
+
+/// The detail of the record whose body was read, if it still goes with it.
+fn read_detail(
+    store: &LocalStore,
+    name: &str,
+    read: &Read<'_>,
+) -> Result<Option<Detail>, StoreError> {
+    let Some(text) = store.noop_record_detail(name)? else {
+        return Ok(None);
+    };
+    Ok(std::str::from_utf8(&text)
+        .ok()
+        .and_then(|text| parse_detail(text, read)))
+}
+
+fn parse_detail(text: &str, read: &Read<'_>) -> Option<Detail> {
+    let mut lines = text.lines();
+    let (magic, of) = lines.next()?.split_once('\t')?;
+    if magic != DETAIL_MAGIC || of.parse::<Digest>().ok()? != Digest::of(read.body.as_bytes()) {
+        return None;
+    }
+    let mut files = Vec::with_capacity(read.files.len());
+    let mut instances = Vec::with_capacity(read.instances.len());
+    for line in lines {
+        let fields: Vec<&str> = line.split('\t').collect();
+        match fields.as_slice() {
+            ["file", id, digest] => files.push((parse_identity(id)?, digest.parse().ok()?)),
+            ["instance", key, outputs] => instances.push((
+                key.parse().ok()?,
+                if outputs.is_empty() {
+                    Vec::new()
+                } else {
+                    outputs
+                        .split(',')
+                        .map(|d| d.parse().ok())
+                        .collect::<Option<Vec<Digest>>>()?
+                },
+            )),
+            _ => return None,
         }
     }
-    same
+    (files.len() == read.files.len() && instances.len() == read.instances.len())
+        .then_some(Detail { files, instances })
 }
 
-fn same_identities(root: &Path, files: &[RecordedFile<'_>]) -> Vec<bool> {
-    let same = |files: &[RecordedFile<'_>]| {
+/// Reads again the fresh files among those still `same` (with the identity
+/// recorded, as found), and says whether each has the content recorded: directly
+/// when they are few bytes, otherwise through the digest cache (which spares
+/// later runs reading big files again).
+fn fresh_unchanged(
+    store: &LocalStore,
+    root: &Path,
+    files: &[RecordedFile<'_>],
+    identities: &[Option<Identity>],
+    same: &mut [bool],
+) {
+    let fresh: Vec<(usize, &str)> = (0..files.len())
+        .filter(|&i| same[i])
+        .filter_map(|i| files[i].fresh.map(|d| (i, d)))
+        .collect();
+    if fresh.is_empty() {
+        return;
+    }
+    let paths: Vec<PathBuf> = fresh
+        .iter()
+        .map(|&(i, _)| root.join(files[i].path))
+        .collect();
+    let size = |i: usize| identities[i].map_or(0, |id| id.size.unsigned_abs());
+    if fresh.iter().map(|&(i, _)| size(i)).sum::<u64>() <= FRESH_READ_BYTES {
+        // Small: read again, which costs less than asking the digest cache and
+        // filling it (and the next run reads them as cheaply).
+        for ((i, digest), path) in fresh.iter().zip(&paths) {
+            let text = std::fs::read(path);
+            same[*i] = text.is_ok_and(|t| Digest::of(&t).to_hex() == *digest);
+        }
+    } else {
+        let paths: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+        for ((i, digest), hashed) in fresh.iter().zip(store.file_digests(&paths)) {
+            same[*i] = hashed.is_ok_and(|(d, _, _)| d.to_hex() == *digest);
+        }
+    }
+}
+
+/// The identity of each file (`None`: none there), by stat on two threads when
+/// they are very many (a thread costs more than a few thousand stats).
+fn identities(root: &Path, files: &[RecordedFile<'_>]) -> Vec<Option<Identity>> {
+    let look = |files: &[RecordedFile<'_>]| {
         let mut folders = Folders::new(root);
         files
             .iter()
-            .map(|f| folders.identity(f.path) == Some(f.identity))
-            .collect::<Vec<bool>>()
+            .map(|f| folders.identity(f.path))
+            .collect::<Vec<_>>()
     };
-    // A thread costs more than a few thousand stats.
     if files.len() < 8192 {
-        return same(files);
+        return look(files);
     }
     let (a, b) = files.split_at(files.len() / 2);
     let (mut first, second) = std::thread::scope(|s| {
-        let other = s.spawn(|| same(a));
-        let mine = same(b);
-        (other.join().unwrap_or_else(|_| vec![false; a.len()]), mine)
+        let other = s.spawn(|| look(a));
+        let mine = look(b);
+        (other.join().unwrap_or_else(|_| vec![None; a.len()]), mine)
     });
     first.extend(second);
     first
@@ -604,6 +732,7 @@ fn read<'a>(body: &'a str, request: &Request) -> Option<Read<'a>> {
     let mut overrides = Vec::new();
     let mut instances = Vec::new();
     let mut files = Vec::new();
+    let mut identities = None;
     // Lines every record has: the executable, PATH, the root.
     let (mut same_exe, mut same_path, mut has_root) = (false, false, false);
     for line in lines {
@@ -646,28 +775,140 @@ fn read<'a>(body: &'a str, request: &Request) -> Option<Read<'a>> {
                     return None;
                 }
             }
-            ("file", [id, digest, path]) => files.push(RecordedFile {
-                identity: parse_identity(id)?,
-                digest,
+            ("identities", [digest]) => identities = Some(digest.parse().ok()?),
+            ("file", [path]) => files.push(RecordedFile { path, fresh: None }),
+            ("fresh", [digest, path]) => files.push(RecordedFile {
                 path,
-                fresh: false,
+                fresh: Some(digest),
             }),
-            ("fresh", [id, digest, path]) => files.push(RecordedFile {
-                identity: parse_identity(id)?,
-                digest,
-                path,
-                fresh: true,
-            }),
-            ("instance", [step, values, key, outputs]) => {
-                instances.push([*step, *values, *key, *outputs]);
-            }
+            ("instance", [step, values]) => instances.push([*step, *values]),
             _ => return None,
         }
     }
     (same_exe && same_path && has_root && overrides == request.overrides).then_some(Read {
+        body,
         name,
         instances,
         root,
         files,
+        identities: identities?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::{RunOptions, run};
+    use mustbuild_lang::{Diagnostics, RealFiles, expand, load};
+
+    const PIPELINE: &str = r#"pipeline "n"
+input parts glob="parts/*.txt"
+step head {
+    foreach part from=parts
+    in p=part
+    out o="out/{part.stem}.txt"
+    run "head -n 1 {in.p} > {out.o}"
+}
+"#;
+
+    /// Runs the pipeline in `root` to the end, as `mustbuild run` does; the
+    /// request its record answers.
+    fn run_all(root: &Path, store: &LocalStore) -> Request {
+        let path = root.join("pipeline.kdl");
+        let loaded = load(&path);
+        let wf = loaded.workflow.as_ref().expect("a valid pipeline");
+        let expansion = expand(wf, &RealFiles, &mut Diagnostics::default());
+        let instances = crate::instantiate(wf, &expansion);
+        let path_var = std::env::var("PATH").unwrap_or_default();
+        let request = Request {
+            pipeline: path.canonicalize().unwrap(),
+            root: root.to_path_buf(),
+            overrides: Vec::new(),
+            path_var: path_var.clone(),
+            pipeline_files: Some(
+                loaded
+                    .sources
+                    .files()
+                    .map(|(_, f)| (f.path.clone(), Digest::of(f.text.as_bytes())))
+                    .collect(),
+            ),
+            glob_files: expansion.glob_files.clone(),
+        };
+        let options = RunOptions {
+            jobs: 2,
+            memory_bytes: None,
+            path_var,
+            keep_going: false,
+            cancel: Default::default(),
+            selected: None,
+            force: Vec::new(),
+            gpus: Vec::new(),
+            noop: Some(request.clone()),
+            prior: None,
+        };
+        let summary = run(wf, &instances, store, &options, &mut |_| {}).unwrap();
+        assert_eq!(summary.executed, 2);
+        request
+    }
+
+    #[test]
+    fn a_record_tells_which_files_changed_only_with_its_own_detail() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("p");
+        std::fs::create_dir_all(root.join("parts")).unwrap();
+        std::fs::write(root.join("pipeline.kdl"), PIPELINE).unwrap();
+        std::fs::write(root.join("parts/a.txt"), "a1\na2\n").unwrap();
+        std::fs::write(root.join("parts/b.txt"), "b1\nb2\n").unwrap();
+        // Sources old enough for their identity to be trusted (not fresh).
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let store = LocalStore::open(tmp.path().join("store")).unwrap();
+        let request = run_all(&root, &store);
+        assert!(matches!(check(&store, &request), Ok(Check::NoOp(_))));
+
+        // A source changed (its size too, so that its identity shows it): the
+        // record's detail says which, and what holds of the rest.
+        std::fs::write(root.join("parts/a.txt"), "A1\na2\nA3\n").unwrap();
+        let Ok(Check::Partial(prior)) = check(&store, &request) else {
+            panic!("a record that holds but for one file");
+        };
+        let changed: Vec<&PathBuf> = prior
+            .files
+            .iter()
+            .filter(|(_, (_, same))| !same)
+            .map(|(path, _)| path)
+            .collect();
+        assert_eq!(changed, [&root.join("parts/a.txt")]);
+        assert_eq!(
+            prior.files[&root.join("out/b.txt")],
+            (Digest::of(b"b1\n"), true)
+        );
+        let outputs: Vec<&[Digest]> = prior.instances.iter().map(|i| &i.outputs[..]).collect();
+        assert_eq!(
+            outputs,
+            [&[Digest::of(b"a1\n")][..], &[Digest::of(b"b1\n")][..]]
+        );
+
+        // A detail saved with another body (another run's, saved between the
+        // two reads) is not taken.
+        let name = request.name();
+        let record = store.noop_record(&name).unwrap().unwrap();
+        let detail = store.noop_record_detail(&name).unwrap().unwrap();
+        let detail = String::from_utf8(detail).unwrap();
+        let (first, rest) = detail.split_once('\n').unwrap();
+        let other = format!(
+            "{DETAIL_MAGIC}\t{}\n{rest}",
+            Digest::of(b"another body").to_hex()
+        );
+        assert_ne!(first, other.lines().next().unwrap());
+        store
+            .save_noop_record(
+                &name,
+                record.session,
+                record.generation,
+                &record.body,
+                other.as_bytes(),
+            )
+            .unwrap();
+        assert_eq!(check(&store, &request).unwrap(), Check::None);
+    }
 }

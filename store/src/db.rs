@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Bumped with every incompatible schema change.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS objects (
@@ -157,7 +157,8 @@ CREATE TABLE IF NOT EXISTS noop_records (
     session    INTEGER NOT NULL,
     generation INTEGER NOT NULL,
     uses       INTEGER NOT NULL,   -- rows of that session in session_uses
-    body       BLOB NOT NULL
+    body       BLOB NOT NULL,      -- what every rerun reads
+    detail     BLOB NOT NULL       -- what a rerun reads when something changed
 );
 ";
 
@@ -184,8 +185,9 @@ pub(crate) fn generation(conn: &Connection) -> rusqlite::Result<i64> {
         .unwrap_or(0))
 }
 
-/// Opens (and creates or migrates) the database.
-pub fn open(path: &Path) -> rusqlite::Result<Connection> {
+/// Opens (and creates or migrates) the database; gives its schema version too
+/// (newer than [`SCHEMA_VERSION`] when a newer mustbuild made it).
+pub fn open(path: &Path) -> rusqlite::Result<(Connection, i64)> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -215,12 +217,12 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
                 attempt += 1;
                 std::thread::sleep(Duration::from_millis(20));
             }
-            other => return other.map(|()| conn),
+            other => return other.map(|version| (conn, version)),
         }
     }
 }
 
-fn initialise(conn: &Connection) -> rusqlite::Result<()> {
+fn initialise(conn: &Connection) -> rusqlite::Result<i64> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // NORMAL in WAL mode: a commit survives a crash of the process; a power cut may
     // lose the last commits but never corrupts the database, and since objects are
@@ -229,6 +231,9 @@ fn initialise(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version >= SCHEMA_VERSION {
+        return Ok(version);
+    }
     // Added within schema 1: created on stores made before it (parsing the
     // statements on every open costs more than asking whether they are needed).
     let present: i64 = conn.query_row(
@@ -242,9 +247,16 @@ fn initialise(conn: &Connection) -> rusqlite::Result<()> {
     }
     let upgrade = match version {
         0 => format!("{SCHEMA} PRAGMA user_version = {SCHEMA_VERSION};"),
-        // Schema 2 keeps small objects in the database.
-        1 => "ALTER TABLE objects ADD COLUMN inline BLOB; PRAGMA user_version = 2;".to_string(),
-        _ => return Ok(()),
+        // Schema 2 keeps small objects in the database; schema 3 splits no-op
+        // records in two (the old ones are dropped: a record is only a shortcut,
+        // and the next complete run leaves a new one).
+        1 => format!(
+            "ALTER TABLE objects ADD COLUMN inline BLOB;
+             DROP TABLE IF EXISTS noop_records; {LAST_KEYS} PRAGMA user_version = 3;"
+        ),
+        2 => format!("DROP TABLE noop_records; {LAST_KEYS} PRAGMA user_version = 3;"),
+        // Not a schema of ours: the store reports it.
+        _ => return Ok(version),
     };
     // Under the write lock, asking again: another process may have just done it.
     conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -253,15 +265,11 @@ fn initialise(conn: &Connection) -> rusqlite::Result<()> {
         if now == version {
             conn.execute_batch(&upgrade)?;
         }
-        conn.execute_batch("COMMIT")
+        conn.execute_batch("COMMIT")?;
+        Ok(if now == version { SCHEMA_VERSION } else { now })
     })();
     if done.is_err() {
         let _ = conn.execute_batch("ROLLBACK");
     }
     done
-}
-
-/// The user_version of an opened database.
-pub fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.pragma_query_value(None, "user_version", |r| r.get(0))
 }

@@ -244,7 +244,9 @@ pub struct NoopRecord {
     pub generation: i64,
     /// How many derivations that session used.
     pub uses: i64,
-    /// The engine's description of the run's inputs and outputs.
+    /// The engine's description of the run's inputs and outputs: what every
+    /// rerun reads (the rest, [`LocalStore::noop_record_detail`], only when
+    /// something changed).
     pub body: Vec<u8>,
 }
 
@@ -292,8 +294,7 @@ impl LocalStore {
         }
         // Shard folders (objects/ab/) are made when a first object goes in
         // (commit_objects): most objects are small and live in the database.
-        let conn = db::open(&root.join("meta.sqlite"))?;
-        let schema = db::schema_version(&conn)?;
+        let (conn, schema) = db::open(&root.join("meta.sqlite"))?;
         if schema != db::SCHEMA_VERSION {
             return Err(StoreError::Version {
                 path: root,
@@ -1037,14 +1038,24 @@ impl LocalStore {
             .optional()?)
     }
 
+    /// The rest of a pipeline file's no-op record, as saved with its body.
+    pub fn noop_record_detail(&self, pipeline: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn()
+            .prepare_cached("SELECT detail FROM noop_records WHERE pipeline = ?1")?
+            .query_row([pipeline], |r| r.get(0))
+            .optional()?)
+    }
+
     /// Saves the no-op record of a complete run (`generation`: as read before the
-    /// run looked anything up).
+    /// run looked anything up): its body, which every rerun reads, and its detail.
     pub fn save_noop_record(
         &self,
         pipeline: &str,
         session: i64,
         generation: i64,
         body: &[u8],
+        detail: &[u8],
     ) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -1054,9 +1065,9 @@ impl LocalStore {
             |r| r.get(0),
         )?;
         tx.execute(
-            "INSERT OR REPLACE INTO noop_records (pipeline, session, generation, uses, body)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![pipeline, session, generation, uses, body],
+            "INSERT OR REPLACE INTO noop_records (pipeline, session, generation, uses, body, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![pipeline, session, generation, uses, body, detail],
         )?;
         tx.commit()?;
         Ok(())

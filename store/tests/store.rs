@@ -2,8 +2,8 @@
 //! cache, verify and gc.
 
 use mustbuild_store::{
-    Digest, Field, INLINE_MAX, Ingest, KeyMaterial, LocalStore, Output, OutputKind, Root,
-    RunRecord, Source, Tree,
+    Digest, Field, INLINE_MAX, Ingest, KeyMaterial, LocalStore, NoopRecord, Output, OutputKind,
+    Root, RunRecord, Source, Tree,
 };
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -634,10 +634,7 @@ fn no_op_sessions_keep_the_derivations_of_the_run_they_repeat() {
     store.use_derivation(session, &key).unwrap();
     store.finish_session(session).unwrap();
     let generation = store.generation().unwrap();
-    store
-        .save_noop_record("/p/pipeline.kdl", session, generation, b"body")
-        .unwrap();
-    let record = store.noop_record("/p/pipeline.kdl").unwrap().unwrap();
+    let record = save_noop_record(&store, session, generation);
     assert_eq!((record.session, record.uses), (session, 1));
     // Three no-op runs: three sessions that name the first one's derivations.
     for _ in 0..3 {
@@ -671,10 +668,11 @@ fn a_store_of_schema_1_is_upgraded_in_place() {
             .add_bytes(&large("stored by schema 1\n", "x\n"))
             .unwrap();
         drop(store);
-        // What schema 1 was: no inline column.
+        // What schema 1 was: no inline column, no-op records in one piece.
         let db = rusqlite::Connection::open(root.join("meta.sqlite")).unwrap();
         db.execute_batch("ALTER TABLE objects DROP COLUMN inline; PRAGMA user_version = 1;")
             .unwrap();
+        noop_records_of_schema_2(&db);
         d
     };
     let store = LocalStore::open(&root).unwrap();
@@ -682,11 +680,62 @@ fn a_store_of_schema_1_is_upgraded_in_place() {
     assert!(!store.object_path(&small).exists());
     assert!(store.object_path(&old).exists());
     assert!(store.verify(false).unwrap().is_clean());
+    no_op_records_are_those_of_schema_3(&store, &root);
+}
+
+/// Schema 2's no-op records (the record in one piece), with one record.
+fn noop_records_of_schema_2(db: &rusqlite::Connection) {
+    db.execute_batch(
+        "DROP TABLE noop_records;
+         CREATE TABLE noop_records (
+             pipeline TEXT PRIMARY KEY, session INTEGER NOT NULL,
+             generation INTEGER NOT NULL, uses INTEGER NOT NULL, body BLOB NOT NULL);
+         INSERT INTO noop_records VALUES ('/p/pipeline.kdl', 1, 0, 0, x'626f6479');",
+    )
+    .unwrap();
+}
+
+/// After an upgrade: schema 3, with no record left from before, and records in
+/// two parts.
+fn no_op_records_are_those_of_schema_3(store: &LocalStore, root: &std::path::Path) {
     let db = rusqlite::Connection::open(root.join("meta.sqlite")).unwrap();
     let version: i64 = db
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
+    assert_eq!(store.noop_record("/p/pipeline.kdl").unwrap(), None);
+    let session = store.begin_session("p").unwrap();
+    save_noop_record(store, session, 0);
+}
+
+/// Saves a no-op record of /p/pipeline.kdl, and reads both its parts back.
+fn save_noop_record(store: &LocalStore, session: i64, generation: i64) -> NoopRecord {
+    let pipeline = "/p/pipeline.kdl";
+    store
+        .save_noop_record(pipeline, session, generation, b"body", b"detail")
+        .unwrap();
+    let record = store.noop_record(pipeline).unwrap().unwrap();
+    assert_eq!(record.body, b"body");
+    let detail = store.noop_record_detail(pipeline).unwrap().unwrap();
+    assert_eq!(detail, b"detail");
+    record
+}
+
+#[test]
+fn a_store_of_schema_2_is_upgraded_in_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let d = LocalStore::open(&root)
+        .unwrap()
+        .add_bytes(b"stored by schema 2")
+        .unwrap();
+    let db = rusqlite::Connection::open(root.join("meta.sqlite")).unwrap();
+    db.execute_batch("PRAGMA user_version = 2;").unwrap();
+    noop_records_of_schema_2(&db);
+    drop(db);
+    let store = LocalStore::open(&root).unwrap();
+    assert!(store.has_object(&d).unwrap());
+    no_op_records_are_those_of_schema_3(&store, &root);
 }
 
 #[test]
