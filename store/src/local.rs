@@ -187,6 +187,10 @@ pub struct LocalStore {
 /// Statements that more than one method runs (one wording, one behaviour).
 const INSERT_DERIVATION: &str =
     "INSERT OR IGNORE INTO derivations (key, material, added_ms) VALUES (?1, ?2, ?3)";
+/// A key's realised outputs, in no order: with an ORDER BY, SQLite plans the
+/// query for each value of ?1, so that a cached statement is prepared again on
+/// every use (most of the time a rerun spends asking for realisations).
+const REALISATION: &str = "SELECT output, digest, kind FROM realisations WHERE key = ?1";
 const INSERT_USE: &str = "INSERT OR IGNORE INTO session_uses (session, key) VALUES (?1, ?2)";
 const SET_LAST_KEY: &str = "INSERT OR REPLACE INTO last_keys (pipeline, step, instance, key, added_ms) VALUES (?1, ?2, ?3, ?4, ?5)";
 
@@ -964,9 +968,7 @@ impl LocalStore {
         key: &Digest,
         lease: bool,
     ) -> Result<Option<Vec<Output>>> {
-        let mut q = tx.prepare_cached(
-            "SELECT output, digest, kind FROM realisations WHERE key = ?1 ORDER BY output",
-        )?;
+        let mut q = tx.prepare_cached(REALISATION)?;
         let rows = q.query_map([key.as_bytes()], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -984,6 +986,7 @@ impl LocalStore {
             };
             outputs.push(Output { name, digest, kind });
         }
+        outputs.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         if outputs.is_empty() || !lease {
             return Ok((!outputs.is_empty()).then_some(outputs));
         }
@@ -1410,4 +1413,22 @@ fn realise_in(tx: &Connection, key: &Digest, outputs: &[Output]) -> Result<()> {
         ])?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn asking_for_realisations_does_not_prepare_the_query_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(tmp.path().join("store")).unwrap();
+        let conn = store.conn();
+        for i in 0..3u8 {
+            let none = store.realisation_in(&conn, &Digest::of(&[i]), false);
+            assert_eq!(none.unwrap(), None);
+        }
+        let q = conn.prepare_cached(REALISATION).unwrap();
+        assert_eq!(q.get_status(rusqlite::StatementStatus::RePrepare), 0);
+    }
 }
