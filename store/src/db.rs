@@ -245,16 +245,18 @@ fn initialise(conn: &Connection) -> rusqlite::Result<i64> {
     if present < 5 {
         conn.execute_batch(LAST_KEYS)?;
     }
+    // Schema 3 splits no-op records in two: older ones are dropped (a record is
+    // only a shortcut, and the next complete run leaves a new one). A store left
+    // at 0 by a binary of schema 2 may hold its noop_records, made above.
+    let noop_records = format!("DROP TABLE IF EXISTS noop_records; {LAST_KEYS}");
     let upgrade = match version {
-        0 => format!("{SCHEMA} PRAGMA user_version = {SCHEMA_VERSION};"),
-        // Schema 2 keeps small objects in the database; schema 3 splits no-op
-        // records in two (the old ones are dropped: a record is only a shortcut,
-        // and the next complete run leaves a new one).
+        0 => format!("{SCHEMA} {noop_records} PRAGMA user_version = {SCHEMA_VERSION};"),
+        // Schema 2 keeps small objects in the database.
         1 => format!(
-            "ALTER TABLE objects ADD COLUMN inline BLOB;
-             DROP TABLE IF EXISTS noop_records; {LAST_KEYS} PRAGMA user_version = 3;"
+            "ALTER TABLE objects ADD COLUMN inline BLOB; {noop_records}
+             PRAGMA user_version = {SCHEMA_VERSION};"
         ),
-        2 => format!("DROP TABLE noop_records; {LAST_KEYS} PRAGMA user_version = 3;"),
+        2 => format!("{noop_records} PRAGMA user_version = {SCHEMA_VERSION};"),
         // Not a schema of ours: the store reports it.
         _ => return Ok(version),
     };

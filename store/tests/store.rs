@@ -721,6 +721,38 @@ fn save_noop_record(store: &LocalStore, session: i64, generation: i64) -> NoopRe
     record
 }
 
+/// The store at `root` (made if new), its schema version set to `version`;
+/// the database, for more changes.
+fn store_set_to_schema(root: &std::path::Path, version: i64) -> rusqlite::Connection {
+    drop(LocalStore::open(root).unwrap());
+    let db = rusqlite::Connection::open(root.join("meta.sqlite")).unwrap();
+    db.pragma_update(None, "user_version", version).unwrap();
+    db
+}
+
+#[test]
+fn a_store_left_at_schema_0_by_an_older_mustbuild_gets_the_new_records() {
+    // A mustbuild of schema 2 makes the tables outside the schema (its no-op
+    // records among them) before it sets the schema: stopped in between, it
+    // leaves a store at 0 with the old table.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    noop_records_of_schema_2(&store_set_to_schema(&root, 0));
+    let store = LocalStore::open(&root).unwrap();
+    no_op_records_are_those_of_schema_3(&store, &root);
+}
+
+#[test]
+fn a_store_of_a_newer_schema_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    drop(store_set_to_schema(&root, 4));
+    match LocalStore::open(&root) {
+        Ok(_) => panic!("a store of schema 4 was opened"),
+        Err(e) => assert!(e.to_string().contains("database schema 4"), "{e}"),
+    }
+}
+
 #[test]
 fn a_store_of_schema_2_is_upgraded_in_place() {
     let tmp = tempfile::tempdir().unwrap();
@@ -729,8 +761,7 @@ fn a_store_of_schema_2_is_upgraded_in_place() {
         .unwrap()
         .add_bytes(b"stored by schema 2")
         .unwrap();
-    let db = rusqlite::Connection::open(root.join("meta.sqlite")).unwrap();
-    db.execute_batch("PRAGMA user_version = 2;").unwrap();
+    let db = store_set_to_schema(&root, 2);
     noop_records_of_schema_2(&db);
     drop(db);
     let store = LocalStore::open(&root).unwrap();
