@@ -388,26 +388,23 @@ fn describe(
             tool.path.display()
         );
     }
-    let identities: Vec<Option<Identity>> = ids[tools.len()..].iter().copied().map(Some).collect();
     let _ = writeln!(
         body,
         "identities\t{}",
-        identities_digest(&identities).to_hex()
+        identities_digest(ids[tools.len()..].iter().map(Some)).to_hex()
     );
-    let mut detail = format!("{DETAIL_MAGIC}\t");
-    let detail_at = detail.len();
     // A file in the pipeline's folder by its path there (shorter to read, and
     // looked up from the folder, opened once).
-    for (k, (path, digest)) in files.iter().enumerate().skip(tools.len()) {
+    let recorded_files = files.iter().enumerate().skip(tools.len());
+    for (k, (path, digest)) in recorded_files.clone() {
         let path = path.strip_prefix(&root).unwrap_or(path).display();
-        let digest = digest.to_hex();
         if fresh.contains(&k) {
-            let _ = writeln!(body, "fresh\t{digest}\t{path}");
+            let _ = writeln!(body, "fresh\t{}\t{path}", digest.to_hex());
         } else {
             let _ = writeln!(body, "file\t{path}");
         }
-        let _ = writeln!(detail, "file\t{}\t{digest}", fmt_identity(&ids[k]));
     }
+    let mut realised = Vec::with_capacity(instances.all.len());
     for (i, inst) in instances.all.iter().enumerate() {
         let step = &wf.step(inst.step).name;
         let (Some(key), Some(outs)) = (keys[i], &outputs[i]) else {
@@ -416,22 +413,31 @@ fn describe(
         if inst.values.iter().any(|v| !clean(v)) {
             return Ok(None);
         }
-        let outs: Vec<String> = outs.iter().map(Digest::to_hex).collect();
         let _ = writeln!(body, "instance\t{step}\t{}", inst.values.join("\u{1f}"));
-        let _ = writeln!(detail, "instance\t{}\t{}", key.to_hex(), outs.join(","));
+        realised.push((key, outs));
     }
     // The detail names the body it goes with: both are read in two queries,
     // between which another run may have replaced the record.
-    detail.insert_str(
-        detail_at,
-        &format!("{}\n", Digest::of(body.as_bytes()).to_hex()),
-    );
+    let mut detail = format!("{DETAIL_MAGIC}\t{}\n", Digest::of(body.as_bytes()).to_hex());
+    for (k, (_, digest)) in recorded_files {
+        let _ = writeln!(
+            detail,
+            "file\t{}\t{}",
+            fmt_identity(&ids[k]),
+            digest.to_hex()
+        );
+    }
+    for (key, outs) in realised {
+        let outs: Vec<String> = outs.iter().map(Digest::to_hex).collect();
+        let _ = writeln!(detail, "instance\t{}\t{}", key.to_hex(), outs.join(","));
+    }
     Ok(Some((body, detail)))
 }
 
 /// One digest of the identities of a record's files, in order (`None`: no file).
-fn identities_digest(identities: &[Option<Identity>]) -> Digest {
-    let mut bytes = Vec::with_capacity(identities.len() * 41);
+fn identities_digest<'a>(identities: impl IntoIterator<Item = Option<&'a Identity>>) -> Digest {
+    let identities = identities.into_iter();
+    let mut bytes = Vec::with_capacity(identities.size_hint().0 * 41);
     for id in identities {
         match id {
             None => bytes.push(0),
@@ -469,7 +475,7 @@ pub fn check(store: &LocalStore, request: &Request) -> Result<Check, StoreError>
     // Otherwise, which did is in the detail.
     let mut detail = None;
     let mut same = vec![true; read.files.len()];
-    if identities_digest(&identities) != read.identities {
+    if identities_digest(identities.iter().map(Option::as_ref)) != read.identities {
         let Some(d) = read_detail(store, &name, &read)? else {
             return Ok(Check::None);
         };
