@@ -58,7 +58,11 @@ fn describe(event: &Event) -> String {
             outcome,
             log_tail,
         } => {
-            let mut text = format!("FAILED   {}: {outcome:?}", label(step, values));
+            let mut text = match outcome {
+                // mustbuild's own words: as they are.
+                Outcome::Infrastructure(why) => format!("FAILED   {}: {why}", label(step, values)),
+                _ => format!("FAILED   {}: {outcome:?}", label(step, values)),
+            };
             for line in log_tail.lines() {
                 text.push_str("\n    | ");
                 text.push_str(line);

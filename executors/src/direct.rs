@@ -20,7 +20,10 @@
 //! environment that sets none of the variables bash reads or changes.
 //! Everything else, and anything that fails before the program runs (a
 //! missing program, a folder that is not there, a script without `#!`), goes
-//! to bash, which then does and reports exactly what it always does.
+//! to bash, which then does and reports exactly what it always does. A
+//! simple command whose words no program can be started with (over the
+//! kernel's limits: [`crate::launch`]) is refused with an error that names the
+//! program and says what to do: bash could only fail the same way.
 //!
 //! What differs from bash: a program killed by a signal is reported as killed
 //! by that signal (bash would exit `128 + N` and print a line, not in the log
@@ -29,11 +32,13 @@
 //! and its environment holds the same variables in another order (sorted by
 //! name; bash's order is that of its hash tables).
 
+use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 
 use crate::ExecRequest;
+use crate::launch::{self, TooLong};
 
 /// How a redirection opens its file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -363,19 +368,36 @@ fn opens_the_same(dir: &Path, path: &str) -> bool {
     false
 }
 
-/// Starts `command` as bash would, without bash: `None` when it is not simple,
-/// or when anything fails before the program runs (bash then does it, and says
-/// what went wrong in its own words).
-pub(crate) fn spawn(req: &ExecRequest, log: &File) -> Option<Child> {
-    // Bash gets the command as one argument, which Linux refuses from 128 KiB
-    // up: bash then fails to start, and so must this.
-    if req.command.len() >= 128 << 10 {
-        return None;
+/// What became of a start without bash.
+#[derive(Debug)]
+pub(crate) enum Direct {
+    Started(Child),
+    /// Not simple, or something failed before the program ran: bash does it,
+    /// and says what went wrong in its own words.
+    ToBash,
+    /// Simple, but no program can be started with these arguments: bash would
+    /// fail too (`Argument list too long`), after the same search.
+    TooLong {
+        program: String,
+        why: TooLong,
+    },
+}
+
+/// Starts `command` as bash would, without bash.
+pub(crate) fn spawn(req: &ExecRequest, log: &File) -> Direct {
+    match start(req, log) {
+        Ok(child) => Direct::Started(child),
+        Err(Some((program, why))) => Direct::TooLong { program, why },
+        Err(None) => Direct::ToBash,
     }
-    let simple = parse(&req.command)?;
+}
+
+/// `Err(None)`: to bash; `Err(Some(…))`: a start over the kernel's limits.
+fn start(req: &ExecRequest, log: &File) -> Result<Child, Option<(String, TooLong)>> {
+    let simple = parse(&req.command).ok_or(None)?;
     let env = &req.env;
     if !plain_environment(env) {
-        return None;
+        return Err(None);
     }
     let dir = &req.dir;
     let redirected = |r: &Redirect| match *r {
@@ -383,16 +405,42 @@ pub(crate) fn spawn(req: &ExecRequest, log: &File) -> Option<Child> {
         Redirect::Copy { .. } => true,
     };
     if !simple.redirects.iter().all(redirected) {
-        return None;
+        return Err(None);
     }
-    let program = find_program(simple.words[0], env)?;
+    let program = find_program(simple.words[0], env).ok_or(None)?;
     // Bash's PWD: the physical path of its working folder.
-    let pwd = std::fs::canonicalize(dir).ok()?;
+    let pwd = std::fs::canonicalize(dir).map_err(|_| None)?;
+    // Bash lowers SHLVL before it execs a command without redirections in
+    // place of itself.
+    let shlvl = if simple.redirects.is_empty() {
+        "0"
+    } else {
+        "1"
+    };
+    let added = [
+        (OsStr::new("PWD"), pwd.as_os_str()),
+        (OsStr::new("SHLVL"), OsStr::new(shlvl)),
+        (OsStr::new("_"), program.as_os_str()),
+    ];
+    let gpus = req.gpus.as_ref().map(|g| g.join(","));
+    let gpus = gpus
+        .as_deref()
+        .map(|g| (OsStr::new("CUDA_VISIBLE_DEVICES"), OsStr::new(g)));
+    let environment = env
+        .iter()
+        .map(|(k, v)| (OsStr::new(k.as_str()), OsStr::new(v.as_str())))
+        .chain(added)
+        .chain(gpus);
+    if let Some(why) =
+        launch::start_refused(&program, simple.words.iter().map(OsStr::new), environment)
+    {
+        return Err(Some((simple.words[0].to_string(), why)));
+    }
     // Standard input (`None`: /dev/null), output and error, as bash leaves them.
     let mut fds: [Option<File>; 3] = [
         None,
-        Some(log.try_clone().ok()?),
-        Some(log.try_clone().ok()?),
+        Some(log.try_clone().map_err(|_| None)?),
+        Some(log.try_clone().map_err(|_| None)?),
     ];
     for r in &simple.redirects {
         match *r {
@@ -403,11 +451,14 @@ pub(crate) fn spawn(req: &ExecRequest, log: &File) -> Option<Child> {
                     Open::Truncate => options.write(true).create(true).truncate(true),
                     Open::Append => options.append(true).create(true),
                 };
-                fds[fd] = Some(options.open(dir.join(path)).ok()?);
+                fds[fd] = Some(options.open(dir.join(path)).map_err(|_| None)?);
             }
             // A copy of standard input while it is /dev/null, open for
             // reading only: left to bash.
-            Redirect::Copy { fd, to } => fds[fd] = Some(fds[to].as_ref()?.try_clone().ok()?),
+            Redirect::Copy { fd, to } => {
+                let from = fds[to].as_ref().ok_or(None)?;
+                fds[fd] = Some(from.try_clone().map_err(|_| None)?);
+            }
         }
     }
     let stdio = |f: Option<File>| f.map_or_else(Stdio::null, Stdio::from);
@@ -416,23 +467,12 @@ pub(crate) fn spawn(req: &ExecRequest, log: &File) -> Option<Child> {
     crate::local::step_process(&program, req)
         .arg0(simple.words[0])
         .args(&simple.words[1..])
-        .env("PWD", &pwd)
-        // Bash execs a command without redirections in place of itself, and
-        // lowers SHLVL first.
-        .env(
-            "SHLVL",
-            if simple.redirects.is_empty() {
-                "0"
-            } else {
-                "1"
-            },
-        )
-        .env("_", &program)
+        .envs(added)
         .stdin(stdio(stdin))
         .stdout(stdio(stdout))
         .stderr(stdio(stderr))
         .spawn()
-        .ok()
+        .map_err(|_| None)
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! mustbuild-executors: plain execution requests in (a command, a prepared
 //! folder, an environment, the outputs to expect), outcomes out; the local
-//! executor (simple commands started without bash: `direct`) and the machine's
-//! GPUs (`gpus`) now, Slurm and HTCondor later.
+//! executor (simple commands started without bash: `direct`), how a command of
+//! any length reaches bash (`launch`, the command file every executor shares)
+//! and the machine's GPUs (`gpus`) now, Slurm and HTCondor later.
 //!
 //! It must not know about KDL, derivations or the store ("builders stay dumb").
 //! A failed step is data (an [`Outcome`]), not an error.
@@ -11,6 +12,7 @@
 
 mod direct;
 pub mod gpus;
+pub mod launch;
 pub mod local;
 
 pub use direct::bash_literal;

@@ -14,10 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 use wait4::Wait4;
 
+use crate::launch::{self, Launch};
+
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecRequest {
-    /// Shell code, run as `bash -e -o pipefail -c COMMAND`.
+    /// Shell code, run as `bash -e -o pipefail -c COMMAND` (of any length: see
+    /// [`crate::launch`]).
     pub command: String,
     /// The working folder, prepared by the caller (inputs in place).
     pub dir: PathBuf,
@@ -123,6 +126,57 @@ pub(crate) fn step_process(program: &std::path::Path, req: &ExecRequest) -> Comm
     cmd
 }
 
+/// Starts the command with bash, as an argument or through the command file
+/// (see [`crate::launch`]); a start the kernel refuses as too long is tried
+/// again through the file.
+fn start_bash(req: &ExecRequest, log: &std::fs::File) -> Result<std::process::Child, String> {
+    let share = || {
+        log.try_clone()
+            .map_err(|e| format!("cannot share the log {}: {e}", req.log.display()))
+    };
+    let mut how = launch::choose(bash(), &req.command, &req.env);
+    loop {
+        if how == Launch::File {
+            launch::write_command_file(&req.dir, &req.command).map_err(|e| {
+                let file = req.dir.join(launch::COMMAND_FILE);
+                format!("cannot write the command file {}: {e}", file.display())
+            })?;
+        }
+        let spawned = step_process(bash(), req)
+            .args(launch::bash_args(&req.command, how))
+            .stdin(Stdio::null())
+            .stdout(share()?)
+            .stderr(share()?)
+            .spawn();
+        match spawned {
+            Ok(child) => return Ok(child),
+            Err(e) if e.raw_os_error() == Some(E2BIG) && how == Launch::Argument => {
+                how = Launch::File;
+            }
+            Err(e) if e.raw_os_error() == Some(E2BIG) => {
+                return Err(format!(
+                    "cannot start bash: {e}: the step's environment alone is over this \
+                     machine's limit of {} bytes for starting a program",
+                    launch::start_limit()
+                ));
+            }
+            Err(e) => return Err(format!("cannot start bash: {e}")),
+        }
+    }
+}
+
+const E2BIG: i32 = nix::errno::Errno::E2BIG as i32;
+
+/// The error for a simple command that no shell could start either.
+fn too_long(program: &str, why: launch::TooLong) -> String {
+    format!(
+        "cannot start `{program}`: {why}. Write the paths to a file with bash's own \
+         `printf '%s\\n' PATHS… > paths.txt` (a builtin: no limit applies) and give \
+         `{program}` that file, or run `xargs {program} < paths.txt` if it may take the \
+         paths a part at a time"
+    )
+}
+
 /// Runs a request to its end: through bash, or without it when bash would only
 /// start one program (see [`crate::direct`]).
 pub fn run(req: &ExecRequest, cancel: &CancelToken) -> ExecResult {
@@ -148,29 +202,17 @@ fn run_with(req: &ExecRequest, cancel: &CancelToken, allow_direct: bool) -> Exec
     let direct = if allow_direct {
         crate::direct::spawn(req, &log)
     } else {
-        None
+        crate::direct::Direct::ToBash
     };
     let mut child = match direct {
-        Some(child) => child,
-        None => {
-            let log_err = match log.try_clone() {
-                Ok(f) => f,
-                Err(e) => {
-                    let why = format!("cannot share the log {}: {e}", req.log.display());
-                    return infrastructure(why, false);
-                }
-            };
-            let spawned = step_process(bash(), req)
-                .args(["-e", "-o", "pipefail", "-c", &req.command])
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log_err)
-                .spawn();
-            match spawned {
-                Ok(c) => c,
-                Err(e) => return infrastructure(format!("cannot start bash: {e}"), false),
-            }
+        crate::direct::Direct::Started(child) => child,
+        crate::direct::Direct::TooLong { program, why } => {
+            return infrastructure(too_long(&program, why), false);
         }
+        crate::direct::Direct::ToBash => match start_bash(req, &log) {
+            Ok(child) => child,
+            Err(why) => return infrastructure(why, false),
+        },
     };
     let pgid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     let mut stopped: Option<Outcome> = None;
@@ -450,7 +492,10 @@ mod tests {
             let probe = prepared();
             let req = with_path(probe.path());
             let log = std::fs::File::create(&req.log).unwrap();
-            let started = crate::direct::spawn(&req, &log).map(|mut c| c.wait().unwrap());
+            let started = match crate::direct::spawn(&req, &log) {
+                crate::direct::Direct::Started(mut c) => Some(c.wait().unwrap()),
+                _ => None,
+            };
             assert_eq!(started.is_some(), direct, "{command}");
 
             let (direct, bash) = (prepared(), prepared());
@@ -484,15 +529,61 @@ mod tests {
     }
 
     #[test]
-    fn a_command_too_long_for_bash_fails_as_it_would() {
-        let command = format!("cksum{} > out.txt", " in.txt".repeat(20_000));
-        let dir = prepared();
-        let r = run(&request(dir.path(), &command), &CancelToken::default());
-        assert!(
-            matches!(r.outcome, Outcome::Infrastructure(_)),
-            "{:?}",
-            r.outcome
-        );
+    fn a_command_of_any_length_runs() {
+        let cancel = CancelToken::default();
+        // 20,000 arguments: 140 KB, over what one argument may be.
+        let names = " in.txt".repeat(20_000);
+        for (command, direct) in [
+            (format!("cksum{names} > out.txt"), true),
+            (format!("cksum{names} | cat > out.txt"), false),
+            (format!("printf '%s\\n'{names} > out.txt"), false),
+        ] {
+            let outputs = [true, false].map(|allow_direct| {
+                let dir = prepared();
+                let mut req = request(dir.path(), &command);
+                req.outputs = vec!["out.txt".into()];
+                let r = run_with(&req, &cancel, allow_direct);
+                assert_eq!(r.outcome, Outcome::Succeeded, "{}", &command[..40]);
+                let file = dir.path().join(launch::COMMAND_FILE);
+                // Bash read it from the file; without bash, no file is needed.
+                assert_eq!(file.exists(), !(allow_direct && direct));
+                if file.exists() {
+                    assert_eq!(std::fs::read_to_string(file).unwrap(), command);
+                }
+                std::fs::read_to_string(dir.path().join("out.txt")).unwrap()
+            });
+            assert_eq!(outputs[0], outputs[1]);
+            assert_eq!(outputs[0].lines().count(), 20_000);
+        }
+    }
+
+    #[test]
+    fn a_program_no_shell_could_start_is_named_with_what_to_do() {
+        let limit = launch::start_limit();
+        let one = format!("cksum {} > out.txt", "x".repeat(launch::MAX_ARGUMENT));
+        let many = format!("cksum{} > out.txt", " in.txt".repeat(limit / 8));
+        for (command, says) in [
+            (one, "one argument is"),
+            (many, "over this machine's limit"),
+        ] {
+            let dir = prepared();
+            let r = run(&request(dir.path(), &command), &CancelToken::default());
+            let Outcome::Infrastructure(why) = &r.outcome else {
+                panic!("{:?}", r.outcome)
+            };
+            assert!(why.starts_with("cannot start `cksum`: "), "{why}");
+            assert!(why.contains(says) && why.contains("xargs cksum"), "{why}");
+            assert!(!r.spawned);
+            // Bash fails the same way, in its own words.
+            let r = run_with(
+                &request(dir.path(), &command),
+                &CancelToken::default(),
+                false,
+            );
+            assert_eq!(r.outcome, Outcome::Failed { exit_code: 126 });
+            let log = std::fs::read_to_string(dir.path().join("log.txt")).unwrap();
+            assert!(log.contains("Argument list too long"), "{log}");
+        }
     }
 
     #[test]
