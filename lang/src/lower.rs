@@ -57,7 +57,9 @@ pub(crate) fn lower(
     let mut name: Option<(String, Span)> = None;
     let mut tools = Vec::new();
     let mut env = Vec::new();
-    let mut drafts: Vec<StepDraft<'_>> = Vec::new();
+    // Room for every node: growing a vector of large drafts by doubling would
+    // leave up to half of it unused at the peak (100,000 steps: 20 MB).
+    let mut drafts: Vec<StepDraft<'_>> = Vec::with_capacity(nodes.len());
     for node in nodes {
         // A node with a syntax error has had it reported; only a damaged step that
         // kept its name is worth keeping, so that references to it stay quiet.
@@ -177,12 +179,51 @@ struct StepDraft<'n> {
     foreach: Vec<(Str, DomainDraft<'n>)>,
     ins: Vec<(Str, &'n Value)>,
     outs: Vec<(Str, &'n Value, PathKind)>,
+    /// `ins` and `outs` by name, once they are many.
+    in_names: ByName,
+    out_names: ByName,
     log: Option<&'n Value>,
     run: Option<&'n Value>,
     resources: Resources,
     retry: u32,
     env: Vec<EnvVar>,
     tools: Vec<Tool>,
+}
+
+/// Finds a step's inputs or outputs by name: by a scan while they are few, by a
+/// map from [`ByName::FROM`] on (a gather may declare thousands, each of them
+/// looked up for the check of names and for each placeholder).
+#[derive(Debug, Default)]
+#[expect(
+    clippy::box_collection,
+    reason = "8 bytes in each of 100,000 drafts where a map takes 48; few steps need one"
+)]
+struct ByName(Option<Box<std::collections::HashMap<String, usize>>>);
+
+impl ByName {
+    const FROM: usize = 16;
+
+    /// `names` (all of them, in order) has just grown by one.
+    fn added<'s>(
+        &mut self,
+        mut names: impl DoubleEndedIterator<Item = &'s str> + ExactSizeIterator,
+    ) {
+        let len = names.len();
+        if len == Self::FROM {
+            let all = names.enumerate().map(|(i, n)| (n.to_string(), i)).collect();
+            self.0 = Some(Box::new(all));
+        } else if let (Some(map), Some(last)) = (self.0.as_mut(), names.next_back()) {
+            map.entry(last.to_string()).or_insert(len - 1);
+        }
+    }
+
+    /// The position of `name` in `names` (all of them, in order).
+    fn find<'s>(&self, mut names: impl Iterator<Item = &'s str>, name: &str) -> Option<usize> {
+        match &self.0 {
+            None => names.position(|n| n == name),
+            Some(map) => map.get(name).copied(),
+        }
+    }
 }
 
 enum DomainDraft<'n> {
@@ -761,6 +802,8 @@ impl<'a> Lower<'a> {
             foreach: Vec::new(),
             ins: Vec::new(),
             outs: Vec::new(),
+            in_names: ByName::default(),
+            out_names: ByName::default(),
             log: None,
             run: None,
             resources: Resources::default(),
@@ -808,8 +851,12 @@ impl<'a> Lower<'a> {
                     child,
                     "in NAME=REFERENCE [NAME=REFERENCE…]",
                     &mut |this, k, v| {
-                        if this.unique(d.ins.iter().map(|(n, _)| n), k, "input", &d.name.value) {
+                        let names = d.ins.iter().map(|(n, _)| n.value.as_str());
+                        let first = d.in_names.find(names, &k.value).map(|i| d.ins[i].0.span);
+                        if this.unique(first, k, "input", &d.name.value) {
                             d.ins.push((k.clone(), v));
+                            d.in_names
+                                .added(d.ins.iter().map(|(n, _)| n.value.as_str()));
                         }
                     },
                 ),
@@ -820,8 +867,9 @@ impl<'a> Lower<'a> {
                         // A bad annotation is reported; the output still exists for the
                         // rest of the step, so that its uses are not reported too.
                         let kind = this.path_kind(v).unwrap_or(PathKind::File);
-                        if this.unique(d.outs.iter().map(|(n, _, _)| n), k, "output", &d.name.value)
-                        {
+                        let names = d.outs.iter().map(|(n, _, _)| n.value.as_str());
+                        let first = d.out_names.find(names, &k.value).map(|i| d.outs[i].0.span);
+                        if this.unique(first, k, "output", &d.name.value) {
                             let slash = v.as_str().is_some_and(|s| s.ends_with('/'));
                             if kind == PathKind::File && slash {
                                 this.push(
@@ -838,6 +886,8 @@ impl<'a> Lower<'a> {
                                 k => k,
                             };
                             d.outs.push((k.clone(), v, kind));
+                            d.out_names
+                                .added(d.outs.iter().map(|(n, _, _)| n.value.as_str()));
                         }
                     },
                 ),
@@ -904,20 +954,16 @@ impl<'a> Lower<'a> {
                     .hint("add the command it runs: run \"…\""),
             );
         }
+        // Kept until every step is resolved: without the room left by growing.
+        d.ins.shrink_to_fit();
+        d.outs.shrink_to_fit();
         Some(d)
     }
 
-    /// Whether `k` is not already among `names`; reports the repeat.
-    fn unique<'s>(
-        &mut self,
-        mut names: impl Iterator<Item = &'s Str>,
-        k: &Str,
-        what: &str,
-        step: &str,
-    ) -> bool {
-        match names.find(|n| n.value == k.value) {
+    /// Whether `k` is a new name (`first`: where it was declared before).
+    fn unique(&mut self, first: Option<Span>, k: &Str, what: &str, step: &str) -> bool {
+        match first {
             Some(first) => {
-                let first = first.span;
                 self.push(
                     Diagnostic::error(
                         k.span,
@@ -1589,6 +1635,7 @@ impl<'a> Lower<'a> {
         let pieces = template::scan(&text);
         let mut parts = Vec::with_capacity(pieces.len());
         let mut ok = true;
+        let mut origin = None;
         for piece in pieces {
             match piece {
                 Piece::Text(t) => {
@@ -1608,7 +1655,13 @@ impl<'a> Lower<'a> {
                     parts.push(Part::Text(t));
                 }
                 Piece::Placeholder { head, field, range } => {
-                    let span = self.sub_span(v, &text, range.clone());
+                    let at = *origin.get_or_insert_with(|| self.text_origin(v, &text));
+                    let span = match at {
+                        Some(start) => {
+                            Span::new(v.span.file, start + range.start, start + range.end)
+                        }
+                        None => v.span,
+                    };
                     match self.placeholder(head, field, scope, cx, what, span) {
                         Some(p) => parts.push(p),
                         None => ok = false,
@@ -1650,9 +1703,11 @@ impl<'a> Lower<'a> {
                     return None;
                 }
                 let found = if head == "in" {
-                    step.ins.iter().position(|(n, _)| n.value == f)
+                    let names = step.ins.iter().map(|(n, _)| n.value.as_str());
+                    step.in_names.find(names, f)
                 } else {
-                    step.outs.iter().position(|(n, _, _)| n.value == f)
+                    let names = step.outs.iter().map(|(n, _, _)| n.value.as_str());
+                    step.out_names.find(names, f)
                 };
                 let names = || -> Vec<&str> {
                     if head == "in" {
@@ -1801,26 +1856,19 @@ impl<'a> Lower<'a> {
         }
     }
 
-    /// The source span of `range` within a string value's decoded text, when the
-    /// source spells it verbatim; else the whole value.
-    fn sub_span(&self, v: &Value, decoded: &str, range: std::ops::Range<usize>) -> Span {
+    /// Where a string value's decoded text starts in its source, when the source
+    /// spells it verbatim (a placeholder's span is then its own; else the
+    /// value's). Computed once per value: it compares the whole text.
+    fn text_origin(&self, v: &Value, decoded: &str) -> Option<usize> {
         let src = self.sources.slice(v.span);
         let hashes = src.bytes().take_while(|&b| b == b'#').count();
         let open = hashes + 1;
         if src.len() >= open * 2 && !src[hashes..].starts_with("\"\"\"") {
             let inner = &src[open..src.len() - open];
-            if inner == decoded {
-                let start = v.span.start as usize + open;
-                return Span::new(v.span.file, start + range.start, start + range.end);
-            }
-        } else if src == decoded {
-            return Span::new(
-                v.span.file,
-                v.span.start as usize + range.start,
-                v.span.start as usize + range.end,
-            );
+            (inner == decoded).then_some(v.span.start as usize + open)
+        } else {
+            (src == decoded).then_some(v.span.start as usize)
         }
-        v.span
     }
 }
 

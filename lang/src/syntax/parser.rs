@@ -567,6 +567,8 @@ impl<'a> Parser<'a> {
                         node.entries = entries.split_off(0);
                     }
                     let block = self.block(depth, false)?;
+                    // Nearly always the only one: no room for three more.
+                    node.blocks.reserve_exact(1);
                     node.blocks.push(block);
                 }
                 Some(b'/') if self.peek_at(1) == Some(b'-') => {
