@@ -36,6 +36,11 @@ fn duplicate_steps_inputs_outputs_and_params() {
 }
 
 #[test]
+fn a_step_of_many_inputs_reports_repeats_and_unknown_names_the_same() {
+    snapshot_check("many_inputs.kdl", 1);
+}
+
+#[test]
 fn unknown_steps_outputs_inputs_and_fan_out_sources() {
     snapshot_check("unknown_references.kdl", 1);
 }
