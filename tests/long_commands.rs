@@ -4,7 +4,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Output;
 
 /// `n` source files in `dir/data`, with paths of 63 bytes as a seismic archive
 /// names its traces (1,000 per folder), each holding its own path; their paths,
@@ -28,7 +27,7 @@ fn traces(dir: &Path, n: usize) -> Vec<String> {
     paths
 }
 
-/// `mustbuild run pipeline.kdl --store STORE ARGS…` in `dir`, with
+/// `mustbuild run pipeline.kdl --store STORE --json ARGS…` in `dir`, with
 /// `MUSTBUILD_COMMAND_FILE` set as given.
 fn run(dir: &Path, command_file: Option<&str>, args: &[&str]) -> common::Run {
     let store = dir.join("store");
@@ -45,16 +44,16 @@ fn run(dir: &Path, command_file: Option<&str>, args: &[&str]) -> common::Run {
         Some(how) => cmd.env("MUSTBUILD_COMMAND_FILE", how),
         None => cmd.env_remove("MUSTBUILD_COMMAND_FILE"),
     };
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = cmd.output().unwrap();
-    common::Run {
-        code: status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-    }
+    common::output(&mut cmd)
+}
+
+/// A folder with `n` traces (see [`traces`]) and `pipeline` as its
+/// `pipeline.kdl`; the traces' paths.
+fn archive(n: usize, pipeline: &str) -> (tempfile::TempDir, Vec<String>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let paths = traces(tmp.path(), n);
+    std::fs::write(tmp.path().join("pipeline.kdl"), pipeline).unwrap();
+    (tmp, paths)
 }
 
 /// The run's summary counts: executed and cached.
@@ -77,11 +76,8 @@ fn read(dir: &Path, path: &str) -> String {
 /// (`cat`); a rerun runs nothing; the keys are the same when every command goes
 /// through the command file.
 fn gather(n: usize) {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let paths = traces(dir, n);
-    std::fs::write(
-        dir.join("pipeline.kdl"),
+    let (tmp, paths) = archive(
+        n,
         r##"pipeline "gather"
 input traces glob="data/**/*.sac"
 step listed {
@@ -96,8 +92,8 @@ step merged {
     run "cat {in.all} > {out.all}"
 }
 "##,
-    )
-    .unwrap();
+    );
+    let dir = tmp.path();
     // Through the file whatever the length, as a cluster executor would.
     assert_eq!(counts(&run(dir, Some("always"), &[])), (3, 0));
     let all: String = paths.iter().map(|p| format!("{p}\n")).collect();
@@ -131,11 +127,8 @@ fn a_gather_over_20000_files_is_over_a_mebibyte() {
 
 #[test]
 fn a_fan_out_of_3000_into_a_gather() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let paths = traces(dir, 3_000);
-    std::fs::write(
-        dir.join("pipeline.kdl"),
+    let (tmp, paths) = archive(
+        3_000,
         r#"pipeline "picks"
 input traces glob="data/**/*.sac"
 step pick {
@@ -150,8 +143,8 @@ step catalogue {
     run "cat {in.picks} | sort -k3 > {out.catalogue}"
 }
 "#,
-    )
-    .unwrap();
+    );
+    let dir = tmp.path();
     assert_eq!(counts(&run(dir, None, &[])), (3_001, 0));
     let catalogue = read(dir, "catalogue.txt");
     let named: Vec<&str> = catalogue
@@ -168,11 +161,8 @@ step catalogue {
 
 #[test]
 fn a_list_of_100000_paths() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let paths = traces(dir, 100_000);
-    std::fs::write(
-        dir.join("pipeline.kdl"),
+    let (tmp, paths) = archive(
+        100_000,
         r##"pipeline "archive"
 input traces glob="data/**/*.sac"
 step listed {
@@ -181,8 +171,8 @@ step listed {
     run #"printf '%s\n' {in.all} > {out.list}"#
 }
 "##,
-    )
-    .unwrap();
+    );
+    let dir = tmp.path();
     // 6.4 MB of paths: through the command file, to bash's own `printf`.
     assert_eq!(counts(&run(dir, None, &[])), (1, 0));
     let all: String = paths.iter().map(|p| format!("{p}\n")).collect();
@@ -192,22 +182,20 @@ step listed {
 
 #[test]
 fn a_program_no_shell_could_start_is_named_with_what_to_do() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
     // One argument of 200 KB; 400,000 of 2 bytes (8 MB with their pointers,
     // over the most Linux allows, 6 MiB).
     let word = "w".repeat(200_000);
     let words = "w ".repeat(400_000);
-    std::fs::write(
-        dir.join("pipeline.kdl"),
-        format!(
+    let (tmp, _) = archive(
+        0,
+        &format!(
             "pipeline \"long\"\nparam word \"{word}\"\nparam words \"{words}\"
 step echoed {{\n    out o=\"echoed.txt\"\n    run \"echo {{param.word}} | wc -c > {{out.o}}\"\n}}
 step one {{\n    out o=\"one.txt\"\n    run \"cksum {{param.word}} > {{out.o}}\"\n}}
 step many {{\n    out o=\"many.txt\"\n    run \"cksum {{param.words}} > {{out.o}}\"\n}}\n"
         ),
-    )
-    .unwrap();
+    );
+    let dir = tmp.path();
     // Bash's own `echo` takes it (from the command file).
     assert_eq!(counts(&run(dir, None, &["echoed"])), (1, 0));
     assert_eq!(read(dir, "echoed.txt").trim(), "200001");

@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 
 use crate::ExecRequest;
-use crate::launch::{self, TooLong};
+use crate::launch::{self, TooLong, variable};
 
 /// How a redirection opens its file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -385,19 +385,16 @@ pub(crate) enum Direct {
 
 /// Starts `command` as bash would, without bash.
 pub(crate) fn spawn(req: &ExecRequest, log: &File) -> Direct {
-    match start(req, log) {
-        Ok(child) => Direct::Started(child),
-        Err(Some((program, why))) => Direct::TooLong { program, why },
-        Err(None) => Direct::ToBash,
-    }
+    start(req, log).unwrap_or_else(|not| not)
 }
 
-/// `Err(None)`: to bash; `Err(Some(…))`: a start over the kernel's limits.
-fn start(req: &ExecRequest, log: &File) -> Result<Child, Option<(String, TooLong)>> {
-    let simple = parse(&req.command).ok_or(None)?;
+/// `Err`: what became of it instead.
+fn start(req: &ExecRequest, log: &File) -> Result<Direct, Direct> {
+    let to_bash = |_| Direct::ToBash;
+    let simple = parse(&req.command).ok_or(Direct::ToBash)?;
     let env = &req.env;
     if !plain_environment(env) {
-        return Err(None);
+        return Err(Direct::ToBash);
     }
     let dir = &req.dir;
     let redirected = |r: &Redirect| match *r {
@@ -405,11 +402,11 @@ fn start(req: &ExecRequest, log: &File) -> Result<Child, Option<(String, TooLong
         Redirect::Copy { .. } => true,
     };
     if !simple.redirects.iter().all(redirected) {
-        return Err(None);
+        return Err(Direct::ToBash);
     }
-    let program = find_program(simple.words[0], env).ok_or(None)?;
+    let program = find_program(simple.words[0], env).ok_or(Direct::ToBash)?;
     // Bash's PWD: the physical path of its working folder.
-    let pwd = std::fs::canonicalize(dir).map_err(|_| None)?;
+    let pwd = std::fs::canonicalize(dir).map_err(to_bash)?;
     // Bash lowers SHLVL before it execs a command without redirections in
     // place of itself.
     let shlvl = if simple.redirects.is_empty() {
@@ -422,25 +419,20 @@ fn start(req: &ExecRequest, log: &File) -> Result<Child, Option<(String, TooLong
         (OsStr::new("SHLVL"), OsStr::new(shlvl)),
         (OsStr::new("_"), program.as_os_str()),
     ];
-    let gpus = req.gpus.as_ref().map(|g| g.join(","));
-    let gpus = gpus
-        .as_deref()
-        .map(|g| (OsStr::new("CUDA_VISIBLE_DEVICES"), OsStr::new(g)));
-    let environment = env
-        .iter()
-        .map(|(k, v)| (OsStr::new(k.as_str()), OsStr::new(v.as_str())))
-        .chain(added)
+    let gpus = (req.gpus.as_ref()).map(|g| variable("CUDA_VISIBLE_DEVICES", g.join(",")));
+    let strings = (simple.words.iter().map(|w| w.len()))
+        .chain(launch::variables(env))
+        .chain(added.iter().map(|(k, v)| variable(k, v)))
         .chain(gpus);
-    if let Some(why) =
-        launch::start_refused(&program, simple.words.iter().map(OsStr::new), environment)
-    {
-        return Err(Some((simple.words[0].to_string(), why)));
+    if let Some(why) = launch::start_refused(&program, strings) {
+        let program = simple.words[0].to_string();
+        return Err(Direct::TooLong { program, why });
     }
     // Standard input (`None`: /dev/null), output and error, as bash leaves them.
     let mut fds: [Option<File>; 3] = [
         None,
-        Some(log.try_clone().map_err(|_| None)?),
-        Some(log.try_clone().map_err(|_| None)?),
+        Some(log.try_clone().map_err(to_bash)?),
+        Some(log.try_clone().map_err(to_bash)?),
     ];
     for r in &simple.redirects {
         match *r {
@@ -451,13 +443,13 @@ fn start(req: &ExecRequest, log: &File) -> Result<Child, Option<(String, TooLong
                     Open::Truncate => options.write(true).create(true).truncate(true),
                     Open::Append => options.append(true).create(true),
                 };
-                fds[fd] = Some(options.open(dir.join(path)).map_err(|_| None)?);
+                fds[fd] = Some(options.open(dir.join(path)).map_err(to_bash)?);
             }
             // A copy of standard input while it is /dev/null, open for
             // reading only: left to bash.
             Redirect::Copy { fd, to } => {
-                let from = fds[to].as_ref().ok_or(None)?;
-                fds[fd] = Some(from.try_clone().map_err(|_| None)?);
+                let from = fds[to].as_ref().ok_or(Direct::ToBash)?;
+                fds[fd] = Some(from.try_clone().map_err(to_bash)?);
             }
         }
     }
@@ -472,7 +464,8 @@ fn start(req: &ExecRequest, log: &File) -> Result<Child, Option<(String, TooLong
         .stdout(stdio(stdout))
         .stderr(stdio(stderr))
         .spawn()
-        .map_err(|_| None)
+        .map(Direct::Started)
+        .map_err(to_bash)
 }
 
 #[cfg(test)]

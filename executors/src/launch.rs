@@ -39,55 +39,39 @@ pub const RUN_COMMAND_FILE: &str = r#"eval "$(< .mustbuild/command.sh)""#;
 pub const MAX_ARGUMENT: usize = 32 * 4096;
 
 /// The bytes a start may use for its arguments and environment on this
-/// machine, counted as the kernel counts them (see [`start_size`]): a quarter
-/// of the stack limit, at most 6 MiB (`_STK_LIM / 4 * 3`), at least 128 KiB.
+/// machine, counted as the kernel counts them (see [`start_refused`]): a
+/// quarter of the stack limit, at most 6 MiB (`_STK_LIM / 4 * 3`), at least
+/// 128 KiB. Read once: mustbuild never changes its stack limit.
 pub fn start_limit() -> usize {
-    const FLOOR: u64 = 128 << 10;
-    const CEILING: u64 = 6 << 20;
-    let stack = rustix::process::getrlimit(rustix::process::Resource::Stack)
-        .current
-        .unwrap_or(u64::MAX);
-    let limit = (stack / 4).clamp(FLOOR, CEILING);
-    usize::try_from(limit).unwrap_or(usize::MAX)
+    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        const FLOOR: u64 = 128 << 10;
+        const CEILING: u64 = 6 << 20;
+        let stack = rustix::process::getrlimit(rustix::process::Resource::Stack)
+            .current
+            .unwrap_or(u64::MAX);
+        let limit = (stack / 4).clamp(FLOOR, CEILING);
+        usize::try_from(limit).unwrap_or(usize::MAX)
+    })
 }
 
-/// What starting `program` with `args` (the first being `argv[0]`) and `env`
-/// costs against [`start_limit`]: each string with its NUL (the program's path
-/// is copied too), and a pointer for each argument and variable.
-pub fn start_size<'a>(
-    program: &Path,
-    args: impl IntoIterator<Item = &'a OsStr>,
-    env: impl IntoIterator<Item = (&'a OsStr, &'a OsStr)>,
-) -> usize {
-    let pointer = std::mem::size_of::<usize>();
-    let mut size = program.as_os_str().len() + 1;
-    for a in args {
-        size += a.len() + 1 + pointer;
-    }
-    for (k, v) in env {
-        // `NAME=value`
-        size += k.len() + 1 + v.len() + 1 + pointer;
-    }
-    size
+/// The length of a variable as a start passes it: `NAME=value`.
+pub fn variable(name: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> usize {
+    name.as_ref().len() + 1 + value.as_ref().len()
 }
 
-/// Why a start cannot happen, whoever makes it: the longest argument and the
-/// whole size, against the limits.
-pub fn start_refused<'a>(
-    program: &Path,
-    args: impl IntoIterator<Item = &'a OsStr> + Clone,
-    env: impl IntoIterator<Item = (&'a OsStr, &'a OsStr)> + Clone,
-) -> Option<TooLong> {
-    let longest = args.clone().into_iter().map(OsStr::len).max().unwrap_or(0);
-    let env_longest = env
-        .clone()
-        .into_iter()
-        .map(|(k, v)| k.len() + 1 + v.len())
-        .max()
-        .unwrap_or(0);
-    let size = start_size(program, args, env);
+/// The lengths of an environment's variables, for [`start_refused`].
+pub fn variables(env: &[(String, String)]) -> impl Iterator<Item = usize> + '_ {
+    env.iter().map(|(k, v)| variable(k, v))
+}
+
+/// Why starting `program` with these strings (their lengths: the arguments,
+/// the first being `argv[0]`, then each variable, see [`variable`]) cannot
+/// happen, whoever starts it: over [`MAX_ARGUMENT`] for one, or over
+/// [`start_limit`] for all.
+pub fn start_refused(program: &Path, strings: impl IntoIterator<Item = usize>) -> Option<TooLong> {
+    let (size, argument) = measure(program, strings);
     let limit = start_limit();
-    let argument = longest.max(env_longest);
     (argument + 1 > MAX_ARGUMENT || size > limit).then_some(TooLong {
         argument,
         size,
@@ -95,12 +79,26 @@ pub fn start_refused<'a>(
     })
 }
 
+/// What a start costs against [`start_limit`], and its longest string: each
+/// string with its NUL (the program's path is copied too), and a pointer for
+/// each argument and variable.
+fn measure(program: &Path, strings: impl IntoIterator<Item = usize>) -> (usize, usize) {
+    let pointer = std::mem::size_of::<usize>();
+    let mut size = program.as_os_str().len() + 1;
+    let mut longest = 0;
+    for len in strings {
+        size += len + 1 + pointer;
+        longest = longest.max(len);
+    }
+    (size, longest)
+}
+
 /// A start over the kernel's limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TooLong {
     /// The longest argument (or `NAME=value`), in bytes.
     pub argument: usize,
-    /// Arguments and environment, as [`start_size`] counts them.
+    /// Arguments and environment, as the kernel counts them.
     pub size: usize,
     /// [`start_limit`].
     pub limit: usize,
@@ -152,12 +150,8 @@ pub fn choose(bash: &Path, command: &str, env: &[(String, String)]) -> Launch {
     if always_file() {
         return Launch::File;
     }
-    let args = std::iter::once(OsStr::new("bash"))
-        .chain(bash_args(command, Launch::Argument).map(OsStr::new));
-    let env = env
-        .iter()
-        .map(|(k, v)| (OsStr::new(k.as_str()), OsStr::new(v.as_str())));
-    match start_refused(bash, args, env) {
+    let args = std::iter::once("bash").chain(bash_args(command, Launch::Argument));
+    match start_refused(bash, args.map(str::len).chain(variables(env))) {
         None => Launch::Argument,
         Some(_) => Launch::File,
     }
@@ -280,7 +274,8 @@ mod tests {
         let limit = start_limit();
         let program = Path::new("/bin/true");
         let attempt = |extra: usize| {
-            let fixed = start_size(program, [program.as_os_str()], []);
+            let argv0 = program.as_os_str().len();
+            let (fixed, _) = measure(program, [argv0]);
             let pointer = std::mem::size_of::<usize>();
             // Arguments of 100 KiB, then one to make the size.
             let mut args = Vec::new();
@@ -292,11 +287,8 @@ mod tests {
             }
             let rest = (limit + extra).saturating_sub(size + 1 + pointer);
             args.push("b".repeat(rest));
-            let refused = start_refused(
-                program,
-                std::iter::once(program.as_os_str()).chain(args.iter().map(OsStr::new)),
-                [],
-            );
+            let lengths = std::iter::once(argv0).chain(args.iter().map(String::len));
+            let refused = start_refused(program, lengths);
             let run = Command::new(program).args(&args).env_clear().status();
             (refused.is_none(), run.is_ok())
         };
@@ -305,8 +297,8 @@ mod tests {
         // One argument: its NUL makes it `MAX_ARGUMENT` at most.
         for (length, fits) in [(MAX_ARGUMENT - 1, true), (MAX_ARGUMENT, false)] {
             let arg = "c".repeat(length);
-            let args = [program.as_os_str(), OsStr::new(&arg)];
-            assert_eq!(start_refused(program, args, []).is_none(), fits);
+            let lengths = [program.as_os_str().len(), arg.len()];
+            assert_eq!(start_refused(program, lengths).is_none(), fits);
             assert_eq!(Command::new(program).arg(&arg).status().is_ok(), fits);
         }
     }

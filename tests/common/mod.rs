@@ -31,11 +31,16 @@ pub struct Run {
 }
 
 pub fn run(dir: &Path, args: &[&str]) -> Run {
+    output(mustbuild(dir).args(args))
+}
+
+/// Runs `cmd` (made by [`mustbuild`], then given its arguments) to its end.
+pub fn output(cmd: &mut Command) -> Run {
     let Output {
         status,
         stdout,
         stderr,
-    } = mustbuild(dir).args(args).output().expect("the binary runs");
+    } = cmd.output().expect("the binary runs");
     Run {
         code: status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
