@@ -20,8 +20,6 @@ pub struct Loaded {
     pub diagnostics: Vec<Diagnostic>,
     /// Present when there is no error.
     pub workflow: Option<Workflow>,
-    /// The syntax tree of each file, by [`FileId`] (for the formatter).
-    pub documents: Vec<Document>,
     /// Files that were KDL v1 (their text in `sources` is the v2 translation).
     pub v1_files: Vec<FileId>,
 }
@@ -64,18 +62,18 @@ pub fn load_with(files: &dyn Files, path: &Path) -> Loaded {
                     }
                 },
             );
-            let nodes: Vec<&Node> = loader
-                .order
-                .iter()
-                .filter_map(
-                    |&(file, i)| match &loader.documents[file.0 as usize].items[i] {
-                        Item::Node(n) => Some(n),
-                        _ => None,
-                    },
-                )
-                .collect();
-            let lowered =
-                crate::lower::lower(&loader.sources, main, root, &nodes, &mut loader.diags);
+            // Each top-level node is taken out of its file's tree and dropped once
+            // declared: the trees never stand beside the whole workflow.
+            let mut documents = std::mem::take(&mut loader.documents);
+            let nodes = loader.order.iter().filter_map(|&(file, i)| {
+                match std::mem::replace(&mut documents[file.0 as usize].items[i], Item::Blank) {
+                    Item::Node(n) => Some(n),
+                    _ => None,
+                }
+            });
+            let declared = crate::lower::declare(&loader.sources, main, nodes, &mut loader.diags);
+            drop(documents);
+            let lowered = crate::lower::resolve(&loader.sources, root, declared, &mut loader.diags);
             if !loader.diags.has_errors() {
                 workflow = lowered;
             }
@@ -85,7 +83,6 @@ pub fn load_with(files: &dyn Files, path: &Path) -> Loaded {
         sources: loader.sources,
         diagnostics: loader.diags.into_sorted(),
         workflow,
-        documents: loader.documents,
         v1_files: loader.v1_files,
     }
 }

@@ -36,13 +36,15 @@ const STEP_LEVEL: [&str; 9] = [
 const RESOURCES: [&str; 5] = ["cpus", "memory", "gpus", "time", "disk"];
 const RESERVED_VARS: [&str; 5] = ["in", "out", "param", "cpus", "log"];
 
-pub(crate) fn lower(
+/// Reads every declaration of `nodes` (the top-level nodes of all files, in
+/// order). What it keeps owns its parts, and each node is dropped once read: at
+/// 100,000 steps the syntax trees would be the larger half of the peak memory.
+pub(crate) fn declare(
     sources: &SourceMap,
     main: FileId,
-    root: PathBuf,
-    nodes: &[&Node],
+    nodes: impl Iterator<Item = Node>,
     diags: &mut Diagnostics,
-) -> Option<Workflow> {
+) -> Declared {
     let mut cx = Lower {
         sources,
         diags,
@@ -59,35 +61,91 @@ pub(crate) fn lower(
     let mut env = Vec::new();
     // Room for every node: growing a vector of large drafts by doubling would
     // leave up to half of it unused at the peak (100,000 steps: 20 MB).
-    let mut drafts: Vec<StepDraft<'_>> = Vec::with_capacity(nodes.len());
+    let mut drafts: Vec<StepDraft> = Vec::with_capacity(nodes.size_hint().1.unwrap_or(0));
+    let mut any_damaged = false;
+    let mut any_pipeline = false;
     for node in nodes {
+        any_damaged |= node.damaged;
+        any_pipeline |= node.name.value == "pipeline";
         // A node with a syntax error has had it reported; only a damaged step that
         // kept its name is worth keeping, so that references to it stay quiet.
         if node.damaged && (node.name.value != "step" || node.args().next().is_none()) {
             continue;
         }
         match node.name.value.as_str() {
-            "pipeline" => cx.pipeline(node, main, &mut name),
-            "param" => cx.param(node),
-            "input" => cx.input(node),
-            "tool" => cx.tool(node, &mut tools),
-            "env" => cx.env(node, &mut env),
+            "pipeline" => cx.pipeline(&node, main, &mut name),
+            "param" => cx.param(&node),
+            "input" => cx.input(&node),
+            "tool" => cx.tool(&node, &mut tools),
+            "env" => cx.env(&node, &mut env),
             "step" => {
-                if let Some(d) = cx.step_draft(node) {
+                if let Some(d) = cx.step_draft(&node) {
                     drafts.push(d);
                 }
             }
-            other => cx.unknown_node(node, other, &TOP_LEVEL, "at the top of a pipeline"),
+            other => cx.unknown_node(&node, other, &TOP_LEVEL, "at the top of a pipeline"),
         }
     }
     // A file with syntax errors may well have lost its `pipeline` line to them.
-    let main_damaged = nodes.iter().any(|n| n.damaged);
-    if name.is_none() && !nodes.iter().any(|n| n.name.value == "pipeline") && !main_damaged {
+    if name.is_none() && !any_pipeline && !any_damaged {
         cx.diags.push(
             Diagnostic::error(Span::new(main, 0, 0), "the pipeline has no name")
                 .hint("start the file with `pipeline \"my-analysis\"`"),
         );
     }
+    drafts.shrink_to_fit();
+    Declared {
+        name,
+        tools,
+        env,
+        drafts,
+        params: cx.params,
+        inputs: cx.inputs,
+        param_names: cx.param_names,
+        input_names: cx.input_names,
+    }
+}
+
+/// What [`declare`] read, owning its parts.
+pub(crate) struct Declared {
+    name: Option<(String, Span)>,
+    tools: Vec<Tool>,
+    env: Vec<EnvVar>,
+    drafts: Vec<StepDraft>,
+    params: Vec<Param>,
+    inputs: Vec<Input>,
+    param_names: HashMap<CompactString, ParamId>,
+    input_names: HashMap<CompactString, InputId>,
+}
+
+/// Resolves references and placeholders: the workflow, when nothing is wrong.
+pub(crate) fn resolve(
+    sources: &SourceMap,
+    root: PathBuf,
+    declared: Declared,
+    diags: &mut Diagnostics,
+) -> Option<Workflow> {
+    let Declared {
+        name,
+        tools,
+        env,
+        mut drafts,
+        params,
+        inputs,
+        param_names,
+        input_names,
+    } = declared;
+    let mut cx = Lower {
+        sources,
+        diags,
+        params,
+        inputs,
+        param_names,
+        input_names,
+        step_names: HashMap::default(),
+        used_params: Vec::new(),
+        used_inputs: Vec::new(),
+    };
     cx.used_params = vec![false; cx.params.len()];
     cx.used_inputs = vec![false; cx.inputs.len()];
 
@@ -107,9 +165,11 @@ pub(crate) fn lower(
             }
         }
     }
-    let steps: Vec<Option<Step>> = (0..drafts.len())
-        .map(|i| cx.resolve_step(&drafts, i))
-        .collect();
+    let mut steps: Vec<Option<Step>> = Vec::with_capacity(drafts.len());
+    for i in 0..drafts.len() {
+        steps.push(cx.resolve_step(&drafts, i));
+        drafts[i].resolved();
+    }
     for (i, used) in cx.used_params.iter().enumerate() {
         if !used {
             let p = &cx.params[i];
@@ -172,18 +232,19 @@ struct Lower<'a> {
 }
 
 /// A step read but not yet resolved.
-struct StepDraft<'n> {
-    node: &'n Node,
+struct StepDraft {
+    /// The whole `step` node.
+    span: Span,
     name: Str,
     damaged: bool,
-    foreach: Vec<(Str, DomainDraft<'n>)>,
-    ins: Vec<(Str, &'n Value)>,
-    outs: Vec<(Str, &'n Value, PathKind)>,
+    foreach: Vec<(Str, DomainDraft)>,
+    ins: Vec<(Str, Value)>,
+    outs: Vec<(Str, Value, PathKind)>,
     /// `ins` and `outs` by name, once they are many.
     in_names: ByName,
     out_names: ByName,
-    log: Option<&'n Value>,
-    run: Option<&'n Value>,
+    log: Option<Value>,
+    run: Option<Value>,
     resources: Resources,
     retry: u32,
     env: Vec<EnvVar>,
@@ -226,9 +287,22 @@ impl ByName {
     }
 }
 
-enum DomainDraft<'n> {
+impl StepDraft {
+    /// Its step is built: drop what only that needed (later steps look at its
+    /// name, outputs and fan-out only).
+    fn resolved(&mut self) {
+        self.ins = Vec::new();
+        self.in_names = ByName::default();
+        self.log = None;
+        self.run = None;
+        self.env = Vec::new();
+        self.tools = Vec::new();
+    }
+}
+
+enum DomainDraft {
     Values(Vec<String>),
-    From(&'n Value),
+    From(Value),
 }
 
 impl<'a> Lower<'a> {
@@ -774,7 +848,7 @@ impl<'a> Lower<'a> {
 
     // ---- steps: first pass ---------------------------------------------------------------
 
-    fn step_draft<'n>(&mut self, node: &'n Node) -> Option<StepDraft<'n>> {
+    fn step_draft(&mut self, node: &Node) -> Option<StepDraft> {
         let usage = "step NAME { … }";
         self.no_props(node, usage);
         let mut args = node.args();
@@ -796,7 +870,7 @@ impl<'a> Lower<'a> {
             );
         }
         let mut d = StepDraft {
-            node,
+            span: node.span,
             name,
             damaged: node.damaged,
             foreach: Vec::new(),
@@ -854,7 +928,7 @@ impl<'a> Lower<'a> {
                         let names = d.ins.iter().map(|(n, _)| n.value.as_str());
                         let first = d.in_names.find(names, &k.value).map(|i| d.ins[i].0.span);
                         if this.unique(first, k, "input", &d.name.value) {
-                            d.ins.push((k.clone(), v));
+                            d.ins.push((k.clone(), v.clone()));
                             d.in_names
                                 .added(d.ins.iter().map(|(n, _)| n.value.as_str()));
                         }
@@ -885,7 +959,7 @@ impl<'a> Lower<'a> {
                                 PathKind::Any => PathKind::File,
                                 k => k,
                             };
-                            d.outs.push((k.clone(), v, kind));
+                            d.outs.push((k.clone(), v.clone(), kind));
                             d.out_names
                                 .added(d.outs.iter().map(|(n, _, _)| n.value.as_str()));
                         }
@@ -896,7 +970,7 @@ impl<'a> Lower<'a> {
                         self.no_props(child, "log \"path\"");
                         self.no_children(child, "log \"path\"");
                         if let Some(args) = self.args::<1>(child, "log PATH") {
-                            d.log = Some(args[0]);
+                            d.log = Some(args[0].clone());
                         }
                     }
                 }
@@ -906,7 +980,7 @@ impl<'a> Lower<'a> {
                         self.no_props(child, usage);
                         self.no_children(child, usage);
                         if let Some(args) = self.args::<1>(child, "run COMMAND") {
-                            d.run = Some(args[0]);
+                            d.run = Some(args[0].clone());
                         }
                     }
                 }
@@ -1023,7 +1097,7 @@ impl<'a> Lower<'a> {
         }
     }
 
-    fn foreach<'n>(&mut self, node: &'n Node, d: &mut StepDraft<'n>) {
+    fn foreach(&mut self, node: &Node, d: &mut StepDraft) {
         let usage = "foreach VAR \"value\"…  or  foreach VAR from=GLOB_INPUT";
         let Some((var, values, from)) =
             self.named_node(node, usage, "fan-out variable name", "from")
@@ -1062,7 +1136,7 @@ impl<'a> Lower<'a> {
                     );
                     return;
                 }
-                DomainDraft::From(f)
+                DomainDraft::From(f.clone())
             }
             None => {
                 if values.is_empty() {
@@ -1190,7 +1264,7 @@ impl<'a> Lower<'a> {
 
     // ---- steps: second pass --------------------------------------------------------------
 
-    fn resolve_step(&mut self, drafts: &[StepDraft<'_>], index: usize) -> Option<Step> {
+    fn resolve_step(&mut self, drafts: &[StepDraft], index: usize) -> Option<Step> {
         let d = &drafts[index];
         let mut ok = !d.damaged;
         let mut foreach = Vec::with_capacity(d.foreach.len());
@@ -1266,7 +1340,7 @@ impl<'a> Lower<'a> {
                 None => ok = false,
             }
         }
-        let log = match d.log {
+        let log = match &d.log {
             Some(v) => match self.template(v, &scope, Context::Path, &"the log path") {
                 Some(t) => {
                     ok &= self.output_path_ok(&t, v, &scope, &"the log");
@@ -1279,7 +1353,7 @@ impl<'a> Lower<'a> {
             },
             None => None,
         };
-        let run = match d.run {
+        let run = match &d.run {
             Some(v) => {
                 let t = self.template(v, &scope, Context::Command, &"the command");
                 if let Some(t) = &t
@@ -1313,7 +1387,7 @@ impl<'a> Lower<'a> {
             env: d.env.clone(),
             tools: d.tools.clone(),
             deps,
-            span: d.node.span,
+            span: d.span,
             name_span: d.name.span,
         })
     }
@@ -1356,8 +1430,8 @@ impl<'a> Lower<'a> {
     /// What an `in NAME=…` value refers to.
     fn reference(
         &mut self,
-        drafts: &[StepDraft<'_>],
-        scope: &Scope<'_, '_>,
+        drafts: &[StepDraft],
+        scope: &Scope<'_>,
         v: &Value,
     ) -> Option<InputRef> {
         let kind = self.path_kind(v)?;
@@ -1492,7 +1566,7 @@ impl<'a> Lower<'a> {
     }
 
     /// Shared fan-out variables pick the matching upstream instance: their values must agree.
-    fn check_shared_vars(&mut self, scope: &Scope<'_, '_>, up: &StepDraft<'_>, at: &Value) {
+    fn check_shared_vars(&mut self, scope: &Scope<'_>, up: &StepDraft, at: &Value) {
         for (mine, dom) in scope.foreach.iter().map(|f| (f, &f.domain)) {
             let Some((_, theirs)) = up.foreach.iter().find(|(v, _)| v.value == mine.var) else {
                 continue;
@@ -1536,7 +1610,7 @@ impl<'a> Lower<'a> {
         &mut self,
         t: &Template,
         v: &Value,
-        scope: &Scope<'_, '_>,
+        scope: &Scope<'_>,
         what: &dyn std::fmt::Display,
     ) -> bool {
         let problem = if t.is_literal() {
@@ -1621,7 +1695,7 @@ impl<'a> Lower<'a> {
     fn template(
         &mut self,
         v: &Value,
-        scope: &Scope<'_, '_>,
+        scope: &Scope<'_>,
         cx: Context,
         what: &dyn std::fmt::Display,
     ) -> Option<Template> {
@@ -1680,7 +1754,7 @@ impl<'a> Lower<'a> {
         &mut self,
         head: &str,
         field: Option<&str>,
-        scope: &Scope<'_, '_>,
+        scope: &Scope<'_>,
         cx: Context,
         what: &dyn std::fmt::Display,
         span: Span,
@@ -1880,8 +1954,8 @@ enum Context {
     Path,
 }
 
-struct Scope<'s, 'n> {
-    d: &'s StepDraft<'n>,
+struct Scope<'s> {
+    d: &'s StepDraft,
     foreach: &'s [FanOut],
 }
 
