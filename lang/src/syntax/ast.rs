@@ -3,6 +3,7 @@
 
 use crate::source::Span;
 use compact_str::CompactString;
+use thin_vec::ThinVec;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Document {
@@ -35,9 +36,9 @@ pub struct Node {
     pub name: Str,
     pub entries: Vec<Entry>,
     /// Children blocks in source order; at most one is not slashdashed.
-    pub blocks: Vec<Block>,
+    pub blocks: ThinVec<Block>,
     /// Comments (and line continuations) after the last entry.
-    pub trailing: Vec<Trivia>,
+    pub trailing: ThinVec<Trivia>,
     /// A `//` comment at the end of the node's last line.
     pub trailing_comment: Option<Comment>,
     /// A syntax error was found inside this node: parts of it may be missing.
@@ -101,7 +102,7 @@ pub struct Entry {
     pub slashdash: bool,
     pub key: Option<Str>,
     pub value: Value,
-    pub leading: Vec<Trivia>,
+    pub leading: ThinVec<Trivia>,
 }
 
 /// A decoded string with the span of its source text (quotes included).

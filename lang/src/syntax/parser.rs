@@ -10,6 +10,7 @@ use super::ast::{Block, Comment, Document, Entry, Item, Literal, Node, Str, Triv
 use crate::diagnostic::Diagnostic;
 use crate::source::{FileId, Span};
 use compact_str::CompactString;
+use thin_vec::ThinVec;
 
 /// Deepest nesting of children blocks (pipelines need two).
 pub const MAX_DEPTH: usize = 64;
@@ -446,7 +447,7 @@ impl<'a> Parser<'a> {
                         slashdash: false,
                         key: None,
                         value,
-                        leading: Vec::new(),
+                        leading: ThinVec::new(),
                     });
                 }
             }
@@ -457,9 +458,9 @@ impl<'a> Parser<'a> {
             ty: None,
             name,
             entries,
-            blocks: Vec::new(),
+            blocks: ThinVec::new(),
             trailing_comment: None,
-            trailing: Vec::new(),
+            trailing: ThinVec::new(),
             damaged: true,
         })
     }
@@ -543,9 +544,9 @@ impl<'a> Parser<'a> {
             ty,
             name,
             entries: Vec::new(),
-            blocks: Vec::new(),
+            blocks: ThinVec::new(),
             trailing_comment: None,
-            trailing: Vec::new(),
+            trailing: ThinVec::new(),
             damaged: false,
         };
         let mut trivia = Vec::new();
@@ -555,7 +556,7 @@ impl<'a> Parser<'a> {
             if at_end || matches!(self.peek(), Some(b'{' | b'}') | None) || self.starts_with("/-{")
             {
                 // Comments after the last entry belong to the node, not to an entry.
-                node.trailing.append(&mut trivia);
+                node.trailing.extend(trivia.drain(..));
             }
             if at_end {
                 break;
@@ -596,7 +597,7 @@ impl<'a> Parser<'a> {
                         let mut entry = self.entry()?;
                         entry.slashdash = true;
                         entry.span = self.span(sd, entry.span.end as usize);
-                        entry.leading = std::mem::take(&mut trivia);
+                        entry.leading = trivia.drain(..).collect();
                         entries.push(entry);
                     }
                 }
@@ -616,7 +617,7 @@ impl<'a> Parser<'a> {
                         ));
                     }
                     let mut entry = self.entry()?;
-                    entry.leading = std::mem::take(&mut trivia);
+                    entry.leading = trivia.drain(..).collect();
                     entries.push(entry);
                 }
                 None => break,
@@ -777,7 +778,7 @@ impl<'a> Parser<'a> {
                 slashdash: false,
                 key: Some(key),
                 value: Value { ty: vty, lit, span },
-                leading: Vec::new(),
+                leading: ThinVec::new(),
             });
         }
         self.pos = save;
@@ -787,7 +788,7 @@ impl<'a> Parser<'a> {
             slashdash: false,
             key: None,
             value: Value { ty, lit, span },
-            leading: Vec::new(),
+            leading: ThinVec::new(),
         })
     }
 
