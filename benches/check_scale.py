@@ -12,19 +12,20 @@ shape of `seismology()` in benches/check.rs): one step per station with long,
 distinct file names, and the steps that gather their outputs by name, either all
 in one step (`one-gather`) or a thousand per step (`gathers-of-1000`). Each is
 checked --reps times; the table gives the median wall time, the median peak RSS
-of the process (GNU time's %M: ru_maxrss of wait4, in KiB) and that peak over
+of the process (ru_maxrss of wait4, through GNU time where it is installed;
+see `measure` in compare.py) and that peak over
 the file's size. The targets (issue 19): 10,000 steps under 0.3 s, 100,000 steps
 under 3 s with a peak under 10 times the file's size.
 """
 
 import argparse
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from compare import gnu_time, measure, tail
 
 ROOT = Path(__file__).resolve().parent.parent
 NETWORKS = ["IU", "II", "GE", "G", "CN"]
@@ -71,17 +72,13 @@ def pipeline(steps, group):
     return "".join(out)
 
 
-def run_check(binary, path):
-    time = shutil.which("time") or "/usr/bin/time"
-    proc = subprocess.run(
-        [time, "-f", "%e %M", str(binary), "check", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        sys.exit(f"mustbuild check {path} failed:\n{proc.stderr}")
-    wall, rss = proc.stderr.strip().splitlines()[-1].split()
-    return float(wall), int(rss)
+def run_check(binary, path, rss_wrapper):
+    """(seconds, peak RSS in KiB) of one `mustbuild check`, measured as compare.py does."""
+    log = path.with_suffix("")
+    seconds, code, rss = measure([str(binary), "check", str(path)], path.parent, log, rss_wrapper)
+    if code != 0:
+        sys.exit(f"mustbuild check {path} failed:\n{tail(f'{log}.err')}")
+    return seconds, rss
 
 
 def main():
@@ -95,6 +92,7 @@ def main():
         sys.exit(f"{args.binary} is missing: run `cargo build --release` first")
     work = args.keep or Path(tempfile.mkdtemp(prefix="check-scale-"))
     work.mkdir(parents=True, exist_ok=True)
+    rss_wrapper = gnu_time()
     print(f"{'steps':>8} {'shape':<16} {'MB':>7} {'median s':>9} {'peak MiB':>9} {'peak/file':>9}")
     try:
         for steps in args.sizes:
@@ -102,11 +100,11 @@ def main():
                 path = work / f"seismology-{steps}-{shape}.kdl"
                 path.write_text(pipeline(steps, group))
                 size = path.stat().st_size
-                runs = [run_check(args.binary, path) for _ in range(args.reps)]
+                runs = [run_check(args.binary, path, rss_wrapper) for _ in range(args.reps)]
                 wall = statistics.median(r[0] for r in runs)
                 rss = statistics.median(r[1] for r in runs)
                 print(
-                    f"{steps:>8} {shape:<16} {size / 1e6:>7.1f} {wall:>9.2f}"
+                    f"{steps:>8} {shape:<16} {size / 1e6:>7.1f} {wall:>9.3f}"
                     f" {rss / 1024:>9.0f} {rss * 1024 / size:>8.1f}x"
                 )
     finally:

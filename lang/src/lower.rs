@@ -167,7 +167,7 @@ pub(crate) fn resolve(
     }
     let mut steps: Vec<Option<Step>> = Vec::with_capacity(drafts.len());
     for i in 0..drafts.len() {
-        steps.push(cx.resolve_step(&drafts, i));
+        steps.push(cx.resolve_step(&mut drafts, i));
         drafts[i].resolved();
     }
     for (i, used) in cx.used_params.iter().enumerate() {
@@ -295,8 +295,6 @@ impl StepDraft {
         self.in_names = ByName::default();
         self.log = None;
         self.run = None;
-        self.env = Vec::new();
-        self.tools = Vec::new();
     }
 }
 
@@ -1264,7 +1262,8 @@ impl<'a> Lower<'a> {
 
     // ---- steps: second pass --------------------------------------------------------------
 
-    fn resolve_step(&mut self, drafts: &[StepDraft], index: usize) -> Option<Step> {
+    /// Builds step `index`, taking from its draft what only the step needs.
+    fn resolve_step(&mut self, drafts: &mut [StepDraft], index: usize) -> Option<Step> {
         let d = &drafts[index];
         let mut ok = !d.damaged;
         let mut foreach = Vec::with_capacity(d.foreach.len());
@@ -1375,6 +1374,7 @@ impl<'a> Lower<'a> {
         deps.sort_unstable();
         deps.dedup();
         let run = run?;
+        let d = &mut drafts[index];
         ok.then(|| Step {
             name: d.name.value.clone(),
             foreach,
@@ -1384,8 +1384,8 @@ impl<'a> Lower<'a> {
             run,
             resources: d.resources.clone(),
             retry: d.retry,
-            env: d.env.clone(),
-            tools: d.tools.clone(),
+            env: std::mem::take(&mut d.env),
+            tools: std::mem::take(&mut d.tools),
             deps,
             span: d.span,
             name_span: d.name.span,
