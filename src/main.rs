@@ -36,8 +36,9 @@ macro_rules! tell {
     }};
 }
 
-// After the macros, which it uses.
+// After the macros, which they use.
 mod progress;
+mod provenance;
 
 /// Exit codes, stable for scripts.
 mod exit {
@@ -117,6 +118,58 @@ enum Command {
         store: Option<PathBuf>,
         #[command(subcommand)]
         command: StoreCommand,
+    },
+    /// Why a step ran (down to the root causes) or was reused.
+    ///
+    /// TARGET is an output path, a step, `step[VALUE]` (the instance with that
+    /// fan-out value) or `step[V1, V2]`. Default: the latest run that touched it.
+    /// Compares the key of each instance that ran with its previous key and
+    /// follows each changed input upstream to what changed it.
+    #[command(
+        after_help = "Examples:\n  mustbuild why results/summary.tsv\n  mustbuild why align[s1] --run 12\n  mustbuild why plot --json | jq '.root_causes'"
+    )]
+    Why {
+        target: String,
+        /// The run to explain (`mustbuild runs` lists them).
+        #[arg(long, value_name = "ID")]
+        run: Option<i64>,
+        #[command(flatten)]
+        common: provenance::Common,
+    },
+    /// A derivation: its key, inputs by digest, command, outputs, the run that made it.
+    #[command(
+        after_help = "Examples:\n  mustbuild show results/summary.tsv\n  mustbuild show align[s1] --json"
+    )]
+    Show {
+        target: String,
+        #[arg(long, value_name = "ID")]
+        run: Option<i64>,
+        #[command(flatten)]
+        common: provenance::Common,
+    },
+    /// The stored output (stdout and stderr) of the execution that made a result.
+    ///
+    /// With --run: of that run's execution of it (a failed one too).
+    #[command(
+        after_help = "Examples:\n  mustbuild log align[s1]\n  mustbuild log results/a.txt --run 7"
+    )]
+    Log {
+        target: String,
+        #[arg(long, value_name = "ID")]
+        run: Option<i64>,
+        /// The store [default: $MUSTBUILD_STORE, else $XDG_CACHE_HOME/mustbuild/store,
+        /// else ~/.cache/mustbuild/store].
+        #[arg(long, value_name = "PATH")]
+        store: Option<PathBuf>,
+    },
+    /// The latest runs: id, when, wall time, steps run, cached and failed, pipeline.
+    #[command(after_help = "Examples:\n  mustbuild runs\n  mustbuild runs -n 100 --json")]
+    Runs {
+        /// How many runs, newest first.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        common: provenance::Common,
     },
     /// Format pipeline files canonically, keeping comments.
     ///
@@ -198,6 +251,18 @@ fn main() -> ExitCode {
         Command::Fmt { files, check } => fmt(&files, check),
         Command::Store { store, command } => store_command(store, command),
         Command::Run { pipeline, flags } => run_command(&pipeline, flags),
+        Command::Why {
+            target,
+            run,
+            common,
+        } => provenance::why(&target, run, common),
+        Command::Show {
+            target,
+            run,
+            common,
+        } => provenance::show(&target, run, common),
+        Command::Log { target, run, store } => provenance::log(&target, run, store),
+        Command::Runs { limit, common } => provenance::runs(limit, common),
     };
     ExitCode::from(code)
 }
@@ -597,8 +662,19 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         && targets.is_empty()
         && force.is_empty()
         && std::env::var_os("MUSTBUILD_NO_NOOP_RECORD").is_none();
+    let info = mustbuild_engine::provenance::RunInfo {
+        overrides: overrides.clone(),
+        targets: targets.clone(),
+        forced: force.clone(),
+        jobs,
+        ..mustbuild_engine::provenance::RunInfo::here(&noop_request.pipeline)
+    };
     let said = if may_be_noop && let Ok(store) = LocalStore::open(&store_root) {
-        mustbuild_engine::noop::check(&store, &noop_request)
+        let noop_info = mustbuild_engine::provenance::RunInfo {
+            noop: true,
+            ..info.clone()
+        };
+        mustbuild_engine::noop::check(&store, &noop_request, Some(&noop_info.to_json()))
             .unwrap_or(mustbuild_engine::noop::Check::None)
     } else {
         mustbuild_engine::noop::Check::None
@@ -775,6 +851,23 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         },
         noop,
         prior,
+        info: Some(mustbuild_engine::provenance::RunInfo {
+            files: loaded
+                .sources
+                .files()
+                .map(|(_, f)| {
+                    let file = std::path::absolute(&f.path).unwrap_or_else(|_| f.path.clone());
+                    let digest = mustbuild_store::Digest::of(f.text.as_bytes());
+                    (file.to_string_lossy().into_owned(), digest.to_hex())
+                })
+                .collect(),
+            params: wf
+                .params
+                .iter()
+                .map(|p| (p.name.to_string(), p.value.clone()))
+                .collect(),
+            ..info
+        }),
     };
     report_run(json, total, jobs, wall, Some(&cancel), |on_event| {
         mustbuild_engine::run::run(wf, &instances, &store, &options, on_event)
@@ -875,7 +968,7 @@ fn report_run(
                     String::new()
                 };
                 outln!(
-                    "executed {}, cached {}, failed {}, skipped {}{cancelled} in {:.2} s, {:.2} s CPU (session {}{})",
+                    "executed {}, cached {}, failed {}, skipped {}{cancelled} in {:.2} s, {:.2} s CPU (run {}{})",
                     s.executed,
                     s.cached,
                     s.failed,

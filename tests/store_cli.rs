@@ -13,7 +13,7 @@ fn populate(
     std::fs::create_dir_all(work.join("fig")).unwrap();
     std::fs::write(work.join("fig/a.svg"), "<svg/>").unwrap();
     std::fs::write(work.join("table.csv"), "a,b\n1,2\n").unwrap();
-    let session = store.begin_session("demo").unwrap();
+    let session = store.begin_session("demo", None).unwrap();
     let mut m = KeyMaterial::default();
     m.insert("command", Field::Text("plot".into()));
     let key = store.put_derivation(&m).unwrap();

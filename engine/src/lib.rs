@@ -6,7 +6,8 @@
 //! together. Now: instantiation of derivations (`instantiate`), their commands
 //! (`command`) and keys (`keys`), the dispatcher of `mustbuild run` (`run`), its
 //! `--dry-run` reasons (`plan`) and the record that tells a no-op rerun without
-//! computing keys (`noop`). Provenance (`why`, `audit`) and energy are to come.
+//! computing keys (`noop`), and provenance: what a run records of itself and
+//! `why`/`show`, read from the store (`provenance`). `audit` and energy are to come.
 
 // Library code returns errors; tests may unwrap (clippy.toml allows it there).
 #![warn(clippy::unwrap_used, clippy::expect_used)]
@@ -16,6 +17,7 @@ pub mod instantiate;
 pub mod keys;
 pub mod noop;
 pub mod plan;
+pub mod provenance;
 pub mod run;
 mod slots;
 

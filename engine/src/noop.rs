@@ -459,7 +459,12 @@ fn list_digest(files: &[String]) -> Digest {
 /// What the record of the last complete run says of this one: a no-op (then
 /// recorded as a session), or what may be taken from it. Any doubt (no record, a
 /// changed pipeline, tool or glob, an unreadable record) gives `Check::None`.
-pub fn check(store: &LocalStore, request: &Request) -> Result<Check, StoreError> {
+/// `info`: what a no-op session records of itself (`RunOptions::info`).
+pub fn check(
+    store: &LocalStore,
+    request: &Request,
+    info: Option<&str>,
+) -> Result<Check, StoreError> {
     let name = request.name();
     let Some(record) = store.noop_record(&name)? else {
         return Ok(Check::None);
@@ -486,7 +491,7 @@ pub fn check(store: &LocalStore, request: &Request) -> Result<Check, StoreError>
     }
     fresh_unchanged(store, &read.root, &read.files, &identities, &mut same);
     if detail.is_none() && same.iter().all(|&same| same) {
-        let Some(session) = store.reuse_session(read.name, &record)? else {
+        let Some(session) = store.reuse_session(read.name, &record, info)? else {
             return Ok(Check::None);
         };
         let instances = read
@@ -851,6 +856,7 @@ step head {
             gpus: Vec::new(),
             noop: Some(request.clone()),
             prior: None,
+            info: None,
         };
         let summary = run(wf, &instances, store, &options, &mut |_| {}).unwrap();
         assert_eq!(summary.executed, 2);
@@ -869,12 +875,12 @@ step head {
         std::thread::sleep(std::time::Duration::from_millis(100));
         let store = LocalStore::open(tmp.path().join("store")).unwrap();
         let request = run_all(&root, &store);
-        assert!(matches!(check(&store, &request), Ok(Check::NoOp(_))));
+        assert!(matches!(check(&store, &request, None), Ok(Check::NoOp(_))));
 
         // A source changed (its size too, so that its identity shows it): the
         // record's detail says which, and what holds of the rest.
         std::fs::write(root.join("parts/a.txt"), "A1\na2\nA3\n").unwrap();
-        let Ok(Check::Partial(prior)) = check(&store, &request) else {
+        let Ok(Check::Partial(prior)) = check(&store, &request, None) else {
             panic!("a record that holds but for one file");
         };
         let changed: Vec<&PathBuf> = prior
@@ -928,7 +934,7 @@ step head {
                 .unwrap();
         };
         with_body(&fresh_b, rest);
-        let Ok(Check::Partial(prior)) = check(&store, &request) else {
+        let Ok(Check::Partial(prior)) = check(&store, &request, None) else {
             panic!("a record that holds but for two files");
         };
         assert!(!prior.files[&root.join("out/b.txt")].1);
@@ -937,7 +943,7 @@ step head {
 
         // A detail with more files than its body names is not taken.
         with_body(&body, &format!("{rest}{}", rest.lines().next().unwrap()));
-        assert_eq!(check(&store, &request).unwrap(), Check::None);
+        assert_eq!(check(&store, &request, None).unwrap(), Check::None);
 
         // Nor is a detail saved with another body (another run's, saved between
         // the two reads).
@@ -954,6 +960,6 @@ step head {
                 .as_bytes(),
             )
             .unwrap();
-        assert_eq!(check(&store, &request).unwrap(), Check::None);
+        assert_eq!(check(&store, &request, None).unwrap(), Check::None);
     }
 }

@@ -24,8 +24,8 @@ use crate::slots::Slots;
 use mustbuild_executors::{CancelToken, ExecRequest, Outcome};
 use mustbuild_lang::model::{PathKind, Step, Workflow};
 use mustbuild_store::{
-    Digest, FinishedRun, Ingest, KeyUse, LocalStore, ObjectData, Output, OutputKind, RunRecord,
-    StoreError, Unrecorded,
+    Digest, FinishedRun, Ingest, KeyUse, KnownKey, LocalStore, ObjectData, Output, OutputKind,
+    RunRecord, StoreError, Unrecorded,
 };
 
 /// Keys of instances that became ready are computed when fewer than this many
@@ -118,6 +118,9 @@ pub struct RunOptions {
     /// The last complete run's record, where it holds but some files changed:
     /// instances whose files and upstream did not change take their keys from it.
     pub prior: Option<crate::noop::Prior>,
+    /// What the run records of itself for `mustbuild runs` and `why` (the
+    /// tools' identities are added as resolved).
+    pub info: Option<crate::provenance::RunInfo>,
 }
 
 /// What happened to one instance.
@@ -527,7 +530,7 @@ struct Done {
     /// What materialising said (edited outputs kept aside).
     events: Vec<Event>,
     /// What it put in the workspace, to record with the run.
-    materialised: Vec<(PathBuf, Digest)>,
+    materialised: Vec<mustbuild_store::Placed>,
     /// Its small outputs, to record with the run.
     objects: Unrecorded,
     /// A store or file-system failure: the run stops.
@@ -662,7 +665,24 @@ pub fn run(
         .iter()
         .map(|p| p.as_ref().map(|(_, o)| o.clone()))
         .collect();
-    let session = store.begin_session(&wf.name)?;
+    // What is materialised is recorded by absolute path.
+    let root = std::path::absolute(&wf.root).unwrap_or_else(|_| wf.root.clone());
+    let info = options.info.as_ref().map(|info| {
+        let mut info = info.clone();
+        info.root = root.to_string_lossy().into_owned();
+        info.tools = tools
+            .iter()
+            .map(|(name, t)| {
+                let tool = crate::provenance::ToolInfo {
+                    path: t.path.to_string_lossy().into_owned(),
+                    digest: t.digest.to_hex(),
+                };
+                (name.clone(), tool)
+            })
+            .collect();
+        info.to_json()
+    });
+    let session = store.begin_session(&wf.name, info.as_deref())?;
     let mut summary = RunSummary {
         session,
         ..RunSummary::default()
@@ -678,8 +698,6 @@ pub fn run(
     let (job_tx, job_rx) = mpsc::channel::<Job>();
     let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
     let (done_tx, done_rx) = mpsc::channel::<Message>();
-    // What is materialised is recorded by absolute path.
-    let root = std::path::absolute(&wf.root).unwrap_or_else(|_| wf.root.clone());
     // Instances whose commands started, in the order they took their shares.
     let starts = std::sync::Mutex::new(Vec::new());
     remove_stale_scratch(store);
@@ -775,7 +793,19 @@ pub fn run(
                         .filter_map(|id| from_prior[id.index()].take().map(|(k, o)| (*id, k, o)))
                         .collect();
                     if !known.is_empty() {
-                        let ks: Vec<Digest> = known.iter().map(|k| k.1).collect();
+                        let labels: Vec<String> = known
+                            .iter()
+                            .map(|k| instance_label(&instances.get(k.0).values))
+                            .collect();
+                        let ks: Vec<KnownKey<'_>> = known
+                            .iter()
+                            .zip(&labels)
+                            .map(|(k, label)| KnownKey {
+                                key: k.1,
+                                step: &wf.step(instances.get(k.0).step).name,
+                                instance: label,
+                            })
+                            .collect();
                         let realised = store.use_known_keys(session, &ks)?;
                         let mut taken = std::collections::HashSet::new();
                         for ((id, key, recorded), realised) in known.into_iter().zip(realised) {
@@ -852,7 +882,8 @@ pub fn run(
                         .collect();
                     let resolved = store.use_keys(session, &uses)?;
                     let mut materialised = Vec::new();
-                    for ((id, _, _, forced), (key, realised)) in keyed.iter().zip(resolved) {
+                    for ((id, _, _, forced), used) in keyed.iter().zip(resolved) {
+                        let (key, realised) = (used.key, used.realised);
                         let inst = instances.get(*id);
                         keys[id.index()] = Some(key);
                         let step = wf.step(inst.step);
@@ -861,7 +892,7 @@ pub fn run(
                                 let made = materialize_outputs(
                                     (wf, instances, &root),
                                     store,
-                                    *id,
+                                    (*id, key),
                                     &realised,
                                     &[],
                                     &Unrecorded::default(),
@@ -1267,7 +1298,7 @@ fn run_and_store(
         let r = materialize_outputs(
             (wf, instances, root),
             store,
-            job.id,
+            (job.id, job.key),
             &realised,
             &[],
             &Unrecorded::default(),
@@ -1345,7 +1376,7 @@ fn run_and_store(
         let r = materialize_outputs(
             (wf, instances, root),
             store,
-            job.id,
+            (job.id, job.key),
             stored,
             &in_scratch,
             &done.objects,
@@ -1512,6 +1543,7 @@ fn run_record(wf: &Workflow, instances: &Instances, session: i64, done: &Done) -
         session: Some(session),
         key: done.job.key,
         step: wf.step(instances.get(done.job.id).step).name.to_string(),
+        instance: Some(instance_label(&instances.get(done.job.id).values)),
         host: mustbuild_store::hostname(),
         started_ms: millis(result.started),
         finished_ms: millis(result.started) + result.usage.wall.as_millis() as i64,
@@ -1738,14 +1770,15 @@ fn prepare(
 fn materialize_outputs(
     (wf, instances, root): (&Workflow, &Instances, &Path),
     store: &LocalStore,
-    id: InstanceId,
+    (id, key): (InstanceId, Digest),
     outputs: &[Output],
     in_scratch: &[(String, PathBuf)],
     unrecorded: &Unrecorded,
-    materialised: &mut Vec<(PathBuf, Digest)>,
+    materialised: &mut Vec<mustbuild_store::Placed>,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<(), RunError> {
     let inst = instances.get(id);
+    let key = Some(key);
     let step = wf.step(inst.step);
     for (decl, path) in step.outputs.iter().zip(&inst.outputs) {
         let Some(o) = outputs.iter().find(|o| o.name == decl.name.as_str()) else {
@@ -1756,10 +1789,12 @@ fn materialize_outputs(
         let present = std::fs::symlink_metadata(&dest).ok();
         if present.is_some() {
             let current = store.path_digest(&dest).ok().map(|(d, _, _)| d);
-            let last = store.materialised(&absolute)?;
+            let recorded = store.materialised_from(&absolute)?;
+            let last = recorded.map(|(d, _)| d);
             if current == Some(o.digest) {
-                if last != current {
-                    materialised.push((absolute, o.digest));
+                // Also when the same bytes are now another derivation's output.
+                if last != current || recorded.and_then(|(_, k)| k) != key {
+                    materialised.push((absolute, o.digest, key));
                 }
                 continue;
             }
@@ -1799,7 +1834,7 @@ fn materialize_outputs(
         if !adopted {
             store.materialize_with(&o.digest, o.kind, &dest, unrecorded)?;
         }
-        materialised.push((absolute, o.digest));
+        materialised.push((absolute, o.digest, key));
     }
     Ok(())
 }

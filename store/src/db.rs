@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Bumped with every incompatible schema change.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS objects (
@@ -162,6 +162,32 @@ CREATE TABLE IF NOT EXISTS noop_records (
 );
 ";
 
+/// Schema 4: what `mustbuild why`, `runs`, `show` and `log` read. Per session, a
+/// description of the run (`info`, JSON chosen by the engine); per instance of
+/// each session, its key and what the run meant to do with it; per run record,
+/// the instance; the size of each source file's content, by digest (a source
+/// file's earlier versions are not in the store).
+const PROVENANCE: &str = "
+ALTER TABLE sessions ADD COLUMN info TEXT;
+ALTER TABLE runs ADD COLUMN instance TEXT;
+ALTER TABLE materialised ADD COLUMN key BLOB;
+CREATE TABLE IF NOT EXISTS session_instances (
+    session  INTEGER NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    step     TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    key      BLOB NOT NULL,
+    planned  TEXT NOT NULL CHECK (planned IN ('reused', 'run', 'forced')),
+    PRIMARY KEY (session, step, instance)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS session_instances_history ON session_instances (step, instance, session);
+CREATE INDEX IF NOT EXISTS session_instances_key ON session_instances (key);
+CREATE INDEX IF NOT EXISTS runs_session ON runs (session);
+CREATE TABLE IF NOT EXISTS content_sizes (
+    digest BLOB PRIMARY KEY,
+    size   INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
 /// Records that gc or repair removed something (inside their transaction).
 pub(crate) fn bump_generation(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute(
@@ -250,13 +276,16 @@ fn initialise(conn: &Connection) -> rusqlite::Result<i64> {
     // at 0 by a binary of schema 2 may hold its noop_records, made above.
     let noop_records = format!("DROP TABLE IF EXISTS noop_records; {LAST_KEYS}");
     let upgrade = match version {
-        0 => format!("{SCHEMA} {noop_records} PRAGMA user_version = {SCHEMA_VERSION};"),
+        0 => {
+            format!("{SCHEMA} {noop_records} {PROVENANCE} PRAGMA user_version = {SCHEMA_VERSION};")
+        }
         // Schema 2 keeps small objects in the database.
         1 => format!(
-            "ALTER TABLE objects ADD COLUMN inline BLOB; {noop_records}
+            "ALTER TABLE objects ADD COLUMN inline BLOB; {noop_records} {PROVENANCE}
              PRAGMA user_version = {SCHEMA_VERSION};"
         ),
-        2 => format!("{noop_records} PRAGMA user_version = {SCHEMA_VERSION};"),
+        2 => format!("{noop_records} {PROVENANCE} PRAGMA user_version = {SCHEMA_VERSION};"),
+        3 => format!("{PROVENANCE} PRAGMA user_version = {SCHEMA_VERSION};"),
         // Not a schema of ours: the store reports it.
         _ => return Ok(version),
     };

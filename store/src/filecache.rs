@@ -92,6 +92,10 @@ const REMEMBER: &str =
     "INSERT OR REPLACE INTO file_digests (dev, ino, size, mtime_ns, ctime_ns, digest)
                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
+/// The size of a content, kept after its file changes (`mustbuild why` tells
+/// old → new sizes of source files).
+const REMEMBER_SIZE: &str = "INSERT OR IGNORE INTO content_sizes (digest, size) VALUES (?1, ?2)";
+
 const LOOK_UP: &str = "SELECT digest FROM file_digests
                        WHERE dev = ?1 AND ino = ?2 AND size = ?3 AND mtime_ns = ?4 AND ctime_ns = ?5";
 
@@ -164,7 +168,9 @@ impl LocalStore {
                     conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 {
                     let mut insert = tx.prepare_cached(REMEMBER)?;
+                    let mut size = tx.prepare_cached(REMEMBER_SIZE)?;
                     for (id, d) in &remember {
+                        size.execute(params![d.as_bytes(), id.size])?;
                         insert.execute(params![
                             id.dev,
                             id.ino,
@@ -204,7 +210,10 @@ impl LocalStore {
         }
         let ((digest, size), keep) = hash_uncached(path, id)?;
         if keep.is_some() {
-            self.conn().prepare_cached(REMEMBER)?.execute(params![
+            let conn = self.conn();
+            conn.prepare_cached(REMEMBER_SIZE)?
+                .execute(params![digest.as_bytes(), id.size])?;
+            conn.prepare_cached(REMEMBER)?.execute(params![
                 id.dev,
                 id.ino,
                 id.size,

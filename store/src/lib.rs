@@ -22,6 +22,7 @@ pub mod encoding;
 pub mod error;
 pub mod filecache;
 pub mod hashing;
+pub mod history;
 pub mod local;
 pub mod maintenance;
 pub mod material;
@@ -31,9 +32,10 @@ pub mod tree;
 pub use digest::Digest;
 pub use error::{Result, StoreError};
 pub use filecache::{Identity, Source, identity};
+pub use history::{InstanceRow, RunRow, SessionCounts, SessionRow};
 pub use local::{
-    FinishedRun, INLINE_MAX, Ingest, KeyUse, LocalStore, NoopRecord, ObjectData, ObjectKind,
-    Output, OutputKind, Root, RunRecord, Stored, Unrecorded, hostname,
+    FinishedRun, INLINE_MAX, Ingest, KeyUse, KeyUsed, KnownKey, LocalStore, NoopRecord, ObjectData,
+    ObjectKind, Output, OutputKind, Placed, Root, RunRecord, Stored, Unrecorded, hostname,
 };
 pub use maintenance::{GcReport, StoreInfo, VerifyReport};
 pub use material::{Field, FieldChange, KeyMaterial};

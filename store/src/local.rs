@@ -158,9 +158,13 @@ impl Unrecorded {
 pub struct FinishedRun<'a> {
     pub run: &'a RunRecord,
     pub realised: Option<&'a [Output]>,
-    pub materialised: &'a [(PathBuf, Digest)],
+    pub materialised: &'a [Placed],
     pub objects: &'a Unrecorded,
 }
+
+/// What was put at a workspace path: the path (absolute), the content's
+/// digest, and the derivation whose output it is (`None`: not told).
+pub type Placed = (PathBuf, Digest, Option<Digest>);
 
 /// One output of a realisation.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -192,6 +196,7 @@ const INSERT_DERIVATION: &str =
 /// every use (most of the time a rerun spends asking for realisations).
 const REALISATION: &str = "SELECT output, digest, kind FROM realisations WHERE key = ?1";
 const INSERT_USE: &str = "INSERT OR IGNORE INTO session_uses (session, key) VALUES (?1, ?2)";
+const INSERT_INSTANCE: &str = "INSERT OR REPLACE INTO session_instances (session, step, instance, key, planned) VALUES (?1, ?2, ?3, ?4, ?5)";
 const SET_LAST_KEY: &str = "INSERT OR REPLACE INTO last_keys (pipeline, step, instance, key, added_ms) VALUES (?1, ?2, ?3, ?4, ?5)";
 
 pub(crate) fn now_ms() -> i64 {
@@ -237,6 +242,23 @@ pub struct KeyUse<'a> {
     pub instance: &'a str,
     /// Whether to look up its realisation.
     pub lookup: bool,
+}
+
+/// What `use_keys` found for one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUsed {
+    pub key: Digest,
+    pub realised: Option<Vec<Output>>,
+    /// The instance's last key before this one, when it was another.
+    pub previous: Option<Digest>,
+}
+
+/// A key a run knows without its material (`use_known_keys`), and whose.
+#[derive(Debug, Clone, Copy)]
+pub struct KnownKey<'a> {
+    pub key: Digest,
+    pub step: &'a str,
+    pub instance: &'a str,
 }
 
 /// What a pipeline's last complete run left (see `save_noop_record`).
@@ -829,7 +851,7 @@ impl LocalStore {
         &self,
         run: &RunRecord,
         realised: Option<&[Output]>,
-        materialised: &[(PathBuf, Digest)],
+        materialised: &[Placed],
         objects: &Unrecorded,
     ) -> Result<i64> {
         let ids = self.finish_runs(&[FinishedRun {
@@ -871,20 +893,29 @@ impl LocalStore {
     /// For keys a run knows without their material (from its no-op record): in
     /// one transaction, each one's realisation, recorded as used by `session`
     /// when there is one (gc keeps it, as a derivation of a running session).
+    /// A realised key is recorded as its instance's in `session`, reused.
     pub fn use_known_keys(
         &self,
         session: i64,
-        keys: &[Digest],
+        keys: &[KnownKey<'_>],
     ) -> Result<Vec<Option<Vec<Output>>>> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut out = Vec::with_capacity(keys.len());
         {
             let mut used = tx.prepare_cached(INSERT_USE)?;
-            for key in keys {
-                let realised = self.realisation_in(&tx, key, false)?;
+            let mut instance = tx.prepare_cached(INSERT_INSTANCE)?;
+            for k in keys {
+                let realised = self.realisation_in(&tx, &k.key, false)?;
                 if realised.is_some() {
-                    used.execute(params![session, key.as_bytes()])?;
+                    used.execute(params![session, k.key.as_bytes()])?;
+                    instance.execute(params![
+                        session,
+                        k.step,
+                        k.instance,
+                        k.key.as_bytes(),
+                        "reused"
+                    ])?;
                 }
                 out.push(realised);
             }
@@ -894,14 +925,12 @@ impl LocalStore {
     }
 
     /// What a run does first with instances' key materials, in one transaction:
-    /// stores each, records that `session` uses it, makes it its instance's last
-    /// key, and (when `lookup`) finds its realisation. The keys, and the realised
-    /// outputs: gc keeps them, as the derivations of a running session.
-    pub fn use_keys(
-        &self,
-        session: i64,
-        uses: &[KeyUse<'_>],
-    ) -> Result<Vec<(Digest, Option<Vec<Output>>)>> {
+    /// stores each, records that `session` uses it (as its instance's: reused,
+    /// to run, or forced), makes it its instance's last key, and (when `lookup`)
+    /// finds its realisation. For each: the key, the realised outputs (gc keeps
+    /// them, as the derivations of a running session) and the instance's last
+    /// key before, when it differs.
+    pub fn use_keys(&self, session: i64, uses: &[KeyUse<'_>]) -> Result<Vec<KeyUsed>> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut out = Vec::with_capacity(uses.len());
@@ -909,10 +938,11 @@ impl LocalStore {
             let mut known = tx.prepare_cached("SELECT 1 FROM derivations WHERE key = ?1")?;
             let mut insert = tx.prepare_cached(INSERT_DERIVATION)?;
             let mut used = tx.prepare_cached(INSERT_USE)?;
-            let mut same = tx.prepare_cached(
-                "SELECT 1 FROM last_keys WHERE pipeline = ?1 AND step = ?2 AND instance = ?3 AND key = ?4",
+            let mut before = tx.prepare_cached(
+                "SELECT key FROM last_keys WHERE pipeline = ?1 AND step = ?2 AND instance = ?3",
             )?;
             let mut last = tx.prepare_cached(SET_LAST_KEY)?;
+            let mut instance = tx.prepare_cached(INSERT_INSTANCE)?;
             let now = now_ms();
             for u in uses {
                 let key = u.material.key();
@@ -921,11 +951,11 @@ impl LocalStore {
                     insert.execute(params![k, u.material.encode(), now])?;
                 }
                 used.execute(params![session, k])?;
-                if same
-                    .query_row(params![u.pipeline, u.step, u.instance, k], |_| Ok(()))
-                    .optional()?
-                    .is_none()
-                {
+                let previous: Option<Vec<u8>> = before
+                    .query_row(params![u.pipeline, u.step, u.instance], |r| r.get(0))
+                    .optional()?;
+                let previous = previous.as_deref().and_then(Digest::from_slice);
+                if previous != Some(key) {
                     last.execute(params![u.pipeline, u.step, u.instance, k, now])?;
                 }
                 let realised = if u.lookup {
@@ -933,7 +963,17 @@ impl LocalStore {
                 } else {
                     None
                 };
-                out.push((key, realised));
+                let planned = match (u.lookup, &realised) {
+                    (false, _) => "forced",
+                    (true, Some(_)) => "reused",
+                    (true, None) => "run",
+                };
+                instance.execute(params![session, u.step, u.instance, k, planned])?;
+                out.push(KeyUsed {
+                    key,
+                    realised,
+                    previous: previous.filter(|p| *p != key),
+                });
             }
         }
         tx.commit()?;
@@ -1001,13 +1041,14 @@ impl LocalStore {
 
     /// Starts a session (one run of a pipeline); its derivations are gc roots while it
     /// is among the last runs of that pipeline.
-    pub fn begin_session(&self, pipeline: &str) -> Result<i64> {
+    /// `info`: the engine's description of the run (`mustbuild runs`, `why`).
+    pub fn begin_session(&self, pipeline: &str, info: Option<&str>) -> Result<i64> {
         let conn = self.conn();
         // gc tells a running session by its owner's row.
         self.register_owner(&conn)?;
         conn.execute(
-            "INSERT INTO sessions (pipeline, owner, started_ms) VALUES (?1, ?2, ?3)",
-            params![pipeline, self.owner, now_ms()],
+            "INSERT INTO sessions (pipeline, owner, started_ms, info) VALUES (?1, ?2, ?3, ?4)",
+            params![pipeline, self.owner, now_ms(), info],
         )?;
         Ok(conn.last_insert_rowid())
     }
@@ -1087,7 +1128,12 @@ impl LocalStore {
     /// the record's session used (an alias of it, which gc follows), provided
     /// nothing was removed from the store since (same generation, and that
     /// session's uses all still there). `None` when the store changed.
-    pub fn reuse_session(&self, name: &str, record: &NoopRecord) -> Result<Option<i64>> {
+    pub fn reuse_session(
+        &self,
+        name: &str,
+        record: &NoopRecord,
+        info: Option<&str>,
+    ) -> Result<Option<i64>> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let uses: i64 = tx.query_row(
@@ -1100,8 +1146,8 @@ impl LocalStore {
         }
         let now = now_ms();
         tx.execute(
-            "INSERT INTO sessions (pipeline, owner, started_ms, finished_ms) VALUES (?1, NULL, ?2, ?2)",
-            params![name, now],
+            "INSERT INTO sessions (pipeline, owner, started_ms, finished_ms, info) VALUES (?1, NULL, ?2, ?2, ?3)",
+            params![name, now, info],
         )?;
         let session = tx.last_insert_rowid();
         // The same derivations as the record's session: named, not copied (a
@@ -1154,11 +1200,11 @@ impl LocalStore {
 
     /// Remembers what was materialised at a workspace path.
     pub fn set_materialised(&self, path: &Path, digest: &Digest) -> Result<()> {
-        self.set_materialised_many(&[(path.to_path_buf(), *digest)])
+        self.set_materialised_many(&[(path.to_path_buf(), *digest, None)])
     }
 
-    /// `set_materialised` for many paths, in one transaction.
-    pub fn set_materialised_many(&self, items: &[(PathBuf, Digest)]) -> Result<()> {
+    /// `set_materialised` for many paths (and whose outputs they are), in one transaction.
+    pub fn set_materialised_many(&self, items: &[Placed]) -> Result<()> {
         if items.is_empty() {
             return Ok(());
         }
@@ -1177,6 +1223,22 @@ impl LocalStore {
             .query_row([path.to_string_lossy()], |r| r.get(0))
             .optional()?;
         Ok(bytes.as_deref().and_then(Digest::from_slice))
+    }
+
+    /// What was last materialised at a workspace path, and the derivation whose
+    /// output it is when that was recorded.
+    pub fn materialised_from(&self, path: &Path) -> Result<Option<(Digest, Option<Digest>)>> {
+        let row: Option<(Vec<u8>, Option<Vec<u8>>)> = self
+            .conn()
+            .prepare_cached("SELECT digest, key FROM materialised WHERE path = ?1")?
+            .query_row([path.to_string_lossy()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        Ok(row.and_then(|(d, k)| {
+            Some((
+                Digest::from_slice(&d)?,
+                k.as_deref().and_then(Digest::from_slice),
+            ))
+        }))
     }
 
     /// Records one execution of a derivation.
@@ -1263,6 +1325,8 @@ pub struct RunRecord {
     pub session: Option<i64>,
     pub key: Digest,
     pub step: String,
+    /// The instance among its step's (its fan-out values, as the engine names them).
+    pub instance: Option<String>,
     pub host: String,
     pub started_ms: i64,
     pub finished_ms: i64,
@@ -1347,11 +1411,16 @@ pub(crate) fn entry_path(dir: &Path, name: &[u8]) -> PathBuf {
     dir.join(std::ffi::OsStr::from_bytes(name))
 }
 
-fn set_materialised_in(tx: &Connection, items: &[(PathBuf, Digest)]) -> Result<()> {
-    let mut insert =
-        tx.prepare_cached("INSERT OR REPLACE INTO materialised (path, digest) VALUES (?1, ?2)")?;
-    for (path, digest) in items {
-        insert.execute(params![path.to_string_lossy(), digest.as_bytes()])?;
+fn set_materialised_in(tx: &Connection, items: &[Placed]) -> Result<()> {
+    let mut insert = tx.prepare_cached(
+        "INSERT OR REPLACE INTO materialised (path, digest, key) VALUES (?1, ?2, ?3)",
+    )?;
+    for (path, digest, key) in items {
+        insert.execute(params![
+            path.to_string_lossy(),
+            digest.as_bytes(),
+            key.as_ref().map(|k| k.as_bytes().to_vec())
+        ])?;
     }
     Ok(())
 }
@@ -1359,8 +1428,9 @@ fn set_materialised_in(tx: &Connection, items: &[(PathBuf, Digest)]) -> Result<(
 fn add_run_in(conn: &Connection, run: &RunRecord) -> Result<i64> {
     conn.prepare_cached(
         "INSERT INTO runs (session, key, step, host, started_ms, finished_ms, outcome, exit_code,
-            user_cpu_ms, sys_cpu_ms, max_rss_bytes, read_bytes, write_bytes, energy_j, energy_method, log)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            user_cpu_ms, sys_cpu_ms, max_rss_bytes, read_bytes, write_bytes, energy_j, energy_method, log,
+            instance)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
     )?
     .execute(params![
             run.session,
@@ -1379,6 +1449,7 @@ fn add_run_in(conn: &Connection, run: &RunRecord) -> Result<i64> {
             run.energy_joules,
             run.energy_method,
             run.log.map(|d| d.0.to_vec()),
+            run.instance,
         ])?;
     Ok(conn.last_insert_rowid())
 }

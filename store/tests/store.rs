@@ -245,6 +245,7 @@ fn realisations_name_only_stored_objects() {
         session: None,
         key,
         step: "s".into(),
+        instance: None,
         host: mustbuild_store::hostname(),
         started_ms: 1,
         finished_ms: 2,
@@ -385,7 +386,7 @@ fn gc_keeps_roots_and_the_last_runs_and_frees_the_rest() {
     let store = LocalStore::open(&root).unwrap();
     let mut keys = Vec::new();
     for i in 0..4u64 {
-        let session = store.begin_session("pipe").unwrap();
+        let session = store.begin_session("pipe", None).unwrap();
         let key = store.put_derivation(&material(i)).unwrap();
         let d = store.add_bytes(format!("output {i}").as_bytes()).unwrap();
         store.realise(&key, &file_output("o", d)).unwrap();
@@ -558,7 +559,7 @@ fn gc_keeps_running_sessions_and_any_number_of_last_runs() {
     let store = LocalStore::open(tmp.path().join("store")).unwrap();
     let mut keys = Vec::new();
     for i in 0..3u64 {
-        let session = store.begin_session("p").unwrap();
+        let session = store.begin_session("p", None).unwrap();
         let key = store.put_derivation(&material(i)).unwrap();
         let d = store.add_bytes(format!("o{i}").as_bytes()).unwrap();
         store.realise(&key, &file_output("o", d)).unwrap();
@@ -627,7 +628,7 @@ fn a_folder_digest_without_storing_matches_the_stored_tree() {
 fn no_op_sessions_keep_the_derivations_of_the_run_they_repeat() {
     let tmp = tempfile::tempdir().unwrap();
     let store = LocalStore::open(tmp.path().join("store")).unwrap();
-    let session = store.begin_session("p").unwrap();
+    let session = store.begin_session("p", None).unwrap();
     let key = store.put_derivation(&material(7)).unwrap();
     let d = store.add_bytes(b"the result").unwrap();
     store.realise(&key, &file_output("o", d)).unwrap();
@@ -639,7 +640,7 @@ fn no_op_sessions_keep_the_derivations_of_the_run_they_repeat() {
     // Three no-op runs: three sessions that name the first one's derivations.
     for _ in 0..3 {
         std::thread::sleep(std::time::Duration::from_millis(2));
-        assert!(store.reuse_session("p", &record).unwrap().is_some());
+        assert!(store.reuse_session("p", &record, None).unwrap().is_some());
     }
     store.release_leases().unwrap();
     // Keeping the last two sessions keeps what the first one used.
@@ -650,7 +651,7 @@ fn no_op_sessions_keep_the_derivations_of_the_run_they_repeat() {
     // gc removed a session (the oldest alias) and so bumped the generation: the
     // record no longer vouches for the store.
     assert_eq!(report.sessions_removed, 1, "{report:?}");
-    assert!(store.reuse_session("p", &record).unwrap().is_none());
+    assert!(store.reuse_session("p", &record, None).unwrap().is_none());
     // With no session kept, the derivation and its output go.
     store.release_leases().unwrap();
     let report = store.gc(0, false).unwrap();
@@ -704,7 +705,7 @@ fn no_op_records_are_those_of_schema_3(store: &LocalStore, root: &std::path::Pat
         .unwrap();
     assert_eq!(version, 3);
     assert_eq!(store.noop_record("/p/pipeline.kdl").unwrap(), None);
-    let session = store.begin_session("p").unwrap();
+    let session = store.begin_session("p", None).unwrap();
     save_noop_record(store, session, 0);
 }
 
@@ -777,6 +778,7 @@ fn a_small_output_is_recorded_with_its_run_and_only_if_it_succeeded() {
         session: None,
         key,
         step: "s".into(),
+        instance: None,
         host: mustbuild_store::hostname(),
         started_ms: 1,
         finished_ms: 2,
