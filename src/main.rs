@@ -959,7 +959,7 @@ fn report_run(
                 let summary = serde_json::json!({"event": "summary", "executed": s.executed, "cached": s.cached,
                     "failed": s.failed, "cancelled": s.cancelled, "skipped": s.skipped, "run_id": s.session,
                     "wall_seconds": wall.elapsed().as_secs_f64(), "cpu_seconds": s.cpu_seconds,
-                    "noop_record": s.from_noop_record});
+                    "noop_record": s.from_noop_record, "unexpected": s.unexpected});
                 outln!("{summary}");
             } else {
                 let cancelled = if s.cancelled > 0 {
@@ -981,6 +981,20 @@ fn report_run(
                     } else {
                         ""
                     }
+                );
+            }
+            if !json && let Some((first, _)) = s.unexpected.first() {
+                let mut what: Vec<&str> = s
+                    .unexpected
+                    .iter()
+                    .flat_map(|(_, c)| c.iter().map(String::as_str))
+                    .collect();
+                what.sort_unstable();
+                what.dedup();
+                outln!(
+                    "note: {} ran again only because {} changed; `mustbuild why {first}` tells more",
+                    render::plural(s.unexpected.len(), "step"),
+                    what.join(", ")
                 );
             }
             if cancel.is_some_and(|c| c.is_cancelled()) {

@@ -176,6 +176,9 @@ pub struct RunSummary {
     pub session: i64,
     /// Told from the last complete run's record, without computing keys.
     pub from_noop_record: bool,
+    /// Instances that run only because a tool or an env var changed (a cause
+    /// the user may not expect), and which (`tools.NAME`, `env.NAME`).
+    pub unexpected: Vec<(String, Vec<String>)>,
 }
 
 struct Job {
@@ -882,9 +885,18 @@ pub fn run(
                         .collect();
                     let resolved = store.use_keys(session, &uses)?;
                     let mut materialised = Vec::new();
-                    for ((id, _, _, forced), used) in keyed.iter().zip(resolved) {
+                    for ((id, material, _, forced), used) in keyed.iter().zip(resolved) {
                         let (key, realised) = (used.key, used.realised);
                         let inst = instances.get(*id);
+                        if realised.is_none()
+                            && let Some(previous) = used.previous
+                            && let Some(changed) = only_tools_or_env(store, &previous, material)?
+                        {
+                            let step = &wf.step(inst.step).name;
+                            summary
+                                .unexpected
+                                .push((crate::provenance::label(step, &inst.values), changed));
+                        }
                         keys[id.index()] = Some(key);
                         let step = wf.step(inst.step);
                         match realised.and_then(|r| in_order(step, &r).map(|o| (r, o))) {
@@ -1562,6 +1574,24 @@ fn run_record(wf: &Workflow, instances: &Instances, session: i64, done: &Done) -
         energy_method: None,
         log: done.log_digest,
     }
+}
+
+/// The fields that changed from `previous` to `material` when all are tools'
+/// identities or env vars; `None` otherwise (or when `previous` is gone).
+fn only_tools_or_env(
+    store: &LocalStore,
+    previous: &Digest,
+    material: &mustbuild_store::KeyMaterial,
+) -> Result<Option<Vec<String>>, RunError> {
+    let Some(before) = store.derivation(previous)? else {
+        return Ok(None);
+    };
+    let changed: Vec<String> = before.diff(material).into_iter().map(|c| c.path).collect();
+    let unexpected = !changed.is_empty()
+        && changed
+            .iter()
+            .all(|p| p.starts_with("tools.") || p.starts_with("env."));
+    Ok(unexpected.then_some(changed))
 }
 
 /// Reports an instance's `started` event, once.

@@ -160,7 +160,14 @@ impl LocalStore {
             .filter_map(|r| r.as_ref().ok())
             .filter_map(|((d, _), _, keep)| keep.map(|id| (id, *d)))
             .collect();
-        if !remember.is_empty() {
+        // Sizes of every content hashed, fresh files' too (`why` tells them).
+        let sizes: Vec<(Digest, u64)> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .filter(|(_, source, _)| *source == Source::Hashed)
+            .map(|((d, size), _, _)| (*d, *size))
+            .collect();
+        if !remember.is_empty() || !sizes.is_empty() {
             // The cache is an optimisation: failing to fill it fails nothing.
             let _ = (|| -> Result<()> {
                 let mut conn = self.conn();
@@ -169,8 +176,10 @@ impl LocalStore {
                 {
                     let mut insert = tx.prepare_cached(REMEMBER)?;
                     let mut size = tx.prepare_cached(REMEMBER_SIZE)?;
+                    for (d, n) in &sizes {
+                        size.execute(params![d.as_bytes(), *n as i64])?;
+                    }
                     for (id, d) in &remember {
-                        size.execute(params![d.as_bytes(), id.size])?;
                         insert.execute(params![
                             id.dev,
                             id.ino,
@@ -209,10 +218,10 @@ impl LocalStore {
             }
         }
         let ((digest, size), keep) = hash_uncached(path, id)?;
+        let conn = self.conn();
+        conn.prepare_cached(REMEMBER_SIZE)?
+            .execute(params![digest.as_bytes(), size as i64])?;
         if keep.is_some() {
-            let conn = self.conn();
-            conn.prepare_cached(REMEMBER_SIZE)?
-                .execute(params![digest.as_bytes(), id.size])?;
             conn.prepare_cached(REMEMBER)?.execute(params![
                 id.dev,
                 id.ino,

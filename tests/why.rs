@@ -1,0 +1,367 @@
+//! `mustbuild why`, `show`, `log` and `runs` on real runs: each cause of a
+//! rerun named, down to its root, in words (snapshots) and in JSON.
+
+mod common;
+
+use common::{Run, mustbuild, output};
+use std::path::{Path, PathBuf};
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    store: String,
+    tmp: String,
+}
+
+impl Fixture {
+    fn new(pipeline: &str, files: &[(&str, &str)]) -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("p");
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = Fixture {
+            store: tmp.path().join("store").to_string_lossy().into_owned(),
+            tmp: tmp.path().to_string_lossy().into_owned(),
+            dir,
+            _tmp: tmp,
+        };
+        f.write("pipeline.kdl", pipeline);
+        for (p, c) in files {
+            f.write(p, c);
+        }
+        f
+    }
+
+    fn write(&self, path: &str, content: &str) {
+        let p = self.dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = mustbuild(&self.dir);
+        cmd.args(args).env("MUSTBUILD_STORE", &self.store);
+        cmd
+    }
+
+    /// `mustbuild run pipeline.kdl ARGS…`, which must succeed.
+    fn run(&self, args: &[&str]) -> Run {
+        let mut all = vec!["run", "pipeline.kdl"];
+        all.extend_from_slice(args);
+        let r = output(&mut self.command(&all));
+        assert_eq!(r.code, 0, "{}{}", r.stderr, r.stdout);
+        r
+    }
+
+    /// `mustbuild ARGS…`, which must succeed; its stdout, the temporary folder
+    /// written `[TMP]`.
+    fn ok(&self, args: &[&str]) -> String {
+        let r = output(&mut self.command(args));
+        assert_eq!(r.code, 0, "{}{}", r.stderr, r.stdout);
+        r.stdout.replace(&self.tmp, "[TMP]")
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        serde_json::from_str(&self.ok(&all)).unwrap()
+    }
+}
+
+const CHAIN: &str = r#"pipeline "chain"
+param width 3
+step a {
+  in src=(file)"data/in.txt"
+  out o="a.txt"
+  run "cut -c 1-{param.width} {in.src} > {out.o}"
+}
+step b {
+  in x=a.o
+  out o="b.txt"
+  run "tr a-z A-Z < {in.x} > {out.o}"
+}
+step c {
+  in x=b.o
+  out o="c.txt"
+  run "wc -l < {in.x} > {out.o}"
+}
+"#;
+
+fn chain() -> Fixture {
+    let f = Fixture::new(CHAIN, &[("data/in.txt", "alpha\nbeta\n")]);
+    f.run(&[]);
+    f
+}
+
+fn root_cause_kinds(v: &serde_json::Value) -> Vec<(String, String)> {
+    v["root_causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["at"].as_str().unwrap().to_string(),
+                r["cause"]["cause"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_source_change_is_the_root_cause_three_steps_down() {
+    let f = chain();
+    f.write("data/in.txt", "alpha\nbeta\ngamma\n");
+    f.run(&[]);
+    let text = f.ok(&["why", "c.txt"]);
+    insta::assert_snapshot!("source_three_steps", text);
+    let v = f.json(&["why", "c.txt"]);
+    assert_eq!(root_cause_kinds(&v), [("a".into(), "source".into())]);
+    let root = &v["root_causes"][0];
+    assert_eq!(root["via"], serde_json::json!(["b", "c"]));
+    assert_eq!(root["cause"]["path"], "data/in.txt");
+    assert_eq!(root["cause"]["before"]["size"], 11);
+    assert_eq!(root["cause"]["after"]["size"], 17);
+    assert_eq!(v["explanation"]["status"], "executed");
+    assert_eq!(v["explanation"]["run"], 2);
+    assert_eq!(v["explanation"]["compared_with_run"], 1);
+    // The step, named as a target, is the same instance.
+    assert_eq!(f.json(&["why", "c"])["root_causes"], v["root_causes"]);
+}
+
+#[test]
+fn a_param_two_steps_upstream_is_named_with_its_values() {
+    let f = chain();
+    f.run(&["--param", "width=2"]);
+    let text = f.ok(&["why", "c"]);
+    insta::assert_snapshot!("param_upstream", text);
+    let v = f.json(&["why", "c"]);
+    assert_eq!(root_cause_kinds(&v), [("a".into(), "param".into())]);
+    let cause = &v["root_causes"][0]["cause"];
+    assert_eq!(cause["name"], "width");
+    assert_eq!(cause["before"], "3");
+    assert_eq!(cause["after"], "2");
+    assert_eq!(cause["override_after"], true);
+}
+
+#[test]
+fn a_command_edit_gives_a_line_diff() {
+    let f = chain();
+    f.write(
+        "pipeline.kdl",
+        &CHAIN.replace("tr a-z A-Z", "tr a-z A-Z | sort -r"),
+    );
+    f.run(&[]);
+    let text = f.ok(&["why", "c.txt"]);
+    insta::assert_snapshot!("command_edit", text);
+    let v = f.json(&["why", "c.txt"]);
+    let kinds = root_cause_kinds(&v);
+    assert!(kinds.contains(&("b".into(), "command".into())), "{kinds:?}");
+    assert!(
+        kinds.contains(&("b".into(), "pipeline_text".into())),
+        "{kinds:?}"
+    );
+}
+
+#[test]
+fn nothing_changed_means_reused_and_says_which_run_made_it() {
+    let f = chain();
+    f.write("data/in.txt", "alpha\nbeta\ngamma\n");
+    f.run(&[]);
+    f.run(&[]);
+    let v = f.json(&["why", "a.txt"]);
+    // The third run was a no-op: it is explained by what the second left.
+    assert_eq!(v["run"], 3);
+    assert_eq!(v["same_as_run"], 2);
+    f.run(&["--param", "width=4"]);
+    f.write("pipeline.kdl", &CHAIN.replace("wc -l", "wc -c"));
+    f.run(&["--param", "width=4"]);
+    let v = f.json(&["why", "a"]);
+    assert_eq!(v["explanation"]["status"], "reused");
+    assert_eq!(v["explanation"]["made_by"]["run"], 4);
+    assert!(v["root_causes"].as_array().unwrap().is_empty());
+    insta::assert_snapshot!("reused", f.ok(&["why", "a"]));
+}
+
+#[test]
+fn a_tool_replaced_on_path_names_both_paths() {
+    let tool = |dir: &Path, word: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(dir).unwrap();
+        let p = dir.join("greet");
+        std::fs::write(&p, format!("#!/bin/sh\necho {word}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    let f = Fixture::new(
+        r#"pipeline "tools"
+step hello {
+  tool "greet"
+  out o="hello.txt"
+  run "greet > {out.o}"
+}
+step shout {
+  in x=hello.o
+  out o="shout.txt"
+  run "tr a-z A-Z < {in.x} > {out.o}"
+}
+"#,
+        &[],
+    );
+    let (one, two) = (f.dir.join("../bin1"), f.dir.join("../bin2"));
+    tool(&one, "hello");
+    tool(&two, "bonjour");
+    let path = |bin: &Path| format!("{}:/usr/bin:/bin", bin.canonicalize().unwrap().display());
+    let with_path = |bin: &Path| {
+        let r = output(f.command(&["run", "pipeline.kdl"]).env("PATH", path(bin)));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        r
+    };
+    with_path(&one);
+    let second = with_path(&two);
+    assert!(
+        second.stdout.contains("mustbuild why hello"),
+        "the summary points at why: {}",
+        second.stdout
+    );
+    let text = f.ok(&["why", "shout.txt"]);
+    insta::assert_snapshot!("tool_replaced", text);
+    let v = f.json(&["why", "shout.txt"]);
+    assert_eq!(root_cause_kinds(&v), [("hello".into(), "tool".into())]);
+    let cause = &v["root_causes"][0]["cause"];
+    assert!(
+        cause["before"]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("bin1/greet")
+    );
+    assert!(
+        cause["after"]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("bin2/greet")
+    );
+    assert_ne!(cause["before"]["digest"], cause["after"]["digest"]);
+}
+
+const FANOUT: &str = r#"pipeline "fan"
+step count {
+  foreach sample "x" "y"
+  out o="counts/{sample}.txt"
+  run "echo {sample} > {out.o}"
+}
+"#;
+
+#[test]
+fn a_new_fan_out_value_and_never_built_are_told_apart() {
+    let f = Fixture::new(FANOUT, &[]);
+    f.run(&[]);
+    let v = f.json(&["why", "count[x]"]);
+    assert_eq!(
+        root_cause_kinds(&v),
+        [("count[x]".into(), "never_built".into())]
+    );
+    f.write(
+        "pipeline.kdl",
+        &FANOUT.replace(r#""x" "y""#, r#""x" "y" "z""#),
+    );
+    f.run(&[]);
+    let text = f.ok(&["why", "count[z]"]);
+    insta::assert_snapshot!("new_value", text);
+    let v = f.json(&["why", "counts/z.txt"]);
+    assert_eq!(
+        root_cause_kinds(&v),
+        [("count[z]".into(), "new_value".into())]
+    );
+    assert_eq!(
+        f.json(&["why", "count[x]"])["explanation"]["status"],
+        "reused"
+    );
+    // A step of several instances needs a value.
+    let r = output(&mut f.command(&["why", "count"]));
+    assert_eq!(r.code, 1);
+    insta::assert_snapshot!("ambiguous", r.stderr);
+}
+
+#[test]
+fn forced_and_failed_last_time() {
+    let flag = tempfile::tempdir().unwrap();
+    let flag = flag.path().join("ready");
+    let f = Fixture::new(
+        &format!(
+            r#"pipeline "flaky"
+step make {{
+  out o="made.txt"
+  run "test -e {} && echo made > {{out.o}}"
+}}
+"#,
+            flag.display()
+        ),
+        &[],
+    );
+    let r = output(&mut f.command(&["run", "pipeline.kdl"]));
+    assert_eq!(r.code, 1);
+    std::fs::write(&flag, "").unwrap();
+    f.run(&[]);
+    let v = f.json(&["why", "make"]);
+    assert_eq!(
+        root_cause_kinds(&v),
+        [("make".into(), "failed_last_time".into())]
+    );
+    let cause = &v["root_causes"][0]["cause"];
+    assert_eq!(cause["run"], 1);
+    assert_eq!(cause["exit_code"], 1);
+    let log = f.ok(&["log", "make", "--run", "1"]);
+    assert_eq!(log, "", "the failed command wrote nothing");
+    f.run(&["--force", "make"]);
+    let v = f.json(&["why", "made.txt"]);
+    assert_eq!(root_cause_kinds(&v), [("make".into(), "forced".into())]);
+    insta::assert_snapshot!("forced", f.ok(&["why", "made.txt"]));
+}
+
+#[test]
+fn runs_show_and_log() {
+    let f = Fixture::new(
+        r#"pipeline "talk"
+step say {
+  in src=(file)"in.txt"
+  out o="said.txt"
+  run "echo saying; cat {in.src} > {out.o}"
+}
+"#,
+        &[("in.txt", "words\n")],
+    );
+    f.run(&[]);
+    f.run(&[]);
+    let runs = f.json(&["runs"]);
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0]["run"], 2);
+    assert_eq!(runs[0]["noop"], true);
+    assert_eq!(runs[0]["cached"], 1);
+    assert_eq!(runs[1]["executed"], 1);
+    assert_eq!(runs[1]["cached"], 0);
+    let table = f.ok(&["runs"]);
+    assert!(table.starts_with("  RUN  STARTED (UTC)"), "{table}");
+    assert!(table.contains("(no-op)"), "{table}");
+    let show = f.json(&["show", "said.txt"]);
+    assert_eq!(show["step"], "say");
+    assert_eq!(show["inputs"][0]["path"], "in.txt");
+    assert_eq!(show["inputs"][0]["content"]["size"], 6);
+    assert_eq!(show["outputs"][0]["content"]["size"], 6);
+    assert_eq!(show["made_by"]["run"], 1);
+    assert!(
+        show["command"]
+            .as_str()
+            .unwrap()
+            .contains("cat in.txt > said.txt")
+    );
+    let text = f.ok(&["show", "say"]);
+    assert!(text.contains("made by   run 1 on "), "{text}");
+    assert_eq!(f.ok(&["log", "said.txt"]), "saying\n");
+    // Not an output, not a step: a clear error.
+    let r = output(&mut f.command(&["why", "in.txt"]));
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("`in.txt` is not an output"),
+        "{}",
+        r.stderr
+    );
+}
