@@ -126,10 +126,14 @@ enum Command {
     /// Compares the key of each instance that ran with its previous key and
     /// follows each changed input upstream to what changed it.
     #[command(
-        after_help = "Examples:\n  mustbuild why results/summary.tsv\n  mustbuild why align[s1] --run 12\n  mustbuild why plot --json | jq '.root_causes'"
+        after_help = "Examples:\n  mustbuild why results/summary.tsv\n  mustbuild why align[s1] --run 12\n  mustbuild why plot --json | jq '.root_causes'\n  mustbuild why --depends trim[s1] report"
     )]
     Why {
-        target: String,
+        #[arg(required_unless_present = "depends")]
+        target: Option<String>,
+        /// The paths by which B reads what A makes, in the derivation graph of a run.
+        #[arg(long, num_args = 2, value_names = ["A", "B"], conflicts_with = "target")]
+        depends: Option<Vec<String>>,
         /// The run to explain (`mustbuild runs` lists them).
         #[arg(long, value_name = "ID")]
         run: Option<i64>,
@@ -253,9 +257,14 @@ fn main() -> ExitCode {
         Command::Run { pipeline, flags } => run_command(&pipeline, flags),
         Command::Why {
             target,
+            depends,
             run,
             common,
-        } => provenance::why(&target, run, common),
+        } => match (target, depends) {
+            (_, Some(ab)) => provenance::depends(&ab[0], &ab[1], run, common),
+            (Some(target), None) => provenance::why(&target, run, common),
+            (None, None) => exit::USAGE,
+        },
         Command::Show {
             target,
             run,

@@ -361,6 +361,55 @@ pub fn why(target: &str, run: Option<i64>, common: Common) -> u8 {
     exit::OK
 }
 
+pub fn depends(from: &str, to: &str, run: Option<i64>, common: Common) -> u8 {
+    let store = match open(common.store) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let to = match resolve(&store, to, run) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let from = match resolve(&store, from, Some(to.asked.id)) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let answer = match provenance::depends(&store, to.row.session, &from.row, &to.row) {
+        Ok(d) => d,
+        Err(e) => return failed(&e),
+    };
+    if common.json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&answer).unwrap_or_default()
+        );
+        return exit::OK;
+    }
+    if answer.paths.is_empty() {
+        outln!(
+            "{} does not read what {} makes (in run {})",
+            answer.to,
+            answer.from,
+            answer.run
+        );
+        return exit::INVALID;
+    }
+    outln!(
+        "{} reads what {} makes through {} (run {}):",
+        answer.to,
+        answer.from,
+        plural(answer.paths.len(), "path"),
+        answer.run
+    );
+    for p in &answer.paths {
+        outln!("  {}", p.join(" → "));
+    }
+    if answer.truncated {
+        outln!("  … and more");
+    }
+    exit::OK
+}
+
 pub fn show(target: &str, run: Option<i64>, common: Common) -> u8 {
     let store = match open(common.store) {
         Ok(s) => s,

@@ -365,3 +365,55 @@ step say {
         r.stderr
     );
 }
+
+#[test]
+fn depends_lists_the_paths_across_a_fan_out() {
+    let f = Fixture::new(
+        r#"pipeline "diamond"
+step split {
+  in src=(file)"in.txt"
+  out o="split.txt"
+  run "cat {in.src} > {out.o}"
+}
+step part {
+  foreach n "1" "2" "3"
+  in x=split.o
+  out o="part/{n}.txt"
+  run "head -n {n} {in.x} > {out.o}"
+}
+step join {
+  in parts=part.o
+  out o="join.txt"
+  run "cat {in.parts} > {out.o}"
+}
+step other {
+  out o="other.txt"
+  run "echo other > {out.o}"
+}
+"#,
+        &[("in.txt", "one\ntwo\nthree\n")],
+    );
+    f.run(&[]);
+    let text = f.ok(&["why", "--depends", "split", "join.txt"]);
+    insta::assert_snapshot!("depends", text);
+    let v = f.json(&["why", "--depends", "split", "join"]);
+    assert_eq!(
+        v["paths"],
+        serde_json::json!([
+            ["split", "part[1]", "join"],
+            ["split", "part[2]", "join"],
+            ["split", "part[3]", "join"]
+        ])
+    );
+    assert_eq!(
+        f.json(&["why", "--depends", "part[2]", "join"])["paths"],
+        serde_json::json!([["part[2]", "join"]])
+    );
+    let r = output(&mut f.command(&["why", "--depends", "other", "join"]));
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stdout.contains("join does not read what other makes"),
+        "{}",
+        r.stdout
+    );
+}

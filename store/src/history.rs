@@ -283,6 +283,17 @@ impl LocalStore {
         )
     }
 
+    /// Every instance of `session` with a realised output, and that output's digest.
+    pub fn session_outputs(&self, session: i64) -> Result<Vec<(InstanceRow, Digest)>> {
+        self.rows(
+            "SELECT si.session, si.step, si.instance, si.key, si.planned, r.digest
+             FROM session_instances si JOIN realisations r ON r.key = si.key
+             WHERE si.session = ?1",
+            [session],
+            |r| Ok((instance_row(r)?, digest_at(r, 5)?)),
+        )
+    }
+
     /// The derivations with an output of content `digest`, and that output's name.
     pub fn realisations_of(&self, digest: &Digest) -> Result<Vec<(Digest, String)>> {
         self.rows(

@@ -4,11 +4,13 @@
 //! a user does (an output path, `step`, `step[values]`) and read only the store,
 //! so they answer after the pipeline file changed or went away.
 
+mod depends;
 mod info;
 mod show;
 mod target;
 mod why;
 
+pub use depends::{Depends, depends};
 pub use info::{RunInfo, ToolInfo};
 pub use show::{Derivation, InputFile, OutputFile, show};
 pub use target::{Resolved, Target, resolve};
