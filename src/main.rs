@@ -166,6 +166,28 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         store: Option<PathBuf>,
     },
+    /// Rerun realised results aside and compare their bytes: are they reproducible?
+    ///
+    /// Each realised derivation (of the targets; all without) runs again in a
+    /// fresh folder, its inputs taken from the workspace's sources and the store;
+    /// the workspace and the store's results are left alone. The verdict is kept
+    /// (`why` and `show` print it). Exit 1 when any output differs.
+    #[command(
+        after_help = "Examples:\n  mustbuild audit pipeline.kdl\n  mustbuild audit pipeline.kdl plot --sample 20"
+    )]
+    Audit {
+        pipeline: PathBuf,
+        /// Steps or output paths (with what they read); all without.
+        targets: Vec<String>,
+        /// At most N derivations, spread over the pipeline.
+        #[arg(long, value_name = "N", conflicts_with = "all")]
+        sample: Option<usize>,
+        /// Every realised derivation (the default).
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        common: provenance::Common,
+    },
     /// The latest runs: id, when, wall time, steps run, cached and failed, pipeline.
     #[command(after_help = "Examples:\n  mustbuild runs\n  mustbuild runs -n 100 --json")]
     Runs {
@@ -272,6 +294,13 @@ fn main() -> ExitCode {
         } => provenance::show(&target, run, common),
         Command::Log { target, run, store } => provenance::log(&target, run, store),
         Command::Runs { limit, common } => provenance::runs(limit, common),
+        Command::Audit {
+            pipeline,
+            targets,
+            sample,
+            all: _,
+            common,
+        } => provenance::audit(&pipeline, &targets, sample, common),
     };
     ExitCode::from(code)
 }

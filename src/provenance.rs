@@ -274,6 +274,23 @@ fn root_cause_text(r: &RootCause, out: &mut String) {
 }
 
 pub fn render_why(report: &WhyReport) -> String {
+    let mut out = why_text(report);
+    if let Some(a) = &report.audit {
+        let _ = writeln!(
+            out,
+            "\naudited {}: {}",
+            utc(a.at_ms),
+            match a.verdict.as_str() {
+                "reproducible" => "reproducible (every output came out the same)",
+                "differs" => "NOT reproducible (`mustbuild show` gives the outputs that differ)",
+                _ => "the audit could not run it",
+            }
+        );
+    }
+    out
+}
+
+fn why_text(report: &WhyReport) -> String {
     let e = &report.explanation;
     let label = provenance::label(&e.step, &e.values);
     let mut out = String::new();
@@ -359,6 +376,95 @@ pub fn why(target: &str, run: Option<i64>, common: Common) -> u8 {
         out!("{}", render_why(&report));
     }
     exit::OK
+}
+
+pub fn audit(
+    pipeline: &std::path::Path,
+    targets: &[String],
+    sample: Option<usize>,
+    common: Common,
+) -> u8 {
+    use mustbuild_engine::audit::{AuditOptions, Finding};
+    let (loaded, expansion, diags) = crate::load_and_expand_with(pipeline, &[]);
+    let (Some(wf), Some(expansion)) = (&loaded.workflow, &expansion) else {
+        crate::print_diagnostics(&loaded, &diags);
+        tell!("{}: {}", pipeline.display(), crate::count_summary(&diags));
+        return exit::INVALID;
+    };
+    let store = match open(common.store) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let instances = mustbuild_engine::instantiate(wf, expansion);
+    let selected = match crate::select_targets(wf, &instances, targets) {
+        Ok(s) => s,
+        Err(message) => {
+            tell!("error: {message}");
+            return exit::INVALID;
+        }
+    };
+    let cancel = mustbuild_executors::CancelToken::default();
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(signal, cancel.flag());
+    }
+    let options = AuditOptions {
+        path_var: std::env::var("PATH")
+            .unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_string()),
+        selected,
+        sample,
+        cancel: cancel.clone(),
+    };
+    let json = common.json;
+    let result = mustbuild_engine::audit::audit(wf, &instances, &store, &options, &mut |v| {
+        if json {
+            outln!("{}", serde_json::to_string(v).unwrap_or_default());
+            return;
+        }
+        let label = provenance::label(&v.step, &v.values);
+        match &v.finding {
+            Finding::Reproducible => outln!("reproducible  {label}"),
+            Finding::Failed { outcome } => outln!("failed        {label}: {outcome}"),
+            Finding::Differs { outputs } => {
+                for o in outputs {
+                    outln!(
+                        "DIFFERS       {label}: `{}` {} → {}",
+                        o.path,
+                        short(&o.realised),
+                        short(&o.audited)
+                    );
+                    for l in &o.first_difference {
+                        outln!("                {l}");
+                    }
+                }
+            }
+        }
+    });
+    match result {
+        Ok(verdicts) => {
+            let differs = verdicts
+                .iter()
+                .filter(|v| !matches!(v.finding, Finding::Reproducible))
+                .count();
+            if !json {
+                outln!(
+                    "audited {}: {} reproducible, {differs} not",
+                    verdicts.len(),
+                    verdicts.len() - differs
+                );
+            }
+            if cancel.is_cancelled() {
+                exit::INTERRUPTED
+            } else if differs > 0 {
+                exit::INVALID
+            } else {
+                exit::OK
+            }
+        }
+        Err(e) => {
+            tell!("error: {e}");
+            exit::ENVIRONMENT
+        }
+    }
 }
 
 pub fn depends(from: &str, to: &str, run: Option<i64>, common: Common) -> u8 {
@@ -502,6 +608,9 @@ pub fn render_show(d: &Derivation) -> String {
                 "made by   no recorded run (taken from elsewhere, or not made)"
             );
         }
+    }
+    if let Some(a) = &d.audit {
+        let _ = writeln!(out, "audit     {} ({})", a.verdict, utc(a.at_ms));
     }
     if d.executions.len() > 1 {
         let _ = writeln!(out, "executed  {}", plural(d.executions.len(), "time"));

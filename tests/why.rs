@@ -417,3 +417,54 @@ step other {
         r.stdout
     );
 }
+
+#[test]
+fn audit_flags_a_step_that_writes_the_time_and_not_a_deterministic_one() {
+    let f = Fixture::new(
+        r#"pipeline "audited"
+step steady {
+  in src=(file)"in.txt"
+  out o="steady.txt"
+  run "sort {in.src} > {out.o}"
+}
+step clock {
+  in x=steady.o
+  out o="clock.txt"
+  run "cat {in.x} > {out.o}; date +%s%N >> {out.o}"
+}
+"#,
+        &[("in.txt", "b\na\n")],
+    );
+    f.run(&[]);
+    let before: Vec<u8> = std::fs::read(f.dir.join("clock.txt")).unwrap();
+    let r = output(&mut f.command(&["audit", "pipeline.kdl"]));
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("reproducible  steady"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("DIFFERS       clock: `clock.txt`"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("line 3:"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("audited 2: 1 reproducible, 1 not"),
+        "{}",
+        r.stdout
+    );
+    // The workspace and the store's result are left alone.
+    assert_eq!(std::fs::read(f.dir.join("clock.txt")).unwrap(), before);
+    assert!(f.run(&[]).stdout.contains("executed 0, cached 2"));
+    // The verdict is kept, and told.
+    assert_eq!(f.json(&["show", "clock"])["audit"]["verdict"], "differs");
+    assert_eq!(
+        f.json(&["why", "steady.txt"])["audit"]["verdict"],
+        "reproducible"
+    );
+    assert!(f.ok(&["why", "clock"]).contains("NOT reproducible"));
+    // Only what a target needs.
+    let r = output(&mut f.command(&["audit", "pipeline.kdl", "steady", "--json"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let line: serde_json::Value = serde_json::from_str(r.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(line["step"], "steady");
+    assert_eq!(line["verdict"], "reproducible");
+}

@@ -7,11 +7,13 @@
 //! (`command`) and keys (`keys`), the dispatcher of `mustbuild run` (`run`), its
 //! `--dry-run` reasons (`plan`) and the record that tells a no-op rerun without
 //! computing keys (`noop`), and provenance: what a run records of itself and
-//! `why`/`show`, read from the store (`provenance`). `audit` and energy are to come.
+//! `why`/`show`, read from the store (`provenance`), and `audit` (rerunning
+//! realised derivations aside to compare their bytes). Energy is to come.
 
 // Library code returns errors; tests may unwrap (clippy.toml allows it there).
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod audit;
 pub mod command;
 pub mod instantiate;
 pub mod keys;

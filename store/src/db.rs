@@ -182,6 +182,14 @@ CREATE TABLE IF NOT EXISTS session_instances (
 CREATE INDEX IF NOT EXISTS session_instances_history ON session_instances (step, instance, session);
 CREATE INDEX IF NOT EXISTS session_instances_key ON session_instances (key);
 CREATE INDEX IF NOT EXISTS runs_session ON runs (session);
+CREATE TABLE IF NOT EXISTS audits (
+    id      INTEGER PRIMARY KEY,
+    key     BLOB NOT NULL,
+    at_ms   INTEGER NOT NULL,
+    verdict TEXT NOT NULL CHECK (verdict IN ('reproducible', 'differs', 'failed')),
+    detail  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audits_key ON audits (key, id);
 CREATE TABLE IF NOT EXISTS content_sizes (
     digest BLOB PRIMARY KEY,
     size   INTEGER NOT NULL

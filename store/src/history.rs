@@ -330,6 +330,33 @@ impl LocalStore {
             .collect())
     }
 
+    /// Stores what `mustbuild audit` found for `key`: `verdict` (reproducible,
+    /// differs, failed) and its detail (JSON chosen by the engine).
+    pub fn add_audit(&self, key: &Digest, verdict: &str, detail: &str) -> Result<()> {
+        self.conn()
+            .prepare_cached(
+                "INSERT INTO audits (key, at_ms, verdict, detail) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![
+                key.as_bytes(),
+                crate::local::now_ms(),
+                verdict,
+                detail
+            ])?;
+        Ok(())
+    }
+
+    /// The latest audit of `key`: when, its verdict and detail.
+    pub fn latest_audit(&self, key: &Digest) -> Result<Option<(i64, String, String)>> {
+        Ok(self
+            .rows(
+                "SELECT at_ms, verdict, detail FROM audits WHERE key = ?1 ORDER BY id DESC LIMIT 1",
+                [key.as_bytes()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?
+            .pop())
+    }
+
     /// Every execution of `key`, oldest first.
     pub fn runs_of(&self, key: &Digest) -> Result<Vec<RunRow>> {
         self.rows(

@@ -12,7 +12,7 @@ mod why;
 
 pub use depends::{Depends, depends};
 pub use info::{RunInfo, ToolInfo};
-pub use show::{Derivation, InputFile, OutputFile, show};
+pub use show::{Audited, Derivation, InputFile, OutputFile, latest_audit, show};
 pub use target::{Resolved, Target, resolve};
 pub use why::{
     Cause, Content, Execution, Explanation, RootCause, Status, ToolSide, WhyReport, line_diff, why,

@@ -28,6 +28,31 @@ pub struct Derivation {
     pub executions: Vec<Execution>,
     /// The execution that made the outputs in use: the first that succeeded.
     pub made_by: Option<Execution>,
+    /// The latest `mustbuild audit` of it.
+    pub audit: Option<Audited>,
+}
+
+/// What the latest audit of a derivation found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Audited {
+    pub at_ms: i64,
+    /// `reproducible`, `differs` or `failed`.
+    pub verdict: String,
+    pub detail: serde_json::Value,
+}
+
+/// The latest audit of `key`, if any.
+pub fn latest_audit(
+    store: &LocalStore,
+    key: &mustbuild_store::Digest,
+) -> Result<Option<Audited>, ProvenanceError> {
+    Ok(store
+        .latest_audit(key)?
+        .map(|(at_ms, verdict, detail)| Audited {
+            at_ms,
+            verdict,
+            detail: serde_json::from_str(&detail).unwrap_or_default(),
+        }))
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -133,5 +158,6 @@ pub fn show(store: &LocalStore, target: &Resolved) -> Result<Derivation, Provena
             .find(|r| r.outcome == "succeeded")
             .map(Execution::from),
         executions: runs.iter().map(Execution::from).collect(),
+        audit: latest_audit(store, &row.key)?,
     })
 }

@@ -25,6 +25,9 @@ pub struct WhyReport {
     pub same_as_run: Option<i64>,
     pub root_causes: Vec<RootCause>,
     pub explanation: Explanation,
+    /// The latest `mustbuild audit` of the target's derivation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit: Option<super::Audited>,
 }
 
 /// A root cause, where it is, and the instances it reached the target through.
@@ -223,6 +226,7 @@ pub fn why(store: &LocalStore, target: &Resolved) -> Result<WhyReport, Provenanc
     Ok(WhyReport {
         run: target.asked.id,
         same_as_run: (target.asked.id != target.row.session).then_some(target.row.session),
+        audit: super::latest_audit(store, &target.row.key)?,
         root_causes,
         explanation,
     })

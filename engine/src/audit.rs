@@ -1,0 +1,284 @@
+//! `mustbuild audit`: is a realised result reproducible? Each chosen derivation
+//! whose result is in the store runs again in a fresh folder of its own (its
+//! inputs copied from the workspace's sources and the store's objects), and the
+//! digests of what it makes are compared with its realisation. The workspace and
+//! the realisations are never touched; the verdict is stored per derivation
+//! (`why` and `show` print the latest).
+
+use crate::instantiate::{FileRef, InstanceId, Instances};
+use crate::keys::{key_from_outputs, resolve_tools};
+use crate::run::{RunError, in_order};
+use mustbuild_executors::{CancelToken, ExecRequest, Outcome};
+use mustbuild_lang::model::{PathKind, Workflow};
+use mustbuild_store::{Digest, LocalStore, ObjectData, OutputKind, Unrecorded};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// What one audit found for one derivation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    pub step: String,
+    pub values: Vec<String>,
+    pub key: String,
+    #[serde(flatten)]
+    pub finding: Finding,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Finding {
+    /// Every output came out byte for byte as realised.
+    Reproducible,
+    /// These outputs came out otherwise.
+    Differs { outputs: Vec<OutputDiff> },
+    /// The command did not succeed this time.
+    Failed { outcome: String },
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct OutputDiff {
+    pub name: String,
+    pub path: String,
+    pub realised: String,
+    pub audited: String,
+    /// For text: the first differing line, before and after (`-`, `+`).
+    pub first_difference: Vec<String>,
+}
+
+/// Which realised instances to audit.
+#[derive(Debug, Clone)]
+pub struct AuditOptions {
+    pub path_var: String,
+    /// Only these instances (all when `None`).
+    pub selected: Option<Vec<bool>>,
+    /// At most this many, spread evenly over the candidates (all when `None`).
+    pub sample: Option<usize>,
+    pub cancel: CancelToken,
+}
+
+/// Audits the realised instances chosen, one after the other, reporting each
+/// verdict through `on_verdict` as it is stored.
+pub fn audit(
+    wf: &Workflow,
+    instances: &Instances,
+    store: &LocalStore,
+    options: &AuditOptions,
+    on_verdict: &mut dyn FnMut(&Verdict),
+) -> Result<Vec<Verdict>, RunError> {
+    let tools = resolve_tools(wf, store, &options.path_var)?;
+    let n = instances.all.len();
+    let mut outputs: Vec<Option<Vec<Digest>>> = vec![None; n];
+    let mut kinds: Vec<Option<Vec<OutputKind>>> = vec![None; n];
+    let mut realised: Vec<(InstanceId, Digest)> = Vec::new();
+    // Keys in order, as `--dry-run` computes them: what is realised now.
+    for (i, inst) in instances.all.iter().enumerate() {
+        let id = InstanceId(i as u32);
+        let Some(material) = key_from_outputs(wf, instances, store, &tools, &outputs, id)? else {
+            continue;
+        };
+        let key = material.key();
+        let Some((digests, k)) = store
+            .realisation(&key)?
+            .and_then(|r| in_order(wf.step(inst.step), &r))
+        else {
+            continue;
+        };
+        outputs[i] = Some(digests);
+        kinds[i] = Some(k);
+        if options.selected.as_ref().is_none_or(|s| s[i]) {
+            realised.push((id, key));
+        }
+    }
+    let chosen: Vec<(InstanceId, Digest)> = match options.sample {
+        Some(k) if k < realised.len() => (0..k)
+            .map(|j| realised[j * realised.len() / k.max(1)])
+            .collect(),
+        _ => realised,
+    };
+    let mut verdicts = Vec::new();
+    for (number, (id, key)) in chosen.into_iter().enumerate() {
+        if options.cancel.is_cancelled() {
+            break;
+        }
+        let folder =
+            std::env::temp_dir().join(format!("mustbuild-audit-{}-{number}", std::process::id()));
+        let finding = audit_one(
+            (wf, instances, store),
+            (&outputs, &kinds),
+            id,
+            &folder,
+            options,
+        );
+        let _ = std::fs::remove_dir_all(&folder);
+        let finding = finding?;
+        let inst = instances.get(id);
+        let verdict = Verdict {
+            step: wf.step(inst.step).name.to_string(),
+            values: inst.values.clone(),
+            key: key.to_hex(),
+            finding,
+        };
+        let detail = serde_json::to_string(&verdict.finding).unwrap_or_default();
+        let word = match verdict.finding {
+            Finding::Reproducible => "reproducible",
+            Finding::Differs { .. } => "differs",
+            Finding::Failed { .. } => "failed",
+        };
+        store.add_audit(&key, word, &detail)?;
+        on_verdict(&verdict);
+        verdicts.push(verdict);
+    }
+    Ok(verdicts)
+}
+
+type Known<'a> = (&'a [Option<Vec<Digest>>], &'a [Option<Vec<OutputKind>>]);
+
+fn audit_one(
+    (wf, instances, store): (&Workflow, &Instances, &LocalStore),
+    (outputs, kinds): Known<'_>,
+    id: InstanceId,
+    folder: &Path,
+    options: &AuditOptions,
+) -> Result<Finding, RunError> {
+    let io = |what: &'static str, p: &Path| {
+        let p = p.to_path_buf();
+        move |e: std::io::Error| RunError::Io {
+            action: what,
+            path: p,
+            source: e,
+        }
+    };
+    let _ = std::fs::remove_dir_all(folder);
+    let work = folder.join("work");
+    std::fs::create_dir_all(&work).map_err(io("create", &work))?;
+    let inst = instances.get(id);
+    let step = wf.step(inst.step);
+    let none = Unrecorded::default();
+    for f in inst.inputs.iter().flatten() {
+        match f {
+            FileRef::Source(p) if !p.starts_with('/') => {
+                let to = work.join(p);
+                if let Some(parent) = to.parent() {
+                    std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+                }
+                copy(&wf.root.join(p), &to).map_err(io("copy", &wf.root.join(p)))?;
+            }
+            FileRef::Source(_) => {}
+            FileRef::Output { instance, output } => {
+                let up = instances.get(*instance);
+                let (Some(d), Some(k)) = (
+                    outputs[instance.index()].as_ref().map(|d| d[*output]),
+                    kinds[instance.index()].as_ref().map(|k| k[*output]),
+                ) else {
+                    continue;
+                };
+                let to = work.join(&up.outputs[*output]);
+                if let Some(parent) = to.parent() {
+                    std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+                }
+                store.materialize_with(&d, k, &to, &none)?;
+            }
+        }
+    }
+    for path in inst.outputs.iter().chain(&inst.log) {
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            let p = work.join(parent);
+            std::fs::create_dir_all(&p).map_err(io("create", &p))?;
+        }
+    }
+    let mut env: Vec<(String, String)> = wf
+        .env
+        .iter()
+        .chain(&step.env)
+        .map(|e| (e.name.to_string(), e.value.clone()))
+        .collect();
+    env.push(("PATH".into(), options.path_var.clone()));
+    let request = ExecRequest {
+        command: crate::command::render_command(wf, instances, id),
+        dir: work.clone(),
+        env,
+        log: folder.join("log"),
+        outputs: inst.outputs.iter().map(PathBuf::from).collect(),
+        time_limit: step
+            .resources
+            .time_seconds
+            .map(std::time::Duration::from_secs),
+        gpus: None,
+    };
+    let result = mustbuild_executors::local::run(&request, &options.cancel);
+    if result.outcome != Outcome::Succeeded {
+        return Ok(Finding::Failed {
+            outcome: format!("{:?}", result.outcome),
+        });
+    }
+    let mut diffs = Vec::new();
+    let expected = outputs[id.index()].as_deref().unwrap_or_default();
+    for ((decl, path), realised) in step.outputs.iter().zip(&inst.outputs).zip(expected) {
+        let made = work.join(path);
+        let (digest, _, _) = store.path_digest(&made)?;
+        if digest == *realised {
+            continue;
+        }
+        let first_difference = if decl.kind == PathKind::File {
+            first_difference(store, realised, &made)
+        } else {
+            Vec::new()
+        };
+        diffs.push(OutputDiff {
+            name: decl.name.to_string(),
+            path: path.clone(),
+            realised: realised.to_hex(),
+            audited: digest.to_hex(),
+            first_difference,
+        });
+    }
+    Ok(if diffs.is_empty() {
+        Finding::Reproducible
+    } else {
+        Finding::Differs { outputs: diffs }
+    })
+}
+
+/// A file or folder copied (sources may be either).
+fn copy(from: &Path, to: &Path) -> std::io::Result<()> {
+    if std::fs::metadata(from)?.is_dir() {
+        std::fs::create_dir_all(to)?;
+        for e in std::fs::read_dir(from)? {
+            let e = e?;
+            copy(&e.path(), &to.join(e.file_name()))?;
+        }
+        Ok(())
+    } else {
+        std::fs::copy(from, to).map(|_| ())
+    }
+}
+
+/// For two texts, the first line that differs (`-realised`, `+audited`);
+/// nothing for binary content.
+fn first_difference(store: &LocalStore, realised: &Digest, made: &Path) -> Vec<String> {
+    let before = match store.object_data(realised) {
+        Ok(ObjectData::Inline(b)) => b,
+        Ok(ObjectData::File(p)) => std::fs::read(p).unwrap_or_default(),
+        Err(_) => return Vec::new(),
+    };
+    let Ok(after) = std::fs::read(made) else {
+        return Vec::new();
+    };
+    let (Ok(a), Ok(b)) = (std::str::from_utf8(&before), std::str::from_utf8(&after)) else {
+        return Vec::new();
+    };
+    let (mut x, mut y) = (a.lines(), b.lines());
+    for number in 1.. {
+        match (x.next(), y.next()) {
+            (None, None) => break,
+            (l, r) if l == r => continue,
+            (l, r) => {
+                let mut out = vec![format!("line {number}:")];
+                out.extend(l.map(|l| format!("-{l}")));
+                out.extend(r.map(|r| format!("+{r}")));
+                return out;
+            }
+        }
+    }
+    Vec::new()
+}
