@@ -188,6 +188,11 @@ enum Command {
         #[command(flatten)]
         common: provenance::Common,
     },
+    /// Export a run's provenance.
+    Export {
+        #[command(subcommand)]
+        what: ExportCommand,
+    },
     /// The latest runs: id, when, wall time, steps run, cached and failed, pipeline.
     #[command(after_help = "Examples:\n  mustbuild runs\n  mustbuild runs -n 100 --json")]
     Runs {
@@ -211,6 +216,30 @@ enum Command {
         /// Change nothing; exit 1 if a file is not formatted.
         #[arg(long)]
         check: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ExportCommand {
+    /// A Workflow Run RO-Crate (Provenance Run Crate 0.5) of a run: the pipeline
+    /// files, each execution with its command, inputs and outputs by digest,
+    /// times and measurements.
+    #[command(
+        name = "ro-crate",
+        after_help = "Examples:\n  mustbuild export ro-crate -o crate/ --license https://spdx.org/licenses/CC-BY-4.0\n  mustbuild export ro-crate --run 12 -o run12/ --license https://spdx.org/licenses/CC0-1.0"
+    )]
+    RoCrate {
+        /// The run (default: the latest).
+        #[arg(long, value_name = "ID")]
+        run: Option<i64>,
+        /// The folder to write (made if missing).
+        #[arg(short, long, value_name = "DIR")]
+        output: PathBuf,
+        /// The licence of the crate (an IRI, e.g. an SPDX URL): required by the profile.
+        #[arg(long, value_name = "IRI")]
+        license: String,
+        #[command(flatten)]
+        common: provenance::Common,
     },
 }
 
@@ -294,6 +323,15 @@ fn main() -> ExitCode {
         } => provenance::show(&target, run, common),
         Command::Log { target, run, store } => provenance::log(&target, run, store),
         Command::Runs { limit, common } => provenance::runs(limit, common),
+        Command::Export {
+            what:
+                ExportCommand::RoCrate {
+                    run,
+                    output,
+                    license,
+                    common,
+                },
+        } => provenance::export_ro_crate(run, &output, &license, common),
         Command::Audit {
             pipeline,
             targets,

@@ -467,6 +467,36 @@ pub fn audit(
     }
 }
 
+pub fn export_ro_crate(
+    run: Option<i64>,
+    output: &std::path::Path,
+    license: &str,
+    common: Common,
+) -> u8 {
+    let store = match open(common.store) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let run = match run {
+        Some(r) => r,
+        None => match store.sessions(1) {
+            Ok(s) if !s.is_empty() => s[0].id,
+            Ok(_) => {
+                tell!("error: no runs recorded in this store");
+                return exit::INVALID;
+            }
+            Err(e) => return failed(&e.into()),
+        },
+    };
+    match provenance::ro_crate::export(&store, run, output, license, &utc) {
+        Ok(()) => {
+            outln!("wrote {}", output.join("ro-crate-metadata.json").display());
+            exit::OK
+        }
+        Err(e) => failed(&e),
+    }
+}
+
 pub fn depends(from: &str, to: &str, run: Option<i64>, common: Common) -> u8 {
     let store = match open(common.store) {
         Ok(s) => s,

@@ -171,6 +171,7 @@ const PROVENANCE: &str = "
 ALTER TABLE sessions ADD COLUMN info TEXT;
 ALTER TABLE runs ADD COLUMN instance TEXT;
 ALTER TABLE materialised ADD COLUMN key BLOB;
+CREATE INDEX IF NOT EXISTS materialised_key ON materialised (key);
 CREATE TABLE IF NOT EXISTS session_instances (
     session  INTEGER NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
     step     TEXT NOT NULL,

@@ -357,6 +357,15 @@ impl LocalStore {
             .pop())
     }
 
+    /// The workspace paths (absolute) where outputs of `key` were last put, and their content.
+    pub fn materialised_of(&self, key: &Digest) -> Result<Vec<(String, Digest)>> {
+        self.rows(
+            "SELECT path, digest FROM materialised WHERE key = ?1 ORDER BY path",
+            [key.as_bytes()],
+            |r| Ok((r.get(0)?, digest_at(r, 1)?)),
+        )
+    }
+
     /// Every execution of `key`, oldest first.
     pub fn runs_of(&self, key: &Digest) -> Result<Vec<RunRow>> {
         self.rows(

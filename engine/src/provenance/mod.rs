@@ -6,6 +6,7 @@
 
 mod depends;
 mod info;
+pub mod ro_crate;
 mod show;
 mod target;
 mod why;
