@@ -208,6 +208,15 @@ impl LocalStore {
         )
     }
 
+    /// The instances of `step` a session recorded, in instance order.
+    pub fn session_step_instances(&self, session: i64, step: &str) -> Result<Vec<InstanceRow>> {
+        self.rows(
+            &format!("{INSTANCE} WHERE session = ?1 AND step = ?2 ORDER BY instance"),
+            params![session, step],
+            instance_row,
+        )
+    }
+
     /// One instance as `session` recorded it.
     pub fn session_instance(
         &self,
@@ -267,7 +276,8 @@ impl LocalStore {
     }
 
     /// The instances of `session` whose realisation has an output with content
-    /// `digest`, and that output's name.
+    /// `digest`, and that output's name. (`CROSS JOIN`: SQLite then looks the
+    /// digest up first, rather than walking every instance of the session.)
     pub fn producers_in(
         &self,
         session: i64,
@@ -275,7 +285,7 @@ impl LocalStore {
     ) -> Result<Vec<(InstanceRow, String)>> {
         self.rows(
             "SELECT si.session, si.step, si.instance, si.key, si.planned, r.output
-             FROM realisations r JOIN session_instances si ON si.key = r.key
+             FROM realisations r CROSS JOIN session_instances si ON si.key = r.key
              WHERE r.digest = ?1 AND si.session = ?2
              ORDER BY si.step, si.instance",
             params![digest.as_bytes(), session],

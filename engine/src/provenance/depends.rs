@@ -2,7 +2,7 @@
 //! of a run, as the store recorded it (each instance's inputs by digest, each
 //! digest's producer in that run).
 
-use super::{ProvenanceError, RunInfo, label, values_of};
+use super::{PathOrigin, ProvenanceError, RunInfo, choose_producer, label, path_origin, values_of};
 use crate::keys::input_digests;
 use mustbuild_store::{Digest, InstanceRow, LocalStore};
 use serde::Serialize;
@@ -45,42 +45,25 @@ pub fn depends(
     let info = store.session(session)?;
     let root = RunInfo::parse(info.as_ref().and_then(|s| s.info.as_deref())).root;
     // Several instances may make the same bytes: the path tells whose output
-    // an input is (the step the store last put there), or that it is a source.
-    let mut step_of_path: HashMap<String, Option<String>> = HashMap::new();
+    // an input is, or that it is a source.
+    let mut origins: HashMap<String, PathOrigin> = HashMap::new();
     let mut producer =
         |path: &str, digest: &Digest, me: usize| -> Result<Option<usize>, ProvenanceError> {
             let candidates: Vec<usize> = producers
                 .get(digest)
                 .map(|c| c.iter().copied().filter(|&p| p != me).collect())
                 .unwrap_or_default();
-            if candidates.is_empty() || root.is_empty() {
-                return Ok(candidates.first().copied());
+            if candidates.is_empty() {
+                return Ok(None);
             }
-            if !step_of_path.contains_key(path) {
-                let step = match store.materialised_from(&std::path::Path::new(&root).join(path))? {
-                    None => Some(None),
-                    Some((_, Some(key))) => Some(
-                        store
-                            .instances_with_key(&key)?
-                            .into_iter()
-                            .next()
-                            .map(|r| r.step),
-                    ),
-                    Some((_, None)) => None,
-                };
-                match step {
-                    // Never put in place: a source file.
-                    Some(None) => return Ok(None),
-                    Some(s) => step_of_path.insert(path.to_string(), s),
-                    None => step_of_path.insert(path.to_string(), None),
-                };
+            if !origins.contains_key(path) {
+                origins.insert(path.to_string(), path_origin(store, &root, path)?);
             }
-            let step = step_of_path.get(path).cloned().flatten();
-            Ok(candidates
-                .iter()
-                .copied()
-                .find(|&c| step.as_deref() == Some(rows[c].step.as_str()))
-                .or(candidates.first().copied()))
+            let origin = &origins[path];
+            Ok(
+                choose_producer(origin, &candidates, |&c, step| rows[c].step == step)
+                    .map(|i| candidates[i]),
+            )
         };
     // Each instance's inputs made in this run.
     let mut deps: Vec<Vec<usize>> = vec![Vec::new(); rows.len()];

@@ -69,3 +69,56 @@ pub fn values_of(instance: &str) -> Vec<String> {
         instance.split('\t').map(str::to_string).collect()
     }
 }
+
+/// What a file an instance read is, by its path: what the store last put
+/// there tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PathOrigin {
+    /// Never put in place by mustbuild: a source file.
+    Source,
+    /// An output of this step (`None`: of a step the store did not record).
+    Output(Option<String>),
+    /// The run's folder is not known: tell by content alone.
+    Unknown,
+}
+
+/// Where `path` (relative to the run's folder `root`) came from.
+pub(crate) fn path_origin(
+    store: &mustbuild_store::LocalStore,
+    root: &str,
+    path: &str,
+) -> Result<PathOrigin, ProvenanceError> {
+    if root.is_empty() {
+        return Ok(PathOrigin::Unknown);
+    }
+    Ok(
+        match store.materialised_from(&std::path::Path::new(root).join(path))? {
+            None => PathOrigin::Source,
+            Some((_, Some(key))) => PathOrigin::Output(
+                store
+                    .instances_with_key(&key)?
+                    .into_iter()
+                    .next()
+                    .map(|r| r.step),
+            ),
+            Some((_, None)) => PathOrigin::Output(None),
+        },
+    )
+}
+
+/// Among the instances that made a file's bytes, the one whose step's output
+/// the path is (several steps may make the same bytes).
+pub(crate) fn choose_producer<T>(
+    origin: &PathOrigin,
+    candidates: &[T],
+    is_of_step: impl Fn(&T, &str) -> bool,
+) -> Option<usize> {
+    match origin {
+        PathOrigin::Source => None,
+        PathOrigin::Output(Some(step)) => candidates
+            .iter()
+            .position(|c| is_of_step(c, step))
+            .or((!candidates.is_empty()).then_some(0)),
+        PathOrigin::Output(None) | PathOrigin::Unknown => (!candidates.is_empty()).then_some(0),
+    }
+}

@@ -106,11 +106,7 @@ pub fn resolve(
         .session(session)?
         .ok_or(ProvenanceError::NoSuchRun(session))?;
     let recorded = asked.alias_of.unwrap_or(asked.id);
-    let rows: Vec<InstanceRow> = store
-        .session_instances(recorded)?
-        .into_iter()
-        .filter(|r| r.step == step)
-        .collect();
+    let rows = store.session_step_instances(recorded, &step)?;
     if rows.is_empty() {
         return Err(ProvenanceError::NotFound {
             message: format!("run {session} did not process step `{step}`"),

@@ -590,25 +590,9 @@ impl Explainer<'_> {
         digest: &Digest,
     ) -> Result<Option<InstanceRow>, ProvenanceError> {
         let root = self.info(now.session)?.root.clone();
-        // Whose output the path is, as the store last put it in place.
-        let mut step = None;
-        if !root.is_empty() {
-            match self
-                .store
-                .materialised_from(&std::path::Path::new(&root).join(path))?
-            {
-                // Never put in place: a source file.
-                None => return Ok(None),
-                Some((_, Some(key))) => {
-                    step = self
-                        .store
-                        .instances_with_key(&key)?
-                        .into_iter()
-                        .next()
-                        .map(|r| r.step);
-                }
-                Some((_, None)) => {}
-            }
+        let origin = super::path_origin(self.store, &root, path)?;
+        if origin == super::PathOrigin::Source {
+            return Ok(None);
         }
         let candidates: Vec<InstanceRow> = self
             .store
@@ -617,14 +601,10 @@ impl Explainer<'_> {
             .map(|(row, _)| row)
             .filter(|r| !(r.step == now.step && r.instance == now.instance))
             .collect();
-        let chosen = match &step {
-            Some(step) => candidates
-                .iter()
-                .find(|r| r.step == *step)
-                .or(candidates.first()),
-            None => candidates.first(),
-        };
-        Ok(chosen.cloned())
+        Ok(
+            super::choose_producer(&origin, &candidates, |r, step| r.step == step)
+                .map(|i| candidates[i].clone()),
+        )
     }
 
     fn content(&self, digest: &Digest) -> Result<Content, ProvenanceError> {
