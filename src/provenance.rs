@@ -80,7 +80,9 @@ fn value(v: &Option<String>) -> String {
 fn cause_text(c: &Cause, step: &str, values: &[String], pad: &str) -> String {
     match c {
         Cause::NeverBuilt => {
-            format!("never built: no earlier run of this pipeline had step `{step}`")
+            format!(
+                "never built: no earlier run of this pipeline the store remembers had step `{step}`"
+            )
         }
         Cause::NewValue => format!(
             "a new fan-out value: step `{step}` ran before, never for [{}]",

@@ -534,3 +534,36 @@ fn a_run_exports_as_a_provenance_run_crate_that_validates() {
         None => eprintln!("roc-validator not installed (scripts/test-all does): not validated"),
     }
 }
+
+#[test]
+fn an_env_var_is_a_root_cause_and_the_summary_says_so() {
+    let pipeline = r#"pipeline "env"
+step sorted {
+  env LC_ALL "C"
+  in src=(file)"words.txt"
+  out o="sorted.txt"
+  run "sort {in.src} > {out.o}"
+}
+"#;
+    let f = Fixture::new(pipeline, &[("words.txt", "b\nB\na\n")]);
+    f.run(&[]);
+    f.write("pipeline.kdl", &pipeline.replace(r#""C""#, r#""C.UTF-8""#));
+    let r = f.run(&[]);
+    assert!(
+        r.stdout.contains("note: 1 step ran again only because env.LC_ALL changed; `mustbuild why sorted` tells more"),
+        "{}",
+        r.stdout
+    );
+    let v = f.json(&["why", "sorted.txt"]);
+    assert_eq!(
+        root_cause_kinds(&v),
+        [
+            ("sorted".into(), "env".into()),
+            ("sorted".into(), "pipeline_text".into())
+        ]
+    );
+    let cause = &v["root_causes"][0]["cause"];
+    assert_eq!(cause["name"], "LC_ALL");
+    assert_eq!(cause["before"], "C");
+    assert_eq!(cause["after"], "C.UTF-8");
+}
