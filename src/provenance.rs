@@ -57,6 +57,17 @@ fn resolve(store: &LocalStore, target: &str, run: Option<i64>) -> Result<Resolve
     provenance::resolve(store, &parsed, run, &cwd).map_err(|e| failed(&e))
 }
 
+/// The store, and the target found in it (or the exit code, the error told).
+fn open_and_resolve(
+    location: Option<PathBuf>,
+    target: &str,
+    run: Option<i64>,
+) -> Result<(LocalStore, Resolved), u8> {
+    let store = open(location)?;
+    let resolved = resolve(&store, target, run)?;
+    Ok((store, resolved))
+}
+
 /// A digest as people read it: its first 12 hex digits.
 fn short(hex: &str) -> &str {
     hex.get(..12).unwrap_or(hex)
@@ -346,12 +357,8 @@ fn why_text(report: &WhyReport) -> String {
 }
 
 pub fn why(target: &str, run: Option<i64>, common: Common) -> u8 {
-    let store = match open(common.store) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let resolved = match resolve(&store, target, run) {
-        Ok(r) => r,
+    let (store, resolved) = match open_and_resolve(common.store, target, run) {
+        Ok(found) => found,
         Err(code) => return code,
     };
     // A long chain of steps recurses as deep: a thread with room for it.
@@ -549,12 +556,8 @@ pub fn depends(from: &str, to: &str, run: Option<i64>, common: Common) -> u8 {
 }
 
 pub fn show(target: &str, run: Option<i64>, common: Common) -> u8 {
-    let store = match open(common.store) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let resolved = match resolve(&store, target, run) {
-        Ok(r) => r,
+    let (store, resolved) = match open_and_resolve(common.store, target, run) {
+        Ok(found) => found,
         Err(code) => return code,
     };
     let d = match provenance::show(&store, &resolved) {
@@ -651,12 +654,8 @@ pub fn render_show(d: &Derivation) -> String {
 }
 
 pub fn log(target: &str, run: Option<i64>, store: Option<PathBuf>) -> u8 {
-    let store = match open(store) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let resolved = match resolve(&store, target, run) {
-        Ok(r) => r,
+    let (store, resolved) = match open_and_resolve(store, target, run) {
+        Ok(found) => found,
         Err(code) => return code,
     };
     let runs = match store.runs_of(&resolved.row.key) {
