@@ -167,11 +167,15 @@ CREATE TABLE IF NOT EXISTS noop_records (
 /// each session, its key and what the run meant to do with it; per run record,
 /// the instance; the size of each source file's content, by digest (a source
 /// file's earlier versions are not in the store).
+/// Schema 4's new columns of older tables: added where missing (a store some
+/// test or interrupted binary left at an older version may have them already).
+const PROVENANCE_COLUMNS: [(&str, &str, &str); 3] = [
+    ("sessions", "info", "TEXT"),
+    ("runs", "instance", "TEXT"),
+    ("materialised", "key", "BLOB"),
+];
+
 const PROVENANCE: &str = "
-ALTER TABLE sessions ADD COLUMN info TEXT;
-ALTER TABLE runs ADD COLUMN instance TEXT;
-ALTER TABLE materialised ADD COLUMN key BLOB;
-CREATE INDEX IF NOT EXISTS materialised_key ON materialised (key);
 CREATE TABLE IF NOT EXISTS session_instances (
     session  INTEGER NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
     step     TEXT NOT NULL,
@@ -304,6 +308,19 @@ fn initialise(conn: &Connection) -> rusqlite::Result<i64> {
         let now: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if now == version {
             conn.execute_batch(&upgrade)?;
+            for (table, column, kind) in PROVENANCE_COLUMNS {
+                let present: i64 = conn.query_row(
+                    "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+                    [table, column],
+                    |r| r.get(0),
+                )?;
+                if present == 0 {
+                    conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+                }
+            }
+            conn.execute_batch(
+                "CREATE INDEX IF NOT EXISTS materialised_key ON materialised (key)",
+            )?;
         }
         conn.execute_batch("COMMIT")?;
         Ok(if now == version { SCHEMA_VERSION } else { now })

@@ -696,15 +696,26 @@ fn noop_records_of_schema_2(db: &rusqlite::Connection) {
     .unwrap();
 }
 
-/// After an upgrade: schema 3, with no record left from before, and records in
-/// two parts.
+/// After an upgrade: the current schema (4: schema 3's no-op records, and what
+/// `why` reads), with no record left from before, and records in two parts.
 fn no_op_records_are_those_of_schema_3(store: &LocalStore, root: &std::path::Path) {
     let db = rusqlite::Connection::open(root.join("meta.sqlite")).unwrap();
     let version: i64 = db
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     assert_eq!(store.noop_record("/p/pipeline.kdl").unwrap(), None);
+    // Schema 4's columns and tables are there.
+    for sql in [
+        "SELECT info FROM sessions",
+        "SELECT instance FROM runs",
+        "SELECT key FROM materialised",
+        "SELECT planned FROM session_instances",
+        "SELECT size FROM content_sizes",
+        "SELECT verdict FROM audits",
+    ] {
+        db.prepare(sql).unwrap();
+    }
     let session = store.begin_session("p", None).unwrap();
     save_noop_record(store, session, 0);
 }
@@ -747,10 +758,10 @@ fn a_store_left_at_schema_0_by_an_older_mustbuild_gets_the_new_records() {
 fn a_store_of_a_newer_schema_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
-    drop(store_set_to_schema(&root, 4));
+    drop(store_set_to_schema(&root, 5));
     match LocalStore::open(&root) {
-        Ok(_) => panic!("a store of schema 4 was opened"),
-        Err(e) => assert!(e.to_string().contains("database schema 4"), "{e}"),
+        Ok(_) => panic!("a store of schema 5 was opened"),
+        Err(e) => assert!(e.to_string().contains("database schema 5"), "{e}"),
     }
 }
 
@@ -831,4 +842,26 @@ fn a_small_output_is_recorded_with_its_run_and_only_if_it_succeeded() {
     let (t, _) = store.add_path_unrecorded(&dir, Ingest::Copy).unwrap();
     assert_eq!(t.kind, OutputKind::Tree);
     assert!(store.has_object(&t.digest).unwrap());
+}
+
+#[test]
+fn a_store_of_schema_3_gets_what_why_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let db = store_set_to_schema(&root, 3);
+    // What schema 3 did not have (its columns cannot be dropped from a table
+    // with an index on them; the upgrade adds only those missing).
+    db.execute_batch(
+        "DROP TABLE session_instances; DROP TABLE content_sizes; DROP TABLE audits;
+         ALTER TABLE sessions DROP COLUMN info; ALTER TABLE runs DROP COLUMN instance;",
+    )
+    .unwrap();
+    drop(db);
+    let store = LocalStore::open(&root).unwrap();
+    let session = store.begin_session("p", Some("{}")).unwrap();
+    assert_eq!(
+        store.session(session).unwrap().unwrap().info.as_deref(),
+        Some("{}")
+    );
+    assert!(store.session_instances(session).unwrap().is_empty());
 }
