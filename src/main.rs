@@ -53,6 +53,17 @@ mod exit {
     pub const USAGE: u8 = 2;
     /// Stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
     pub const INTERRUPTED: u8 = 130;
+
+    /// The code of a command that ran steps: interrupted, some failed, or fine.
+    pub fn of_work(interrupted: bool, failed: bool) -> u8 {
+        if interrupted {
+            INTERRUPTED
+        } else if failed {
+            INVALID
+        } else {
+            OK
+        }
+    }
 }
 
 #[derive(Parser)]
@@ -1073,13 +1084,7 @@ fn report_run(
                     what.join(", ")
                 );
             }
-            if cancel.is_some_and(|c| c.is_cancelled()) {
-                exit::INTERRUPTED
-            } else if s.failed > 0 {
-                exit::INVALID
-            } else {
-                exit::OK
-            }
+            exit::of_work(cancel.is_some_and(|c| c.is_cancelled()), s.failed > 0)
         }
         Err(e) => {
             tell!("error: {e}");

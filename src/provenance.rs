@@ -461,13 +461,7 @@ pub fn audit(
                     verdicts.len() - differs
                 );
             }
-            if cancel.is_cancelled() {
-                exit::INTERRUPTED
-            } else if differs > 0 {
-                exit::INVALID
-            } else {
-                exit::OK
-            }
+            exit::of_work(cancel.is_cancelled(), differs > 0)
         }
         Err(e) => {
             tell!("error: {e}");

@@ -1,18 +1,19 @@
 //! `mustbuild audit`: is a realised result reproducible? Each chosen derivation
-//! whose result is in the store runs again in a fresh folder of its own (its
-//! inputs copied from the workspace's sources and the store's objects), and the
+//! whose result is in the store runs again in a scratch folder, as a run's
+//! worker runs it (inputs copied from the workspace's sources and the store's
+//! objects, the same environment, `HOME` and `TMPDIR`), and the
 //! digests of what it makes are compared with its realisation. The workspace and
 //! the realisations are never touched; the verdict is stored per derivation
 //! (`why` and `show` print the latest).
 
-use crate::instantiate::{FileRef, InstanceId, Instances};
+use crate::instantiate::{InstanceId, Instances};
 use crate::keys::{key_from_outputs, resolve_tools};
-use crate::run::{RunError, in_order};
-use mustbuild_executors::{CancelToken, ExecRequest, Outcome};
+use crate::run::{RunError, Scratch, in_order, place_inputs, prepare};
+use mustbuild_executors::{CancelToken, Outcome};
 use mustbuild_lang::model::{PathKind, Workflow};
-use mustbuild_store::{Digest, LocalStore, ObjectData, OutputKind, Unrecorded};
+use mustbuild_store::{Digest, LocalStore, ObjectData, OutputKind};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// What one audit found for one derivation.
 #[derive(Debug, Clone, Serialize)]
@@ -96,20 +97,23 @@ pub fn audit(
         _ => realised,
     };
     let mut verdicts = Vec::new();
-    for (number, (id, key)) in chosen.into_iter().enumerate() {
+    // One scratch folder, as a run's worker has (its inputs placed anew for
+    // each derivation); gone at the end, or, if killed, at the next run.
+    let scratch = Scratch::new(store, crate::run::next_run_number(), 0);
+    for (id, key) in chosen {
         if options.cancel.is_cancelled() {
             break;
         }
-        let folder =
-            std::env::temp_dir().join(format!("mustbuild-audit-{}-{number}", std::process::id()));
         let finding = audit_one(
             (wf, instances, store),
             (&outputs, &kinds),
-            id,
-            &folder,
+            (id, key),
+            &scratch,
             options,
         );
-        let _ = std::fs::remove_dir_all(&folder);
+        if finding.is_err() {
+            scratch.remove();
+        }
         let finding = finding?;
         let inst = instances.get(id);
         let verdict = Verdict {
@@ -128,6 +132,7 @@ pub fn audit(
         on_verdict(&verdict);
         verdicts.push(verdict);
     }
+    scratch.remove();
     Ok(verdicts)
 }
 
@@ -136,75 +141,16 @@ type Known<'a> = (&'a [Option<Vec<Digest>>], &'a [Option<Vec<OutputKind>>]);
 fn audit_one(
     (wf, instances, store): (&Workflow, &Instances, &LocalStore),
     (outputs, kinds): Known<'_>,
-    id: InstanceId,
-    folder: &Path,
+    (id, key): (InstanceId, Digest),
+    scratch: &Scratch,
     options: &AuditOptions,
 ) -> Result<Finding, RunError> {
-    let io = |what: &'static str, p: &Path| {
-        let p = p.to_path_buf();
-        move |e: std::io::Error| RunError::Io {
-            action: what,
-            path: p,
-            source: e,
-        }
-    };
-    let _ = std::fs::remove_dir_all(folder);
-    let work = folder.join("work");
-    std::fs::create_dir_all(&work).map_err(io("create", &work))?;
     let inst = instances.get(id);
     let step = wf.step(inst.step);
-    let none = Unrecorded::default();
-    for f in inst.inputs.iter().flatten() {
-        match f {
-            FileRef::Source(p) if !p.starts_with('/') => {
-                let to = work.join(p);
-                if let Some(parent) = to.parent() {
-                    std::fs::create_dir_all(parent).map_err(io("create", parent))?;
-                }
-                copy(&wf.root.join(p), &to).map_err(io("copy", &wf.root.join(p)))?;
-            }
-            FileRef::Source(_) => {}
-            FileRef::Output { instance, output } => {
-                let up = instances.get(*instance);
-                let (Some(d), Some(k)) = (
-                    outputs[instance.index()].as_ref().map(|d| d[*output]),
-                    kinds[instance.index()].as_ref().map(|k| k[*output]),
-                ) else {
-                    continue;
-                };
-                let to = work.join(&up.outputs[*output]);
-                if let Some(parent) = to.parent() {
-                    std::fs::create_dir_all(parent).map_err(io("create", parent))?;
-                }
-                store.materialize_with(&d, k, &to, &none)?;
-            }
-        }
-    }
-    for path in inst.outputs.iter().chain(&inst.log) {
-        if let Some((parent, _)) = path.rsplit_once('/') {
-            let p = work.join(parent);
-            std::fs::create_dir_all(&p).map_err(io("create", &p))?;
-        }
-    }
-    let mut env: Vec<(String, String)> = wf
-        .env
-        .iter()
-        .chain(&step.env)
-        .map(|e| (e.name.to_string(), e.value.clone()))
-        .collect();
-    env.push(("PATH".into(), options.path_var.clone()));
-    let request = ExecRequest {
-        command: crate::command::render_command(wf, instances, id),
-        dir: work.clone(),
-        env,
-        log: folder.join("log"),
-        outputs: inst.outputs.iter().map(PathBuf::from).collect(),
-        time_limit: step
-            .resources
-            .time_seconds
-            .map(std::time::Duration::from_secs),
-        gpus: None,
-    };
+    let mut job = prepare(wf, instances, id, key, outputs, kinds, &options.path_var);
+    place_inputs(store, scratch, &job.placements)?;
+    scratch.take(&mut job.request);
+    let request = job.request;
     let result = mustbuild_executors::local::run(&request, &options.cancel);
     if result.outcome != Outcome::Succeeded {
         return Ok(Finding::Failed {
@@ -214,7 +160,7 @@ fn audit_one(
     let mut diffs = Vec::new();
     let expected = outputs[id.index()].as_deref().unwrap_or_default();
     for ((decl, path), realised) in step.outputs.iter().zip(&inst.outputs).zip(expected) {
-        let made = work.join(path);
+        let made = scratch.root.join(path);
         let (digest, _, _) = store.path_digest(&made)?;
         if digest == *realised {
             continue;
@@ -237,20 +183,6 @@ fn audit_one(
     } else {
         Finding::Differs { outputs: diffs }
     })
-}
-
-/// A file or folder copied (sources may be either).
-fn copy(from: &Path, to: &Path) -> std::io::Result<()> {
-    if std::fs::metadata(from)?.is_dir() {
-        std::fs::create_dir_all(to)?;
-        for e in std::fs::read_dir(from)? {
-            let e = e?;
-            copy(&e.path(), &to.join(e.file_name()))?;
-        }
-        Ok(())
-    } else {
-        std::fs::copy(from, to).map(|_| ())
-    }
 }
 
 /// For two texts, the first line that differs (`-realised`, `+audited`);

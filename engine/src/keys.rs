@@ -83,22 +83,33 @@ pub fn locate_tool(name: &str, path_var: &str) -> Option<PathBuf> {
 /// The files an instance's key material reads: (path as written in the key,
 /// digest, whether a folder).
 pub fn input_digests(m: &KeyMaterial) -> Vec<(&str, Digest, bool)> {
-    let mut out = Vec::new();
-    let Some(Field::Map(inputs)) = m.fields.get("inputs") else {
-        return out;
+    inputs_by_name(m).flat_map(|(_, files)| files).collect()
+}
+
+/// Each input of a key material, by name, with its files (as `input_digests`).
+pub fn inputs_by_name(
+    m: &KeyMaterial,
+) -> impl Iterator<Item = (&str, impl Iterator<Item = (&str, Digest, bool)>)> {
+    let inputs = match m.fields.get("inputs") {
+        Some(Field::Map(inputs)) => Some(inputs),
+        _ => None,
     };
-    for list in inputs.values() {
-        let Field::List(files) = list else { continue };
-        for f in files {
-            let Field::Map(entry) = f else { continue };
-            if let (Some(Field::Text(path)), Some(Field::Digest(d)), Some(Field::Text(kind))) =
-                (entry.get("path"), entry.get("digest"), entry.get("kind"))
-            {
-                out.push((path.as_str(), *d, kind == "dir"));
+    inputs.into_iter().flatten().map(|(name, list)| {
+        let files = match list {
+            Field::List(files) => files.as_slice(),
+            _ => &[],
+        };
+        let entries = files.iter().filter_map(|f| {
+            let Field::Map(entry) = f else { return None };
+            match (entry.get("path"), entry.get("digest"), entry.get("kind")) {
+                (Some(Field::Text(path)), Some(Field::Digest(d)), Some(Field::Text(kind))) => {
+                    Some((path.as_str(), *d, kind == "dir"))
+                }
+                _ => None,
             }
-        }
-    }
-    out
+        });
+        (name.as_str(), entries)
+    })
 }
 
 /// The identity of every tool the pipeline and its steps declare.

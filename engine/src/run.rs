@@ -181,7 +181,7 @@ pub struct RunSummary {
     pub unexpected: Vec<(String, Vec<String>)>,
 }
 
-struct Job {
+pub(crate) struct Job {
     id: InstanceId,
     /// Held from before the run until the realisation is committed: two processes
     /// never run the same derivation at once.
@@ -198,12 +198,12 @@ struct Job {
     gpus: usize,
     key: Digest,
     /// What to put in the scratch folder before the command runs.
-    placements: Vec<Placement>,
-    request: ExecRequest,
+    pub(crate) placements: Vec<Placement>,
+    pub(crate) request: ExecRequest,
 }
 
 /// One input put in place in a scratch folder (`to`: relative to it).
-enum Placement {
+pub(crate) enum Placement {
     /// A source file or folder, copied (reflinked where possible).
     Source { from: PathBuf, to: String },
     /// An upstream output, from the store.
@@ -219,8 +219,8 @@ enum Placement {
 /// A worker's scratch folder, reused from job to job: emptied between jobs but
 /// for `.mustbuild/home` and `.mustbuild/tmp` (themselves emptied), so that a job
 /// creates no folders beyond its own. The log lives beside it and is truncated.
-struct Scratch {
-    root: PathBuf,
+pub(crate) struct Scratch {
+    pub(crate) root: PathBuf,
     home: PathBuf,
     tmp: PathBuf,
     log: PathBuf,
@@ -241,7 +241,7 @@ const MAX_SPARES: usize = 64;
 
 impl Scratch {
     /// Worker `worker` of this process's run number `run`.
-    fn new(store: &LocalStore, run: u64, worker: usize) -> Scratch {
+    pub(crate) fn new(store: &LocalStore, run: u64, worker: usize) -> Scratch {
         let name = format!("{}-{run}-{worker}", std::process::id());
         let base = store.root().join("scratch");
         let root = base.join(&name);
@@ -255,6 +255,18 @@ impl Scratch {
             spare_made: Default::default(),
             root,
         }
+    }
+
+    /// Points `request` at this folder: its working folder, log, `HOME` and `TMPDIR`.
+    pub(crate) fn take(&self, request: &mut ExecRequest) {
+        request.dir = self.root.clone();
+        request.log = self.log.clone();
+        request
+            .env
+            .push(("HOME".into(), self.home.display().to_string()));
+        request
+            .env
+            .push(("TMPDIR".into(), self.tmp.display().to_string()));
     }
 
     /// Makes it empty (creating it the first time), but for the folders in
@@ -443,7 +455,7 @@ impl Scratch {
             .map_err(io_err("copy input", src))
     }
 
-    fn remove(&self) {
+    pub(crate) fn remove(&self) {
         let _ = remove_any(&self.root);
         let _ = remove_any(&self.spare);
         let _ = std::fs::remove_file(&self.log);
@@ -605,6 +617,13 @@ fn lock_key(
     }
 }
 
+/// Runs (and audits) of one process (a library user's, tests) get scratch
+/// folders of their own.
+pub(crate) fn next_run_number() -> u64 {
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Runs every instance (or takes it from the store), reporting each through `on_event`.
 pub fn run(
     wf: &Workflow,
@@ -704,9 +723,7 @@ pub fn run(
     // Instances whose commands started, in the order they took their shares.
     let starts = std::sync::Mutex::new(Vec::new());
     remove_stale_scratch(store);
-    // Runs of one process (a library user's, tests) get scratch folders of their own.
-    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let run_number = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let run_number = next_run_number();
     let result = std::thread::scope(|scope| -> Result<(), RunError> {
         for worker in 0..workers {
             let rx = job_rx.clone();
@@ -1232,14 +1249,7 @@ struct Worker<'a> {
 fn work(worker: &Worker<'_>, mut job: Job) -> Done {
     let Worker { store, scratch, .. } = worker;
     let placements = std::mem::take(&mut job.placements);
-    job.request.dir = scratch.root.clone();
-    job.request.log = scratch.log.clone();
-    job.request
-        .env
-        .push(("HOME".into(), scratch.home.display().to_string()));
-    job.request
-        .env
-        .push(("TMPDIR".into(), scratch.tmp.display().to_string()));
+    scratch.take(&mut job.request);
     let ticket = job.ticket;
     // While another process holds the derivation, later jobs do not wait for this one.
     let stopped = || worker.cancel.is_cancelled() || worker.slots.is_closed();
@@ -1452,7 +1462,7 @@ fn parent(path: &str) -> &str {
 }
 
 /// An emptied scratch folder with the job's inputs in place.
-fn place_inputs(
+pub(crate) fn place_inputs(
     store: &LocalStore,
     scratch: &Scratch,
     placements: &[Placement],
@@ -1704,7 +1714,7 @@ fn tail(log: &[u8], lines: usize) -> String {
 
 /// A job for an instance: what goes in its scratch folder, and the request
 /// (the worker that takes it adds the folder, log, `HOME` and `TMPDIR`).
-fn prepare(
+pub(crate) fn prepare(
     wf: &Workflow,
     instances: &Instances,
     id: InstanceId,
@@ -1714,7 +1724,6 @@ fn prepare(
     path_var: &str,
 ) -> Job {
     let inst = instances.get(id);
-    let step = wf.step(inst.step);
     let mut placements = Vec::new();
     for files in &inst.inputs {
         for f in files {
@@ -1751,25 +1760,7 @@ fn prepare(
             placements.push(Placement::Folder(parent.to_string()));
         }
     }
-    let mut env: Vec<(String, String)> = wf
-        .env
-        .iter()
-        .chain(&step.env)
-        .map(|e| (e.name.to_string(), e.value.clone()))
-        .collect();
-    env.push(("PATH".into(), path_var.to_string()));
-    let request = ExecRequest {
-        command: crate::command::render_command(wf, instances, id),
-        dir: PathBuf::new(),
-        env,
-        log: PathBuf::new(),
-        outputs: inst.outputs.iter().map(PathBuf::from).collect(),
-        time_limit: step
-            .resources
-            .time_seconds
-            .map(std::time::Duration::from_secs),
-        gpus: None,
-    };
+    let request = exec_request(wf, instances, id, path_var);
     Job {
         id,
         lock: None,
@@ -1782,6 +1773,37 @@ fn prepare(
         key,
         placements,
         request,
+    }
+}
+
+/// How an instance's command is run (its folder and log path left empty, for
+/// the caller): `run` and `audit` run a step the same way.
+pub(crate) fn exec_request(
+    wf: &Workflow,
+    instances: &Instances,
+    id: InstanceId,
+    path_var: &str,
+) -> ExecRequest {
+    let inst = instances.get(id);
+    let step = wf.step(inst.step);
+    let mut env: Vec<(String, String)> = wf
+        .env
+        .iter()
+        .chain(&step.env)
+        .map(|e| (e.name.to_string(), e.value.clone()))
+        .collect();
+    env.push(("PATH".into(), path_var.to_string()));
+    ExecRequest {
+        command: crate::command::render_command(wf, instances, id),
+        dir: PathBuf::new(),
+        env,
+        log: PathBuf::new(),
+        outputs: inst.outputs.iter().map(PathBuf::from).collect(),
+        time_limit: step
+            .resources
+            .time_seconds
+            .map(std::time::Duration::from_secs),
+        gpus: None,
     }
 }
 

@@ -9,7 +9,6 @@
 //! (`session_instances`), whole key materials, realisations and run records.
 
 use super::{ProvenanceError, Resolved, RunInfo, label, values_of};
-use crate::keys::input_digests;
 use mustbuild_store::{Digest, Field, InstanceRow, KeyMaterial, LocalStore, RunRow};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -645,25 +644,12 @@ fn same_key_cause(runs: &[RunRow], now: &InstanceRow, before: &InstanceRow) -> C
 
 /// Each input's files, in order: (path, digest).
 fn inputs_by_name(m: &KeyMaterial) -> BTreeMap<String, Vec<(String, Digest)>> {
-    let mut out: BTreeMap<String, Vec<(String, Digest)>> = BTreeMap::new();
-    let Some(Field::Map(inputs)) = m.fields.get("inputs") else {
-        return out;
-    };
-    for (name, list) in inputs {
-        let Field::List(files) = list else { continue };
-        let mut one = KeyMaterial::default();
-        let mut only = BTreeMap::new();
-        only.insert(name.clone(), Field::List(files.clone()));
-        one.insert("inputs", Field::Map(only));
-        out.insert(
-            name.clone(),
-            input_digests(&one)
-                .into_iter()
-                .map(|(p, d, _)| (p.to_string(), d))
-                .collect(),
-        );
-    }
-    out
+    crate::keys::inputs_by_name(m)
+        .map(|(name, files)| {
+            let files = files.map(|(p, d, _)| (p.to_string(), d)).collect();
+            (name.to_string(), files)
+        })
+        .collect()
 }
 
 fn field_text(f: &Field) -> String {
