@@ -567,3 +567,111 @@ step sorted {
     assert_eq!(cause["before"], "C");
     assert_eq!(cause["after"], "C.UTF-8");
 }
+
+const THREE: &str = r#"pipeline "three"
+step a1 {
+  in src=(file)"data/1.txt"
+  out o="1.out"
+  run "cat {in.src} > {out.o}"
+}
+step a2 {
+  in src=(file)"data/2.txt"
+  out o="2.out"
+  run "cat {in.src} > {out.o}"
+}
+step a3 {
+  in src=(file)"data/3.txt"
+  out o="3.out"
+  run "cat {in.src} > {out.o}"
+}
+"#;
+
+/// How many instance rows a run wrote, and the run its others are based on.
+fn rows_and_base(f: &Fixture, run: i64) -> (i64, Option<i64>) {
+    let db = rusqlite::Connection::open(Path::new(&f.store).join("meta.sqlite")).unwrap();
+    let rows = db
+        .query_row(
+            "SELECT COUNT(*) FROM session_instances WHERE session = ?1",
+            [run],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let base = db
+        .query_row(
+            "SELECT base FROM session_bases WHERE session = ?1",
+            [run],
+            |r| r.get(0),
+        )
+        .ok();
+    (rows, base)
+}
+
+#[test]
+fn reruns_that_take_the_record_are_explained_from_its_run_and_survive_gc() {
+    let files = [
+        ("data/1.txt", "one\n"),
+        ("data/2.txt", "two\n"),
+        ("data/3.txt", "three\n"),
+    ];
+    let f = Fixture::new(THREE, &files);
+    f.run(&[]);
+    f.write("data/1.txt", "one, edited\n");
+    f.run(&[]);
+    f.write("data/2.txt", "two, edited\n");
+    f.run(&[]);
+    // Run 2 wrote a1's row and is based on run 1; run 3 wrote a2's, copied
+    // run 2's a1 (a base has no base) and is based on run 1.
+    assert_eq!(rows_and_base(&f, 2), (1, Some(1)));
+    assert_eq!(rows_and_base(&f, 3), (2, Some(1)));
+    let runs = f.json(&["runs"]);
+    let counts = |run: i64| {
+        let r = runs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["run"] == run)
+            .unwrap();
+        (
+            r["executed"].as_i64().unwrap(),
+            r["cached"].as_i64().unwrap(),
+        )
+    };
+    assert_eq!([counts(1), counts(2), counts(3)], [(3, 0), (1, 2), (1, 2)]);
+    let status = |target: &str, run: Option<&str>| {
+        let mut args = vec!["why", target];
+        if let Some(run) = run {
+            args.extend(["--run", run]);
+        }
+        let v = f.json(&args);
+        let e = &v["explanation"];
+        (
+            e["status"].as_str().unwrap().to_string(),
+            e["made_by"]["run"].as_i64(),
+        )
+    };
+    assert_eq!(status("1.out", None), ("reused".into(), Some(2)));
+    assert_eq!(status("2.out", None).0, "executed");
+    assert_eq!(status("3.out", None), ("reused".into(), Some(1)));
+    assert_eq!(status("a3", Some("2")), ("reused".into(), Some(1)));
+    assert_eq!(status("a1", Some("2")).0, "executed");
+    let v = f.json(&["why", "2.out"]);
+    assert_eq!(root_cause_kinds(&v), [("a2".into(), "source".into())]);
+    // gc keeps the last run, and the run it is based on (run 2 goes).
+    f.ok(&["store", "gc", "--keep-last", "1"]);
+    let left: Vec<i64> = f
+        .json(&["runs"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run"].as_i64().unwrap())
+        .collect();
+    assert_eq!(left, [3, 1]);
+    assert_eq!(status("3.out", None), ("reused".into(), Some(1)));
+    assert_eq!(status("1.out", None).0, "reused");
+    // What a run after gc takes from run 3's record is run 3's and run 1's.
+    f.write("data/3.txt", "three, edited\n");
+    f.run(&[]);
+    assert_eq!(rows_and_base(&f, 4), (3, Some(1)));
+    assert_eq!(status("1.out", None).0, "reused");
+    assert_eq!(status("3.out", None).0, "executed");
+}

@@ -110,6 +110,8 @@ struct Recorded {
 /// some of whose files changed: what the run can take from it ([`Prior::clean`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Prior {
+    /// The session that made the record: the instances taken from it are its.
+    pub session: i64,
     instances: Vec<Recorded>,
     /// Every recorded file: its digest, and whether its identity is unchanged.
     files: HashMap<PathBuf, (Digest, bool)>,
@@ -527,7 +529,11 @@ pub fn check(
         .zip(same)
         .map(|((f, (_, digest)), same)| (read.root.join(f.path), (*digest, same)))
         .collect();
-    Ok(Check::Partial(Prior { instances, files }))
+    Ok(Check::Partial(Prior {
+        session: record.session,
+        instances,
+        files,
+    }))
 }
 
 fn split_values(values: &str) -> Vec<String> {

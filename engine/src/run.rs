@@ -683,6 +683,8 @@ pub fn run(
     };
     // What the record says each instance's outputs are: an instance is taken
     // from it only if what it reads came out as recorded.
+    // The instances taken from the record, in the order taken.
+    let mut taken: Vec<InstanceId> = Vec::new();
     let recorded_outputs: Vec<Option<Vec<Digest>>> = from_prior
         .iter()
         .map(|p| p.as_ref().map(|(_, o)| o.clone()))
@@ -813,21 +815,9 @@ pub fn run(
                         .filter_map(|id| from_prior[id.index()].take().map(|(k, o)| (*id, k, o)))
                         .collect();
                     if !known.is_empty() {
-                        let labels: Vec<String> = known
-                            .iter()
-                            .map(|k| instance_label(&instances.get(k.0).values))
-                            .collect();
-                        let ks: Vec<KnownKey<'_>> = known
-                            .iter()
-                            .zip(&labels)
-                            .map(|(k, label)| KnownKey {
-                                key: k.1,
-                                step: &wf.step(instances.get(k.0).step).name,
-                                instance: label,
-                            })
-                            .collect();
+                        let ks: Vec<Digest> = known.iter().map(|k| k.1).collect();
                         let realised = store.use_known_keys(session, &ks)?;
-                        let mut taken = std::collections::HashSet::new();
+                        let taken_before = taken.len();
                         for ((id, key, recorded), realised) in known.into_iter().zip(realised) {
                             let inst = instances.get(id);
                             let step = wf.step(inst.step);
@@ -840,7 +830,6 @@ pub fn run(
                                 continue;
                             }
                             kinds[id.index()] = Some(output_kinds);
-                            taken.insert(id);
                             for f in inst.inputs.iter().flatten() {
                                 if let (FileRef::Source(p), true) = (f, options.noop.is_some())
                                     && let Some(d) = prior_sources.get(p)
@@ -849,6 +838,7 @@ pub fn run(
                                 }
                             }
                             keys[id.index()] = Some(key);
+                            taken.push(id);
                             outputs[id.index()] = Some(recorded);
                             summary.cached += 1;
                             on_event(Event::Cached {
@@ -857,7 +847,9 @@ pub fn run(
                             });
                             release(&dependents[id.index()], &mut waiting, &mut ready);
                         }
-                        batch.retain(|id| !taken.contains(id));
+                        let now_taken: std::collections::HashSet<InstanceId> =
+                            taken[taken_before..].iter().copied().collect();
+                        batch.retain(|id| !now_taken.contains(id));
                     }
                     // The batch's source files, hashed on several threads and
                     // cached in one transaction, before the keys read them.
@@ -1206,6 +1198,27 @@ pub fn run(
                 values: inst.values.clone(),
             });
         }
+    }
+    // The instances taken from the record are its session's: named at the end,
+    // when it is known whether every instance was reached.
+    if let Some(prior) = &options.prior {
+        let labels: Vec<String> = taken
+            .iter()
+            .map(|id| instance_label(&instances.get(*id).values))
+            .collect();
+        let taken: Vec<KnownKey<'_>> = taken
+            .iter()
+            .zip(&labels)
+            .filter_map(|(id, label)| {
+                Some(KnownKey {
+                    key: keys[id.index()]?,
+                    step: &wf.step(instances.get(*id).step).name,
+                    instance: label,
+                })
+            })
+            .collect();
+        let complete = keys.iter().all(Option::is_some);
+        store.inherit_instances(session, prior.session, &taken, complete)?;
     }
     store.finish_session(session)?;
     store.release_leases()?;

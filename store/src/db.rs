@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Bumped with every incompatible schema change.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS objects (
@@ -186,6 +186,22 @@ CREATE TABLE IF NOT EXISTS session_instances (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS session_instances_history ON session_instances (step, instance, session);
 CREATE INDEX IF NOT EXISTS session_instances_key ON session_instances (key);
+-- Schema 5: a run that took instances from the last complete run's record
+-- (engine::noop) writes rows only for those it computed; the others are its
+-- base's, as reused. A base has no base (a run copies its base's own rows
+-- instead), so one join finds any session's instances: `recorded_instances`.
+CREATE TABLE IF NOT EXISTS session_bases (
+    session INTEGER PRIMARY KEY REFERENCES sessions (id) ON DELETE CASCADE,
+    base    INTEGER NOT NULL REFERENCES sessions (id) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS session_bases_base ON session_bases (base);
+CREATE VIEW IF NOT EXISTS recorded_instances (session, step, instance, key, planned) AS
+    SELECT session, step, instance, key, planned FROM session_instances
+    UNION ALL
+    SELECT b.session, si.step, si.instance, si.key, 'reused'
+    FROM session_bases b JOIN session_instances si ON si.session = b.base
+    WHERE NOT EXISTS (SELECT 1 FROM session_instances o
+                      WHERE o.session = b.session AND o.step = si.step AND o.instance = si.instance);
 CREATE INDEX IF NOT EXISTS runs_session ON runs (session);
 CREATE TABLE IF NOT EXISTS audits (
     id      INTEGER PRIMARY KEY,
@@ -298,7 +314,7 @@ fn initialise(conn: &Connection) -> rusqlite::Result<i64> {
              PRAGMA user_version = {SCHEMA_VERSION};"
         ),
         2 => format!("{noop_records} {PROVENANCE} PRAGMA user_version = {SCHEMA_VERSION};"),
-        3 => format!("{PROVENANCE} PRAGMA user_version = {SCHEMA_VERSION};"),
+        3 | 4 => format!("{PROVENANCE} PRAGMA user_version = {SCHEMA_VERSION};"),
         // Not a schema of ours: the store reports it.
         _ => return Ok(version),
     };

@@ -63,7 +63,7 @@ pub struct SessionCounts {
 
 const SESSION: &str = "SELECT s.id, s.pipeline, s.started_ms, s.finished_ms, s.info, a.uses_from
      FROM sessions s LEFT JOIN session_aliases a ON a.session = s.id";
-const INSTANCE: &str = "SELECT session, step, instance, key, planned FROM session_instances";
+const INSTANCE: &str = "SELECT session, step, instance, key, planned FROM recorded_instances";
 const RUN: &str = "SELECT id, session, key, step, instance, host, started_ms, finished_ms, outcome,
      exit_code, user_cpu_ms, sys_cpu_ms, max_rss_bytes, log FROM runs";
 
@@ -166,7 +166,7 @@ impl LocalStore {
         let conn = self.conn();
         let mut counts = SessionCounts::default();
         let mut q = conn.prepare_cached(
-            "SELECT planned, COUNT(*) FROM session_instances WHERE session = ?1 GROUP BY planned",
+            "SELECT planned, COUNT(*) FROM recorded_instances WHERE session = ?1 GROUP BY planned",
         )?;
         for r in q.query_map([session], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
@@ -245,7 +245,7 @@ impl LocalStore {
         Ok(self
             .rows(
                 "SELECT si.session, si.step, si.instance, si.key, si.planned
-                 FROM session_instances si JOIN sessions s ON s.id = si.session
+                 FROM recorded_instances si JOIN sessions s ON s.id = si.session
                  WHERE si.step = ?2 AND si.instance = ?3 AND si.session < ?4 AND s.pipeline = ?1
                  ORDER BY si.session DESC LIMIT 1",
                 params![pipeline, step, instance, before],
@@ -258,7 +258,7 @@ impl LocalStore {
     pub fn step_seen_before(&self, pipeline: &str, step: &str, before: i64) -> Result<bool> {
         let conn = self.conn();
         let mut q = conn.prepare_cached(
-            "SELECT 1 FROM session_instances si JOIN sessions s ON s.id = si.session
+            "SELECT 1 FROM recorded_instances si JOIN sessions s ON s.id = si.session
              WHERE si.step = ?2 AND si.session < ?3 AND s.pipeline = ?1 LIMIT 1",
         )?;
         Ok(q.query_row(params![pipeline, step, before], |_| Ok(()))
@@ -276,8 +276,9 @@ impl LocalStore {
     }
 
     /// The instances of `session` whose realisation has an output with content
-    /// `digest`, and that output's name. (`CROSS JOIN`: SQLite then looks the
-    /// digest up first, rather than walking every instance of the session.)
+    /// `digest`, and that output's name. (`CROSS JOIN`, and not through the
+    /// `recorded_instances` view: SQLite then looks the digest up first, rather
+    /// than walking every instance of the session.)
     pub fn producers_in(
         &self,
         session: i64,
@@ -287,7 +288,14 @@ impl LocalStore {
             "SELECT si.session, si.step, si.instance, si.key, si.planned, r.output
              FROM realisations r CROSS JOIN session_instances si ON si.key = r.key
              WHERE r.digest = ?1 AND si.session = ?2
-             ORDER BY si.step, si.instance",
+             UNION ALL
+             SELECT b.session, si.step, si.instance, si.key, 'reused', r.output
+             FROM realisations r CROSS JOIN session_instances si ON si.key = r.key
+                  JOIN session_bases b ON b.base = si.session
+             WHERE r.digest = ?1 AND b.session = ?2 AND NOT EXISTS (
+                 SELECT 1 FROM session_instances o
+                 WHERE o.session = b.session AND o.step = si.step AND o.instance = si.instance)
+             ORDER BY 2, 3",
             params![digest.as_bytes(), session],
             |r| Ok((instance_row(r)?, r.get(5)?)),
         )
@@ -297,7 +305,7 @@ impl LocalStore {
     pub fn session_outputs(&self, session: i64) -> Result<Vec<(InstanceRow, Digest)>> {
         self.rows(
             "SELECT si.session, si.step, si.instance, si.key, si.planned, r.digest
-             FROM session_instances si JOIN realisations r ON r.key = si.key
+             FROM recorded_instances si JOIN realisations r ON r.key = si.key
              WHERE si.session = ?1",
             [session],
             |r| Ok((instance_row(r)?, digest_at(r, 5)?)),
@@ -403,7 +411,7 @@ impl LocalStore {
     pub fn latest_session_of(&self, step: &str, instance: Option<&str>) -> Result<Option<i64>> {
         let conn = self.conn();
         let mut q = conn.prepare_cached(
-            "SELECT MAX(session) FROM session_instances WHERE step = ?1 AND (?2 IS NULL OR instance = ?2)",
+            "SELECT MAX(session) FROM recorded_instances WHERE step = ?1 AND (?2 IS NULL OR instance = ?2)",
         )?;
         let found: Option<i64> = q.query_row(params![step, instance], |r| r.get(0))?;
         let Some(found) = found else { return Ok(None) };

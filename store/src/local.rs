@@ -893,22 +893,85 @@ impl LocalStore {
     /// For keys a run knows without their material (from its no-op record): in
     /// one transaction, each one's realisation, recorded as used by `session`
     /// when there is one (gc keeps it, as a derivation of a running session).
-    /// A realised key is recorded as its instance's in `session`, reused.
+    /// Their instances are recorded at the end, by [`Self::inherit_instances`].
     pub fn use_known_keys(
         &self,
         session: i64,
-        keys: &[KnownKey<'_>],
+        keys: &[Digest],
     ) -> Result<Vec<Option<Vec<Output>>>> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut out = Vec::with_capacity(keys.len());
         {
             let mut used = tx.prepare_cached(INSERT_USE)?;
-            let mut instance = tx.prepare_cached(INSERT_INSTANCE)?;
-            for k in keys {
-                let realised = self.realisation_in(&tx, &k.key, false)?;
+            for key in keys {
+                let realised = self.realisation_in(&tx, key, false)?;
                 if realised.is_some() {
-                    used.execute(params![session, k.key.as_bytes()])?;
+                    used.execute(params![session, key.as_bytes()])?;
+                }
+                out.push(realised);
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Records, at the end of `session`, the instances it took from the record
+    /// of session `base` (`taken`: each with the key `base` gave it). When every
+    /// instance of the run has a row or was taken (`complete`), `session` is
+    /// based on `base` (one row, not one per instance: a one-change rerun of
+    /// 10,000 steps would otherwise write 10,000, into indexes that grow with
+    /// history); a base has no base, so `base`'s own rows are copied when it
+    /// has one. Otherwise, or when `base` is gone, the taken rows are written.
+    pub fn inherit_instances(
+        &self,
+        session: i64,
+        base: i64,
+        taken: &[KnownKey<'_>],
+        complete: bool,
+    ) -> Result<()> {
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let exists = |id: i64| -> rusqlite::Result<bool> {
+            tx.prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")?
+                .query_row([id], |_| Ok(()))
+                .optional()
+                .map(|r| r.is_some())
+        };
+        let root = if complete && exists(base)? {
+            let further: Option<i64> = tx
+                .prepare_cached("SELECT base FROM session_bases WHERE session = ?1")?
+                .query_row([base], |r| r.get(0))
+                .optional()?;
+            match further {
+                Some(root) if exists(root)? => {
+                    // Its own rows, as reused, where this session has none.
+                    tx.execute(
+                        "INSERT OR IGNORE INTO session_instances (session, step, instance, key, planned)
+                         SELECT ?1, step, instance, key, 'reused' FROM session_instances WHERE session = ?2",
+                        params![session, base],
+                    )?;
+                    Some(root)
+                }
+                Some(_) => None,
+                None => Some(base),
+            }
+        } else {
+            None
+        };
+        match root {
+            Some(root) => {
+                tx.execute(
+                    "INSERT OR REPLACE INTO session_bases (session, base) VALUES (?1, ?2)",
+                    params![session, root],
+                )?;
+            }
+            None => {
+                let mut instance = tx.prepare_cached(INSERT_INSTANCE)?;
+                for k in taken {
                     instance.execute(params![
                         session,
                         k.step,
@@ -917,11 +980,10 @@ impl LocalStore {
                         "reused"
                     ])?;
                 }
-                out.push(realised);
             }
         }
         tx.commit()?;
-        Ok(out)
+        Ok(())
     }
 
     /// What a run does first with instances' key materials, in one transaction:

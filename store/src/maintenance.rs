@@ -355,6 +355,13 @@ impl LocalStore {
                  WHERE session NOT IN (SELECT id FROM gc_old))",
             [],
         )?;
+        // A kept session keeps the session its instances are based on (after
+        // the aliases: a no-op may alias a based session; a base has no base).
+        tx.execute(
+            "DELETE FROM gc_old WHERE id IN (SELECT base FROM session_bases
+                 WHERE session NOT IN (SELECT id FROM gc_old))",
+            [],
+        )?;
         report.sessions_removed = tx
             .query_row("SELECT COUNT(*) FROM gc_old", [], |r| r.get::<_, i64>(0))?
             .max(0) as u64;

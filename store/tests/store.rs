@@ -696,16 +696,16 @@ fn noop_records_of_schema_2(db: &rusqlite::Connection) {
     .unwrap();
 }
 
-/// After an upgrade: the current schema (4: schema 3's no-op records, and what
+/// After an upgrade: the current schema (5: schema 3's no-op records, and what
 /// `why` reads), with no record left from before, and records in two parts.
 fn no_op_records_are_those_of_schema_3(store: &LocalStore, root: &std::path::Path) {
     let db = rusqlite::Connection::open(root.join("meta.sqlite")).unwrap();
     let version: i64 = db
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     assert_eq!(store.noop_record("/p/pipeline.kdl").unwrap(), None);
-    // Schema 4's columns and tables are there.
+    // Schema 4's and 5's columns, tables and view are there.
     for sql in [
         "SELECT info FROM sessions",
         "SELECT instance FROM runs",
@@ -713,6 +713,8 @@ fn no_op_records_are_those_of_schema_3(store: &LocalStore, root: &std::path::Pat
         "SELECT planned FROM session_instances",
         "SELECT size FROM content_sizes",
         "SELECT verdict FROM audits",
+        "SELECT base FROM session_bases",
+        "SELECT planned FROM recorded_instances",
     ] {
         db.prepare(sql).unwrap();
     }
@@ -758,10 +760,10 @@ fn a_store_left_at_schema_0_by_an_older_mustbuild_gets_the_new_records() {
 fn a_store_of_a_newer_schema_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
-    drop(store_set_to_schema(&root, 5));
+    drop(store_set_to_schema(&root, 6));
     match LocalStore::open(&root) {
-        Ok(_) => panic!("a store of schema 5 was opened"),
-        Err(e) => assert!(e.to_string().contains("database schema 5"), "{e}"),
+        Ok(_) => panic!("a store of schema 6 was opened"),
+        Err(e) => assert!(e.to_string().contains("database schema 6"), "{e}"),
     }
 }
 
@@ -852,7 +854,8 @@ fn a_store_of_schema_3_gets_what_why_reads() {
     // What schema 3 did not have (its columns cannot be dropped from a table
     // with an index on them; the upgrade adds only those missing).
     db.execute_batch(
-        "DROP TABLE session_instances; DROP TABLE content_sizes; DROP TABLE audits;
+        "DROP VIEW recorded_instances; DROP TABLE session_bases;
+         DROP TABLE session_instances; DROP TABLE content_sizes; DROP TABLE audits;
          ALTER TABLE sessions DROP COLUMN info; ALTER TABLE runs DROP COLUMN instance;",
     )
     .unwrap();
@@ -864,4 +867,16 @@ fn a_store_of_schema_3_gets_what_why_reads() {
         Some("{}")
     );
     assert!(store.session_instances(session).unwrap().is_empty());
+}
+
+#[test]
+fn a_store_of_schema_4_gets_session_bases() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let db = store_set_to_schema(&root, 4);
+    db.execute_batch("DROP VIEW recorded_instances; DROP TABLE session_bases;")
+        .unwrap();
+    drop(db);
+    let store = LocalStore::open(&root).unwrap();
+    no_op_records_are_those_of_schema_3(&store, &root);
 }
