@@ -955,6 +955,7 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
                 .collect(),
             ..info
         }),
+        energy_model: Default::default(),
     };
     report_run(json, total, jobs, wall, Some(&cancel), |on_event| {
         mustbuild_engine::run::run(wf, &instances, &store, &options, on_event)

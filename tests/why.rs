@@ -675,3 +675,91 @@ fn reruns_that_take_the_record_are_explained_from_its_run_and_survive_gc() {
     assert_eq!(status("1.out", None).0, "reused");
     assert_eq!(status("3.out", None).0, "executed");
 }
+
+#[test]
+fn a_result_the_store_lost_and_a_run_killed_midway_are_told_apart() {
+    let flag = tempfile::tempdir().unwrap();
+    let flag = flag.path().join("quick");
+    let f = Fixture::new(
+        &format!(
+            r#"pipeline "lost"
+step big {{
+  in src=(file)"in.txt"
+  out o="big.txt"
+  run "head -c 20000 /dev/zero | tr '\\0' x > {{out.o}}; cat {{in.src}} >> {{out.o}}"
+}}
+step slow {{
+  out o="slow.txt"
+  run "test -e {} || sleep 30; echo done > {{out.o}}"
+}}
+"#,
+            flag.display()
+        ),
+        &[("in.txt", "in\n")],
+    );
+    let first = output(&mut f.command(&["run", "pipeline.kdl", "--json", "big"]));
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    // The store loses big's output: verify --repair forgets its realisation
+    // once its object file is corrupt; the run history stays.
+    let objects = Path::new(&f.store).join("objects");
+    let files: Vec<PathBuf> = std::fs::read_dir(&objects)
+        .unwrap()
+        .flat_map(|shard| std::fs::read_dir(shard.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "one object over 16 KiB: {files:?}");
+    let mut perms = std::fs::metadata(&files[0]).unwrap().permissions();
+    #[expect(clippy::permissions_set_readonly_false, reason = "a test corrupts a store file")]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&files[0], perms).unwrap();
+    std::fs::write(&files[0], "corrupt").unwrap();
+    f.ok(&["store", "verify", "--repair"]);
+    let second = output(&mut f.command(&["run", "pipeline.kdl", "big"]));
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    let v = f.json(&["why", "big.txt"]);
+    assert_eq!(root_cause_kinds(&v), [("big".into(), "collected".into())]);
+    assert_eq!(v["root_causes"][0]["cause"]["made_in"], 1);
+    // A run killed while `slow` runs: the next run of it was interrupted last time.
+    use std::os::unix::process::CommandExt;
+    let mut child = f
+        .command(&["run", "pipeline.kdl", "slow"])
+        .process_group(0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let db = Path::new(&f.store).join("meta.sqlite");
+    let planned = || {
+        rusqlite::Connection::open(&db)
+            .and_then(|db| {
+                db.query_row(
+                    "SELECT COUNT(*) FROM session_instances WHERE step = 'slow'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .unwrap_or(0)
+    };
+    let start = std::time::Instant::now();
+    while planned() == 0 {
+        assert!(start.elapsed().as_secs() < 30, "slow was never planned");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let group = format!("-{}", child.id());
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", "--", &group])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    child.wait().unwrap();
+    // The same derivation, quick this time (the flag is outside its key).
+    std::fs::write(&flag, "").unwrap();
+    let third = output(&mut f.command(&["run", "pipeline.kdl", "slow"]));
+    assert_eq!(third.code, 0, "{}", third.stderr);
+    let v = f.json(&["why", "slow.txt"]);
+    assert_eq!(root_cause_kinds(&v), [("slow".into(), "interrupted".into())]);
+    let killed_run = v["root_causes"][0]["cause"]["run"].as_i64().unwrap();
+    assert_eq!(killed_run, 3);
+    insta::assert_snapshot!("interrupted", f.ok(&["why", "slow.txt"]));
+}

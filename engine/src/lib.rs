@@ -8,7 +8,8 @@
 //! `--dry-run` reasons (`plan`) and the record that tells a no-op rerun without
 //! computing keys (`noop`), and provenance: what a run records of itself and
 //! `why`/`show`, read from the store (`provenance`), and `audit` (rerunning
-//! realised derivations aside to compare their bytes). Energy is to come.
+//! realised derivations aside to compare their bytes), and what each step cost
+//! in time, memory, I/O and energy (`measure`).
 
 // Library code returns errors; tests may unwrap (clippy.toml allows it there).
 #![warn(clippy::unwrap_used, clippy::expect_used)]
@@ -17,6 +18,7 @@ pub mod audit;
 pub mod command;
 pub mod instantiate;
 pub mod keys;
+pub mod measure;
 pub mod noop;
 pub mod plan;
 pub mod provenance;

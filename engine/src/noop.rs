@@ -863,6 +863,7 @@ step head {
             noop: Some(request.clone()),
             prior: None,
             info: None,
+            energy_model: Default::default(),
         };
         let summary = run(wf, &instances, store, &options, &mut |_| {}).unwrap();
         assert_eq!(summary.executed, 2);

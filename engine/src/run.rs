@@ -121,6 +121,8 @@ pub struct RunOptions {
     /// What the run records of itself for `mustbuild runs` and `why` (the
     /// tools' identities are added as resolved).
     pub info: Option<crate::provenance::RunInfo>,
+    /// The power figures for energy where no counter can be read.
+    pub energy_model: mustbuild_executors::energy::Model,
 }
 
 /// What happened to one instance.
@@ -550,6 +552,8 @@ struct Done {
     objects: Unrecorded,
     /// A store or file-system failure: the run stops.
     error: Option<RunError>,
+    /// What measuring its command's energy gave (when it started).
+    energy: Option<crate::measure::Ended>,
 }
 
 /// Takes the lock of a derivation key, so that two processes never run one
@@ -685,6 +689,8 @@ pub fn run(
     // from it only if what it reads came out as recorded.
     // The instances taken from the record, in the order taken.
     let mut taken: Vec<InstanceId> = Vec::new();
+    let measure = crate::measure::Measure::new(options.energy_model);
+    let mut attributions = crate::measure::Attributions::default();
     let recorded_outputs: Vec<Option<Vec<Digest>>> = from_prior
         .iter()
         .map(|p| p.as_ref().map(|(_, o)| o.clone()))
@@ -734,6 +740,7 @@ pub fn run(
             let slots = &slots;
             let starts = &starts;
             let root = &root;
+            let measure = &measure;
             scope.spawn(move || {
                 let worker = Worker {
                     wf,
@@ -745,6 +752,7 @@ pub fn run(
                     messages: tx,
                     starts,
                     root,
+                    measure,
                 };
                 loop {
                     let job = match rx.lock() {
@@ -1038,7 +1046,7 @@ pub fn run(
                                 .stored
                                 .as_deref()
                                 .filter(|_| d.result.outcome == Outcome::Succeeded);
-                            (run_record(wf, instances, session, d), stored)
+                            (run_record((wf, instances), session, &measure, d), stored)
                         })
                     })
                     .collect();
@@ -1054,11 +1062,24 @@ pub fn run(
                         })
                     })
                     .collect();
-                if let Err(e) = store.finish_runs(&finished) {
-                    for d in batch.iter().chain(&after_error) {
-                        let _ = store.set_materialised_many(&d.materialised);
+                let ids = match store.finish_runs(&finished) {
+                    Ok(ids) => ids,
+                    Err(e) => {
+                        for d in batch.iter().chain(&after_error) {
+                            let _ = store.set_materialised_many(&d.materialised);
+                        }
+                        return Err(e.into());
                     }
-                    return Err(e.into());
+                };
+                let mut ids = ids.into_iter();
+                for (d, r) in batch.iter().zip(&records) {
+                    let Some(energy) = &d.energy else { continue };
+                    attributions.ended(energy);
+                    if r.is_some()
+                        && let Some(id) = ids.next()
+                    {
+                        attributions.recorded(energy.token, id, energy.gpu_joules);
+                    }
                 }
                 drop(finished);
                 drop(records);
@@ -1199,6 +1220,8 @@ pub fn run(
             });
         }
     }
+    // RAPL figures, now that no step runs: they replace the model's.
+    store.set_run_energies(&attributions.energies())?;
     // The instances taken from the record are its session's: named at the end,
     // when it is known whether every instance was reached.
     if let Some(prior) = &options.prior {
@@ -1257,6 +1280,7 @@ struct Worker<'a> {
     starts: &'a std::sync::Mutex<Vec<InstanceId>>,
     /// The pipeline's folder, as an absolute path.
     root: &'a Path,
+    measure: &'a crate::measure::Measure,
 }
 
 fn work(worker: &Worker<'_>, mut job: Job) -> Done {
@@ -1286,6 +1310,7 @@ fn work(worker: &Worker<'_>, mut job: Job) -> Done {
         materialised: Vec::new(),
         objects: Unrecorded::default(),
         error: None,
+        energy: None,
     };
     if !cancelled && let Err(e) = run_and_store(worker, &placements, &mut done) {
         done.error = Some(e);
@@ -1317,6 +1342,7 @@ fn run_and_store(
         cancel,
         starts,
         root,
+        measure,
         ..
     } = worker;
     let job = &mut done.job;
@@ -1361,7 +1387,10 @@ fn run_and_store(
             Ok(share) => {
                 // A step that asked for none sees none (not every GPU).
                 job.request.gpus = Some(share.gpus.clone());
+                let measuring = measure.begin(&share.gpus);
                 let result = mustbuild_executors::run(&job.request, cancel);
+                let cpu = result.usage.user_cpu + result.usage.system_cpu;
+                done.energy = Some(measure.end(measuring, cpu));
                 // The command is over: its CPUs, memory and GPUs go to the next one.
                 slots.give(share);
                 result
@@ -1571,9 +1600,24 @@ fn outputs_in_order(
 type RecordedRun<'a> = (RunRecord, Option<&'a [Output]>);
 
 /// The run record of a job whose command ran (or could not start).
-fn run_record(wf: &Workflow, instances: &Instances, session: i64, done: &Done) -> RunRecord {
+fn run_record(
+    (wf, instances): (&Workflow, &Instances),
+    session: i64,
+    measure: &crate::measure::Measure,
+    done: &Done,
+) -> RunRecord {
     let result = &done.result;
     let outcome = &result.outcome;
+    let usage = &result.usage;
+    let energy = done.energy.as_ref().map(|e| {
+        measure.recorded(
+            e,
+            usage.user_cpu + usage.system_cpu,
+            usage.wall,
+            usage.max_rss_bytes,
+        )
+    });
+    let gpus = done.job.request.gpus.as_ref().filter(|g| !g.is_empty());
     RunRecord {
         session: Some(session),
         key: done.job.key,
@@ -1591,11 +1635,16 @@ fn run_record(wf: &Workflow, instances: &Instances, session: i64, done: &Done) -
         user_cpu_ms: Some(result.usage.user_cpu.as_millis() as i64),
         sys_cpu_ms: Some(result.usage.system_cpu.as_millis() as i64),
         max_rss_bytes: Some(result.usage.max_rss_bytes as i64),
-        read_bytes: None,
-        write_bytes: None,
-        energy_joules: None,
-        energy_method: None,
+        read_bytes: usage.io.map(|io| io.read_bytes as i64),
+        write_bytes: usage.io.map(|io| io.written_bytes as i64),
+        energy_joules: energy.as_ref().map(|e| e.joules),
+        energy_method: energy.map(|e| e.method.to_string()),
         log: done.log_digest,
+        cpu_model: crate::measure::cpu_model(),
+        gpus: gpus.map(|g| g.join(",")),
+        memory_method: result
+            .spawned
+            .then(|| crate::measure::MEMORY_METHOD.to_string()),
     }
 }
 

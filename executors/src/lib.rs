@@ -1,8 +1,9 @@
 //! mustbuild-executors: plain execution requests in (a command, a prepared
 //! folder, an environment, the outputs to expect), outcomes out; the local
 //! executor (simple commands started without bash: `direct`), how a command of
-//! any length reaches bash (`launch`, the command file every executor shares)
-//! and the machine's GPUs (`gpus`) now, Slurm and HTCondor later.
+//! any length reaches bash (`launch`, the command file every executor shares),
+//! the machine's GPUs (`gpus`) and what a step's energy was (`energy`) now,
+//! Slurm and HTCondor later.
 //!
 //! It must not know about KDL, derivations or the store ("builders stay dumb").
 //! A failed step is data (an [`Outcome`]), not an error.
@@ -11,9 +12,10 @@
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
 mod direct;
+pub mod energy;
 pub mod gpus;
 pub mod launch;
 pub mod local;
 
 pub use direct::bash_literal;
-pub use local::{CancelToken, ExecRequest, ExecResult, Outcome, Usage, run};
+pub use local::{CancelToken, ExecRequest, ExecResult, Io, Outcome, Usage, run};

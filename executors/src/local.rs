@@ -62,10 +62,62 @@ pub enum Outcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
     pub wall: Duration,
+    /// Of the whole process tree (`wait4`: every descendant that was waited for).
     pub user_cpu: Duration,
     pub system_cpu: Duration,
-    /// The peak resident memory of the largest process of the run.
+    /// The peak resident memory of the largest process of the run (`wait4`).
     pub max_rss_bytes: u64,
+    /// Bytes the process tree read and wrote through system calls (files and
+    /// pipes alike, whether or not the page cache served them): `rchar` and
+    /// `wchar` of the command's `/proc/PID/io` read just before it is reaped,
+    /// when the kernel has added in every child it waited for. `None` where
+    /// the kernel keeps no I/O accounting.
+    pub io: Option<Io>,
+}
+
+/// Bytes read and written (see [`Usage::io`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Io {
+    pub read_bytes: u64,
+    pub written_bytes: u64,
+}
+
+impl Io {
+    /// The `rchar` and `wchar` lines of a `/proc/PID/io` text.
+    pub fn parse(text: &str) -> Option<Io> {
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        Some(Io {
+            read_bytes: field("rchar")?,
+            written_bytes: field("wchar")?,
+        })
+    }
+
+    /// Of process `pid` (a zombie not yet reaped: its children included).
+    fn of(pid: u32) -> Option<Io> {
+        Io::parse(&std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?)
+    }
+}
+
+/// Whether to read `/proc/PID/io` (not with `MUSTBUILD_NO_MEASURE=1`, which
+/// the benchmark of what measuring costs sets).
+fn measure_io() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("MUSTBUILD_NO_MEASURE").is_none_or(|v| v == "0"))
+}
+
+/// Whether `pid` (a child) has ended, leaving it a zombie to read before reaping.
+fn has_exited(pid: Pid) -> bool {
+    use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(pid), flags) {
+        Ok(WaitStatus::StillAlive) => false,
+        // Ended, or no longer waitable: let wait4 say.
+        Ok(_) | Err(_) => true,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,11 +274,16 @@ fn run_with(req: &ExecRequest, cancel: &CancelToken, allow_direct: bool) -> Exec
     let pidfd = rustix::process::Pid::from_raw(pgid.as_raw())
         .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
     let mut nap = Duration::from_millis(1);
-    let used = loop {
-        match child.try_wait4() {
-            Ok(Some(r)) => break r,
-            Ok(None) => {}
-            Err(e) => return infrastructure(format!("cannot wait for the command: {e}"), true),
+    let (used, io) = loop {
+        if has_exited(pgid) {
+            let io = if measure_io() { Io::of(child.id()) } else { None };
+            match child.try_wait4() {
+                Ok(Some(r)) => break (r, io),
+                Ok(None) => {}
+                Err(e) => {
+                    return infrastructure(format!("cannot wait for the command: {e}"), true);
+                }
+            }
         }
         if stopped.is_none() {
             let over = req.time_limit.filter(|&l| clock.elapsed() >= l);
@@ -264,6 +321,7 @@ fn run_with(req: &ExecRequest, cancel: &CancelToken, allow_direct: bool) -> Exec
         user_cpu: used.rusage.utime,
         system_cpu: used.rusage.stime,
         max_rss_bytes: used.rusage.maxrss,
+        io,
     };
     // Whatever its children still do, they go with it.
     let _ = killpg(pgid, Signal::SIGKILL);
@@ -630,5 +688,37 @@ mod tests {
         );
         assert!(r.usage.max_rss_bytes > 1 << 20, "{:?}", r.usage);
         assert!(r.usage.wall >= r.usage.user_cpu / 2);
+    }
+
+    #[test]
+    fn the_bytes_a_process_tree_reads_and_writes_are_counted_children_included() {
+        let dir = tempfile::tempdir().unwrap();
+        // Grandchildren of bash (a pipeline in a subshell) do the I/O.
+        let r = run(
+            &request(
+                dir.path(),
+                "(head -c 3000000 /dev/zero | cat > big); (cat big | wc -c) > /dev/null",
+            ),
+            &CancelToken::default(),
+        );
+        assert_eq!(r.outcome, Outcome::Succeeded);
+        let io = r.usage.io.expect("Linux keeps I/O accounting");
+        // head reads 3 MB, cat reads and writes them twice, wc reads them.
+        assert!(io.read_bytes >= 12_000_000, "{io:?}");
+        assert!(io.written_bytes >= 9_000_000, "{io:?}");
+        assert!(io.read_bytes < 20_000_000, "{io:?}");
+    }
+
+    #[test]
+    fn proc_io_text_parses() {
+        let text = "rchar: 12\nwchar: 34\nsyscr: 1\nsyscw: 1\nread_bytes: 0\nwrite_bytes: 0\n";
+        assert_eq!(
+            Io::parse(text),
+            Some(Io {
+                read_bytes: 12,
+                written_bytes: 34
+            })
+        );
+        assert_eq!(Io::parse("rchar: 1\n"), None);
     }
 }

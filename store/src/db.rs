@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Bumped with every incompatible schema change.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS objects (
@@ -167,12 +167,16 @@ CREATE TABLE IF NOT EXISTS noop_records (
 /// each session, its key and what the run meant to do with it; per run record,
 /// the instance; the size of each source file's content, by digest (a source
 /// file's earlier versions are not in the store).
-/// Schema 4's new columns of older tables: added where missing (a store some
-/// test or interrupted binary left at an older version may have them already).
-const PROVENANCE_COLUMNS: [(&str, &str, &str); 3] = [
+/// Schema 4's and 6's new columns of older tables: added where missing (a store
+/// some test or interrupted binary left at an older version may have them
+/// already). Schema 6: what a run measured of its host and memory.
+const PROVENANCE_COLUMNS: [(&str, &str, &str); 6] = [
     ("sessions", "info", "TEXT"),
     ("runs", "instance", "TEXT"),
     ("materialised", "key", "BLOB"),
+    ("runs", "cpu_model", "TEXT"),
+    ("runs", "gpus", "TEXT"),
+    ("runs", "memory_method", "TEXT"),
 ];
 
 const PROVENANCE: &str = "
@@ -314,7 +318,7 @@ fn initialise(conn: &Connection) -> rusqlite::Result<i64> {
              PRAGMA user_version = {SCHEMA_VERSION};"
         ),
         2 => format!("{noop_records} {PROVENANCE} PRAGMA user_version = {SCHEMA_VERSION};"),
-        3 | 4 => format!("{PROVENANCE} PRAGMA user_version = {SCHEMA_VERSION};"),
+        3..=5 => format!("{PROVENANCE} PRAGMA user_version = {SCHEMA_VERSION};"),
         // Not a schema of ours: the store reports it.
         _ => return Ok(version),
     };

@@ -49,6 +49,13 @@ pub struct RunRow {
     pub sys_cpu_ms: Option<i64>,
     pub max_rss_bytes: Option<i64>,
     pub log: Option<Digest>,
+    pub read_bytes: Option<i64>,
+    pub write_bytes: Option<i64>,
+    pub energy_joules: Option<f64>,
+    pub energy_method: Option<String>,
+    pub cpu_model: Option<String>,
+    pub gpus: Option<String>,
+    pub memory_method: Option<String>,
 }
 
 /// How many instances a session reused, ran and forced, and how its executions ended.
@@ -65,7 +72,8 @@ const SESSION: &str = "SELECT s.id, s.pipeline, s.started_ms, s.finished_ms, s.i
      FROM sessions s LEFT JOIN session_aliases a ON a.session = s.id";
 const INSTANCE: &str = "SELECT session, step, instance, key, planned FROM recorded_instances";
 const RUN: &str = "SELECT id, session, key, step, instance, host, started_ms, finished_ms, outcome,
-     exit_code, user_cpu_ms, sys_cpu_ms, max_rss_bytes, log FROM runs";
+     exit_code, user_cpu_ms, sys_cpu_ms, max_rss_bytes, log, read_bytes, write_bytes, energy_j,
+     energy_method, cpu_model, gpus, memory_method FROM runs";
 
 fn digest_at(r: &Row<'_>, i: usize) -> rusqlite::Result<Digest> {
     let bytes: Vec<u8> = r.get(i)?;
@@ -114,6 +122,13 @@ fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
         sys_cpu_ms: r.get(11)?,
         max_rss_bytes: r.get(12)?,
         log: log.as_deref().and_then(Digest::from_slice),
+        read_bytes: r.get(14)?,
+        write_bytes: r.get(15)?,
+        energy_joules: r.get(16)?,
+        energy_method: r.get(17)?,
+        cpu_model: r.get(18)?,
+        gpus: r.get(19)?,
+        memory_method: r.get(20)?,
     })
 }
 

@@ -1304,6 +1304,25 @@ impl LocalStore {
     }
 
     /// Records one execution of a derivation.
+    /// Sets the energy of runs already recorded (measured once every step
+    /// that shared the machine with them had ended), in one transaction.
+    pub fn set_run_energies(&self, energies: &[(i64, f64, &str)]) -> Result<()> {
+        if energies.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut set =
+                tx.prepare_cached("UPDATE runs SET energy_j = ?2, energy_method = ?3 WHERE id = ?1")?;
+            for (id, joules, method) in energies {
+                set.execute(params![id, joules, method])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn add_run(&self, run: &RunRecord) -> Result<i64> {
         add_run_in(&self.conn(), run)
     }
@@ -1401,9 +1420,16 @@ pub struct RunRecord {
     pub read_bytes: Option<i64>,
     pub write_bytes: Option<i64>,
     pub energy_joules: Option<f64>,
-    /// `rapl`, `nvml`, `batch-accounting` or `model`.
+    /// How `energy_joules` was found: `measured (rapl)`, `measured (nvml)`,
+    /// `modelled`… (`mustbuild_executors::energy::Method`).
     pub energy_method: Option<String>,
     pub log: Option<Digest>,
+    /// The host's CPU, as `/proc/cpuinfo` names it.
+    pub cpu_model: Option<String>,
+    /// The GPUs the step was given, comma-separated (as `CUDA_VISIBLE_DEVICES`).
+    pub gpus: Option<String>,
+    /// How `max_rss_bytes` was found (e.g. `wait4`: the largest process's peak).
+    pub memory_method: Option<String>,
 }
 
 /// A regular file's bytes if it holds at most `INLINE_MAX` of them (`None`: it
@@ -1491,8 +1517,8 @@ fn add_run_in(conn: &Connection, run: &RunRecord) -> Result<i64> {
     conn.prepare_cached(
         "INSERT INTO runs (session, key, step, host, started_ms, finished_ms, outcome, exit_code,
             user_cpu_ms, sys_cpu_ms, max_rss_bytes, read_bytes, write_bytes, energy_j, energy_method, log,
-            instance)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+            instance, cpu_model, gpus, memory_method)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
     )?
     .execute(params![
             run.session,
@@ -1512,6 +1538,9 @@ fn add_run_in(conn: &Connection, run: &RunRecord) -> Result<i64> {
             run.energy_method,
             run.log.map(|d| d.0.to_vec()),
             run.instance,
+            run.cpu_model,
+            run.gpus,
+            run.memory_method,
         ])?;
     Ok(conn.last_insert_rowid())
 }

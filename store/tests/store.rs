@@ -257,11 +257,22 @@ fn realisations_name_only_stored_objects() {
         read_bytes: None,
         write_bytes: None,
         energy_joules: Some(0.5),
-        energy_method: Some("model".into()),
+        energy_method: Some("modelled".into()),
         log: Some(d),
+        cpu_model: Some("a CPU".into()),
+        gpus: None,
+        memory_method: Some("wait4 (largest process)".into()),
     };
-    assert!(store.add_run(&run).unwrap() > 0);
+    let id = store.add_run(&run).unwrap();
+    assert!(id > 0);
     assert_eq!(store.info().unwrap().runs, 1);
+    store
+        .set_run_energies(&[(id, 7.25, "measured (rapl)")])
+        .unwrap();
+    let row = store.runs_of(&run.key).unwrap().pop().unwrap();
+    assert_eq!(row.energy_joules, Some(7.25));
+    assert_eq!(row.energy_method.as_deref(), Some("measured (rapl)"));
+    assert_eq!(row.cpu_model.as_deref(), Some("a CPU"));
 }
 
 #[test]
@@ -696,14 +707,14 @@ fn noop_records_of_schema_2(db: &rusqlite::Connection) {
     .unwrap();
 }
 
-/// After an upgrade: the current schema (5: schema 3's no-op records, and what
+/// After an upgrade: the current schema (6: schema 3's no-op records, and what
 /// `why` reads), with no record left from before, and records in two parts.
 fn no_op_records_are_those_of_schema_3(store: &LocalStore, root: &std::path::Path) {
     let db = rusqlite::Connection::open(root.join("meta.sqlite")).unwrap();
     let version: i64 = db
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
     assert_eq!(store.noop_record("/p/pipeline.kdl").unwrap(), None);
     // Schema 4's and 5's columns, tables and view are there.
     for sql in [
@@ -715,6 +726,7 @@ fn no_op_records_are_those_of_schema_3(store: &LocalStore, root: &std::path::Pat
         "SELECT verdict FROM audits",
         "SELECT base FROM session_bases",
         "SELECT planned FROM recorded_instances",
+        "SELECT cpu_model, gpus, memory_method FROM runs",
     ] {
         db.prepare(sql).unwrap();
     }
@@ -760,10 +772,10 @@ fn a_store_left_at_schema_0_by_an_older_mustbuild_gets_the_new_records() {
 fn a_store_of_a_newer_schema_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
-    drop(store_set_to_schema(&root, 6));
+    drop(store_set_to_schema(&root, 7));
     match LocalStore::open(&root) {
-        Ok(_) => panic!("a store of schema 6 was opened"),
-        Err(e) => assert!(e.to_string().contains("database schema 6"), "{e}"),
+        Ok(_) => panic!("a store of schema 7 was opened"),
+        Err(e) => assert!(e.to_string().contains("database schema 7"), "{e}"),
     }
 }
 
@@ -805,6 +817,9 @@ fn a_small_output_is_recorded_with_its_run_and_only_if_it_succeeded() {
         energy_joules: None,
         energy_method: None,
         log: None,
+        cpu_model: None,
+        gpus: None,
+        memory_method: None,
     };
     let small = tmp.path().join("small.txt");
     write(&small, b"small\n");
@@ -870,12 +885,16 @@ fn a_store_of_schema_3_gets_what_why_reads() {
 }
 
 #[test]
-fn a_store_of_schema_4_gets_session_bases() {
+fn a_store_of_schema_4_gets_session_bases_and_what_runs_measure() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
     let db = store_set_to_schema(&root, 4);
-    db.execute_batch("DROP VIEW recorded_instances; DROP TABLE session_bases;")
-        .unwrap();
+    db.execute_batch(
+        "DROP VIEW recorded_instances; DROP TABLE session_bases;
+         ALTER TABLE runs DROP COLUMN cpu_model; ALTER TABLE runs DROP COLUMN gpus;
+         ALTER TABLE runs DROP COLUMN memory_method;",
+    )
+    .unwrap();
     drop(db);
     let store = LocalStore::open(&root).unwrap();
     no_op_records_are_those_of_schema_3(&store, &root);
