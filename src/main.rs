@@ -39,6 +39,7 @@ macro_rules! tell {
 // After the macros, which they use.
 mod progress;
 mod provenance;
+mod stats;
 
 /// Exit codes, stable for scripts.
 mod exit {
@@ -213,6 +214,19 @@ enum Command {
         #[command(flatten)]
         common: provenance::Common,
     },
+    /// What the steps of a run cost: executions, wall and CPU time, peak memory,
+    /// I/O, energy (and how it was found), CO2e, and what cache hits avoided.
+    ///
+    /// Energy is measured with RAPL where this user can read it (shared among the
+    /// steps that ran at once by their CPU use), with NVML on the GPUs a step was
+    /// given, else modelled from CPU time and memory; CO2e applies the PUE and the
+    /// carbon intensity (MUSTBUILD_PUE, MUSTBUILD_CARBON_INTENSITY in gCO2e/kWh).
+    /// A peak memory shown as ≤X is an upper bound: the kernel counts mustbuild's
+    /// own peak in the peak of every process it starts, and the step's was lower.
+    #[command(
+        after_help = "Examples:\n  mustbuild stats\n  mustbuild stats --run 12 --json\n  mustbuild stats --by run --csv"
+    )]
+    Stats(stats::StatsArgs),
     /// Format pipeline files canonically, keeping comments.
     ///
     /// Rewrites the files in place (KDL 1.0 files become KDL 2.0); `-` formats
@@ -334,6 +348,10 @@ fn main() -> ExitCode {
         } => provenance::show(&target, run, common),
         Command::Log { target, run, store } => provenance::log(&target, run, store),
         Command::Runs { limit, common } => provenance::runs(limit, common),
+        Command::Stats(args) => match footprint() {
+            Ok(f) => stats::stats(args, f),
+            Err(code) => code,
+        },
         Command::Export {
             what:
                 ExportCommand::RoCrate {
@@ -648,6 +666,50 @@ fn store_command(location: Option<PathBuf>, command: StoreCommand) -> u8 {
     })
 }
 
+/// A number from the environment variable `name`, when set: it must be a
+/// positive number.
+fn env_number(name: &str) -> Result<Option<f64>, u8> {
+    let Some(v) = std::env::var_os(name) else {
+        return Ok(None);
+    };
+    match v.to_str().and_then(|s| s.trim().parse::<f64>().ok()) {
+        Some(n) if n.is_finite() && n > 0.0 => Ok(Some(n)),
+        _ => {
+            tell!(
+                "error: {name}={} is not a positive number",
+                v.to_string_lossy()
+            );
+            Err(exit::USAGE)
+        }
+    }
+}
+
+/// How energy becomes CO2e here: the defaults, or MUSTBUILD_PUE and
+/// MUSTBUILD_CARBON_INTENSITY (gCO2e/kWh).
+fn footprint() -> Result<mustbuild_engine::stats::Footprint, u8> {
+    let mut f = mustbuild_engine::stats::Footprint::default();
+    if let Some(pue) = env_number("MUSTBUILD_PUE")? {
+        f.pue = pue;
+    }
+    if let Some(ci) = env_number("MUSTBUILD_CARBON_INTENSITY")? {
+        f.carbon_intensity = ci;
+    }
+    Ok(f)
+}
+
+/// The power figures of the energy model: the defaults, or MUSTBUILD_CORE_WATTS
+/// and MUSTBUILD_MEMORY_WATTS_PER_GB.
+fn energy_model() -> Result<mustbuild_executors::energy::Model, u8> {
+    let mut m = mustbuild_executors::energy::Model::default();
+    if let Some(w) = env_number("MUSTBUILD_CORE_WATTS")? {
+        m.core_watts = w;
+    }
+    if let Some(w) = env_number("MUSTBUILD_MEMORY_WATTS_PER_GB")? {
+        m.memory_watts_per_gb = w;
+    }
+    Ok(m)
+}
+
 /// "1.5 MiB".
 fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -922,6 +984,10 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         glob_files: expansion.glob_files.clone(),
         ..noop_request
     });
+    let energy_model = match energy_model() {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
     let options = RunOptions {
         jobs,
         memory_bytes: total_memory(),
@@ -955,7 +1021,7 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
                 .collect(),
             ..info
         }),
-        energy_model: Default::default(),
+        energy_model,
     };
     report_run(json, total, jobs, wall, Some(&cancel), |on_event| {
         mustbuild_engine::run::run(wf, &instances, &store, &options, on_event)

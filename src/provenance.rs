@@ -25,7 +25,7 @@ pub struct Common {
     pub json: bool,
 }
 
-fn open(location: Option<PathBuf>) -> Result<LocalStore, u8> {
+pub(crate) fn open(location: Option<PathBuf>) -> Result<LocalStore, u8> {
     let root = location.unwrap_or_else(LocalStore::default_location);
     if !root.exists() {
         tell!(

@@ -709,7 +709,10 @@ step slow {{
         .collect();
     assert_eq!(files.len(), 1, "one object over 16 KiB: {files:?}");
     let mut perms = std::fs::metadata(&files[0]).unwrap().permissions();
-    #[expect(clippy::permissions_set_readonly_false, reason = "a test corrupts a store file")]
+    #[expect(
+        clippy::permissions_set_readonly_false,
+        reason = "a test corrupts a store file"
+    )]
     perms.set_readonly(false);
     std::fs::set_permissions(&files[0], perms).unwrap();
     std::fs::write(&files[0], "corrupt").unwrap();
@@ -758,7 +761,10 @@ step slow {{
     let third = output(&mut f.command(&["run", "pipeline.kdl", "slow"]));
     assert_eq!(third.code, 0, "{}", third.stderr);
     let v = f.json(&["why", "slow.txt"]);
-    assert_eq!(root_cause_kinds(&v), [("slow".into(), "interrupted".into())]);
+    assert_eq!(
+        root_cause_kinds(&v),
+        [("slow".into(), "interrupted".into())]
+    );
     let killed_run = v["root_causes"][0]["cause"]["run"].as_i64().unwrap();
     assert_eq!(killed_run, 3);
     insta::assert_snapshot!("interrupted", f.ok(&["why", "slow.txt"]));

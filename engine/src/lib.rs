@@ -24,5 +24,6 @@ pub mod plan;
 pub mod provenance;
 pub mod run;
 mod slots;
+pub mod stats;
 
 pub use instantiate::{FileRef, Instance, InstanceId, Instances, instantiate};

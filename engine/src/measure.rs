@@ -19,6 +19,9 @@ const SAMPLE_PERIOD: Duration = Duration::from_secs(10);
 
 /// `wait4`'s figure: the peak resident memory of the largest process.
 pub const MEMORY_METHOD: &str = "wait4 (largest process)";
+/// `wait4`'s figure when it is no more than mustbuild's own peak, which the
+/// kernel counts in: the step's peak is at most that.
+pub const MEMORY_BOUND: &str = "wait4 (at most: mustbuild's own peak)";
 
 /// Whether measuring beyond `wait4` is off (`MUSTBUILD_NO_MEASURE=1`).
 pub fn off() -> bool {
@@ -97,11 +100,7 @@ impl Measure {
 
     pub fn begin(&self, gpus: &[String]) -> Started {
         let token = self.next.fetch_add(1, Ordering::Relaxed);
-        let gpu_mj = if off() {
-            None
-        } else {
-            self.gpus.read_mj(gpus)
-        };
+        let gpu_mj = if off() { None } else { self.gpus.read_mj(gpus) };
         self.meter.begin(token);
         Started {
             token,

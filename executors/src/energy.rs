@@ -105,7 +105,11 @@ impl Rapl {
     /// The zones under `root` (`/sys/class/powercap`) that can be read, or
     /// `None` when there are none (no RAPL, or not readable by this user).
     pub fn discover(root: &Path) -> Option<Rapl> {
-        let read = |p: PathBuf| std::fs::read_to_string(p).ok().map(|s| s.trim().to_string());
+        let read = |p: PathBuf| {
+            std::fs::read_to_string(p)
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
         let mut found: Vec<(String, bool, Zone)> = Vec::new();
         let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
             .ok()?
@@ -125,12 +129,16 @@ impl Rapl {
                 continue;
             };
             let energy = dir.join("energy_uj");
-            let Some(max_range_uj) = read(dir.join("max_energy_range_uj")).and_then(|s| s.parse().ok())
+            let Some(max_range_uj) =
+                read(dir.join("max_energy_range_uj")).and_then(|s| s.parse().ok())
             else {
                 continue;
             };
             // Readable by this user, now.
-            if read(energy.clone()).and_then(|s| s.parse::<u64>().ok()).is_none() {
+            if read(energy.clone())
+                .and_then(|s| s.parse::<u64>().ok())
+                .is_none()
+            {
                 continue;
             }
             found.push((
@@ -267,7 +275,9 @@ impl Meter {
                 loop {
                     std::thread::sleep(period);
                     let Some(meter) = weak.upgrade() else { return };
-                    let Ok(mut st) = meter.state.lock() else { return };
+                    let Ok(mut st) = meter.state.lock() else {
+                        return;
+                    };
                     if !st.running.is_empty() {
                         meter.tick(&mut st);
                     }
@@ -298,7 +308,9 @@ impl Meter {
         if self.rapl.is_none() {
             return;
         }
-        let Ok(mut st) = self.state.lock() else { return };
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
         self.tick(&mut st);
         st.running.push(step);
         st.started.insert(step, Instant::now());
@@ -475,7 +487,10 @@ mod tests {
     fn the_meter_attributes_once_nothing_runs_and_follows_a_wrap() {
         let tmp = tempfile::tempdir().unwrap();
         let max = 262_143_328_850u64;
-        tree(tmp.path(), &[("intel-rapl:0", "package-0", max - 1_000_000)]);
+        tree(
+            tmp.path(),
+            &[("intel-rapl:0", "package-0", max - 1_000_000)],
+        );
         let counter = tmp.path().join("intel-rapl:0/energy_uj");
         let set = |uj: u64| std::fs::write(&counter, format!("{uj}\n")).unwrap();
         let meter = Meter::new(Rapl::discover(tmp.path()));
@@ -497,7 +512,11 @@ mod tests {
     #[test]
     fn the_model_counts_cpu_time_and_memory_held() {
         let m = Model::default();
-        let j = m.joules(Duration::from_secs(10), Duration::from_secs(20), 2_000_000_000);
+        let j = m.joules(
+            Duration::from_secs(10),
+            Duration::from_secs(20),
+            2_000_000_000,
+        );
         assert!((j - (10.0 * 12.0 + 20.0 * 2.0 * 0.3725)).abs() < 1e-9);
     }
 }

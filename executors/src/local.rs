@@ -67,6 +67,11 @@ pub struct Usage {
     pub system_cpu: Duration,
     /// The peak resident memory of the largest process of the run (`wait4`).
     pub max_rss_bytes: u64,
+    /// Whether `max_rss_bytes` is only an upper bound: the kernel counts in
+    /// the peak of the process the command was started from (a forked copy of
+    /// mustbuild, whose peak it keeps across `exec`), and the figure is no
+    /// higher than mustbuild's own peak, so the command's may be lower.
+    pub max_rss_is_bound: bool,
     /// Bytes the process tree read and wrote through system calls (files and
     /// pipes alike, whether or not the page cache served them): `rchar` and
     /// `wchar` of the command's `/proc/PID/io` read just before it is reaped,
@@ -107,6 +112,21 @@ impl Io {
 fn measure_io() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var_os("MUSTBUILD_NO_MEASURE").is_none_or(|v| v == "0"))
+}
+
+/// This process's peak resident memory (`VmHWM`), which every child it starts
+/// inherits as its own starting peak.
+fn own_peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 /// Whether `pid` (a child) has ended, leaving it a zombie to read before reaping.
@@ -276,7 +296,11 @@ fn run_with(req: &ExecRequest, cancel: &CancelToken, allow_direct: bool) -> Exec
     let mut nap = Duration::from_millis(1);
     let (used, io) = loop {
         if has_exited(pgid) {
-            let io = if measure_io() { Io::of(child.id()) } else { None };
+            let io = if measure_io() {
+                Io::of(child.id())
+            } else {
+                None
+            };
             match child.try_wait4() {
                 Ok(Some(r)) => break (r, io),
                 Ok(None) => {}
@@ -321,6 +345,7 @@ fn run_with(req: &ExecRequest, cancel: &CancelToken, allow_direct: bool) -> Exec
         user_cpu: used.rusage.utime,
         system_cpu: used.rusage.stime,
         max_rss_bytes: used.rusage.maxrss,
+        max_rss_is_bound: own_peak_rss().is_none_or(|own| used.rusage.maxrss <= own),
         io,
     };
     // Whatever its children still do, they go with it.
@@ -687,6 +712,8 @@ mod tests {
             r.usage
         );
         assert!(r.usage.max_rss_bytes > 1 << 20, "{:?}", r.usage);
+        // A shell loop needs far less than this test process has used.
+        assert!(r.usage.max_rss_is_bound, "{:?}", r.usage);
         assert!(r.usage.wall >= r.usage.user_cpu / 2);
     }
 

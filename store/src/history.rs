@@ -71,7 +71,8 @@ pub struct SessionCounts {
 const SESSION: &str = "SELECT s.id, s.pipeline, s.started_ms, s.finished_ms, s.info, a.uses_from
      FROM sessions s LEFT JOIN session_aliases a ON a.session = s.id";
 const INSTANCE: &str = "SELECT session, step, instance, key, planned FROM recorded_instances";
-const RUN: &str = "SELECT id, session, key, step, instance, host, started_ms, finished_ms, outcome,
+pub(crate) const RUN: &str =
+    "SELECT id, session, key, step, instance, host, started_ms, finished_ms, outcome,
      exit_code, user_cpu_ms, sys_cpu_ms, max_rss_bytes, log, read_bytes, write_bytes, energy_j,
      energy_method, cpu_model, gpus, memory_method FROM runs";
 
@@ -105,7 +106,7 @@ fn instance_row(r: &Row<'_>) -> rusqlite::Result<InstanceRow> {
     })
 }
 
-fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
+pub(crate) fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
     let log: Option<Vec<u8>> = r.get(13)?;
     Ok(RunRow {
         id: r.get(0)?,
@@ -134,7 +135,7 @@ fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
 
 impl LocalStore {
     /// Rows of `sql` (bound to `params`), each made by `row`.
-    fn rows<T>(
+    pub(crate) fn rows<T>(
         &self,
         sql: &str,
         params: impl rusqlite::Params,

@@ -16,6 +16,7 @@
 // Library code returns errors; tests may unwrap (clippy.toml allows it there).
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod costs;
 mod db;
 pub mod digest;
 pub mod encoding;

@@ -1313,8 +1313,9 @@ impl LocalStore {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         {
-            let mut set =
-                tx.prepare_cached("UPDATE runs SET energy_j = ?2, energy_method = ?3 WHERE id = ?1")?;
+            let mut set = tx.prepare_cached(
+                "UPDATE runs SET energy_j = ?2, energy_method = ?3 WHERE id = ?1",
+            )?;
             for (id, joules, method) in energies {
                 set.execute(params![id, joules, method])?;
             }

@@ -1,0 +1,319 @@
+//! `mustbuild stats`: what a run's steps cost, laid out for people, as JSON or
+//! as CSV. The figures come from `mustbuild_engine::stats`.
+
+use crate::exit;
+use mustbuild_engine::stats::{self, Footprint, RunCosts};
+use std::fmt::Write as _;
+use std::io::Write as _;
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum By {
+    /// One line per step of the run.
+    Step,
+    /// One line per run of the pipeline, newest first.
+    Run,
+}
+
+#[derive(clap::Args)]
+pub struct StatsArgs {
+    /// The run [default: the latest].
+    #[arg(long, value_name = "ID")]
+    pub run: Option<i64>,
+    #[arg(long, value_enum, default_value_t = By::Step)]
+    pub by: By,
+    /// With `--by run`: how many runs.
+    #[arg(short = 'n', long, default_value_t = 20)]
+    pub limit: usize,
+    /// Print CSV on stdout (one row per line of the table).
+    #[arg(long, conflicts_with = "json")]
+    pub csv: bool,
+    #[command(flatten)]
+    pub common: crate::provenance::Common,
+}
+
+pub fn stats(args: StatsArgs, footprint: Footprint) -> u8 {
+    let store = match crate::provenance::open(args.common.store) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let runs = match args.by {
+        By::Step => stats::run_costs(&store, args.run, footprint).map(|c| c.into_iter().collect()),
+        By::Run => stats::history(&store, args.run, args.limit, footprint),
+    };
+    let runs: Vec<RunCosts> = match runs {
+        Ok(r) => r,
+        Err(e) => {
+            tell!("error: {e}");
+            return exit::ENVIRONMENT;
+        }
+    };
+    if runs.is_empty() {
+        match args.run {
+            Some(id) => tell!("error: the store has no run {id}"),
+            None => tell!("error: the store has no run yet"),
+        }
+        return exit::INVALID;
+    }
+    let text = match (args.by, args.common.json, args.csv) {
+        (By::Step, true, _) => json(&runs[0]),
+        (By::Run, true, _) => json(&runs),
+        (By::Step, _, true) => steps_csv(&runs[0]),
+        (By::Run, _, true) => runs_csv(&runs),
+        (By::Step, _, _) => steps_table(&runs[0]),
+        (By::Run, _, _) => runs_table(&runs),
+    };
+    out!("{text}");
+    exit::OK
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    format!(
+        "{}\n",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    )
+}
+
+/// "12.3 J", "4.56 kJ", "7.89 MJ".
+pub fn joules(j: f64) -> String {
+    if j >= 1e6 {
+        format!("{:.2} MJ", j / 1e6)
+    } else if j >= 1e3 {
+        format!("{:.2} kJ", j / 1e3)
+    } else {
+        format!("{j:.1} J")
+    }
+}
+
+/// "0.0123 g", "4.5 kg": grams of CO2e.
+fn grams(g: f64) -> String {
+    if g >= 1e3 {
+        format!("{:.2} kg", g / 1e3)
+    } else if g >= 1.0 {
+        format!("{g:.1} g")
+    } else {
+        format!("{g:.4} g")
+    }
+}
+
+fn secs(s: f64) -> String {
+    if s >= 3600.0 {
+        format!("{:.1} h", s / 3600.0)
+    } else if s >= 60.0 {
+        format!("{:.1} min", s / 60.0)
+    } else {
+        format!("{s:.2} s")
+    }
+}
+
+/// The methods that gave a step's energy: "modelled", "measured (rapl) ×3, modelled ×1".
+fn methods(m: &std::collections::BTreeMap<String, u64>) -> String {
+    match m.len() {
+        0 => "-".to_string(),
+        1 => m.keys().next().cloned().unwrap_or_default(),
+        _ => m
+            .iter()
+            .map(|(k, n)| format!("{k} ×{n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+fn steps_table(c: &RunCosts) -> String {
+    let t = &c.totals;
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "run {} of {}: {} executed, {} reused",
+        c.run, c.pipeline, t.executions, t.reused
+    );
+    if let Some(r) = t.hit_ratio {
+        let _ = write!(out, " ({:.0}% from the cache)", r * 100.0);
+    }
+    if let Some(of) = c.same_as_run {
+        let _ = write!(out, "; a no-op repeating run {of}");
+    }
+    out.push('\n');
+    let header = [
+        "STEP", "RAN", "REUSED", "WALL", "MAX", "CPU", "PEAK MEM", "READ", "WRITTEN", "ENERGY",
+        "METHOD",
+    ];
+    let rows: Vec<[String; 11]> = c
+        .steps
+        .iter()
+        .map(|s| {
+            let ran = s.executions > 0;
+            let dash = || "-".to_string();
+            [
+                s.step.clone(),
+                s.executions.to_string(),
+                s.reused.to_string(),
+                if ran { secs(s.wall_mean_s) } else { dash() },
+                if ran { secs(s.wall_max_s) } else { dash() },
+                if ran { secs(s.cpu_mean_s) } else { dash() },
+                match (ran, s.peak_memory_upper_bounds == s.executions) {
+                    (false, _) => dash(),
+                    // Every figure is an upper bound (see `stats` --help).
+                    (true, true) => format!("≤{}", crate::bytes(s.peak_memory_max_bytes)),
+                    (true, false) => crate::bytes(s.peak_memory_max_bytes),
+                },
+                if ran {
+                    crate::bytes(s.read_bytes)
+                } else {
+                    dash()
+                },
+                if ran {
+                    crate::bytes(s.written_bytes)
+                } else {
+                    dash()
+                },
+                if ran { joules(s.energy_joules) } else { dash() },
+                methods(&s.energy_methods),
+            ]
+        })
+        .collect();
+    let mut width = header.map(|h| h.chars().count());
+    for r in &rows {
+        for (w, cell) in width.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut l = String::from(" ");
+        for (i, (cell, w)) in cells.iter().zip(&width).enumerate() {
+            // Names and the method to the left, figures to the right.
+            if i == 0 || i == cells.len() - 1 {
+                let _ = write!(l, " {cell:<w$}");
+            } else {
+                let _ = write!(l, " {cell:>w$}");
+            }
+        }
+        l.trim_end().to_string()
+    };
+    let _ = writeln!(out, "{}", line(&header.map(str::to_string)));
+    for r in &rows {
+        let _ = writeln!(out, "{}", line(r));
+    }
+    let f = &c.footprint;
+    let _ = writeln!(
+        out,
+        "total: {} of steps, {} CPU, {} read, {} written, {} ({} CO2e at PUE {}, {} gCO2e/kWh)",
+        secs(t.wall_s),
+        secs(t.cpu_s),
+        crate::bytes(t.read_bytes),
+        crate::bytes(t.written_bytes),
+        joules(t.energy_joules),
+        grams(t.co2e_grams),
+        f.pue,
+        f.carbon_intensity
+    );
+    if t.reused > 0 {
+        let unknown: u64 = c.steps.iter().map(|s| s.avoided_unknown).sum();
+        let _ = write!(
+            out,
+            "the cache avoided: {} of steps, {} ({} CO2e)",
+            secs(t.avoided_wall_s),
+            joules(t.avoided_energy_joules),
+            grams(t.avoided_co2e_grams)
+        );
+        if unknown > 0 {
+            let _ = write!(
+                out,
+                "; {unknown} reused results' costs are no longer recorded"
+            );
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// A CSV field, quoted when it must be.
+fn field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn steps_csv(c: &RunCosts) -> String {
+    let mut out = String::from(
+        "run,step,executions,failed,reused,wall_mean_s,wall_max_s,cpu_mean_s,cpu_max_s,\
+         peak_memory_max_bytes,peak_memory_mean_bytes,read_bytes,written_bytes,energy_joules,\
+         energy_method,avoided_wall_s,avoided_energy_joules\n",
+    );
+    for s in &c.steps {
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{:.3},{},{:.3},{:.3}",
+            c.run,
+            field(&s.step),
+            s.executions,
+            s.failed,
+            s.reused,
+            s.wall_mean_s,
+            s.wall_max_s,
+            s.cpu_mean_s,
+            s.cpu_max_s,
+            s.peak_memory_max_bytes,
+            s.peak_memory_mean_bytes,
+            s.read_bytes,
+            s.written_bytes,
+            s.energy_joules,
+            field(&methods(&s.energy_methods)),
+            s.avoided_wall_s,
+            s.avoided_energy_joules
+        );
+    }
+    out
+}
+
+fn runs_table(runs: &[RunCosts]) -> String {
+    let mut out = format!(
+        "{:>5}  {:>6}  {:>6}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}\n",
+        "RUN", "RAN", "CACHED", "STEPS", "CPU", "ENERGY", "CO2E", "AVOIDED"
+    );
+    for c in runs {
+        let t = &c.totals;
+        let _ = writeln!(
+            out,
+            "{:>5}  {:>6}  {:>6}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}",
+            c.run,
+            t.executions,
+            t.reused,
+            secs(t.wall_s),
+            secs(t.cpu_s),
+            joules(t.energy_joules),
+            grams(t.co2e_grams),
+            joules(t.avoided_energy_joules)
+        );
+    }
+    out
+}
+
+fn runs_csv(runs: &[RunCosts]) -> String {
+    let mut out = String::from(
+        "run,pipeline,executions,failed,reused,wall_s,cpu_s,read_bytes,written_bytes,\
+         energy_joules,co2e_grams,avoided_wall_s,avoided_energy_joules\n",
+    );
+    for c in runs {
+        let t = &c.totals;
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{:.3},{:.3},{},{},{:.3},{:.6},{:.3},{:.3}",
+            c.run,
+            field(&c.pipeline),
+            t.executions,
+            t.failed,
+            t.reused,
+            t.wall_s,
+            t.cpu_s,
+            t.read_bytes,
+            t.written_bytes,
+            t.energy_joules,
+            t.co2e_grams,
+            t.avoided_wall_s,
+            t.avoided_energy_joules
+        );
+    }
+    out
+}

@@ -1,0 +1,68 @@
+//! What `mustbuild stats` and the resource advice read: the run records of a
+//! session, what the results a session reused cost when they were made, and a
+//! step's measured history.
+
+use crate::error::Result;
+use crate::history::{RUN, RunRow, run_row};
+use crate::local::LocalStore;
+use rusqlite::params;
+
+impl LocalStore {
+    /// Every execution recorded in `session`, oldest first.
+    pub fn runs_in(&self, session: i64) -> Result<Vec<RunRow>> {
+        self.rows(
+            &format!("{RUN} WHERE session = ?1 ORDER BY id"),
+            [session],
+            run_row,
+        )
+    }
+
+    /// For each instance `session` reused (a no-op session: those of the
+    /// session it aliases), its step and the first successful execution of its
+    /// key (what the reuse avoided); `None` where no execution is recorded any
+    /// more (gc'd, or made by another store's run).
+    pub fn reused_makers(&self, session: i64) -> Result<Vec<(String, Option<RunRow>)>> {
+        let conn = self.conn();
+        let alias: Option<i64> = conn
+            .prepare_cached("SELECT uses_from FROM session_aliases WHERE session = ?1")?
+            .query_row([session], |r| r.get(0))
+            .ok();
+        let (of, every) = match alias {
+            Some(a) => (a, true),
+            None => (session, false),
+        };
+        let mut q = conn.prepare_cached(
+            "SELECT si.step, (SELECT MIN(id) FROM runs r WHERE r.key = si.key AND r.outcome = 'succeeded')
+             FROM recorded_instances si WHERE si.session = ?1 AND (?2 OR si.planned = 'reused')",
+        )?;
+        let found: Vec<(String, Option<i64>)> = q
+            .query_map(params![of, every], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        drop(q);
+        let mut run = conn.prepare_cached(&format!("{RUN} WHERE id = ?1"))?;
+        let mut out = Vec::with_capacity(found.len());
+        for (step, id) in found {
+            let row = match id {
+                Some(id) => Some(run.query_row([id], run_row)?),
+                None => None,
+            };
+            out.push((step, row));
+        }
+        Ok(out)
+    }
+
+    /// The successful executions in the last `sessions` runs of `pipeline` (a
+    /// session's pipeline name), newest first: what advice is drawn from.
+    pub fn pipeline_history(&self, pipeline: &str, sessions: usize) -> Result<Vec<RunRow>> {
+        let sessions = i64::try_from(sessions).unwrap_or(i64::MAX);
+        self.rows(
+            &format!(
+                "{RUN} WHERE outcome = 'succeeded' AND session IN
+                     (SELECT id FROM sessions WHERE pipeline = ?1 ORDER BY id DESC LIMIT ?2)
+                 ORDER BY id DESC"
+            ),
+            params![pipeline, sessions],
+            run_row,
+        )
+    }
+}
