@@ -1075,8 +1075,11 @@ fn report_run(
                     step,
                     values,
                     seconds,
+                    cpu_seconds,
+                    energy_joules,
                 } => {
-                    serde_json::json!({"event": "executed", "step": step, "values": values, "seconds": seconds})
+                    serde_json::json!({"event": "executed", "step": step, "values": values, "seconds": seconds,
+                        "cpu_seconds": cpu_seconds, "energy_joules": energy_joules})
                 }
                 Event::Failed {
                     step,
@@ -1113,6 +1116,7 @@ fn report_run(
                 let summary = serde_json::json!({"event": "summary", "executed": s.executed, "cached": s.cached,
                     "failed": s.failed, "cancelled": s.cancelled, "skipped": s.skipped, "run_id": s.session,
                     "wall_seconds": wall.elapsed().as_secs_f64(), "cpu_seconds": s.cpu_seconds,
+                    "energy_joules": s.energy_joules,
                     "noop_record": s.from_noop_record, "unexpected": s.unexpected});
                 outln!("{summary}");
             } else {
@@ -1122,13 +1126,14 @@ fn report_run(
                     String::new()
                 };
                 outln!(
-                    "executed {}, cached {}, failed {}, skipped {}{cancelled} in {:.2} s, {:.2} s CPU (run {}{})",
+                    "executed {}, cached {}, failed {}, skipped {}{cancelled} in {:.2} s, {:.2} s CPU, {} (run {}{})",
                     s.executed,
                     s.cached,
                     s.failed,
                     s.skipped,
                     wall.elapsed().as_secs_f64(),
                     s.cpu_seconds,
+                    stats::joules(s.energy_joules),
                     s.session,
                     if s.from_noop_record {
                         ", nothing changed"

@@ -51,6 +51,7 @@ fn describe(event: &Event) -> String {
             step,
             values,
             seconds,
+            ..
         } => format!("done     {} in {seconds:.2} s", label(step, values)),
         Event::Failed {
             step,
@@ -203,6 +204,9 @@ struct Tally {
     skipped: usize,
     /// Wall time of the executed steps, added up.
     executed_seconds: f64,
+    /// Their CPU time and energy, added up.
+    cpu_seconds: f64,
+    energy_joules: f64,
     /// What runs now and since when, oldest first.
     running: Vec<(String, Instant)>,
     jobs: usize,
@@ -235,9 +239,13 @@ impl Tally {
                 step,
                 values,
                 seconds,
+                cpu_seconds,
+                energy_joules,
             } => {
                 self.executed += 1;
                 self.executed_seconds += seconds;
+                self.cpu_seconds += cpu_seconds;
+                self.energy_joules += energy_joules.unwrap_or(0.0);
                 self.stop(step, values)
             }
             Event::Failed {
@@ -288,7 +296,7 @@ impl Tally {
         self.executed + self.cached + self.failed + self.cancelled + self.skipped
     }
 
-    /// "executed 40 · cached 370 · running 2 · failed 0 · ETA 0:31".
+    /// "executed 40 · cached 370 · running 2 · failed 0 · ETA 0:31 · CPU 80.2 s · 1.2 kJ".
     fn counts(&self, now: Instant) -> String {
         let mut s = format!(
             "executed {} · cached {} · running {} · failed {}",
@@ -319,6 +327,13 @@ impl Tally {
             self.jobs,
         ) {
             s.push_str(&format!(" · ETA {}", clock(seconds_up(left))));
+        }
+        if self.executed > 0 {
+            s.push_str(&format!(
+                " · CPU {:.1} s · {}",
+                self.cpu_seconds,
+                crate::stats::joules(self.energy_joules)
+            ));
         }
         s
     }
@@ -460,12 +475,14 @@ mod tests {
         );
         t.executed = 40;
         t.executed_seconds = 40.0;
+        t.cpu_seconds = 75.25;
+        t.energy_joules = 1234.0;
         t.running.push(("each (v1)".into(), now));
         t.running.push(("each (v2)".into(), now));
         // 589 pending and 2 running steps of 1 s each, on 2 slots: 295.5 s.
         assert_eq!(
             t.counts(now),
-            "executed 40 · cached 370 · running 2 · failed 0 · ETA 4:56"
+            "executed 40 · cached 370 · running 2 · failed 0 · ETA 4:56 · CPU 75.2 s · 1.23 kJ"
         );
         assert_eq!(t.running_names(), "▸ each (v2), each (v1)");
         t.failed = 1;
@@ -526,6 +543,8 @@ mod tests {
             step: "s".into(),
             values: one("b"),
             seconds: 2.0,
+            cpu_seconds: 1.5,
+            energy_joules: Some(20.0),
         };
         assert_eq!(t.record(&executed, now), seen(true, Some(""), true));
         let cancelled = Event::Failed {
@@ -548,6 +567,12 @@ mod tests {
             (2, 1, 0, 1, SKIPPED_SHOWN + 1)
         );
         assert_eq!(t.executed_seconds, 2.0);
+        assert_eq!((t.cpu_seconds, t.energy_joules), (1.5, 20.0));
+        assert!(
+            t.counts(now).ends_with(" · CPU 1.5 s · 20.0 J"),
+            "{}",
+            t.counts(now)
+        );
     }
 
     #[test]
@@ -567,7 +592,9 @@ mod tests {
             describe(&Event::Executed {
                 step: "stats".into(),
                 values: v.clone(),
-                seconds: 1.234
+                seconds: 1.234,
+                cpu_seconds: 1.0,
+                energy_joules: None,
             }),
             "done     stats (a.fastq) in 1.23 s"
         );

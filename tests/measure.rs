@@ -103,7 +103,8 @@ const METHODS: [&str; 5] = [
 #[test]
 fn cpu_memory_io_and_energy_are_recorded_and_the_cache_counts_what_it_avoided() {
     let w = Workspace::new();
-    w.ok(&["run", "pipeline.kdl", "-j", "2"]);
+    let out = w.ok(&["run", "pipeline.kdl", "-j", "2", "--json"]);
+    let summary: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     let s = w.stats(&[]);
     let burn = step(&s, "burn");
     let cpu = burn["cpu_mean_s"].as_f64().unwrap();
@@ -136,6 +137,20 @@ fn cpu_memory_io_and_energy_are_recorded_and_the_cache_counts_what_it_avoided() 
     }
     let totals = &s["totals"];
     assert!((totals["energy_joules"].as_f64().unwrap() - energy).abs() < 1e-6);
+    // The run's summary says the same, and each executed event its own.
+    assert!(
+        (summary["energy_joules"].as_f64().unwrap() - energy).abs() < 1e-6,
+        "{summary}"
+    );
+    let events: f64 = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["event"] == "executed")
+        .map(|e| e["energy_joules"].as_f64().unwrap())
+        .sum();
+    if step(&s, "burn")["energy_methods"].get("modelled").is_some() {
+        assert!((events - energy).abs() < 1e-6, "{events} vs {energy}");
+    }
     assert!(totals["co2e_grams"].as_f64().unwrap() > 0.0);
     assert_eq!(totals["executions"], 3);
     assert_eq!(totals["hit_ratio"], 0.0);

@@ -145,8 +145,8 @@ impl Measure {
 pub struct Attributions {
     /// Per token: RAPL joules.
     rapl: HashMap<u64, f64>,
-    /// Per token: its run record, and its GPUs' joules.
-    runs: HashMap<u64, (i64, Option<f64>)>,
+    /// Per token: its run record, its GPUs' joules, and the joules first recorded.
+    runs: HashMap<u64, (i64, Option<f64>, Option<f64>)>,
 }
 
 impl Attributions {
@@ -154,8 +154,22 @@ impl Attributions {
         self.rapl.extend(ended.attributed.iter().copied());
     }
 
-    pub fn recorded(&mut self, token: u64, run: i64, gpu_joules: Option<f64>) {
-        self.runs.insert(token, (run, gpu_joules));
+    pub fn recorded(&mut self, token: u64, run: i64, gpu: Option<f64>, first: Option<f64>) {
+        self.runs.insert(token, (run, gpu, first));
+    }
+
+    /// What the RAPL figures change in the run's total: each one's joules
+    /// less those first recorded.
+    pub fn correction(&self) -> f64 {
+        let first: HashMap<i64, f64> = self
+            .runs
+            .values()
+            .map(|(run, _, first)| (*run, first.unwrap_or(0.0)))
+            .collect();
+        self.energies()
+            .iter()
+            .map(|(run, joules, _)| joules - first.get(run).copied().unwrap_or(0.0))
+            .sum()
     }
 
     /// Each recorded run with a RAPL figure: (run, joules, method).
@@ -163,7 +177,7 @@ impl Attributions {
         let mut out: Vec<(i64, f64, &'static str)> = self
             .runs
             .iter()
-            .filter_map(|(token, (run, gpu))| {
+            .filter_map(|(token, (run, gpu, _))| {
                 let cpu = self.rapl.get(token)?;
                 Some(match gpu {
                     Some(g) => (*run, cpu + g, Method::RaplAndNvml.name()),
@@ -183,14 +197,14 @@ mod tests {
     #[test]
     fn rapl_figures_meet_their_runs_whichever_comes_first() {
         let mut a = Attributions::default();
-        a.recorded(1, 10, None);
+        a.recorded(1, 10, None, Some(1.0));
         a.ended(&Ended {
             token: 2,
             gpu_joules: None,
             attributed: vec![(1, 4.0), (2, 6.0)],
         });
-        a.recorded(2, 11, Some(100.0));
-        a.recorded(3, 12, None);
+        a.recorded(2, 11, Some(100.0), Some(102.0));
+        a.recorded(3, 12, None, Some(5.0));
         assert_eq!(
             a.energies(),
             [
@@ -198,5 +212,7 @@ mod tests {
                 (11, 106.0, "measured (rapl+nvml)")
             ]
         );
+        // 4 J instead of 1, 106 instead of 102; run 12 keeps its model's 5.
+        assert_eq!(a.correction(), 7.0);
     }
 }

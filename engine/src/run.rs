@@ -140,6 +140,11 @@ pub enum Event {
         step: String,
         values: Vec<String>,
         seconds: f64,
+        /// User and system CPU time.
+        cpu_seconds: f64,
+        /// The energy first recorded (RAPL's share, where it is read, is known
+        /// only once the steps that ran beside it have ended).
+        energy_joules: Option<f64>,
     },
     Failed {
         step: String,
@@ -175,6 +180,8 @@ pub struct RunSummary {
     pub skipped: usize,
     /// User and system CPU time of the commands run (retries included).
     pub cpu_seconds: f64,
+    /// Their energy, in joules (see `mustbuild_executors::energy`).
+    pub energy_joules: f64,
     pub session: i64,
     /// Told from the last complete run's record, without computing keys.
     pub from_noop_record: bool,
@@ -1071,20 +1078,26 @@ pub fn run(
                         return Err(e.into());
                     }
                 };
+                // Each job's energy as recorded, for the summary and its event.
+                let energies: Vec<Option<f64>> = records
+                    .iter()
+                    .map(|r| r.as_ref().and_then(|(record, _)| record.energy_joules))
+                    .collect();
+                summary.energy_joules += energies.iter().flatten().sum::<f64>();
                 let mut ids = ids.into_iter();
-                for (d, r) in batch.iter().zip(&records) {
+                for ((d, r), recorded) in batch.iter().zip(&records).zip(&energies) {
                     let Some(energy) = &d.energy else { continue };
                     attributions.ended(energy);
                     if r.is_some()
                         && let Some(id) = ids.next()
                     {
-                        attributions.recorded(energy.token, id, energy.gpu_joules);
+                        attributions.recorded(energy.token, id, energy.gpu_joules, *recorded);
                     }
                 }
                 drop(finished);
                 drop(records);
                 let mut retries = Vec::new();
-                for done in batch {
+                for (done, energy_joules) in batch.into_iter().zip(energies) {
                     let Done {
                         job,
                         result,
@@ -1136,6 +1149,9 @@ pub fn run(
                             step: step.name.to_string(),
                             values: inst.values.clone(),
                             seconds: result.usage.wall.as_secs_f64(),
+                            cpu_seconds: (result.usage.user_cpu + result.usage.system_cpu)
+                                .as_secs_f64(),
+                            energy_joules,
                         });
                         release(&dependents[job.id.index()], &mut waiting, &mut ready);
                     } else if job.attempt < step.retry
@@ -1222,6 +1238,7 @@ pub fn run(
     }
     // RAPL figures, now that no step runs: they replace the model's.
     store.set_run_energies(&attributions.energies())?;
+    summary.energy_joules += attributions.correction();
     // The instances taken from the record are its session's: named at the end,
     // when it is known whether every instance was reached.
     if let Some(prior) = &options.prior {
