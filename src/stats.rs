@@ -3,6 +3,7 @@
 
 use crate::exit;
 use mustbuild_engine::stats::{self, Footprint, RunCosts};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 
@@ -24,6 +25,11 @@ pub struct StatsArgs {
     /// With `--by run`: how many runs.
     #[arg(short = 'n', long, default_value_t = 20)]
     pub limit: usize,
+    /// What each step should ask a batch system for (the 95th percentile of
+    /// its peaks and wall times over the pipeline's last runs, with a margin),
+    /// and the declarations far from use.
+    #[arg(long, conflicts_with_all = ["by", "csv"])]
+    pub advice: bool,
     /// Print CSV on stdout (one row per line of the table).
     #[arg(long, conflicts_with = "json")]
     pub csv: bool,
@@ -36,6 +42,9 @@ pub fn stats(args: StatsArgs, footprint: Footprint) -> u8 {
         Ok(s) => s,
         Err(code) => return code,
     };
+    if args.advice {
+        return advice(&store, args.run, args.common.json);
+    }
     let runs = match args.by {
         By::Step => stats::run_costs(&store, args.run, footprint).map(|c| c.into_iter().collect()),
         By::Run => stats::history(&store, args.run, args.limit, footprint),
@@ -316,4 +325,82 @@ fn runs_csv(runs: &[RunCosts]) -> String {
         );
     }
     out
+}
+
+/// Each step's declared resources, from the pipeline file (as it is now).
+fn declared(file: &str) -> BTreeMap<String, mustbuild_lang::model::Resources> {
+    if file.is_empty() {
+        return BTreeMap::new();
+    }
+    let loaded = mustbuild_lang::load(std::path::Path::new(file));
+    loaded
+        .workflow
+        .map(|wf| {
+            wf.steps
+                .iter()
+                .map(|s| (s.name.to_string(), s.resources.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn advice(store: &mustbuild_store::LocalStore, run: Option<i64>, json: bool) -> u8 {
+    let pipeline = match stats::pipeline_of(store, run) {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            tell!("error: the store has no run yet");
+            return exit::INVALID;
+        }
+        Err(e) => {
+            tell!("error: {e}");
+            return exit::ENVIRONMENT;
+        }
+    };
+    let (name, file) = pipeline;
+    let declared = declared(&file);
+    let advice = match mustbuild_engine::advice::for_pipeline(store, &name, &declared) {
+        Ok(a) => a,
+        Err(e) => {
+            tell!("error: {e}");
+            return exit::ENVIRONMENT;
+        }
+    };
+    if json {
+        out!("{}", self::json(&advice));
+        return exit::OK;
+    }
+    let mut out = format!(
+        "what to ask for, from the last {} runs of {} (p95 × {} memory, × {} time)\n",
+        mustbuild_engine::advice::HISTORY_RUNS,
+        if file.is_empty() { &name } else { &file },
+        mustbuild_engine::advice::MEMORY_MARGIN,
+        mustbuild_engine::advice::TIME_MARGIN
+    );
+    let _ = writeln!(
+        out,
+        "  {:<20} {:>7} {:>11} {:>11} {:>9} {:>9} {:>5}",
+        "STEP", "SAMPLES", "MEMORY p95", "ASK", "TIME p95", "ASK", "CPUS"
+    );
+    for a in &advice {
+        let bound = if a.memory_bounded { "≤" } else { "" };
+        let _ = writeln!(
+            out,
+            "  {:<20} {:>7} {:>11} {:>11} {:>9} {:>9} {:>5}",
+            a.step,
+            a.samples,
+            format!("{bound}{}", crate::bytes(a.memory_p95_bytes)),
+            crate::bytes(a.request_memory_bytes),
+            secs(a.wall_p95_s),
+            secs(a.request_time_s as f64),
+            a.request_cpus
+        );
+        for w in &a.warnings {
+            let _ = writeln!(out, "    warning: {} {w}", a.step);
+        }
+    }
+    if advice.is_empty() {
+        out.push_str("  (no successful execution recorded yet)\n");
+    }
+    out!("{out}");
+    exit::OK
 }

@@ -233,3 +233,55 @@ fn the_model_and_the_footprint_take_their_figures_from_the_environment() {
         r.stderr
     );
 }
+
+#[test]
+fn advice_asks_for_the_p95_with_a_margin_and_names_declarations_far_from_use() {
+    let w = Workspace::new();
+    let pipeline = PIPELINE
+        .replace(
+            "run \"head -c",
+            "resources memory=\"8GiB\"\n  run \"head -c",
+        )
+        .replace(
+            "run \"python3 {in.script} > {out.o}\"\n}\nstep write",
+            "resources memory=\"100MiB\"\n  run \"python3 {in.script} > {out.o}\"\n}\nstep write",
+        );
+    std::fs::write(w.dir.join("pipeline.kdl"), &pipeline).unwrap();
+    w.ok(&["run", "pipeline.kdl", "-j", "2"]);
+    let a: serde_json::Value =
+        serde_json::from_str(&w.ok(&["stats", "--advice", "--json"])).unwrap();
+    let of = |name: &str| {
+        a.as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["step"] == name)
+            .unwrap_or_else(|| panic!("no advice for {name}: {a}"))
+            .clone()
+    };
+    let hold = of("hold");
+    assert_eq!(hold["samples"], 1);
+    let peak = hold["memory_p95_bytes"].as_u64().unwrap();
+    let ask = hold["request_memory_bytes"].as_u64().unwrap();
+    assert!(
+        ask as f64 >= peak as f64 * 1.2 && ask % (64 << 20) == 0,
+        "{hold}"
+    );
+    assert_eq!(hold["declared_memory_bytes"], 100u64 << 20);
+    let warning = hold["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.contains("declares memory 100 MiB but used up to"),
+        "{warning}"
+    );
+    let write = of("write");
+    let warning = write["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.contains("declares memory 8192 MiB but uses"),
+        "{warning}"
+    );
+    assert_eq!(of("burn")["warnings"], serde_json::json!([]));
+    let text = w.ok(&["stats", "--advice"]);
+    assert!(
+        text.contains("warning: hold declares memory 100 MiB"),
+        "{text}"
+    );
+}

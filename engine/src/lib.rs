@@ -14,6 +14,7 @@
 // Library code returns errors; tests may unwrap (clippy.toml allows it there).
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod advice;
 pub mod audit;
 pub mod command;
 pub mod instantiate;

@@ -122,6 +122,18 @@ fn session(
     })
 }
 
+/// The pipeline of `run` (default: the latest): its name in the store, and
+/// its file as that run recorded it (empty when it did not).
+pub fn pipeline_of(
+    store: &LocalStore,
+    run: Option<i64>,
+) -> Result<Option<(String, String)>, StoreError> {
+    Ok(session(store, run)?.map(|s| {
+        let info = crate::provenance::RunInfo::parse(s.info.as_deref());
+        (s.pipeline, info.pipeline_file)
+    }))
+}
+
 /// The costs of `run` (default: the latest).
 pub fn run_costs(
     store: &LocalStore,

@@ -1,0 +1,257 @@
+//! What a step should ask a batch system for, from what its executions used:
+//! the 95th percentile of its measured peaks and wall times, with a margin,
+//! and the steps whose declared resources are far from their use. The cluster
+//! executors call [`for_step`] for a step that declares none; `mustbuild stats
+//! --advice` shows it all.
+
+use mustbuild_lang::model::Resources;
+use mustbuild_store::history::RunRow;
+use mustbuild_store::{LocalStore, StoreError};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Runs of the pipeline whose executions advice is drawn from.
+pub const HISTORY_RUNS: usize = 50;
+/// Over the 95th percentile: memory × 1.2 (rounded up to 64 MiB), wall × 1.5
+/// (rounded up to a minute).
+pub const MEMORY_MARGIN: f64 = 1.2;
+pub const TIME_MARGIN: f64 = 1.5;
+const MEMORY_STEP: u64 = 64 << 20;
+/// A declaration this many times what the step uses (p95) is "far above".
+pub const FAR_ABOVE: f64 = 4.0;
+
+/// What one step should ask for.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Advice {
+    pub step: String,
+    /// Successful executions it is drawn from.
+    pub samples: usize,
+    pub memory_p95_bytes: u64,
+    pub memory_max_bytes: u64,
+    /// Whether every peak is only an upper bound (mustbuild's own peak: the
+    /// step's was lower; see `crate::measure::MEMORY_BOUND`).
+    pub memory_bounded: bool,
+    pub wall_p95_s: f64,
+    pub wall_max_s: f64,
+    /// CPUs it keeps busy (p95 of CPU time over wall time), rounded up.
+    pub cpus_used: u32,
+    /// What to ask for.
+    pub request_memory_bytes: u64,
+    pub request_time_s: u64,
+    pub request_cpus: u32,
+    /// What the pipeline declares, where it does.
+    pub declared_memory_bytes: Option<u64>,
+    pub declared_time_s: Option<u64>,
+    pub declared_cpus: Option<u32>,
+    /// Declarations far from use, in words.
+    pub warnings: Vec<String>,
+}
+
+/// The value at the `p`th percentile (nearest rank) of `values`.
+pub fn percentile(values: &mut [f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
+    values[rank.clamp(1, values.len()) - 1]
+}
+
+fn round_up(value: u64, step: u64) -> u64 {
+    value.div_ceil(step).max(1) * step
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{} MiB", bytes.div_ceil(1 << 20))
+}
+
+/// Advice for one step from its executions (any order); `declared`: its
+/// resources as the pipeline says, `None` where it says nothing.
+pub fn advise(step: &str, runs: &[&RunRow], declared: Option<&Resources>) -> Option<Advice> {
+    if runs.is_empty() {
+        return None;
+    }
+    let wall = |r: &RunRow| (r.finished_ms - r.started_ms).max(0) as f64 / 1e3;
+    let mut memory: Vec<f64> = runs
+        .iter()
+        .map(|r| r.max_rss_bytes.unwrap_or(0).max(0) as f64)
+        .collect();
+    let mut walls: Vec<f64> = runs.iter().map(|r| wall(r)).collect();
+    let mut busy: Vec<f64> = runs
+        .iter()
+        .map(|r| {
+            let cpu = (r.user_cpu_ms.unwrap_or(0) + r.sys_cpu_ms.unwrap_or(0)).max(0) as f64 / 1e3;
+            if wall(r) > 0.0 { cpu / wall(r) } else { 0.0 }
+        })
+        .collect();
+    let memory_p95 = percentile(&mut memory, 95.0) as u64;
+    let memory_max = memory.last().copied().unwrap_or(0.0) as u64;
+    let wall_p95 = percentile(&mut walls, 95.0);
+    let wall_max = walls.last().copied().unwrap_or(0.0);
+    let cpus_used = (percentile(&mut busy, 95.0).ceil() as u32).max(1);
+    let request_memory = round_up((memory_p95 as f64 * MEMORY_MARGIN) as u64, MEMORY_STEP);
+    let request_time = round_up((wall_p95 * TIME_MARGIN).ceil() as u64, 60);
+    let declared_memory = declared.and_then(|d| d.memory_bytes);
+    let declared_time = declared.and_then(|d| d.time_seconds);
+    let declared_cpus = declared.map(|d| d.cpus);
+    let bounded = runs
+        .iter()
+        .all(|r| r.memory_method.as_deref() == Some(crate::measure::MEMORY_BOUND));
+    let mut warnings = Vec::new();
+    if let Some(m) = declared_memory {
+        if (m as f64) < memory_max as f64 && !bounded {
+            warnings.push(format!(
+                "declares memory {} but used up to {}: a batch system would kill it",
+                mib(m),
+                mib(memory_max)
+            ));
+        } else if m as f64 > FAR_ABOVE * memory_p95.max(1) as f64 && m > request_memory {
+            warnings.push(format!(
+                "declares memory {} but uses {} (p95): ask for {}",
+                mib(m),
+                mib(memory_p95),
+                mib(request_memory)
+            ));
+        }
+    }
+    if let Some(t) = declared_time {
+        if (t as f64) < wall_max {
+            warnings.push(format!(
+                "declares time {t} s but took up to {wall_max:.0} s: it would time out"
+            ));
+        } else if t as f64 > FAR_ABOVE * wall_p95.max(1.0) && t > request_time {
+            warnings.push(format!(
+                "declares time {t} s but takes {wall_p95:.0} s (p95): ask for {request_time} s"
+            ));
+        }
+    }
+    if let Some(c) = declared_cpus
+        && c > 1
+        && f64::from(c) > FAR_ABOVE * f64::from(cpus_used)
+    {
+        warnings.push(format!(
+            "declares {c} CPUs but keeps {cpus_used} busy (p95)"
+        ));
+    }
+    Some(Advice {
+        step: step.to_string(),
+        samples: runs.len(),
+        memory_p95_bytes: memory_p95,
+        memory_max_bytes: memory_max,
+        memory_bounded: bounded,
+        wall_p95_s: wall_p95,
+        wall_max_s: wall_max,
+        cpus_used,
+        request_memory_bytes: request_memory,
+        request_time_s: request_time,
+        request_cpus: cpus_used.max(declared_cpus.unwrap_or(1)),
+        declared_memory_bytes: declared_memory,
+        declared_time_s: declared_time,
+        declared_cpus,
+        warnings,
+    })
+}
+
+/// Advice for every step of `pipeline` (a session's pipeline name) that ran
+/// in its last [`HISTORY_RUNS`] runs; `declared`: each step's resources.
+pub fn for_pipeline(
+    store: &LocalStore,
+    pipeline: &str,
+    declared: &BTreeMap<String, Resources>,
+) -> Result<Vec<Advice>, StoreError> {
+    let history = store.pipeline_history(pipeline, HISTORY_RUNS)?;
+    let mut by_step: BTreeMap<&str, Vec<&RunRow>> = BTreeMap::new();
+    for r in &history {
+        by_step.entry(&r.step).or_default().push(r);
+    }
+    Ok(by_step
+        .into_iter()
+        .filter_map(|(step, runs)| advise(step, &runs, declared.get(step)))
+        .collect())
+}
+
+/// What a step that declares no resources should ask for (for the cluster
+/// executors); `None` without history.
+pub fn for_step(
+    store: &LocalStore,
+    pipeline: &str,
+    step: &str,
+) -> Result<Option<Advice>, StoreError> {
+    let history = store.pipeline_history(pipeline, HISTORY_RUNS)?;
+    let runs: Vec<&RunRow> = history.iter().filter(|r| r.step == step).collect();
+    Ok(advise(step, &runs, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mustbuild_store::Digest;
+
+    fn run(wall_ms: i64, rss: i64, cpu_ms: i64) -> RunRow {
+        RunRow {
+            id: 1,
+            session: Some(1),
+            key: Digest::of(b"k"),
+            step: "s".into(),
+            instance: None,
+            host: "h".into(),
+            started_ms: 0,
+            finished_ms: wall_ms,
+            outcome: "succeeded".into(),
+            exit_code: Some(0),
+            user_cpu_ms: Some(cpu_ms),
+            sys_cpu_ms: Some(0),
+            max_rss_bytes: Some(rss),
+            log: None,
+            read_bytes: None,
+            write_bytes: None,
+            energy_joules: None,
+            energy_method: None,
+            cpu_model: None,
+            gpus: None,
+            memory_method: Some(crate::measure::MEMORY_METHOD.into()),
+        }
+    }
+
+    #[test]
+    fn the_95th_percentile_is_a_nearest_rank() {
+        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&mut v, 95.0), 95.0);
+        assert_eq!(percentile(&mut [3.0, 1.0, 2.0], 95.0), 3.0);
+        assert_eq!(percentile(&mut [], 95.0), 0.0);
+    }
+
+    #[test]
+    fn requests_come_from_p95_with_margins_and_far_declarations_are_named() {
+        // 20 executions: 100..=119 MiB, 10..=29 s, one CPU busy.
+        let runs: Vec<RunRow> = (0..20)
+            .map(|i| run((10 + i) * 1000, (100 + i) << 20, (10 + i) * 1000))
+            .collect();
+        let refs: Vec<&RunRow> = runs.iter().collect();
+        let declared = Resources {
+            cpus: 16,
+            memory_bytes: Some(8 << 30),
+            time_seconds: Some(20),
+            ..Resources::default()
+        };
+        let a = advise("s", &refs, Some(&declared)).unwrap();
+        assert_eq!(a.samples, 20);
+        assert_eq!(a.memory_p95_bytes, 118 << 20);
+        // 118 MiB × 1.2 = 141.6 MiB, up to 192 MiB; 28 s × 1.5 = 42 s, up to a minute.
+        assert_eq!(a.request_memory_bytes, 192 << 20);
+        assert_eq!(a.request_time_s, 60);
+        assert_eq!(a.cpus_used, 1);
+        assert_eq!(a.warnings.len(), 3, "{:?}", a.warnings);
+        assert!(a.warnings[0].contains("declares memory 8192 MiB but uses 118 MiB"));
+        assert!(a.warnings[1].contains("took up to 29 s: it would time out"));
+        assert!(a.warnings[2].contains("declares 16 CPUs but keeps 1 busy"));
+        // Declared too little memory: it would be killed.
+        let tight = Resources {
+            memory_bytes: Some(100 << 20),
+            ..Resources::default()
+        };
+        let a = advise("s", &refs, Some(&tight)).unwrap();
+        assert!(a.warnings[0].contains("would kill it"), "{:?}", a.warnings);
+        assert_eq!(advise("s", &[], None), None);
+    }
+}
