@@ -227,6 +227,13 @@ enum Command {
         after_help = "Examples:\n  mustbuild stats\n  mustbuild stats --run 12 --json\n  mustbuild stats --by run --csv"
     )]
     Stats(stats::StatsArgs),
+    /// One self-contained HTML file about a run: its summary, a timeline of its
+    /// executions per slot, the step graph, a table per step, energy and memory
+    /// charts. It fetches nothing: styles, script and charts are inline.
+    #[command(
+        after_help = "Examples:\n  mustbuild report -o report.html\n  mustbuild report --run 12 -o run12.html"
+    )]
+    Report(stats::ReportArgs),
     /// Format pipeline files canonically, keeping comments.
     ///
     /// Rewrites the files in place (KDL 1.0 files become KDL 2.0); `-` formats
@@ -350,6 +357,10 @@ fn main() -> ExitCode {
         Command::Runs { limit, common } => provenance::runs(limit, common),
         Command::Stats(args) => match footprint() {
             Ok(f) => stats::stats(args, f),
+            Err(code) => code,
+        },
+        Command::Report(args) => match footprint() {
+            Ok(f) => stats::report(args, f),
             Err(code) => code,
         },
         Command::Export {

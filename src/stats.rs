@@ -404,3 +404,109 @@ fn advice(store: &mustbuild_store::LocalStore, run: Option<i64>, json: bool) -> 
     out!("{out}");
     exit::OK
 }
+
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// The run [default: the latest].
+    #[arg(long, value_name = "ID")]
+    pub run: Option<i64>,
+    /// The HTML file to write.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: std::path::PathBuf,
+    /// The store [default: $MUSTBUILD_STORE, else $XDG_CACHE_HOME/mustbuild/store,
+    /// else ~/.cache/mustbuild/store].
+    #[arg(long, value_name = "PATH")]
+    pub store: Option<std::path::PathBuf>,
+}
+
+/// Each step and the steps it reads, from the pipeline file (as it is now).
+fn step_graph(file: &str) -> Option<Vec<(String, Vec<String>)>> {
+    if file.is_empty() {
+        return None;
+    }
+    let wf = mustbuild_lang::load(std::path::Path::new(file)).workflow?;
+    Some(
+        wf.steps
+            .iter()
+            .map(|s| {
+                let deps = s
+                    .deps
+                    .iter()
+                    .map(|d| wf.step(*d).name.to_string())
+                    .collect();
+                (s.name.to_string(), deps)
+            })
+            .collect(),
+    )
+}
+
+pub fn report(args: ReportArgs, footprint: Footprint) -> u8 {
+    let store = match crate::provenance::open(args.store) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let found = (|| -> Result<_, mustbuild_store::StoreError> {
+        let Some(costs) = stats::run_costs(&store, args.run, footprint)? else {
+            return Ok(None);
+        };
+        let session = store.session(costs.run)?;
+        let runs = match costs.same_as_run {
+            Some(_) => Vec::new(),
+            None => store.runs_in(costs.run)?,
+        };
+        let (_, file) = stats::pipeline_of(&store, Some(costs.run))?.unwrap_or_default();
+        Ok(Some((costs, session, runs, file)))
+    })();
+    let (costs, session, runs, file) = match found {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            match args.run {
+                Some(id) => tell!("error: the store has no run {id}"),
+                None => tell!("error: the store has no run yet"),
+            }
+            return exit::INVALID;
+        }
+        Err(e) => {
+            tell!("error: {e}");
+            return exit::ENVIRONMENT;
+        }
+    };
+    let input = mustbuild_engine::report::ReportInput {
+        costs: &costs,
+        runs: &runs,
+        graph: step_graph(&file),
+        started: session
+            .as_ref()
+            .map(|s| crate::provenance::utc(s.started_ms))
+            .unwrap_or_default(),
+        wall_s: session
+            .as_ref()
+            .and_then(|s| s.finished_ms.map(|f| (f - s.started_ms) as f64 / 1e3)),
+    };
+    let html = mustbuild_engine::report::render(&input);
+    if let Err(e) = write_new(&args.output, &html) {
+        tell!("error: cannot write {}: {e}", args.output.display());
+        return exit::ENVIRONMENT;
+    }
+    tell!(
+        "wrote {} (run {}, {} executions)",
+        args.output.display(),
+        costs.run,
+        runs.len()
+    );
+    exit::OK
+}
+
+/// Writes `path` whole or not at all (a file beside it, renamed over it).
+fn write_new(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.mustbuild.{}", std::process::id()));
+    let result = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

@@ -182,36 +182,37 @@ pub fn for_step(
     Ok(advise(step, &runs, None))
 }
 
+/// An execution for tests: its wall time, peak and CPU time.
+#[cfg(test)]
+pub(crate) fn test_run(wall_ms: i64, rss: i64, cpu_ms: i64) -> RunRow {
+    RunRow {
+        id: 1,
+        session: Some(1),
+        key: mustbuild_store::Digest::of(b"k"),
+        step: "s".into(),
+        instance: None,
+        host: "h".into(),
+        started_ms: 0,
+        finished_ms: wall_ms,
+        outcome: "succeeded".into(),
+        exit_code: Some(0),
+        user_cpu_ms: Some(cpu_ms),
+        sys_cpu_ms: Some(0),
+        max_rss_bytes: Some(rss),
+        log: None,
+        read_bytes: None,
+        write_bytes: None,
+        energy_joules: None,
+        energy_method: None,
+        cpu_model: None,
+        gpus: None,
+        memory_method: Some(crate::measure::MEMORY_METHOD.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mustbuild_store::Digest;
-
-    fn run(wall_ms: i64, rss: i64, cpu_ms: i64) -> RunRow {
-        RunRow {
-            id: 1,
-            session: Some(1),
-            key: Digest::of(b"k"),
-            step: "s".into(),
-            instance: None,
-            host: "h".into(),
-            started_ms: 0,
-            finished_ms: wall_ms,
-            outcome: "succeeded".into(),
-            exit_code: Some(0),
-            user_cpu_ms: Some(cpu_ms),
-            sys_cpu_ms: Some(0),
-            max_rss_bytes: Some(rss),
-            log: None,
-            read_bytes: None,
-            write_bytes: None,
-            energy_joules: None,
-            energy_method: None,
-            cpu_model: None,
-            gpus: None,
-            memory_method: Some(crate::measure::MEMORY_METHOD.into()),
-        }
-    }
 
     #[test]
     fn the_95th_percentile_is_a_nearest_rank() {
@@ -225,7 +226,7 @@ mod tests {
     fn requests_come_from_p95_with_margins_and_far_declarations_are_named() {
         // 20 executions: 100..=119 MiB, 10..=29 s, one CPU busy.
         let runs: Vec<RunRow> = (0..20)
-            .map(|i| run((10 + i) * 1000, (100 + i) << 20, (10 + i) * 1000))
+            .map(|i| test_run((10 + i) * 1000, (100 + i) << 20, (10 + i) * 1000))
             .collect();
         let refs: Vec<&RunRow> = runs.iter().collect();
         let declared = Resources {

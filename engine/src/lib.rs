@@ -23,6 +23,7 @@ pub mod measure;
 pub mod noop;
 pub mod plan;
 pub mod provenance;
+pub mod report;
 pub mod run;
 mod slots;
 pub mod stats;
