@@ -355,14 +355,8 @@ fn main() -> ExitCode {
         } => provenance::show(&target, run, common),
         Command::Log { target, run, store } => provenance::log(&target, run, store),
         Command::Runs { limit, common } => provenance::runs(limit, common),
-        Command::Stats(args) => match footprint() {
-            Ok(f) => stats::stats(args, f),
-            Err(code) => code,
-        },
-        Command::Report(args) => match footprint() {
-            Ok(f) => stats::report(args, f),
-            Err(code) => code,
-        },
+        Command::Stats(args) => stats::stats(args),
+        Command::Report(args) => stats::report(args),
         Command::Export {
             what:
                 ExportCommand::RoCrate {
@@ -695,10 +689,22 @@ fn env_number(name: &str) -> Result<Option<f64>, u8> {
     }
 }
 
-/// How energy becomes CO2e here: the defaults, or MUSTBUILD_PUE and
-/// MUSTBUILD_CARBON_INTENSITY (gCO2e/kWh).
-fn footprint() -> Result<mustbuild_engine::stats::Footprint, u8> {
-    let mut f = mustbuild_engine::stats::Footprint::default();
+/// The configuration for a pipeline in `folder` (engine::config), on this host;
+/// a file that cannot be used is told, with where and why.
+fn config(folder: Option<&Path>) -> Result<mustbuild_engine::config::Config, u8> {
+    mustbuild_engine::config::load(folder, &mustbuild_store::hostname()).map_err(|e| {
+        tell!("error: {e}");
+        if let Some(hint) = &e.hint {
+            tell!("  hint: {hint}");
+        }
+        exit::INVALID
+    })
+}
+
+/// How energy becomes CO2e for a pipeline in `folder`: the configuration's
+/// figures, or MUSTBUILD_PUE and MUSTBUILD_CARBON_INTENSITY (gCO2e/kWh).
+fn footprint(folder: Option<&Path>) -> Result<mustbuild_engine::stats::Footprint, u8> {
+    let mut f = config(folder)?.footprint;
     if let Some(pue) = env_number("MUSTBUILD_PUE")? {
         f.pue = pue;
     }
@@ -708,10 +714,10 @@ fn footprint() -> Result<mustbuild_engine::stats::Footprint, u8> {
     Ok(f)
 }
 
-/// The power figures of the energy model: the defaults, or MUSTBUILD_CORE_WATTS
-/// and MUSTBUILD_MEMORY_WATTS_PER_GB.
-fn energy_model() -> Result<mustbuild_executors::energy::Model, u8> {
-    let mut m = mustbuild_executors::energy::Model::default();
+/// The power figures of the energy model for a pipeline in `folder`: the
+/// configuration's, or MUSTBUILD_CORE_WATTS and MUSTBUILD_MEMORY_WATTS_PER_GB.
+fn energy_model(folder: Option<&Path>) -> Result<mustbuild_executors::energy::Model, u8> {
+    let mut m = config(folder)?.model;
     if let Some(w) = env_number("MUSTBUILD_CORE_WATTS")? {
         m.core_watts = w;
     }
@@ -828,6 +834,18 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         forced: force.clone(),
         jobs,
         ..mustbuild_engine::provenance::RunInfo::here(&noop_request.pipeline)
+    };
+    // Configuration is read (and a mistake in it told) whether or not the run is a no-op.
+    let folder = path.parent().map(|p| {
+        if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        }
+    });
+    let energy_model = match energy_model(folder) {
+        Ok(m) => m,
+        Err(code) => return code,
     };
     let said = if may_be_noop && let Ok(store) = LocalStore::open(&store_root) {
         let noop_info = mustbuild_engine::provenance::RunInfo {
@@ -995,10 +1013,6 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         glob_files: expansion.glob_files.clone(),
         ..noop_request
     });
-    let energy_model = match energy_model() {
-        Ok(m) => m,
-        Err(code) => return code,
-    };
     let options = RunOptions {
         jobs,
         memory_bytes: total_memory(),

@@ -37,9 +37,27 @@ pub struct StatsArgs {
     pub common: crate::provenance::Common,
 }
 
-pub fn stats(args: StatsArgs, footprint: Footprint) -> u8 {
+/// How energy becomes CO2e for the pipeline of `run`: the configuration beside
+/// it (and the user's), or the environment's figures.
+fn footprint_of(store: &mustbuild_store::LocalStore, run: Option<i64>) -> Result<Footprint, u8> {
+    let file = stats::pipeline_of(store, run)
+        .ok()
+        .flatten()
+        .map(|(_, file)| file)
+        .unwrap_or_default();
+    let folder = std::path::Path::new(&file)
+        .parent()
+        .filter(|_| !file.is_empty());
+    crate::footprint(folder)
+}
+
+pub fn stats(args: StatsArgs) -> u8 {
     let store = match crate::provenance::open(args.common.store) {
         Ok(s) => s,
+        Err(code) => return code,
+    };
+    let footprint = match footprint_of(&store, args.run) {
+        Ok(f) => f,
         Err(code) => return code,
     };
     if args.advice {
@@ -440,9 +458,13 @@ fn step_graph(file: &str) -> Option<Vec<(String, Vec<String>)>> {
     )
 }
 
-pub fn report(args: ReportArgs, footprint: Footprint) -> u8 {
+pub fn report(args: ReportArgs) -> u8 {
     let store = match crate::provenance::open(args.store) {
         Ok(s) => s,
+        Err(code) => return code,
+    };
+    let footprint = match footprint_of(&store, args.run) {
+        Ok(f) => f,
         Err(code) => return code,
     };
     let found = (|| -> Result<_, mustbuild_store::StoreError> {

@@ -190,17 +190,20 @@ fn cpu_memory_io_and_energy_are_recorded_and_the_cache_counts_what_it_avoided() 
 }
 
 #[test]
-fn the_model_and_the_footprint_take_their_figures_from_the_environment() {
+fn the_model_and_the_footprint_take_their_figures_from_configuration_and_the_environment() {
     let w = Workspace::new();
     std::fs::write(
         w.dir.join("pipeline.kdl"),
         "pipeline \"one\"\nstep burn {\n  in script=(file)\"burn.py\"\n  out o=\"burn.txt\"\n  run \"python3 {in.script} > {out.o}\"\n}\n",
     )
     .unwrap();
-    let r = output(
-        w.command(&["run", "pipeline.kdl"])
-            .env("MUSTBUILD_CORE_WATTS", "100"),
-    );
+    // mustbuild.kdl beside the pipeline: a host block that matches every host.
+    std::fs::write(
+        w.dir.join("mustbuild.kdl"),
+        "energy {\n  core-watts 50\n  carbon-intensity 100\n  host \"*\" {\n    core-watts 100\n  }\n}\n",
+    )
+    .unwrap();
+    let r = output(&mut w.command(&["run", "pipeline.kdl"]));
     assert_eq!(r.code, 0, "{}", r.stderr);
     let s = w.stats(&[]);
     let burn = step(&s, "burn");
@@ -213,10 +216,11 @@ fn the_model_and_the_footprint_take_their_figures_from_the_environment() {
             "{j} J for {cpu} s"
         );
     }
+    assert_eq!(s["footprint"]["carbon_intensity"], 100.0);
     let plain = s["totals"]["co2e_grams"].as_f64().unwrap();
     let r = output(
         w.command(&["stats", "--json"])
-            .env("MUSTBUILD_CARBON_INTENSITY", "950"),
+            .env("MUSTBUILD_CARBON_INTENSITY", "200"),
     );
     let doubled: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     let doubled = doubled["totals"]["co2e_grams"].as_f64().unwrap();
@@ -224,6 +228,18 @@ fn the_model_and_the_footprint_take_their_figures_from_the_environment() {
         (doubled - 2.0 * plain).abs() < 1e-9 * plain.max(1.0),
         "{doubled} vs {plain}"
     );
+    // A mistake in the file: where, and what would be right.
+    std::fs::write(w.dir.join("mustbuild.kdl"), "energy {\n  watts 5\n}\n").unwrap();
+    let r = output(&mut w.command(&["run", "pipeline.kdl"]));
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains("mustbuild.kdl:2:3: unknown energy setting `watts`"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("hint: known: core-watts"), "{}", r.stderr);
+    std::fs::remove_file(w.dir.join("mustbuild.kdl")).unwrap();
     let r = output(w.command(&["stats"]).env("MUSTBUILD_PUE", "much"));
     assert_eq!(r.code, 2);
     assert!(

@@ -17,6 +17,7 @@
 pub mod advice;
 pub mod audit;
 pub mod command;
+pub mod config;
 pub mod instantiate;
 pub mod keys;
 pub mod measure;

@@ -1,0 +1,277 @@
+//! Configuration: the user's file (`$MUSTBUILD_CONFIG`, else
+//! `$XDG_CONFIG_HOME/mustbuild/config.kdl`, else `~/.config/mustbuild/config.kdl`),
+//! then `mustbuild.kdl` beside the pipeline, each overriding the one before.
+//! Today it holds the energy figures; per host, a `host "PATTERN"` block
+//! (`*` matches any run of characters) overrides them on the hosts it names:
+//!
+//! ```kdl
+//! energy {
+//!     core-watts 12            // per busy core (the model's)
+//!     memory-watts-per-gb 0.3725
+//!     pue 1.67                 // the facility's power usage effectiveness
+//!     carbon-intensity 475     // gCO2e per kWh
+//!     host "gpu*.must.example" {
+//!         core-watts 9.5
+//!     }
+//! }
+//! ```
+
+use crate::stats::Footprint;
+use mustbuild_executors::energy::Model;
+use std::path::{Path, PathBuf};
+
+/// A configuration file that cannot be used: where and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{line}:{column}: {message}", path.display())]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+/// What configuration sets.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Config {
+    pub model: Model,
+    pub footprint: Footprint,
+    /// The files read, in order.
+    pub files: Vec<PathBuf>,
+}
+
+/// The user's configuration file, if there is one.
+pub fn user_file() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("MUSTBUILD_CONFIG") {
+        return Some(PathBuf::from(p));
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("mustbuild").join("config.kdl"))
+}
+
+/// The configuration for a pipeline in `folder` (none: the user's only), on `host`.
+pub fn load(folder: Option<&Path>, host: &str) -> Result<Config, ConfigError> {
+    let mut config = Config::default();
+    let files = user_file()
+        .into_iter()
+        .chain(folder.map(|f| f.join("mustbuild.kdl")));
+    for file in files {
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        apply(&mut config, &file, &text, host)?;
+        config.files.push(file);
+    }
+    Ok(config)
+}
+
+/// Line and column (1-based, in characters) of byte `offset` of `text`.
+fn place(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Whether `host` matches `pattern`, where `*` matches any run of characters.
+pub fn host_matches(pattern: &str, host: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == host;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !host.starts_with(first) || host.len() < first.len() + last.len() || !host.ends_with(last) {
+        return false;
+    }
+    let mut rest = &host[first.len()..host.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(i) => rest = &rest[i + middle.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+const ENERGY_KEYS: &str = "core-watts, memory-watts-per-gb, pue, carbon-intensity, host";
+
+fn apply(config: &mut Config, path: &Path, text: &str, host: &str) -> Result<(), ConfigError> {
+    let error = |offset: usize, message: String, hint: Option<String>| {
+        let (line, column) = place(text, offset);
+        ConfigError {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message,
+            hint,
+        }
+    };
+    let doc = kdl::KdlDocument::parse(text).map_err(|e| {
+        let d = e.diagnostics.first();
+        error(
+            d.map_or(0, |d| d.span.offset()),
+            d.and_then(|d| d.message.clone())
+                .unwrap_or_else(|| "not valid KDL".to_string()),
+            d.and_then(|d| d.help.clone()),
+        )
+    })?;
+    for node in doc.nodes() {
+        match node.name().value() {
+            "energy" => {
+                let Some(children) = node.children() else {
+                    continue;
+                };
+                energy(config, children, host, &error)?;
+            }
+            other => {
+                return Err(error(
+                    node.span().offset(),
+                    format!("unknown setting `{other}`"),
+                    Some("this version knows `energy { … }`".to_string()),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+type MakeError<'a> = dyn Fn(usize, String, Option<String>) -> ConfigError + 'a;
+
+fn energy(
+    config: &mut Config,
+    block: &kdl::KdlDocument,
+    host: &str,
+    error: &MakeError<'_>,
+) -> Result<(), ConfigError> {
+    // The general figures first, then the blocks of the hosts that match.
+    let mut hosts = Vec::new();
+    for node in block.nodes() {
+        let name = node.name().value();
+        if name == "host" {
+            let pattern = node.entries().first().and_then(|e| e.value().as_string());
+            let Some(pattern) = pattern else {
+                return Err(error(
+                    node.span().offset(),
+                    "`host` needs a name pattern".to_string(),
+                    Some("e.g. host \"node*.cluster\" { core-watts 9 }".to_string()),
+                ));
+            };
+            hosts.push((pattern, node));
+            continue;
+        }
+        figure(config, node, error)?;
+    }
+    for (pattern, node) in hosts {
+        if host_matches(pattern, host)
+            && let Some(children) = node.children()
+        {
+            for n in children.nodes() {
+                if n.name().value() == "host" {
+                    return Err(error(
+                        n.span().offset(),
+                        "a `host` block inside a `host` block".to_string(),
+                        None,
+                    ));
+                }
+                figure(config, n, error)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One `NAME NUMBER` line of an energy block.
+fn figure(
+    config: &mut Config,
+    node: &kdl::KdlNode,
+    error: &MakeError<'_>,
+) -> Result<(), ConfigError> {
+    let name = node.name().value();
+    let value = node.entries().first().and_then(|e| match e.value() {
+        kdl::KdlValue::Integer(i) => Some(*i as f64),
+        kdl::KdlValue::Float(f) => Some(*f),
+        _ => None,
+    });
+    let target = match name {
+        "core-watts" => &mut config.model.core_watts,
+        "memory-watts-per-gb" => &mut config.model.memory_watts_per_gb,
+        "pue" => &mut config.footprint.pue,
+        "carbon-intensity" => &mut config.footprint.carbon_intensity,
+        other => {
+            return Err(error(
+                node.span().offset(),
+                format!("unknown energy setting `{other}`"),
+                Some(format!("known: {ENERGY_KEYS}")),
+            ));
+        }
+    };
+    match value {
+        Some(v) if v.is_finite() && v > 0.0 && node.entries().len() == 1 => {
+            *target = v;
+            Ok(())
+        }
+        _ => Err(error(
+            node.span().offset(),
+            format!("`{name}` takes one positive number"),
+            Some(format!("e.g. {name} 1.5")),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, host: &str) -> Result<Config, ConfigError> {
+        let mut c = Config::default();
+        apply(&mut c, Path::new("mustbuild.kdl"), text, host).map(|()| c)
+    }
+
+    #[test]
+    fn figures_and_the_blocks_of_matching_hosts() {
+        let text = "energy {\n  core-watts 10\n  pue 1.2\n  host \"gpu*\" {\n    core-watts 20\n  }\n  carbon-intensity 52\n}\n";
+        let c = parse(text, "login1").unwrap();
+        assert_eq!(c.model.core_watts, 10.0);
+        assert_eq!((c.footprint.pue, c.footprint.carbon_intensity), (1.2, 52.0));
+        assert_eq!(
+            c.model.memory_watts_per_gb,
+            Model::default().memory_watts_per_gb
+        );
+        let c = parse(text, "gpu07").unwrap();
+        assert_eq!(c.model.core_watts, 20.0);
+    }
+
+    #[test]
+    fn mistakes_point_at_their_line_and_column() {
+        let e = parse("energy {\n  core-watt 10\n}\n", "h").unwrap_err();
+        assert_eq!((e.line, e.column), (2, 3));
+        assert_eq!(
+            e.to_string(),
+            "mustbuild.kdl:2:3: unknown energy setting `core-watt`"
+        );
+        assert!(e.hint.unwrap().contains("core-watts"));
+        let e = parse("energy {\n  pue \"high\"\n}\n", "h").unwrap_err();
+        assert_eq!(e.message, "`pue` takes one positive number");
+        let e = parse("energy {\n  pue -1\n}\n", "h").unwrap_err();
+        assert_eq!(e.line, 2);
+        let e = parse("cache \"s3://x\"\n", "h").unwrap_err();
+        assert_eq!((e.line, e.column), (1, 1));
+        // An unclosed block: at the brace that opens it.
+        let e = parse("energy {\n  pue 1.2\n", "h").unwrap_err();
+        assert_eq!((e.line, e.column), (1, 8), "{e}");
+        assert!(e.message.contains("closing"), "{e}");
+    }
+
+    #[test]
+    fn host_patterns() {
+        assert!(host_matches("node*", "node12"));
+        assert!(host_matches("*.must.example", "gpu3.must.example"));
+        assert!(host_matches("a*b*c", "a-x-b-y-c"));
+        assert!(!host_matches("a*b*c", "a-x-c"));
+        assert!(host_matches("login1", "login1"));
+        assert!(!host_matches("login1", "login2"));
+        assert!(!host_matches("ab*ba", "aba"));
+    }
+}
