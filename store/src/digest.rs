@@ -23,6 +23,11 @@ impl Digest {
         <[u8; 32]>::try_from(b).ok().map(Digest)
     }
 
+    /// From 64 hexadecimal digits.
+    pub fn from_hex(hex: &str) -> Option<Digest> {
+        blake3::Hash::from_hex(hex).ok().map(Digest::from)
+    }
+
     pub fn to_hex(&self) -> String {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut s = String::with_capacity(64);

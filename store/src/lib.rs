@@ -28,6 +28,7 @@ pub mod local;
 pub mod maintenance;
 pub mod material;
 pub mod materialize;
+pub mod remote;
 pub mod tree;
 
 pub use digest::Digest;
