@@ -37,6 +37,7 @@ macro_rules! tell {
 }
 
 // After the macros, which they use.
+mod cache;
 mod progress;
 mod provenance;
 mod stats;
@@ -227,6 +228,13 @@ enum Command {
         after_help = "Examples:\n  mustbuild stats\n  mustbuild stats --run 12 --json\n  mustbuild stats --by run --csv"
     )]
     Stats(stats::StatsArgs),
+    /// The shared cache: make a signing key, push a run's results, list or check
+    /// what a cache holds.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  mustbuild cache keygen lab-1 -o ~/.config/mustbuild\n  mustbuild cache push s3://results/lab?endpoint=http://127.0.0.1:8333\n  mustbuild cache ls file:///sps/lab/cache"
+    )]
+    Cache(cache::CacheCommand),
     /// One self-contained HTML file about a run: its summary, a timeline of its
     /// executions per slot, the step graph, a table per step, energy and memory
     /// charts. It fetches nothing: styles, script and charts are inline.
@@ -356,6 +364,7 @@ fn main() -> ExitCode {
         Command::Log { target, run, store } => provenance::log(&target, run, store),
         Command::Runs { limit, common } => provenance::runs(limit, common),
         Command::Stats(args) => stats::stats(args),
+        Command::Cache(command) => cache::command(command),
         Command::Report(args) => stats::report(args),
         Command::Export {
             what:
@@ -714,10 +723,12 @@ fn footprint(folder: Option<&Path>) -> Result<mustbuild_engine::stats::Footprint
     Ok(f)
 }
 
-/// The power figures of the energy model for a pipeline in `folder`: the
-/// configuration's, or MUSTBUILD_CORE_WATTS and MUSTBUILD_MEMORY_WATTS_PER_GB.
-fn energy_model(folder: Option<&Path>) -> Result<mustbuild_executors::energy::Model, u8> {
-    let mut m = config(folder)?.model;
+/// The power figures of the energy model: the configuration's, or
+/// MUSTBUILD_CORE_WATTS and MUSTBUILD_MEMORY_WATTS_PER_GB.
+fn energy_model(
+    config: &mustbuild_engine::config::Config,
+) -> Result<mustbuild_executors::energy::Model, u8> {
+    let mut m = config.model;
     if let Some(w) = env_number("MUSTBUILD_CORE_WATTS")? {
         m.core_watts = w;
     }
@@ -771,6 +782,8 @@ struct RunFlags {
     /// One JSON object per event on stdout, then a summary object.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    cache: cache::CacheFlags,
 }
 
 /// This machine's memory, from /proc/meminfo.
@@ -792,6 +805,7 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         keep_going,
         dry_run,
         json,
+        cache: cache_flags,
     } = flags;
     let mut overrides: Vec<(String, String)> = Vec::new();
     for p in &params {
@@ -843,8 +857,16 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
             p
         }
     });
-    let energy_model = match energy_model(folder) {
+    let config = match config(folder) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let energy_model = match energy_model(&config) {
         Ok(m) => m,
+        Err(code) => return code,
+    };
+    let cache = match cache::for_run(&cache_flags, &config.cache) {
+        Ok(c) => c,
         Err(code) => return code,
     };
     let said = if may_be_noop && let Ok(store) = LocalStore::open(&store_root) {
@@ -1047,6 +1069,7 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
             ..info
         }),
         energy_model,
+        cache,
     };
     report_run(json, total, jobs, wall, Some(&cancel), |on_event| {
         mustbuild_engine::run::run(wf, &instances, &store, &options, on_event)
@@ -1090,6 +1113,9 @@ fn report_run(
     let mut on_event = |e: Event| {
         if json {
             let v = match &e {
+                Event::Warning { message } => {
+                    serde_json::json!({"event": "warning", "message": message})
+                }
                 Event::Cached { step, values } => {
                     serde_json::json!({"event": "cached", "step": step, "values": values})
                 }

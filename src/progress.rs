@@ -45,6 +45,7 @@ pub fn stderr_is_live() -> bool {
 /// spans several lines: its log tail follows).
 fn describe(event: &Event) -> String {
     match event {
+        Event::Warning { message } => format!("warning: {message}"),
         Event::Cached { step, values } => format!("cached   {}", label(step, values)),
         Event::Started { step, values } => format!("run      {}", label(step, values)),
         Event::Executed {
@@ -222,6 +223,10 @@ impl Tally {
             print: true,
         };
         let stopped = match event {
+            Event::Warning { .. } => {
+                seen.finished = false;
+                false
+            }
             // Taken from the store (or realised by another process meanwhile):
             // off the running list if it was ever on it.
             Event::Cached { step, values } => {

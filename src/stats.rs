@@ -255,7 +255,7 @@ fn steps_table(c: &RunCosts) -> String {
 
 /// A CSV field, quoted when it must be.
 fn field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
+    if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s.to_string()

@@ -97,13 +97,19 @@ pub fn advise(step: &str, runs: &[&RunRow], declared: Option<&Resources>) -> Opt
     let bounded = runs
         .iter()
         .all(|r| r.memory_method.as_deref() == Some(crate::measure::MEMORY_BOUND));
+    // The largest peak that is not only an upper bound.
+    let exact_max = runs
+        .iter()
+        .filter(|r| r.memory_method.as_deref() != Some(crate::measure::MEMORY_BOUND))
+        .map(|r| r.max_rss_bytes.unwrap_or(0).max(0) as u64)
+        .max();
     let mut warnings = Vec::new();
     if let Some(m) = declared_memory {
-        if (m as f64) < memory_max as f64 && !bounded {
+        if let Some(exact) = exact_max.filter(|&e| m < e) {
             warnings.push(format!(
                 "declares memory {} but used up to {}: a batch system would kill it",
                 mib(m),
-                mib(memory_max)
+                mib(exact)
             ));
         } else if m as f64 > FAR_ABOVE * memory_p95.max(1) as f64 && m > request_memory {
             warnings.push(format!(

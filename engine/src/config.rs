@@ -1,10 +1,18 @@
 //! Configuration: the user's file (`$MUSTBUILD_CONFIG`, else
 //! `$XDG_CONFIG_HOME/mustbuild/config.kdl`, else `~/.config/mustbuild/config.kdl`),
 //! then `mustbuild.kdl` beside the pipeline, each overriding the one before.
-//! Today it holds the energy figures; per host, a `host "PATTERN"` block
-//! (`*` matches any run of characters) overrides them on the hosts it names:
+//! It holds the remote caches and the energy figures; per host, a `host
+//! "PATTERN"` block (`*` matches any run of characters) overrides the energy
+//! figures on the hosts it names:
 //!
 //! ```kdl
+//! cache {
+//!     url "s3://results/lab?endpoint=https://s3.must.example&region=us-east-1"
+//!     url "file:///sps/lab/cache"     // several: tried in order
+//!     trusted-keys "lab-1:Nx4…" "ci:Q2…"
+//!     secret-key-file "/home/me/.config/mustbuild/lab-1.secret"
+//!     push "always"                  // or "on-demand", "never"
+//! }
 //! energy {
 //!     core-watts 12            // per busy core (the model's)
 //!     memory-watts-per-gb 0.3725
@@ -31,9 +39,20 @@ pub struct ConfigError {
     pub hint: Option<String>,
 }
 
+/// The `cache { … }` settings. A file that names `url`s replaces the list of
+/// the files before it; trusted keys add up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheConfig {
+    pub urls: Vec<String>,
+    pub trusted_keys: Vec<String>,
+    pub secret_key_file: Option<PathBuf>,
+    pub push: Option<crate::cache::Push>,
+}
+
 /// What configuration sets.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Config {
+    pub cache: CacheConfig,
     pub model: Model,
     pub footprint: Footprint,
     /// The files read, in order.
@@ -69,7 +88,11 @@ pub fn load(folder: Option<&Path>, host: &str) -> Result<Config, ConfigError> {
 
 /// Line and column (1-based, in characters) of byte `offset` of `text`.
 fn place(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)
@@ -125,14 +148,99 @@ fn apply(config: &mut Config, path: &Path, text: &str, host: &str) -> Result<(),
                 };
                 energy(config, children, host, &error)?;
             }
+            "cache" => {
+                let Some(children) = node.children() else {
+                    continue;
+                };
+                cache(&mut config.cache, children, path, &error)?;
+            }
             other => {
                 return Err(error(
                     node.span().offset(),
                     format!("unknown setting `{other}`"),
-                    Some("this version knows `energy { … }`".to_string()),
+                    Some("this version knows `cache { … }` and `energy { … }`".to_string()),
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+fn strings(node: &kdl::KdlNode) -> Option<Vec<String>> {
+    node.entries()
+        .iter()
+        .map(|e| match e.name() {
+            None => e.value().as_string().map(str::to_string),
+            Some(_) => None,
+        })
+        .collect()
+}
+
+fn cache(
+    config: &mut CacheConfig,
+    block: &kdl::KdlDocument,
+    file: &Path,
+    error: &MakeError<'_>,
+) -> Result<(), ConfigError> {
+    let mut urls = Vec::new();
+    for node in block.nodes() {
+        let name = node.name().value();
+        let values = strings(node).filter(|v| !v.is_empty());
+        let Some(values) = values else {
+            return Err(error(
+                node.span().offset(),
+                format!("`{name}` takes one or more strings"),
+                Some(format!("e.g. {name} \"…\"")),
+            ));
+        };
+        let one = |what: &str| -> Result<String, ConfigError> {
+            match values.as_slice() {
+                [v] => Ok(v.clone()),
+                _ => Err(error(
+                    node.span().offset(),
+                    format!("`{name}` takes one {what}"),
+                    None,
+                )),
+            }
+        };
+        match name {
+            "url" => urls.extend(values.iter().cloned()),
+            "trusted-keys" => config.trusted_keys.extend(values.iter().cloned()),
+            "secret-key-file" => {
+                let p = PathBuf::from(one("path")?);
+                // Relative to the file that names it.
+                let p = if p.is_relative() {
+                    file.parent().unwrap_or(Path::new(".")).join(p)
+                } else {
+                    p
+                };
+                config.secret_key_file = Some(p);
+            }
+            "push" => {
+                config.push = Some(match one("policy")?.as_str() {
+                    "always" => crate::cache::Push::Always,
+                    "on-demand" => crate::cache::Push::OnDemand,
+                    "never" => crate::cache::Push::Never,
+                    other => {
+                        return Err(error(
+                            node.span().offset(),
+                            format!("unknown push policy `{other}`"),
+                            Some("always, on-demand or never".to_string()),
+                        ));
+                    }
+                });
+            }
+            other => {
+                return Err(error(
+                    node.span().offset(),
+                    format!("unknown cache setting `{other}`"),
+                    Some("known: url, trusted-keys, secret-key-file, push".to_string()),
+                ));
+            }
+        }
+    }
+    if !urls.is_empty() {
+        config.urls = urls;
     }
     Ok(())
 }
@@ -262,6 +370,23 @@ mod tests {
         let e = parse("energy {\n  pue 1.2\n", "h").unwrap_err();
         assert_eq!((e.line, e.column), (1, 8), "{e}");
         assert!(e.message.contains("closing"), "{e}");
+    }
+
+    #[test]
+    fn cache_settings() {
+        let text = "cache {\n  url \"file:///a\" \"s3://b/p\"\n  trusted-keys \"k1:AA\"\n  trusted-keys \"k2:BB\"\n  secret-key-file \"keys/me.secret\"\n  push \"on-demand\"\n}\n";
+        let c = parse(text, "h").unwrap().cache;
+        assert_eq!(c.urls, ["file:///a", "s3://b/p"]);
+        assert_eq!(c.trusted_keys, ["k1:AA", "k2:BB"]);
+        assert_eq!(c.secret_key_file, Some(PathBuf::from("keys/me.secret")));
+        assert_eq!(c.push, Some(crate::cache::Push::OnDemand));
+        let e = parse("cache {\n  push \"sometimes\"\n}\n", "h").unwrap_err();
+        assert_eq!(
+            (e.line, e.message.as_str()),
+            (2, "unknown push policy `sometimes`")
+        );
+        let e = parse("cache {\n  url 3\n}\n", "h").unwrap_err();
+        assert_eq!(e.message, "`url` takes one or more strings");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 
 pub mod advice;
 pub mod audit;
+pub mod cache;
 pub mod command;
 pub mod config;
 pub mod instantiate;

@@ -864,6 +864,7 @@ step head {
             prior: None,
             info: None,
             energy_model: Default::default(),
+            cache: None,
         };
         let summary = run(wf, &instances, store, &options, &mut |_| {}).unwrap();
         assert_eq!(summary.executed, 2);

@@ -76,6 +76,8 @@ pub enum RunError {
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error(transparent)]
+    Cache(#[from] crate::cache::Required),
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot {action} {}: {source}", path.display())]
     Io {
@@ -123,11 +125,18 @@ pub struct RunOptions {
     pub info: Option<crate::provenance::RunInfo>,
     /// The power figures for energy where no counter can be read.
     pub energy_model: mustbuild_executors::energy::Model,
+    /// The remote caches to take results from and push them to.
+    pub cache: Option<std::sync::Arc<crate::cache::Cache>>,
 }
 
 /// What happened to one instance.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// Something the user should know that stops nothing (a remote cache
+    /// dropped for the run, records ignored): once each.
+    Warning {
+        message: String,
+    },
     Cached {
         step: String,
         values: Vec<String>,
@@ -909,9 +918,28 @@ pub fn run(
                         .collect();
                     let resolved = store.use_keys(session, &uses)?;
                     let mut materialised = Vec::new();
-                    for ((id, material, _, forced), used) in keyed.iter().zip(resolved) {
-                        let (key, realised) = (used.key, used.realised);
+                    for ((id, material, label, forced), used) in keyed.iter().zip(resolved) {
+                        let (key, mut realised) = (used.key, used.realised);
                         let inst = instances.get(*id);
+                        // Missing here: a remote cache may have it (checked, then realised here).
+                        if realised.is_none()
+                            && !forced
+                            && let Some(cache) = &options.cache
+                        {
+                            let fetched = cache.fetch(store, &key);
+                            for message in cache.take_warnings() {
+                                on_event(Event::Warning { message });
+                            }
+                            if let Some((outputs, _from)) = fetched? {
+                                store.set_planned(
+                                    session,
+                                    &wf.step(inst.step).name,
+                                    label,
+                                    "reused",
+                                )?;
+                                realised = Some(outputs);
+                            }
+                        }
                         if realised.is_none()
                             && let Some(previous) = used.previous
                             && let Some(changed) = only_tools_or_env(store, &previous, material)?
@@ -1086,11 +1114,11 @@ pub fn run(
                 summary.energy_joules += energies.iter().flatten().sum::<f64>();
                 let mut ids = ids.into_iter();
                 for ((d, r), recorded) in batch.iter().zip(&records).zip(&energies) {
+                    // Every recorded job has an id, whether or not it was measured.
+                    let id = if r.is_some() { ids.next() } else { None };
                     let Some(energy) = &d.energy else { continue };
                     attributions.ended(energy);
-                    if r.is_some()
-                        && let Some(id) = ids.next()
-                    {
+                    if let Some(id) = id {
                         attributions.recorded(energy.token, id, energy.gpu_joules, *recorded);
                     }
                 }
@@ -1144,6 +1172,13 @@ pub fn run(
                         drop(job.lock);
                         (outputs[job.id.index()], kinds[job.id.index()]) =
                             outputs_in_order(step, &stored)?;
+                        if let Some(cache) = &options.cache {
+                            let pushed = cache.after_success(store, &job.key, &stored);
+                            for message in cache.take_warnings() {
+                                on_event(Event::Warning { message });
+                            }
+                            pushed?;
+                        }
                         summary.executed += 1;
                         on_event(Event::Executed {
                             step: step.name.to_string(),
@@ -1236,9 +1271,12 @@ pub fn run(
             });
         }
     }
-    // RAPL figures, now that no step runs: they replace the model's.
-    store.set_run_energies(&attributions.energies())?;
-    summary.energy_joules += attributions.correction();
+    // RAPL figures, now that no step runs: they replace the model's (a figure
+    // that cannot be written leaves the model's: it stops nothing).
+    if store.set_run_energies(&attributions.energies()).is_ok() {
+        summary.energy_joules += attributions.correction();
+    }
+    let mut inherited = Ok(());
     // The instances taken from the record are its session's: named at the end,
     // when it is known whether every instance was reached.
     if let Some(prior) = &options.prior {
@@ -1258,11 +1296,12 @@ pub fn run(
             })
             .collect();
         let complete = keys.iter().all(Option::is_some);
-        store.inherit_instances(session, prior.session, &taken, complete)?;
+        inherited = store.inherit_instances(session, prior.session, &taken, complete);
     }
     store.finish_session(session)?;
     store.release_leases()?;
     result?;
+    inherited?;
     if let Some(request) = &options.noop {
         let complete =
             summary.failed + summary.skipped + summary.cancelled == 0 && options.selected.is_none();

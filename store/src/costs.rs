@@ -5,9 +5,29 @@
 use crate::error::Result;
 use crate::history::{RUN, RunRow, run_row};
 use crate::local::LocalStore;
-use rusqlite::params;
+use rusqlite::{OptionalExtension as _, params};
 
 impl LocalStore {
+    /// The derivations `session` used (executed or reused; a no-op session:
+    /// those of the session it aliases), in key order.
+    pub fn session_keys(&self, session: i64) -> Result<Vec<crate::Digest>> {
+        let conn = self.conn();
+        let of: i64 = conn
+            .prepare_cached("SELECT uses_from FROM session_aliases WHERE session = ?1")?
+            .query_row([session], |r| r.get(0))
+            .optional()?
+            .unwrap_or(session);
+        let mut q =
+            conn.prepare_cached("SELECT key FROM session_uses WHERE session = ?1 ORDER BY key")?;
+        let keys: Vec<Vec<u8>> = q
+            .query_map([of], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(keys
+            .iter()
+            .filter_map(|k| crate::Digest::from_slice(k))
+            .collect())
+    }
+
     /// Every execution recorded in `session`, oldest first.
     pub fn runs_in(&self, session: i64) -> Result<Vec<RunRow>> {
         self.rows(
@@ -26,7 +46,7 @@ impl LocalStore {
         let alias: Option<i64> = conn
             .prepare_cached("SELECT uses_from FROM session_aliases WHERE session = ?1")?
             .query_row([session], |r| r.get(0))
-            .ok();
+            .optional()?;
         let (of, every) = match alias {
             Some(a) => (a, true),
             None => (session, false),
@@ -58,7 +78,9 @@ impl LocalStore {
         self.rows(
             &format!(
                 "{RUN} WHERE outcome = 'succeeded' AND session IN
-                     (SELECT id FROM sessions WHERE pipeline = ?1 ORDER BY id DESC LIMIT ?2)
+                     (SELECT id FROM sessions WHERE pipeline = ?1
+                        AND id NOT IN (SELECT session FROM session_aliases)
+                      ORDER BY id DESC LIMIT ?2)
                  ORDER BY id DESC"
             ),
             params![pipeline, sessions],

@@ -890,6 +890,22 @@ impl LocalStore {
         Ok(ids)
     }
 
+    /// Changes what `session` recorded it meant to do with an instance (a key
+    /// found in a remote cache after `use_keys` planned to run it: reused).
+    pub fn set_planned(
+        &self,
+        session: i64,
+        step: &str,
+        instance: &str,
+        planned: &str,
+    ) -> Result<()> {
+        self.conn().execute(
+            "UPDATE session_instances SET planned = ?4 WHERE session = ?1 AND step = ?2 AND instance = ?3",
+            params![session, step, instance, planned],
+        )?;
+        Ok(())
+    }
+
     /// For keys a run knows without their material (from its no-op record): in
     /// one transaction, each one's realisation, recorded as used by `session`
     /// when there is one (gc keeps it, as a derivation of a running session).

@@ -355,11 +355,21 @@ impl LocalStore {
                  WHERE session NOT IN (SELECT id FROM gc_old))",
             [],
         )?;
-        // A kept session keeps the session its instances are based on (after
-        // the aliases: a no-op may alias a based session; a base has no base).
+        // A kept session keeps the record of the session its instances are
+        // based on (after the aliases: a no-op may alias a based session; a base
+        // has no base), but not that session's derivations: the based session
+        // uses (session_uses) those it took, and the base's others may go.
+        tx.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS gc_base_only (id INTEGER PRIMARY KEY);
+             DELETE FROM gc_base_only;",
+        )?;
         tx.execute(
-            "DELETE FROM gc_old WHERE id IN (SELECT base FROM session_bases
-                 WHERE session NOT IN (SELECT id FROM gc_old))",
+            "INSERT OR IGNORE INTO gc_base_only SELECT base FROM session_bases
+                 WHERE session NOT IN (SELECT id FROM gc_old) AND base IN (SELECT id FROM gc_old)",
+            [],
+        )?;
+        tx.execute(
+            "DELETE FROM gc_old WHERE id IN (SELECT id FROM gc_base_only)",
             [],
         )?;
         report.sessions_removed = tx
@@ -368,6 +378,7 @@ impl LocalStore {
         let kept_keys: HashSet<Digest> = digests(
             &tx,
             "SELECT key FROM session_uses WHERE session NOT IN (SELECT id FROM gc_old)
+                 AND session NOT IN (SELECT id FROM gc_base_only)
              UNION SELECT target FROM roots WHERE kind = 'derivation'",
         )?
         .into_iter()

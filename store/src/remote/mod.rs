@@ -143,7 +143,7 @@ impl Remote {
             why: why.to_string(),
         };
         let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
+            .enable_all()
             .build()
             .map_err(|e| bad(&format!("cannot start its I/O runtime: {e}")))?;
         let (store, prefix): (Arc<dyn ObjectStore>, String) = if let Some(path) =
@@ -162,9 +162,21 @@ impl Remote {
             if bucket.is_empty() {
                 return Err(bad("no bucket: s3://BUCKET/PREFIX?endpoint=…"));
             }
+            // A few quick retries, not object_store's three minutes: a cache
+            // that does not answer is dropped and the run goes on.
+            let retry = object_store::RetryConfig {
+                max_retries: 3,
+                retry_timeout: std::time::Duration::from_secs(15),
+                ..Default::default()
+            };
+            let client = object_store::ClientOptions::new()
+                .with_connect_timeout(std::time::Duration::from_secs(5))
+                .with_timeout(std::time::Duration::from_secs(120));
             let mut b = object_store::aws::AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
-                .with_virtual_hosted_style_request(false);
+                .with_virtual_hosted_style_request(false)
+                .with_retry(retry)
+                .with_client_options(client);
             for (k, v) in query(q) {
                 b = match k.as_str() {
                     "endpoint" => b.with_allow_http(v.starts_with("http://")).with_endpoint(v),
