@@ -210,7 +210,7 @@ mod tests {
             Verdict::BadSignature("lab-1".into())
         );
         assert_eq!(
-            judge(&key, &outputs(), &[], &[public.clone()]),
+            judge(&key, &outputs(), &[], std::slice::from_ref(&public)),
             Verdict::Unsigned
         );
         let stranger = SecretKey::generate("elsewhere").unwrap();
