@@ -100,15 +100,9 @@ fn json<T: serde::Serialize>(value: &T) -> String {
     )
 }
 
-/// "12.3 J", "4.56 kJ", "7.89 MJ".
+/// "12.3 J", "4.56 kJ", "7.89 MJ" (as the report writes them).
 pub fn joules(j: f64) -> String {
-    if j >= 1e6 {
-        format!("{:.2} MJ", j / 1e6)
-    } else if j >= 1e3 {
-        format!("{:.2} kJ", j / 1e3)
-    } else {
-        format!("{j:.1} J")
-    }
+    mustbuild_engine::report::joules(j)
 }
 
 /// "0.0123 g", "4.5 kg": grams of CO2e.

@@ -143,14 +143,22 @@ fn apply(config: &mut Config, path: &Path, text: &str, host: &str) -> Result<(),
     for node in doc.nodes() {
         match node.name().value() {
             "energy" => {
-                let Some(children) = node.children() else {
-                    continue;
+                let Some(children) = node.children().filter(|_| node.entries().is_empty()) else {
+                    return Err(error(
+                        node.span().offset(),
+                        "`energy` takes a block of settings".to_string(),
+                        Some("e.g. energy { … }, one setting per line".to_string()),
+                    ));
                 };
                 energy(config, children, host, &error)?;
             }
             "cache" => {
-                let Some(children) = node.children() else {
-                    continue;
+                let Some(children) = node.children().filter(|_| node.entries().is_empty()) else {
+                    return Err(error(
+                        node.span().offset(),
+                        "`cache` takes a block of settings".to_string(),
+                        Some("e.g. cache { … }, one setting per line".to_string()),
+                    ));
                 };
                 cache(&mut config.cache, children, path, &error)?;
             }
@@ -366,6 +374,14 @@ mod tests {
         assert_eq!(e.line, 2);
         let e = parse("cache \"s3://x\"\n", "h").unwrap_err();
         assert_eq!((e.line, e.column), (1, 1));
+        assert_eq!(e.message, "`cache` takes a block of settings");
+        let e = parse("energy 5\n", "h").unwrap_err();
+        assert_eq!(e.message, "`energy` takes a block of settings");
+        let e = parse("\nexecutor \"htcondor\"\n", "h").unwrap_err();
+        assert_eq!(
+            (e.line, e.message.as_str()),
+            (2, "unknown setting `executor`")
+        );
         // An unclosed block: at the brace that opens it.
         let e = parse("energy {\n  pue 1.2\n", "h").unwrap_err();
         assert_eq!((e.line, e.column), (1, 8), "{e}");

@@ -47,7 +47,8 @@ fn colour(step: &str) -> String {
     format!("hsl({}, 55%, 55%)", h % 360)
 }
 
-fn joules(j: f64) -> String {
+/// "12.3 J", "4.56 kJ", "7.89 MJ".
+pub fn joules(j: f64) -> String {
     if j >= 1e6 {
         format!("{:.2} MJ", j / 1e6)
     } else if j >= 1e3 {
