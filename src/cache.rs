@@ -226,8 +226,7 @@ fn push(
             .map(|s| s.id),
     };
     let Some(session) = session else {
-        tell!("error: the store has no run yet");
-        return Err(exit::INVALID);
+        return Err(crate::stats::no_run(run));
     };
     let keys = local.session_keys(session).map_err(|e| failed(&e))?;
     let mut pushed = 0;

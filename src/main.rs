@@ -566,7 +566,8 @@ fn print_fmt_errors(f: &mustbuild_lang::Formatted) {
     }
 }
 
-/// Replaces a file's content so that a crash leaves either the old or the new text.
+/// Writes a file's whole content so that a crash leaves either the old text (or
+/// no file) or the new one.
 fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     let dir = path
         .parent()
@@ -576,11 +577,14 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.mustbuild-fmt.{}", std::process::id()));
+    let tmp = dir.join(format!(".{name}.mustbuild.{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(text.as_bytes())?;
-        f.set_permissions(std::fs::metadata(path)?.permissions())?;
+        // A file replaced keeps its mode; a new one gets the default.
+        if let Ok(old) = std::fs::metadata(path) {
+            f.set_permissions(old.permissions())?;
+        }
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
@@ -740,18 +744,7 @@ fn energy_model(
 
 /// "1.5 MiB".
 fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
+    mustbuild_engine::human::bytes(n)
 }
 
 /// The options of `mustbuild run`.

@@ -2,6 +2,8 @@
 //! as CSV. The figures come from `mustbuild_engine::stats`.
 
 use crate::exit;
+pub use mustbuild_engine::human::joules;
+use mustbuild_engine::human::secs;
 use mustbuild_engine::stats::{self, Footprint, RunCosts};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -75,11 +77,7 @@ pub fn stats(args: StatsArgs) -> u8 {
         }
     };
     if runs.is_empty() {
-        match args.run {
-            Some(id) => tell!("error: the store has no run {id}"),
-            None => tell!("error: the store has no run yet"),
-        }
-        return exit::INVALID;
+        return no_run(args.run);
     }
     let text = match (args.by, args.common.json, args.csv) {
         (By::Step, true, _) => json(&runs[0]),
@@ -100,11 +98,6 @@ fn json<T: serde::Serialize>(value: &T) -> String {
     )
 }
 
-/// "12.3 J", "4.56 kJ", "7.89 MJ" (as the report writes them).
-pub fn joules(j: f64) -> String {
-    mustbuild_engine::report::joules(j)
-}
-
 /// "0.0123 g", "4.5 kg": grams of CO2e.
 fn grams(g: f64) -> String {
     if g >= 1e3 {
@@ -113,16 +106,6 @@ fn grams(g: f64) -> String {
         format!("{g:.1} g")
     } else {
         format!("{g:.4} g")
-    }
-}
-
-fn secs(s: f64) -> String {
-    if s >= 3600.0 {
-        format!("{:.1} h", s / 3600.0)
-    } else if s >= 60.0 {
-        format!("{:.1} min", s / 60.0)
-    } else {
-        format!("{s:.2} s")
     }
 }
 
@@ -359,10 +342,7 @@ fn declared(file: &str) -> BTreeMap<String, mustbuild_lang::model::Resources> {
 fn advice(store: &mustbuild_store::LocalStore, run: Option<i64>, json: bool) -> u8 {
     let pipeline = match stats::pipeline_of(store, run) {
         Ok(Some(p)) => p,
-        Ok(None) => {
-            tell!("error: the store has no run yet");
-            return exit::INVALID;
-        }
+        Ok(None) => return no_run(run),
         Err(e) => {
             tell!("error: {e}");
             return exit::ENVIRONMENT;
@@ -476,11 +456,7 @@ pub fn report(args: ReportArgs) -> u8 {
     let (costs, session, runs, file) = match found {
         Ok(Some(f)) => f,
         Ok(None) => {
-            match args.run {
-                Some(id) => tell!("error: the store has no run {id}"),
-                None => tell!("error: the store has no run yet"),
-            }
-            return exit::INVALID;
+            return no_run(args.run);
         }
         Err(e) => {
             tell!("error: {e}");
@@ -500,7 +476,7 @@ pub fn report(args: ReportArgs) -> u8 {
             .and_then(|s| s.finished_ms.map(|f| (f - s.started_ms) as f64 / 1e3)),
     };
     let html = mustbuild_engine::report::render(&input);
-    if let Err(e) = write_new(&args.output, &html) {
+    if let Err(e) = crate::write_atomically(&args.output, &html) {
         tell!("error: cannot write {}: {e}", args.output.display());
         return exit::ENVIRONMENT;
     }
@@ -513,16 +489,11 @@ pub fn report(args: ReportArgs) -> u8 {
     exit::OK
 }
 
-/// Writes `path` whole or not at all (a file beside it, renamed over it).
-fn write_new(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.mustbuild.{}", std::process::id()));
-    let result = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+/// Tells that the store has no such run (or none yet).
+pub fn no_run(run: Option<i64>) -> u8 {
+    match run {
+        Some(id) => tell!("error: the store has no run {id}"),
+        None => tell!("error: the store has no run yet"),
     }
-    result
+    exit::INVALID
 }

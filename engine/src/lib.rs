@@ -19,6 +19,7 @@ pub mod audit;
 pub mod cache;
 pub mod command;
 pub mod config;
+pub mod human;
 pub mod instantiate;
 pub mod keys;
 pub mod measure;

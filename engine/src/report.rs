@@ -3,6 +3,7 @@
 //! no network): the summary, a timeline of the executions per slot, the step
 //! graph, a table per step, and energy and memory charts.
 
+use crate::human::{bytes as mib, joules, secs};
 use crate::stats::{RunCosts, StepCost};
 use mustbuild_store::history::RunRow;
 use std::collections::BTreeMap;
@@ -45,43 +46,6 @@ fn colour(step: &str) -> String {
         (h ^ u32::from(b)).wrapping_mul(16777619)
     });
     format!("hsl({}, 55%, 55%)", h % 360)
-}
-
-/// "12.3 J", "4.56 kJ", "7.89 MJ".
-pub fn joules(j: f64) -> String {
-    if j >= 1e6 {
-        format!("{:.2} MJ", j / 1e6)
-    } else if j >= 1e3 {
-        format!("{:.2} kJ", j / 1e3)
-    } else {
-        format!("{j:.1} J")
-    }
-}
-
-/// "512 B", "1.5 KiB", "3.2 GiB".
-fn mib(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
-
-fn secs(s: f64) -> String {
-    if s >= 3600.0 {
-        format!("{:.2} h", s / 3600.0)
-    } else if s >= 60.0 {
-        format!("{:.1} min", s / 60.0)
-    } else {
-        format!("{s:.2} s")
-    }
 }
 
 const STYLE: &str = "
