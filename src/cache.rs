@@ -229,15 +229,16 @@ fn push(
         return Err(crate::stats::no_run(run));
     };
     let keys = local.session_keys(session).map_err(|e| failed(&e))?;
-    let mut pushed = 0;
-    for k in &keys {
-        let outputs = local.realised(k).map_err(|e| failed(&e))?;
-        if outputs.is_empty() {
-            continue;
+    let mut realised = Vec::with_capacity(keys.len());
+    for k in keys {
+        let outputs = local.realised(&k).map_err(|e| failed(&e))?;
+        if !outputs.is_empty() {
+            realised.push((k, outputs));
         }
-        remote
-            .push_realisation(&local, k, &outputs, &signer)
-            .map_err(|e| failed(&e))?;
+    }
+    let mut pushed = 0;
+    for done in remote.push_many(&local, &realised, &signer) {
+        done.map_err(|e| failed(&e))?;
         pushed += 1;
     }
     tell!(
@@ -297,9 +298,12 @@ fn verify(url: Option<String>, config: &CacheConfig) -> Result<u8, u8> {
         exit::ENVIRONMENT
     })?;
     let (mut ok, mut refused, mut bad) = (0, 0, 0);
-    for key in &keys {
-        match remote.pull(&local, key, &trusted) {
-            Ok(Pulled::Taken(_)) => ok += 1,
+    for (key, pulled) in keys
+        .iter()
+        .zip(remote.pull_many(&local, &keys, &trusted, None))
+    {
+        match pulled {
+            Ok(Pulled::Taken { .. }) => ok += 1,
             Ok(Pulled::Absent) => {}
             Ok(Pulled::Refused(v)) => {
                 refused += 1;

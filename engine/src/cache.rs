@@ -10,7 +10,7 @@ use mustbuild_store::remote::sign::{PublicKey, SecretKey, Verdict};
 use mustbuild_store::remote::{Pulled, Remote, RemoteError};
 use mustbuild_store::{Digest, LocalStore, Output};
 use std::collections::BTreeSet;
-use std::sync::Mutex;
+use std::sync::{Mutex, mpsc};
 
 /// When results go to the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -35,7 +35,13 @@ pub struct Cache {
     /// What was already warned of (one warning each).
     warned: Mutex<BTreeSet<String>>,
     warnings: Mutex<Vec<String>>,
+    /// A push failure that `require` makes fatal (pushes run on a thread of
+    /// their own; the run reports it at its end).
+    required: Mutex<Option<Required>>,
 }
+
+/// The most results sent in one batch (a batch is sent a bounded number at once).
+const PUSH_BATCH: usize = 256;
 
 /// A remote failure that `require` makes fatal.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +66,7 @@ impl Cache {
             down: Mutex::new(vec![false; n]),
             warned: Mutex::new(BTreeSet::new()),
             warnings: Mutex::new(Vec::new()),
+            required: Mutex::new(None),
         }
     }
 
@@ -82,7 +89,7 @@ impl Cache {
         self.down.lock().map(|d| d[i]).unwrap_or(true)
     }
 
-    fn drop_remote(&self, i: usize, e: &RemoteError) -> Result<(), Required> {
+    fn drop_remote(&self, i: usize, e: &RemoteError) {
         if let Ok(mut d) = self.down.lock() {
             d[i] = true;
         }
@@ -91,73 +98,106 @@ impl Cache {
             format!("down {url}"),
             format!("{e}; going on without that cache for this run"),
         );
-        Ok(())
     }
 
-    /// Looks `key` up in the caches in order; the outputs and the cache's URL
-    /// when one had it, trusted and intact (it is then realised locally).
-    pub fn fetch(
+    /// Looks `keys` up in the caches in order, many at once; for each key,
+    /// its outputs when a cache had it, trusted and intact (it is then
+    /// realised locally, with the cache and run `session` it came in).
+    pub fn fetch_many(
         &self,
         store: &LocalStore,
-        key: &Digest,
-    ) -> Result<Option<(Vec<Output>, String)>, Required> {
+        keys: &[Digest],
+        session: i64,
+    ) -> Result<Vec<Option<Vec<Output>>>, Required> {
+        let mut found: Vec<Option<Vec<Output>>> = vec![None; keys.len()];
         for (i, remote) in self.remotes.iter().enumerate() {
-            if self.is_down(i) {
+            let missing: Vec<usize> = (0..keys.len()).filter(|k| found[*k].is_none()).collect();
+            if missing.is_empty() || self.is_down(i) {
                 continue;
             }
-            match remote.pull(store, key, &self.trusted) {
-                Ok(Pulled::Taken(outputs)) => return Ok(Some((outputs, remote.url().to_string()))),
-                Ok(Pulled::Absent) => {}
-                Ok(Pulled::Refused(verdict)) => {
-                    let (topic, why) = match &verdict {
-                        Verdict::Unsigned => {
-                            ("unsigned".to_string(), "unsigned records".to_string())
-                        }
-                        Verdict::BadSignature(k) => (
-                            format!("bad {k}"),
-                            format!("records whose signature by `{k}` does not verify"),
-                        ),
-                        Verdict::Untrusted(keys) => (
-                            format!("untrusted {}", keys.join(",")),
-                            format!(
-                                "records signed by {}, which trusted-keys does not list",
-                                keys.iter()
-                                    .map(|k| format!("`{k}`"))
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            ),
-                        ),
-                        Verdict::Trusted(_) => continue,
-                    };
-                    self.warn(
-                        format!("{} {topic}", remote.url()),
-                        format!("cache {}: ignoring {why}", remote.url()),
-                    );
-                }
-                Err(RemoteError::Corrupt { cache, what }) => {
-                    self.warn(
+            let wanted: Vec<Digest> = missing.iter().map(|k| keys[*k]).collect();
+            let pulled = remote.pull_many(store, &wanted, &self.trusted, Some(session));
+            for (k, pulled) in missing.into_iter().zip(pulled) {
+                match pulled {
+                    Ok(Pulled::Taken { outputs, .. }) => found[k] = Some(outputs),
+                    Ok(Pulled::Absent) => {}
+                    Ok(Pulled::Refused(verdict)) => self.refused(remote, &verdict),
+                    Err(RemoteError::Corrupt { cache, what }) => self.warn(
                         format!("corrupt {cache} {what}"),
-                        format!("cache {cache}: {what} does not match its digest; discarded, the step runs here"),
-                    );
+                        format!(
+                            "cache {cache}: {what} does not match its digest; discarded, the step runs here"
+                        ),
+                    ),
+                    Err(e) if self.require => return Err(Required(e)),
+                    Err(e) => {
+                        // The rest of this batch would fail the same way.
+                        self.drop_remote(i, &e);
+                        break;
+                    }
                 }
-                Err(e) if self.require => return Err(Required(e)),
-                Err(e) => self.drop_remote(i, &e)?,
             }
         }
-        Ok(None)
+        Ok(found)
     }
 
-    /// Sends a result made here to the first cache that is up, when the
-    /// policy is `always` and a secret key is set.
-    pub fn after_success(
+    /// One warning per kind of record a cache holds that is not trusted here.
+    fn refused(&self, remote: &Remote, verdict: &Verdict) {
+        let (topic, why) = match verdict {
+            Verdict::Unsigned => ("unsigned".to_string(), "unsigned records".to_string()),
+            Verdict::BadSignature(k) => (
+                format!("bad {k}"),
+                format!("records whose signature by `{k}` does not verify"),
+            ),
+            Verdict::Untrusted(keys) => (
+                format!("untrusted {}", keys.join(",")),
+                format!(
+                    "records signed by {}, which trusted-keys does not list",
+                    keys.iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+            Verdict::Trusted(_) => return,
+        };
+        self.warn(
+            format!("{} {topic}", remote.url()),
+            format!("cache {}: ignoring {why}", remote.url()),
+        );
+    }
+
+    /// Whether results made here go to a cache as they are made: the policy
+    /// is `always`, a secret key is set and there is a cache.
+    pub fn pushes(&self) -> bool {
+        self.push == Push::Always && self.signer.is_some() && !self.remotes.is_empty()
+    }
+
+    /// Sends what arrives on `results` to the first cache that is up, in
+    /// batches (what arrived while the last batch was sent), until the
+    /// channel closes; after `stopped` says so, what is left is not sent.
+    pub fn push_from(
         &self,
         store: &LocalStore,
-        key: &Digest,
-        outputs: &[Output],
-    ) -> Result<(), Required> {
-        if self.push != Push::Always {
-            return Ok(());
+        results: &mpsc::Receiver<(Digest, Vec<Output>)>,
+        stopped: impl Fn() -> bool,
+    ) {
+        while let Ok(first) = results.recv() {
+            let mut batch = vec![first];
+            batch.extend(results.try_iter().take(PUSH_BATCH - 1));
+            if stopped() {
+                continue;
+            }
+            if let Err(e) = self.push_batch(store, &batch) {
+                self.set_required(e);
+            }
         }
+    }
+
+    fn push_batch(
+        &self,
+        store: &LocalStore,
+        batch: &[(Digest, Vec<Output>)],
+    ) -> Result<(), Required> {
         let Some(signer) = &self.signer else {
             return Ok(());
         };
@@ -165,12 +205,31 @@ impl Cache {
             if self.is_down(i) {
                 continue;
             }
-            return match remote.push_realisation(store, key, outputs, signer) {
-                Ok(()) => Ok(()),
-                Err(e) if self.require => Err(Required(e)),
-                Err(e) => self.drop_remote(i, &e),
-            };
+            for pushed in remote.push_many(store, batch, signer) {
+                match pushed {
+                    Ok(()) => {}
+                    Err(e) if self.require => return Err(Required(e)),
+                    Err(e) => {
+                        self.drop_remote(i, &e);
+                        break;
+                    }
+                }
+            }
+            return Ok(());
         }
         Ok(())
+    }
+
+    fn set_required(&self, e: Required) {
+        let mut slot = self.required.lock().unwrap_or_else(|e| e.into_inner());
+        slot.get_or_insert(e);
+    }
+
+    /// The failure that `--require-cache` makes fatal, if pushing met one.
+    pub fn take_required(&self) -> Option<Required> {
+        self.required
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 }

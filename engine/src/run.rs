@@ -749,6 +749,18 @@ pub fn run(
     remove_stale_scratch(store);
     let run_number = next_run_number();
     let result = std::thread::scope(|scope| -> Result<(), RunError> {
+        // Results go to the remote cache from a thread of their own, in
+        // batches, while the run goes on; the run ends when they are sent.
+        let (push_tx, pusher) = match options.cache.as_deref().filter(|c| c.pushes()) {
+            Some(cache) => {
+                let (tx, rx) = mpsc::channel();
+                let cancel = cancel.clone();
+                let pusher =
+                    scope.spawn(move || cache.push_from(store, &rx, || cancel.is_cancelled()));
+                (Some(tx), Some(pusher))
+            }
+            None => (None, None),
+        };
         for worker in 0..workers {
             let rx = job_rx.clone();
             let tx = done_tx.clone();
@@ -917,28 +929,39 @@ pub fn run(
                         })
                         .collect();
                     let resolved = store.use_keys(session, &uses)?;
+                    // Missing here: the remote caches may have them (looked up
+                    // together, checked, then realised here).
+                    let mut from_cache = std::collections::HashMap::new();
+                    if let Some(cache) = &options.cache {
+                        let wanted: Vec<Digest> = keyed
+                            .iter()
+                            .zip(&resolved)
+                            .filter(|((.., forced), used)| used.realised.is_none() && !forced)
+                            .map(|(_, used)| used.key)
+                            .collect();
+                        if !wanted.is_empty() {
+                            let fetched = cache.fetch_many(store, &wanted, session);
+                            for message in cache.take_warnings() {
+                                on_event(Event::Warning { message });
+                            }
+                            from_cache = wanted.into_iter().zip(fetched?).collect();
+                        }
+                    }
                     let mut materialised = Vec::new();
                     for ((id, material, label, forced), used) in keyed.iter().zip(resolved) {
                         let (key, mut realised) = (used.key, used.realised);
                         let inst = instances.get(*id);
-                        // Missing here: a remote cache may have it (checked, then realised here).
                         if realised.is_none()
                             && !forced
-                            && let Some(cache) = &options.cache
+                            && let Some(Some(outputs)) = from_cache.get(&key)
                         {
-                            let fetched = cache.fetch(store, &key);
-                            for message in cache.take_warnings() {
-                                on_event(Event::Warning { message });
-                            }
-                            if let Some((outputs, _from)) = fetched? {
-                                store.set_planned(
-                                    session,
-                                    &wf.step(inst.step).name,
-                                    label,
-                                    "reused",
-                                )?;
-                                realised = Some(outputs);
-                            }
+                            store.set_planned(
+                                session,
+                                &wf.step(inst.step).name,
+                                label,
+                                "reused",
+                            )?;
+                            realised = Some(outputs.clone());
                         }
                         if realised.is_none()
                             && let Some(previous) = used.previous
@@ -1172,12 +1195,14 @@ pub fn run(
                         drop(job.lock);
                         (outputs[job.id.index()], kinds[job.id.index()]) =
                             outputs_in_order(step, &stored)?;
+                        if let Some(push) = &push_tx {
+                            // Sent in the background, signed; a failure is a warning.
+                            let _ = push.send((job.key, stored.clone()));
+                        }
                         if let Some(cache) = &options.cache {
-                            let pushed = cache.after_success(store, &job.key, &stored);
                             for message in cache.take_warnings() {
                                 on_event(Event::Warning { message });
                             }
-                            pushed?;
                         }
                         summary.executed += 1;
                         on_event(Event::Executed {
@@ -1252,6 +1277,17 @@ pub fn run(
             cancel.cancel();
         }
         drop(job_tx);
+        drop(push_tx);
+        if let (Some(pusher), Some(cache)) = (pusher, &options.cache) {
+            let _ = pusher.join();
+            for message in cache.take_warnings() {
+                on_event(Event::Warning { message });
+            }
+            if let Some(e) = cache.take_required() {
+                coordinated?;
+                return Err(e.into());
+            }
+        }
         coordinated
     });
     // Jobs that ended after the run stopped on an error: what they put in the

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Bumped with every incompatible schema change.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS objects (
@@ -219,6 +219,15 @@ CREATE TABLE IF NOT EXISTS content_sizes (
     digest BLOB PRIMARY KEY,
     size   INTEGER NOT NULL
 ) WITHOUT ROWID;
+-- Schema 7: realisations taken from a remote cache, and from which (kept as
+-- provenance when gc drops the realisation; the last fetch of a key wins).
+CREATE TABLE IF NOT EXISTS fetched (
+    key     BLOB PRIMARY KEY,
+    cache   TEXT NOT NULL,       -- its URL (never credentials: they are not in it)
+    signer  TEXT NOT NULL,       -- the trusted key that signed its record
+    session INTEGER,             -- the run that fetched it (NULL: `cache verify`)
+    at_ms   INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// Records that gc or repair removed something (inside their transaction).
@@ -318,7 +327,7 @@ fn initialise(conn: &Connection) -> rusqlite::Result<i64> {
              PRAGMA user_version = {SCHEMA_VERSION};"
         ),
         2 => format!("{noop_records} {PROVENANCE} PRAGMA user_version = {SCHEMA_VERSION};"),
-        3..=5 => format!("{PROVENANCE} PRAGMA user_version = {SCHEMA_VERSION};"),
+        3..=6 => format!("{PROVENANCE} PRAGMA user_version = {SCHEMA_VERSION};"),
         // Not a schema of ours: the store reports it.
         _ => return Ok(version),
     };

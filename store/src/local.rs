@@ -51,6 +51,15 @@ pub enum ObjectData {
     File(PathBuf),
 }
 
+/// A realisation taken from a remote cache: which, who signed it, and the run
+/// that took it (`None`: taken outside a run, e.g. by `cache verify`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Fetched {
+    pub cache: String,
+    pub signer: String,
+    pub session: Option<i64>,
+}
+
 /// What an object is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -842,6 +851,41 @@ impl LocalStore {
         realise_in(&tx, key, outputs)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Realises `key` as a remote cache gave it (its objects stored already),
+    /// remembering which cache and signer, and the run that fetched it.
+    pub fn realise_fetched(
+        &self,
+        key: &Digest,
+        outputs: &[Output],
+        fetched: &Fetched,
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        realise_in(&tx, key, outputs)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO fetched (key, cache, signer, session, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![key.as_bytes(), fetched.cache, fetched.signer, fetched.session, now_ms()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Where the realisation of `key` was last fetched from, if it came from
+    /// a remote cache.
+    pub fn fetched(&self, key: &Digest) -> Result<Option<Fetched>> {
+        Ok(self
+            .conn()
+            .prepare_cached("SELECT cache, signer, session FROM fetched WHERE key = ?1")?
+            .query_row([key.as_bytes()], |r| {
+                Ok(Fetched {
+                    cache: r.get(0)?,
+                    signer: r.get(1)?,
+                    session: r.get(2)?,
+                })
+            })
+            .optional()?)
     }
 
     /// Records a run and, when it succeeded, the objects it made that were not

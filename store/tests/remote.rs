@@ -3,12 +3,12 @@
 //! unsigned or signed by a stranger is not taken.
 
 use mustbuild_store::remote::sign::{PublicKey, SecretKey, Verdict};
-use mustbuild_store::remote::{Pulled, Remote};
-use mustbuild_store::{Digest, Ingest, LocalStore, Output, OutputKind};
+use mustbuild_store::remote::{Pulled, Remote, RemoteError};
+use mustbuild_store::{Digest, Ingest, LocalStore, ObjectData, Output, OutputKind};
 use std::os::unix::fs::PermissionsExt as _;
 
 struct Two {
-    _tmp: tempfile::TempDir,
+    tmp: tempfile::TempDir,
     a: LocalStore,
     b: LocalStore,
     remote: Remote,
@@ -60,7 +60,7 @@ fn two() -> Two {
         .push_realisation(&a, &key, &outputs, &secret)
         .unwrap();
     Two {
-        _tmp: tmp,
+        tmp,
         a,
         b,
         remote,
@@ -71,16 +71,31 @@ fn two() -> Two {
     }
 }
 
+impl Two {
+    fn tmp_path(&self) -> &std::path::Path {
+        self.tmp.path()
+    }
+}
+
 #[test]
 fn what_one_store_pushes_another_takes_byte_for_byte() {
     let t = two();
     assert_eq!(t.remote.keys().unwrap(), [t.key]);
     let trusted = [t.secret.public()];
     assert_eq!(
-        t.remote.pull(&t.b, &t.key, &trusted).unwrap(),
-        Pulled::Taken(t.outputs.clone())
+        t.remote.pull(&t.b, &t.key, &trusted, None).unwrap(),
+        Pulled::Taken {
+            outputs: t.outputs.clone(),
+            signer: "lab".into()
+        }
     );
     assert_eq!(t.b.realisation(&t.key).unwrap().unwrap().len(), 2);
+    let fetched = t.b.fetched(&t.key).unwrap().unwrap();
+    assert_eq!(
+        (fetched.cache, fetched.signer, fetched.session),
+        (t.remote.url().to_string(), "lab".to_string(), None)
+    );
+    assert!(t.a.fetched(&t.key).unwrap().is_none());
     // Every object below the outputs is in B, with the same bytes as in A.
     for o in &t.outputs {
         assert!(t.b.has_object(&o.digest).unwrap());
@@ -94,7 +109,7 @@ fn what_one_store_pushes_another_takes_byte_for_byte() {
         .unwrap();
     let other = Digest::of(b"never pushed");
     assert_eq!(
-        t.remote.pull(&t.b, &other, &trusted).unwrap(),
+        t.remote.pull(&t.b, &other, &trusted, None).unwrap(),
         Pulled::Absent
     );
 }
@@ -110,7 +125,7 @@ fn a_tampered_object_is_detected_and_nothing_is_realised() {
     std::fs::write(&path, evil).unwrap();
     let err = t
         .remote
-        .pull(&t.b, &t.key, &[t.secret.public()])
+        .pull(&t.b, &t.key, &[t.secret.public()], None)
         .unwrap_err();
     assert!(
         err.to_string().contains("does not match its digest"),
@@ -121,12 +136,77 @@ fn a_tampered_object_is_detected_and_nothing_is_realised() {
 }
 
 #[test]
+fn bytes_that_are_not_zstd_are_damage_not_a_failure_of_the_cache() {
+    let t = two();
+    let hex = t.outputs[0].digest.to_hex();
+    let path = t
+        .folder
+        .join(format!("mustbuild/v1/objects/{}/{hex}.zst", &hex[..2]));
+    std::fs::write(&path, b"plain text, never compressed").unwrap();
+    let err = t
+        .remote
+        .pull(&t.b, &t.key, &[t.secret.public()], None)
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::Corrupt { .. }), "{err}");
+}
+
+#[test]
+fn a_large_object_goes_in_parts_and_comes_back_whole() {
+    let t = two();
+    // 40 MiB that zstd cannot shrink much: several 8 MiB parts.
+    let mut big = vec![0u8; 40 << 20];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for chunk in big.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    let file = t.tmp_path().join("large.bin");
+    std::fs::write(&file, &big).unwrap();
+    let stored = t.a.add_path(&file, Ingest::Copy).unwrap();
+    let outputs = vec![Output {
+        name: "large".into(),
+        digest: stored.digest,
+        kind: stored.kind,
+    }];
+    let key = Digest::of(b"a large derivation");
+    t.a.realise(&key, &outputs).unwrap();
+    let results = t
+        .remote
+        .push_many(&t.a, &[(key, outputs.clone())], &t.secret);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let hex = stored.digest.to_hex();
+    let sent = std::fs::metadata(
+        t.folder
+            .join(format!("mustbuild/v1/objects/{}/{hex}.zst", &hex[..2])),
+    )
+    .unwrap()
+    .len();
+    assert!(sent > 20 << 20, "{sent}");
+    let pulled = t
+        .remote
+        .pull_many(&t.b, &[key, t.key], &[t.secret.public()], Some(7));
+    assert!(
+        pulled.iter().all(|p| matches!(p, Ok(Pulled::Taken { .. }))),
+        "{pulled:?}"
+    );
+    let ObjectData::File(path) = t.b.object_data(&stored.digest).unwrap() else {
+        panic!("a 40 MiB object is a file")
+    };
+    assert!(std::fs::read(path).unwrap() == big);
+    assert_eq!(t.b.fetched(&key).unwrap().unwrap().session, Some(7));
+}
+
+#[test]
 fn unsigned_untrusted_and_forged_records_are_refused() {
     let t = two();
     let stranger = SecretKey::generate("stranger").unwrap();
     // Signed by a key nobody here trusts.
     assert_eq!(
-        t.remote.pull(&t.b, &t.key, &[stranger.public()]).unwrap(),
+        t.remote
+            .pull(&t.b, &t.key, &[stranger.public()], None)
+            .unwrap(),
         Pulled::Refused(Verdict::Untrusted(vec!["lab".into()]))
     );
     // A record whose signature was made for other outputs, under the trusted name.
@@ -138,14 +218,18 @@ fn unsigned_untrusted_and_forged_records_are_refused() {
     record["outputs"][0]["digest"] = Digest::of(b"other").to_hex().into();
     std::fs::write(&record_path, record.to_string()).unwrap();
     assert_eq!(
-        t.remote.pull(&t.b, &t.key, &[t.secret.public()]).unwrap(),
+        t.remote
+            .pull(&t.b, &t.key, &[t.secret.public()], None)
+            .unwrap(),
         Pulled::Refused(Verdict::BadSignature("lab".into()))
     );
     // No signature at all.
     record["signatures"] = serde_json::json!([]);
     std::fs::write(&record_path, record.to_string()).unwrap();
     assert_eq!(
-        t.remote.pull(&t.b, &t.key, &[t.secret.public()]).unwrap(),
+        t.remote
+            .pull(&t.b, &t.key, &[t.secret.public()], None)
+            .unwrap(),
         Pulled::Refused(Verdict::Unsigned)
     );
     assert!(t.b.realisation(&t.key).unwrap().is_none());

@@ -47,3 +47,86 @@ pub fn output(cmd: &mut Command) -> Run {
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     }
 }
+
+/// The S3 server `scripts/test-all` starts (SeaweedFS on loopback), from the
+/// `MUSTBUILD_TEST_S3_*` variables it exports. Without one the test is skipped,
+/// saying so; with `CI` set it fails instead.
+pub struct S3 {
+    pub endpoint: String,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+pub fn s3() -> Option<S3> {
+    let var = |name: &str| std::env::var(format!("MUSTBUILD_TEST_S3_{name}")).ok();
+    match (
+        var("ENDPOINT"),
+        var("BUCKET"),
+        var("ACCESS_KEY"),
+        var("SECRET_KEY"),
+    ) {
+        (Some(endpoint), Some(bucket), Some(access_key), Some(secret_key)) => Some(S3 {
+            endpoint,
+            bucket,
+            access_key,
+            secret_key,
+        }),
+        _ => {
+            assert!(
+                std::env::var_os("CI").is_none_or(|v| v.is_empty()),
+                "CI is set but no S3 server is: scripts/test-all starts one (MUSTBUILD_TEST_S3_*)"
+            );
+            eprintln!("skipped: no S3 server (scripts/test-all starts one: MUSTBUILD_TEST_S3_*)");
+            None
+        }
+    }
+}
+
+impl S3 {
+    /// A cache URL under a prefix of the bucket of its own (one per test).
+    pub fn url(&self, prefix: &str) -> String {
+        format!(
+            "s3://{}/{prefix}?endpoint={}&region=us-east-1",
+            self.bucket, self.endpoint
+        )
+    }
+
+    /// The credentials, as the standard AWS variables.
+    pub fn env(&self) -> [(&'static str, String); 2] {
+        [
+            ("AWS_ACCESS_KEY_ID", self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_key.clone()),
+        ]
+    }
+
+    /// Puts `bytes` at `key` of the bucket, behind mustbuild's back (curl signs it).
+    pub fn put(&self, key: &str, bytes: &[u8]) {
+        let file = tempfile::NamedTempFile::new().expect("a temporary file");
+        std::fs::write(file.path(), bytes).expect("written");
+        let status = Command::new("curl")
+            .args(["-sf", "--aws-sigv4", "aws:amz:us-east-1:s3", "-u"])
+            .arg(format!("{}:{}", self.access_key, self.secret_key))
+            .arg("-T")
+            .arg(file.path())
+            .arg(format!("{}/{}/{key}", self.endpoint, self.bucket))
+            .status()
+            .expect("curl runs");
+        assert!(status.success(), "curl could not put {key}");
+    }
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}

@@ -19,18 +19,25 @@
 //! trust signed it, and every byte fetched is checked against its digest as it
 //! streams in: what does not match is discarded, never stored.
 
+mod pull;
+mod push;
 pub mod sign;
 
+pub use pull::Pulled;
+
 use crate::digest::Digest;
-use crate::local::{Ingest, LocalStore, ObjectData, Output, OutputKind};
-use crate::tree::{EntryKind, Tree};
+use crate::local::{Output, OutputKind};
 use futures::StreamExt as _;
 use object_store::path::Path as RemotePath;
-use object_store::{ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, PutPayload};
-use std::io::Write as _;
-use std::os::unix::ffi::OsStrExt as _;
-use std::path::{Path, PathBuf};
+use object_store::{ObjectStore, ObjectStoreExt as _};
+use std::path::PathBuf;
 use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// Requests in flight at once (lookups, small transfers).
+const CONCURRENCY: usize = 16;
+/// Large objects in flight at once (each holds a few parts in memory).
+const LARGE_AT_ONCE: usize = 2;
 
 /// Why the remote cache could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +124,9 @@ pub struct Remote {
     store: Arc<dyn ObjectStore>,
     prefix: String,
     rt: tokio::runtime::Runtime,
+    /// Bounds the objects in transfer at once, and the large ones.
+    transfers: Semaphore,
+    large: Semaphore,
 }
 
 impl std::fmt::Debug for Remote {
@@ -198,6 +208,8 @@ impl Remote {
             store,
             prefix,
             rt,
+            transfers: Semaphore::new(CONCURRENCY),
+            large: Semaphore::new(LARGE_AT_ONCE),
         })
     }
 
@@ -229,106 +241,32 @@ impl Remote {
         }
     }
 
+    /// Whether the cache holds object `d`.
     pub fn has_object(&self, d: &Digest) -> Result<bool> {
-        match self.rt.block_on(self.store.head(&self.object_path(d))) {
+        self.rt.block_on(self.has_object_async(d))
+    }
+
+    async fn has_object_async(&self, d: &Digest) -> Result<bool> {
+        match self.store.head(&self.object_path(d)).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(self.failed(e)),
         }
     }
 
-    /// Puts `bytes` (compressed) at `path` unless something is there already
-    /// (content-addressed: what is there is the same).
-    fn put_new(&self, path: &RemotePath, bytes: Vec<u8>) -> Result<()> {
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        match self
-            .rt
-            .block_on(self.store.put_opts(path, PutPayload::from(bytes), opts))
-        {
-            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
-            Err(e) => Err(self.failed(e)),
-        }
-    }
-
-    /// Sends one object of `local` (and, for a tree, everything below it).
-    pub fn push_object(&self, local: &LocalStore, d: &Digest, tree: bool) -> Result<()> {
-        if tree {
-            for child in local.read_tree(d)?.entries {
-                match child.kind {
-                    EntryKind::File { digest, .. } => self.push_object(local, &digest, false)?,
-                    EntryKind::Dir { digest, .. } => self.push_object(local, &digest, true)?,
-                    EntryKind::Symlink { .. } => {}
-                }
-            }
-        }
-        if self.has_object(d)? {
-            return Ok(());
-        }
-        let bytes = match local.object_data(d)? {
-            ObjectData::Inline(b) => b,
-            ObjectData::File(p) => std::fs::read(&p).map_err(|source| RemoteError::Io {
-                action: "read",
-                path: p.clone(),
-                source,
-            })?,
-        };
-        let compressed = zstd::bulk::compress(&bytes, 3).map_err(|source| RemoteError::Io {
-            action: "compress",
-            path: PathBuf::from(d.to_hex()),
-            source,
-        })?;
-        self.put_new(&self.object_path(d), compressed)
-    }
-
-    /// Sends a realisation: its objects first, then its record, signed by `key`.
-    pub fn push_realisation(
-        &self,
-        local: &LocalStore,
-        key: &Digest,
-        outputs: &[Output],
-        signer: &sign::SecretKey,
-    ) -> Result<()> {
-        let mut listed = Vec::with_capacity(outputs.len());
-        for o in outputs {
-            let tree = o.kind == OutputKind::Tree;
-            self.push_object(local, &o.digest, tree)?;
-            let size = local.content_size(&o.digest)?.unwrap_or(0);
-            listed.push(RecordOutput {
-                name: o.name.clone(),
-                digest: o.digest.to_hex(),
-                kind: o.kind.as_str().to_string(),
-                size,
-            });
-        }
-        let record = Record {
-            format: RECORD_FORMAT.to_string(),
-            key: key.to_hex(),
-            outputs: listed,
-            signatures: vec![Signature {
-                key: signer.name.clone(),
-                signature: signer.sign(key, outputs),
-            }],
-        };
-        let json = serde_json::to_vec(&record).unwrap_or_default();
-        let path = self.record_path(key);
-        self.rt
-            .block_on(self.store.put(&path, PutPayload::from(json)))
-            .map_err(|e| self.failed(e))?;
-        Ok(())
-    }
-
     /// The record of `key`, if the cache has one (`None` too when it is not
     /// JSON of our format: such a record is nobody's).
     pub fn record(&self, key: &Digest) -> Result<Option<Record>> {
-        let got = match self.rt.block_on(self.store.get(&self.record_path(key))) {
+        self.rt.block_on(self.record_async(key))
+    }
+
+    async fn record_async(&self, key: &Digest) -> Result<Option<Record>> {
+        let got = match self.store.get(&self.record_path(key)).await {
             Ok(g) => g,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(self.failed(e)),
         };
-        let bytes = self.rt.block_on(got.bytes()).map_err(|e| self.failed(e))?;
+        let bytes = got.bytes().await.map_err(|e| self.failed(e))?;
         Ok(serde_json::from_slice(&bytes).ok())
     }
 
@@ -351,241 +289,5 @@ impl Remote {
         })?;
         out.sort();
         Ok(out)
-    }
-
-    /// Fetches object `d` into the file `dest`, decompressing and hashing as
-    /// it streams in; a mismatch removes `dest` and is an error.
-    fn fetch_to(&self, d: &Digest, dest: &Path) -> Result<()> {
-        let io = |action: &'static str| {
-            let path = dest.to_path_buf();
-            move |source| RemoteError::Io {
-                action,
-                path,
-                source,
-            }
-        };
-        let file = std::fs::File::create(dest).map_err(io("create"))?;
-        let sink = Hashing {
-            file: std::io::BufWriter::new(file),
-            hasher: blake3::Hasher::new(),
-        };
-        let got = self
-            .rt
-            .block_on(self.store.get(&self.object_path(d)))
-            .map_err(|e| self.failed(e))?;
-        let mut decoder = zstd::stream::write::Decoder::new(sink).map_err(io("decompress"))?;
-        self.rt.block_on(async {
-            let mut stream = got.into_stream();
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| self.failed(e))?;
-                decoder.write_all(&chunk).map_err(io("decompress"))?;
-            }
-            Ok::<(), RemoteError>(())
-        })?;
-        decoder.flush().map_err(io("write"))?;
-        let mut sink = decoder.into_inner();
-        sink.file.flush().map_err(io("write"))?;
-        if Digest::from(sink.hasher.finalize()) != *d {
-            let _ = std::fs::remove_file(dest);
-            return Err(RemoteError::Corrupt {
-                cache: self.url.clone(),
-                what: format!("object {}", d.short()),
-            });
-        }
-        Ok(())
-    }
-
-    /// Recreates object `d` at `dest` (a file, or a folder for a tree),
-    /// checking every object on the way.
-    fn fetch_into(&self, d: &Digest, kind: EntryKind, dest: &Path) -> Result<()> {
-        match kind {
-            EntryKind::File { executable, .. } => {
-                self.fetch_to(d, dest)?;
-                if executable {
-                    use std::os::unix::fs::PermissionsExt as _;
-                    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o755))
-                        .map_err(|source| RemoteError::Io {
-                            action: "set the mode of",
-                            path: dest.to_path_buf(),
-                            source,
-                        })?;
-                }
-                Ok(())
-            }
-            EntryKind::Dir { .. } => {
-                let encoded = dest.with_extension("mustbuild-tree");
-                self.fetch_to_tree(d, &encoded)?;
-                let bytes = std::fs::read(&encoded).map_err(|source| RemoteError::Io {
-                    action: "read",
-                    path: encoded.clone(),
-                    source,
-                })?;
-                let _ = std::fs::remove_file(&encoded);
-                let tree = Tree::decode(&bytes).map_err(crate::StoreError::from)?;
-                if tree.digest() != *d {
-                    return Err(RemoteError::Corrupt {
-                        cache: self.url.clone(),
-                        what: format!("tree {}", d.short()),
-                    });
-                }
-                std::fs::create_dir(dest).map_err(|source| RemoteError::Io {
-                    action: "create",
-                    path: dest.to_path_buf(),
-                    source,
-                })?;
-                for e in tree.entries {
-                    let name = std::ffi::OsStr::from_bytes(&e.name);
-                    let path = dest.join(name);
-                    match e.kind {
-                        EntryKind::Symlink { target } => {
-                            let target = std::ffi::OsStr::from_bytes(&target);
-                            std::os::unix::fs::symlink(target, &path).map_err(|source| {
-                                RemoteError::Io {
-                                    action: "link",
-                                    path: path.clone(),
-                                    source,
-                                }
-                            })?;
-                        }
-                        EntryKind::File { digest, .. } | EntryKind::Dir { digest, .. } => {
-                            self.fetch_into(&digest, e.kind.clone(), &path)?;
-                        }
-                    }
-                }
-                Ok(())
-            }
-            EntryKind::Symlink { .. } => Ok(()),
-        }
-    }
-
-    /// A tree's encoding is fetched as bytes (hashing a tree is not BLAKE3
-    /// of its bytes: [`Tree::digest`] checks it instead).
-    fn fetch_to_tree(&self, d: &Digest, dest: &Path) -> Result<()> {
-        let got = self
-            .rt
-            .block_on(self.store.get(&self.object_path(d)))
-            .map_err(|e| self.failed(e))?;
-        let compressed = self.rt.block_on(got.bytes()).map_err(|e| self.failed(e))?;
-        let bytes =
-            zstd::bulk::decompress(&compressed, 64 << 20).map_err(|source| RemoteError::Io {
-                action: "decompress",
-                path: dest.to_path_buf(),
-                source,
-            })?;
-        std::fs::write(dest, bytes).map_err(|source| RemoteError::Io {
-            action: "write",
-            path: dest.to_path_buf(),
-            source,
-        })
-    }
-
-    /// Takes a realisation the cache holds into `local`: if a key in `trusted`
-    /// signed it, each output is fetched (checked as it streams), stored, and
-    /// realised locally. The verdict, and the outputs when taken.
-    pub fn pull(
-        &self,
-        local: &LocalStore,
-        key: &Digest,
-        trusted: &[sign::PublicKey],
-    ) -> Result<Pulled> {
-        let Some(record) = self.record(key)? else {
-            return Ok(Pulled::Absent);
-        };
-        let Some((recorded, outputs)) = record.parsed() else {
-            return Ok(Pulled::Refused(sign::Verdict::Unsigned));
-        };
-        if recorded != *key {
-            return Ok(Pulled::Refused(sign::Verdict::Unsigned));
-        }
-        match sign::judge(key, &outputs, &record.signatures(), trusted) {
-            sign::Verdict::Trusted(_) => {}
-            other => return Ok(Pulled::Refused(other)),
-        }
-        let scratch = local.root().join("tmp");
-        std::fs::create_dir_all(&scratch).map_err(|source| RemoteError::Io {
-            action: "create",
-            path: scratch.clone(),
-            source,
-        })?;
-        let dir = tempdir_in(&scratch)?;
-        let result = (|| {
-            for (i, o) in outputs.iter().enumerate() {
-                let dest = dir.join(format!("output-{i}"));
-                let kind = match o.kind {
-                    OutputKind::Tree => EntryKind::Dir {
-                        size: 0,
-                        digest: o.digest,
-                    },
-                    k => EntryKind::File {
-                        executable: k == OutputKind::Executable,
-                        size: 0,
-                        digest: o.digest,
-                    },
-                };
-                self.fetch_into(&o.digest, kind, &dest)?;
-                let stored = local.add_path(&dest, Ingest::Move)?;
-                if stored.digest != o.digest {
-                    return Err(RemoteError::Corrupt {
-                        cache: self.url.clone(),
-                        what: format!("output `{}`", o.name),
-                    });
-                }
-            }
-            local.realise(key, &outputs)?;
-            Ok(())
-        })();
-        let _ = std::fs::remove_dir_all(&dir);
-        result.map(|()| Pulled::Taken(outputs))
-    }
-}
-
-/// What [`Remote::pull`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Pulled {
-    /// The cache has no record of the key.
-    Absent,
-    /// It has one that is not trusted here.
-    Refused(sign::Verdict),
-    /// Fetched, checked, stored and realised.
-    Taken(Vec<Output>),
-}
-
-fn tempdir_in(parent: &Path) -> Result<PathBuf> {
-    for n in 0..1000u32 {
-        let dir = parent.join(format!("pull-{}-{n}", std::process::id()));
-        match std::fs::create_dir(&dir) {
-            Ok(()) => return Ok(dir),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(source) => {
-                return Err(RemoteError::Io {
-                    action: "create",
-                    path: dir,
-                    source,
-                });
-            }
-        }
-    }
-    Err(RemoteError::Io {
-        action: "create",
-        path: parent.join("pull-*"),
-        source: std::io::Error::other("no free name"),
-    })
-}
-
-/// A file that hashes what is written to it.
-struct Hashing {
-    file: std::io::BufWriter<std::fs::File>,
-    hasher: blake3::Hasher,
-}
-
-impl std::io::Write for Hashing {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
     }
 }
