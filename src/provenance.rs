@@ -235,11 +235,21 @@ fn status_text(e: &Explanation) -> String {
         Status::Failed => "failed",
         Status::NotFinished => "not finished",
     };
-    let made = match (&e.status, &e.made_by) {
-        (Status::Reused, Some(m)) => match m.run {
+    let made = match (&e.status, &e.made_by, &e.fetched) {
+        (Status::Reused, Some(m), _) => match m.run {
             Some(r) => format!(" (made in run {r})"),
             None => String::new(),
         },
+        (Status::Reused, None, Some(f)) => {
+            let when = match f.session {
+                Some(s) if s != e.run => format!(" in run {s}"),
+                _ => String::new(),
+            };
+            format!(
+                " (fetched from {}{when}, signed by `{}`)",
+                f.cache, f.signer
+            )
+        }
         _ => String::new(),
     };
     format!("{what} in run {}{made}", e.run)

@@ -7,12 +7,20 @@ use std::path::Path;
 
 /// Below this size, a plain read beats mapping and threads.
 const PARALLEL_THRESHOLD: u64 = 1 << 20;
+/// From this size on, a file is read in chunks rather than mapped: a mapped
+/// file's pages count in the process's resident memory (RSS), which batch
+/// systems watch (HTCondor removes a job over its memory request), so a 1 GiB
+/// output would make mustbuild look 1 GiB large. Reading costs a copy only.
+const MAP_LIMIT: u64 = 64 << 20;
 
 /// The blob digest of a file's content (what `b3sum` prints), memory-mapped: only
 /// for files nobody else writes (the store's own), since a mapped file that shrinks
 /// underneath kills the process (SIGBUS).
 pub fn hash_file(path: &Path) -> std::io::Result<(Digest, u64)> {
     let size = std::fs::metadata(path)?.len();
+    if size >= MAP_LIMIT {
+        return hash_file_read(path);
+    }
     let mut hasher = blake3::Hasher::new();
     if size >= PARALLEL_THRESHOLD {
         hasher.update_mmap_rayon(path)?;

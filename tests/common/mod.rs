@@ -130,3 +130,17 @@ pub fn unique(prefix: &str) -> String {
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+impl S3 {
+    /// The object at `key` of the bucket, behind mustbuild's back.
+    pub fn get(&self, key: &str) -> Vec<u8> {
+        let out = Command::new("curl")
+            .args(["-sf", "--aws-sigv4", "aws:amz:us-east-1:s3", "-u"])
+            .arg(format!("{}:{}", self.access_key, self.secret_key))
+            .arg(format!("{}/{}/{key}", self.endpoint, self.bucket))
+            .output()
+            .expect("curl runs");
+        assert!(out.status.success(), "curl could not get {key}");
+        out.stdout
+    }
+}

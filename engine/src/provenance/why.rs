@@ -51,6 +51,10 @@ pub struct Explanation {
     /// The execution that made the result this run used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub made_by: Option<Execution>,
+    /// For a reused result no run of this store made: the remote cache it
+    /// came from, the key that signed it, and the run that fetched it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetched: Option<mustbuild_store::Fetched>,
     /// The earlier run whose key of this instance this one is compared with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compared_with_run: Option<i64>,
@@ -327,6 +331,10 @@ impl Explainer<'_> {
             run: now.session,
             key: now.key.to_hex(),
             status,
+            fetched: match (status, &made_by) {
+                (Status::Reused, None) => self.store.fetched(&now.key)?,
+                _ => None,
+            },
             made_by,
             compared_with_run: before.as_ref().map(|b| b.session),
             causes: Vec::new(),

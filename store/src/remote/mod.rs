@@ -135,6 +135,44 @@ impl std::fmt::Debug for Remote {
     }
 }
 
+/// What an S3 server's refusal means, in words, from object_store's message
+/// (which carries the server's XML answer: its `Code` and `Message`).
+fn explain(error: &str) -> String {
+    let tag = |name: &str| {
+        let open = format!("<{name}>");
+        let start = error.find(&open)? + open.len();
+        let len = error[start..].find(&format!("</{name}>"))?;
+        Some(error[start..start + len].to_string())
+    };
+    match tag("Code").as_deref() {
+        Some("SignatureDoesNotMatch") => {
+            "the server refused the secret key (SignatureDoesNotMatch): check AWS_SECRET_ACCESS_KEY"
+                .to_string()
+        }
+        Some("InvalidAccessKeyId") => {
+            "the server does not know the access key (InvalidAccessKeyId): check AWS_ACCESS_KEY_ID"
+                .to_string()
+        }
+        Some("AccessDenied") => {
+            "access denied (AccessDenied): these credentials may not use this bucket or prefix"
+                .to_string()
+        }
+        Some("NoSuchBucket") => "the bucket does not exist (NoSuchBucket)".to_string(),
+        Some(code) => match tag("Message") {
+            Some(message) => format!("{code}: {message}"),
+            None => code.to_string(),
+        },
+        None if error.contains("169.254.169.254") => "no credentials: set AWS_ACCESS_KEY_ID and \
+             AWS_SECRET_ACCESS_KEY (the instance-metadata service, tried next, did not answer)"
+            .to_string(),
+        None if error.contains("error sending request") || error.contains("Connection refused") => {
+            "nothing answers at its endpoint (the request could not be sent, retries included)"
+                .to_string()
+        }
+        None => error.to_string(),
+    }
+}
+
 /// `?name=value&…` of a URL, decoded only as far as our values need.
 fn query(q: &str) -> Vec<(String, String)> {
     q.split('&')
@@ -237,7 +275,7 @@ impl Remote {
     fn failed(&self, e: object_store::Error) -> RemoteError {
         RemoteError::Remote {
             cache: self.url.clone(),
-            why: e.to_string(),
+            why: explain(&e.to_string()),
         }
     }
 
