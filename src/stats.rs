@@ -227,6 +227,18 @@ fn steps_table(c: &RunCosts) -> String {
         }
         out.push('\n');
     }
+    if !t.fetched_from.is_empty() {
+        let from: Vec<String> = t
+            .fetched_from
+            .iter()
+            .map(|(cache, n)| format!("{n} from {cache}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "fetched from remote caches (made elsewhere, so their cost is not recorded here): {}",
+            from.join(", ")
+        );
+    }
     out
 }
 

@@ -219,6 +219,23 @@ fn share_and_refuse(lab: &Lab) {
         "{}",
         r.stdout
     );
+    let r = output(
+        mustbuild(&b)
+            .args(["stats"])
+            .env("MUSTBUILD_STORE", b.join("store")),
+    );
+    assert!(
+        r.stdout.contains(&format!("fetched from remote caches (made elsewhere, so their cost is not recorded here): 3 from {}", lab.url)),
+        "{}",
+        r.stdout
+    );
+    let r = output(
+        mustbuild(&b)
+            .args(["stats", "--json"])
+            .env("MUSTBUILD_STORE", b.join("store")),
+    );
+    let stats: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(stats["totals"]["fetched_from"][&lab.url], 3, "{}", r.stdout);
     let r = output(lab.mustbuild(&b).args(["cache", "ls", &lab.url]));
     assert_eq!(r.stdout.lines().count(), 3, "{}{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("signed by lab"), "{}", r.stdout);

@@ -42,8 +42,10 @@ pub struct StepCost {
     /// Executions recorded (retries included), and how many failed.
     pub executions: u64,
     pub failed: u64,
-    /// Instances taken from the cache.
+    /// Instances taken from the cache, and how many of them this run
+    /// fetched from a remote cache.
     pub reused: u64,
+    pub fetched: u64,
     pub wall_mean_s: f64,
     pub wall_max_s: f64,
     pub cpu_mean_s: f64,
@@ -70,6 +72,8 @@ pub struct Totals {
     pub executions: u64,
     pub failed: u64,
     pub reused: u64,
+    /// Per remote cache, the reused results this run fetched from it.
+    pub fetched_from: BTreeMap<String, u64>,
     /// Reused over reused and executed instances.
     pub hit_ratio: Option<f64>,
     pub wall_s: f64,
@@ -173,18 +177,29 @@ pub fn run_costs(
             *c.energy_methods.entry(m.clone()).or_default() += 1;
         }
     }
-    for (step, maker) in store.reused_makers(s.id)? {
-        let c = steps.entry(step).or_default();
+    let mut fetched_from: BTreeMap<String, u64> = BTreeMap::new();
+    for reuse in store.reused_makers(s.id)? {
+        let c = steps.entry(reuse.step).or_default();
         c.reused += 1;
-        match maker {
+        let fetched = reuse.fetched_from.is_some();
+        if let Some(cache) = reuse.fetched_from {
+            c.fetched += 1;
+            *fetched_from.entry(cache).or_default() += 1;
+        }
+        match reuse.maker {
             Some(m) => {
                 c.avoided_wall_s += wall(&m);
                 c.avoided_energy_joules += m.energy_joules.unwrap_or(0.0);
             }
+            // Made by another store: its cost was never recorded here.
+            None if fetched => {}
             None => c.avoided_unknown += 1,
         }
     }
-    let mut totals = Totals::default();
+    let mut totals = Totals {
+        fetched_from,
+        ..Totals::default()
+    };
     let steps: Vec<StepCost> = steps
         .into_iter()
         .map(|(name, mut c)| {

@@ -40,8 +40,9 @@ impl LocalStore {
     /// For each instance `session` reused (a no-op session: those of the
     /// session it aliases), its step and the first successful execution of its
     /// key (what the reuse avoided); `None` where no execution is recorded any
-    /// more (gc'd, or made by another store's run).
-    pub fn reused_makers(&self, session: i64) -> Result<Vec<(String, Option<RunRow>)>> {
+    /// more (gc'd, or made by another store's run); and the remote cache it
+    /// came from when `session` fetched it.
+    pub fn reused_makers(&self, session: i64) -> Result<Vec<Reuse>> {
         let conn = self.conn();
         let alias: Option<i64> = conn
             .prepare_cached("SELECT uses_from FROM session_aliases WHERE session = ?1")?
@@ -52,21 +53,29 @@ impl LocalStore {
             None => (session, false),
         };
         let mut q = conn.prepare_cached(
-            "SELECT si.step, (SELECT MIN(id) FROM runs r WHERE r.key = si.key AND r.outcome = 'succeeded')
+            "SELECT si.step, (SELECT MIN(id) FROM runs r WHERE r.key = si.key AND r.outcome = 'succeeded'),
+                    (SELECT cache FROM fetched f WHERE f.key = si.key AND f.session = ?3)
              FROM recorded_instances si WHERE si.session = ?1 AND (?2 OR si.planned = 'reused')",
         )?;
-        let found: Vec<(String, Option<i64>)> = q
-            .query_map(params![of, every], |r| Ok((r.get(0)?, r.get(1)?)))?
+        type Found = (String, Option<i64>, Option<String>);
+        let found: Vec<Found> = q
+            .query_map(params![of, every, session], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
             .collect::<rusqlite::Result<_>>()?;
         drop(q);
         let mut run = conn.prepare_cached(&format!("{RUN} WHERE id = ?1"))?;
         let mut out = Vec::with_capacity(found.len());
-        for (step, id) in found {
-            let row = match id {
+        for (step, id, fetched_from) in found {
+            let maker = match id {
                 Some(id) => Some(run.query_row([id], run_row)?),
                 None => None,
             };
-            out.push((step, row));
+            out.push(Reuse {
+                step,
+                maker,
+                fetched_from,
+            });
         }
         Ok(out)
     }
@@ -87,4 +96,13 @@ impl LocalStore {
             run_row,
         )
     }
+}
+
+/// One instance a session reused: see [`LocalStore::reused_makers`].
+#[derive(Debug, Clone)]
+pub struct Reuse {
+    pub step: String,
+    pub maker: Option<RunRow>,
+    /// The remote cache the session took it from.
+    pub fetched_from: Option<String>,
 }
