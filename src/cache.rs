@@ -53,6 +53,18 @@ pub enum CacheCommand {
         /// The cache [default: the first configured].
         url: Option<String>,
     },
+    /// Take the realisations a cache holds into the local store, checked as a
+    /// run checks them (to work offline, or to warm a node's store).
+    Pull {
+        /// The cache [default: the first configured].
+        url: Option<String>,
+        /// Only the keys starting with these hex prefixes (as `cache ls` shows
+        /// them) [default: all].
+        #[arg(long = "key", value_name = "PREFIX")]
+        keys: Vec<String>,
+        #[arg(long, value_name = "PATH")]
+        store: Option<PathBuf>,
+    },
     /// Fetch and check every realisation a cache holds (signatures against the
     /// trusted keys, every object against its digest), storing nothing.
     Verify {
@@ -154,6 +166,7 @@ pub fn command(command: CacheCommand) -> u8 {
             store,
         } => push(url, run, key, store, &config),
         CacheCommand::Ls { url } => ls(url, &config),
+        CacheCommand::Pull { url, keys, store } => pull(url, &keys, store, &config),
         CacheCommand::Verify { url } => verify(url, &config),
     };
     result.unwrap_or_else(|code| code)
@@ -297,24 +310,7 @@ fn verify(url: Option<String>, config: &CacheConfig) -> Result<u8, u8> {
         tell!("error: {e}");
         exit::ENVIRONMENT
     })?;
-    let (mut ok, mut refused, mut bad) = (0, 0, 0);
-    for (key, pulled) in keys
-        .iter()
-        .zip(remote.pull_many(&local, &keys, &trusted, None))
-    {
-        match pulled {
-            Ok(Pulled::Taken { .. }) => ok += 1,
-            Ok(Pulled::Absent) => {}
-            Ok(Pulled::Refused(v)) => {
-                refused += 1;
-                outln!("{}  not trusted: {v:?}", key.short());
-            }
-            Err(e) => {
-                bad += 1;
-                outln!("{}  {e}", key.short());
-            }
-        }
-    }
+    let (ok, refused, bad) = take(&remote, &local, &keys, &trusted, None);
     drop(local);
     let _ = std::fs::remove_dir_all(&scratch);
     outln!(
@@ -326,4 +322,87 @@ fn verify(url: Option<String>, config: &CacheConfig) -> Result<u8, u8> {
     } else {
         exit::OK
     })
+}
+
+fn pull(
+    url: Option<String>,
+    prefixes: &[String],
+    store: Option<PathBuf>,
+    config: &CacheConfig,
+) -> Result<u8, u8> {
+    let remote = remote(url, config)?;
+    let trusted = trusted(config)?;
+    if trusted.is_empty() {
+        tell!("error: no trusted-keys in the configuration: nothing in a cache can be taken");
+        return Err(exit::USAGE);
+    }
+    let root = store.unwrap_or_else(LocalStore::default_location);
+    let local = LocalStore::open(&root).map_err(|e| {
+        tell!("error: cannot open the store at {}: {e}", root.display());
+        exit::ENVIRONMENT
+    })?;
+    let mut keys: Vec<Digest> = remote.keys().map_err(|e| {
+        tell!("error: {e}");
+        exit::ENVIRONMENT
+    })?;
+    if !prefixes.is_empty() {
+        keys.retain(|k| {
+            let hex = k.to_hex();
+            prefixes
+                .iter()
+                .any(|p| hex.starts_with(&p.to_ascii_lowercase()))
+        });
+    }
+    // What the store has already is not fetched again.
+    let mut wanted = Vec::with_capacity(keys.len());
+    for k in keys {
+        let have = local.realisation(&k).map_err(|e| {
+            tell!("error: {e}");
+            exit::ENVIRONMENT
+        })?;
+        if have.is_none() {
+            wanted.push(k);
+        }
+    }
+    let (ok, refused, bad) = take(&remote, &local, &wanted, &trusted, None);
+    outln!(
+        "{} realisations to take: {ok} taken, {refused} not trusted, {bad} damaged (into {})",
+        wanted.len(),
+        root.display()
+    );
+    Ok(if bad > 0 || refused > 0 {
+        exit::INVALID
+    } else {
+        exit::OK
+    })
+}
+
+/// Takes `keys` from `remote` into `local`, saying what was not taken and why;
+/// how many were taken, refused and damaged.
+fn take(
+    remote: &Remote,
+    local: &LocalStore,
+    keys: &[Digest],
+    trusted: &[PublicKey],
+    session: Option<i64>,
+) -> (usize, usize, usize) {
+    let (mut ok, mut refused, mut bad) = (0, 0, 0);
+    for (key, pulled) in keys
+        .iter()
+        .zip(remote.pull_many(local, keys, trusted, session))
+    {
+        match pulled {
+            Ok(Pulled::Taken { .. }) => ok += 1,
+            Ok(Pulled::Absent) => {}
+            Ok(Pulled::Refused(v)) => {
+                refused += 1;
+                outln!("{}  not taken: {v}", key.short());
+            }
+            Err(e) => {
+                bad += 1;
+                outln!("{}  {e}", key.short());
+            }
+        }
+    }
+    (ok, refused, bad)
 }

@@ -247,6 +247,34 @@ fn share_and_refuse(lab: &Lab) {
         r.stdout
     );
 
+    // `cache pull` warms a store of its own; the run then finds everything there.
+    let p = lab.workspace("p", &lab.public);
+    let pull = |dir: &Path| {
+        let r = output(
+            lab.mustbuild(dir)
+                .args(["cache", "pull", "--store"])
+                .arg(dir.join("store")),
+        );
+        assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+        r.stdout
+    };
+    assert!(pull(&p).contains("3 realisations to take: 3 taken"));
+    assert!(pull(&p).contains("0 realisations to take"));
+    let (s, events) = lab.run(&p, &[]);
+    assert_eq!(counts(&s), (Some(0), Some(3)), "{events}");
+    let r = output(
+        mustbuild(&p)
+            .args(["stats", "--json"])
+            .env("MUSTBUILD_STORE", p.join("store")),
+    );
+    let stats: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        stats["totals"]["fetched_from"],
+        serde_json::json!({}),
+        "{}",
+        r.stdout
+    );
+
     // big.bin's object replaced in the cache: detected, not used, run here.
     let digest = blake3::hash(&std::fs::read(a.join("big.bin")).unwrap())
         .to_hex()

@@ -147,6 +147,24 @@ pub enum Verdict {
     Untrusted(Vec<String>),
 }
 
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::Trusted(k) => write!(f, "signed by `{k}`, trusted"),
+            Verdict::Unsigned => write!(f, "unsigned"),
+            Verdict::BadSignature(k) => write!(f, "its signature by `{k}` does not verify"),
+            Verdict::Untrusted(keys) => {
+                let keys: Vec<String> = keys.iter().map(|k| format!("`{k}`")).collect();
+                write!(
+                    f,
+                    "signed by {}, which trusted-keys does not list",
+                    keys.join(", ")
+                )
+            }
+        }
+    }
+}
+
 /// The verdict on `signatures` (key name, base64 signature) of a realisation.
 pub fn judge(
     key: &Digest,
