@@ -102,7 +102,7 @@ class Bench:
         """Runs a pipeline once (no cache) into folder/store."""
         folder.mkdir(parents=True)
         (folder / "pipeline.kdl").write_text(steps)
-        sh([self.binary, "run", "pipeline.kdl", "--store", "store", "-q"], cwd=folder, env=self.env)
+        sh([self.binary, "run", "pipeline.kdl", "--store", "store", "--json"], cwd=folder, env=self.env)
 
     def mustbuild_push_pull(self, folder, what):
         url = self.url(what)
@@ -197,7 +197,7 @@ def main():
             url = b.url("warm")
             b.configure(folder, url)
             print(f"warm: {args.steps} steps, filling the cache…", file=sys.stderr)
-            sh([binary, "run", "pipeline.kdl", "--store", "store", "-q"], cwd=folder, env=b.env)
+            sh([binary, "run", "pipeline.kdl", "--store", "store", "--json"], cwd=folder, env=b.env)
             times = []
             for rep in range(args.reps):
                 shutil.rmtree(folder / "store")

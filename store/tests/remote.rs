@@ -248,3 +248,54 @@ fn urls_are_checked() {
         assert!(err.contains(why), "{url}: {err}");
     }
 }
+
+#[test]
+fn a_small_output_travels_in_its_record_and_is_checked_there() {
+    let t = two();
+    let file = t.tmp_path().join("small.txt");
+    std::fs::write(&file, "a small result\n").unwrap();
+    let stored = t.a.add_path(&file, Ingest::Copy).unwrap();
+    let outputs = vec![Output {
+        name: "small".into(),
+        digest: stored.digest,
+        kind: stored.kind,
+    }];
+    let key = Digest::of(b"a small derivation");
+    t.a.realise(&key, &outputs).unwrap();
+    t.remote
+        .push_realisation(&t.a, &key, &outputs, &t.secret)
+        .unwrap();
+    let hex = stored.digest.to_hex();
+    let object = t
+        .folder
+        .join(format!("mustbuild/v1/objects/{}/{hex}.zst", &hex[..2]));
+    assert!(!object.exists(), "a carried output is not also an object");
+    let record_path = t
+        .folder
+        .join(format!("mustbuild/v1/realisations/{}.json", key.to_hex()));
+    let mut record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&record_path).unwrap()).unwrap();
+    assert!(record["outputs"][0]["content"].is_string(), "{record}");
+    // Other bytes under the same (signed) digest: damage, nothing realised.
+    record["outputs"][0]["content"] = "Zm9yZ2VkCg==".into();
+    std::fs::write(&record_path, record.to_string()).unwrap();
+    let err = t
+        .remote
+        .pull(&t.b, &key, &[t.secret.public()], None)
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::Corrupt { .. }), "{err}");
+    assert!(t.b.realisation(&key).unwrap().is_none());
+    // Pushed again, it comes back whole.
+    t.remote
+        .push_realisation(&t.a, &key, &outputs, &t.secret)
+        .unwrap();
+    assert_eq!(
+        t.remote
+            .pull(&t.b, &key, &[t.secret.public()], None)
+            .unwrap(),
+        Pulled::Taken {
+            outputs,
+            signer: "lab".into()
+        }
+    );
+}

@@ -13,9 +13,11 @@
 //! ```
 //!
 //! A realisation record is JSON: `{"format": "mustbuild-realisation-v1", "key",
-//! "outputs": [{"name", "digest", "kind", "size"}], "signatures": [{"key",
-//! "signature"}]}`; a signature (ed25519, [`sign`]) covers the key and every
-//! output's name, digest and kind. Readers use a record only if a key they
+//! "outputs": [{"name", "digest", "kind", "size", "content"?}], "signatures":
+//! [{"key", "signature"}]}`; a signature (ed25519, [`sign`]) covers the key and
+//! every output's name, digest and kind. A file output of up to 16 KiB travels
+//! in its record (`content`, base64) instead of as an object: one request per
+//! small result, each way. Readers use a record only if a key they
 //! trust signed it, and every byte fetched is checked against its digest as it
 //! streams in: what does not match is discarded, never stored.
 
@@ -34,8 +36,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
-/// Requests in flight at once (lookups, small transfers).
-const CONCURRENCY: usize = 16;
+/// Requests in flight at once (lookups, small transfers): loopback and LAN
+/// round trips, not bandwidth, bound small objects (s5cmd uses 256).
+const CONCURRENCY: usize = 64;
 /// Large objects in flight at once (each holds a few parts in memory).
 const LARGE_AT_ONCE: usize = 2;
 
@@ -77,6 +80,10 @@ pub struct RecordOutput {
     pub digest: String,
     pub kind: String,
     pub size: u64,
+    /// A small file's bytes (base64), so that taking it costs no request of
+    /// its own; checked against `digest` like any object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -124,7 +131,9 @@ pub struct Remote {
     store: Arc<dyn ObjectStore>,
     prefix: String,
     rt: tokio::runtime::Runtime,
-    /// Bounds the objects in transfer at once, and the large ones.
+    /// Bounds the objects in transfer at once (a small object being sent
+    /// takes a permit per MiB it holds, so at most ~64 MiB wait in memory),
+    /// and the large ones.
     transfers: Semaphore,
     large: Semaphore,
 }

@@ -4,8 +4,10 @@
 
 use super::{CONCURRENCY, Record, RecordOutput, Remote, RemoteError, Result, Signature, sign};
 use crate::digest::Digest;
-use crate::local::{LocalStore, ObjectData, Output, OutputKind};
+use crate::local::{INLINE_MAX, LocalStore, ObjectData, Output, OutputKind};
 use crate::tree::EntryKind;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use futures::future::BoxFuture;
 use futures::{StreamExt as _, TryStreamExt as _, stream};
 use object_store::path::Path as RemotePath;
@@ -13,6 +15,8 @@ use object_store::{ObjectStoreExt as _, PutMode, PutOptions, PutPayload, WriteMu
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
+/// The most a record carries of its small outputs' bytes.
+const CARRIED_MAX: u64 = 256 << 10;
 /// Objects up to this size go in one request; larger ones in parts.
 const SINGLE_PUT: u64 = 8 << 20;
 /// The size of a part of a large object (S3 asks for at least 5 MiB).
@@ -60,14 +64,26 @@ impl Remote {
         signer: &sign::SecretKey,
     ) -> Result<()> {
         let mut listed = Vec::with_capacity(outputs.len());
+        let mut carried = 0;
         for o in outputs {
-            self.push_object(local, o.digest, o.kind == OutputKind::Tree)
-                .await?;
+            let size = local.content_size(&o.digest)?.unwrap_or(0);
+            let content = if o.kind != OutputKind::Tree
+                && size <= INLINE_MAX
+                && carried + size <= CARRIED_MAX
+            {
+                carried += size;
+                Some(STANDARD.encode(read(local.object_data(&o.digest)?)?))
+            } else {
+                self.push_object(local, o.digest, o.kind == OutputKind::Tree)
+                    .await?;
+                None
+            };
             listed.push(RecordOutput {
                 name: o.name.clone(),
                 digest: o.digest.to_hex(),
                 kind: o.kind.as_str().to_string(),
-                size: local.content_size(&o.digest)?.unwrap_or(0),
+                size,
+                content,
             });
         }
         let record = Record {
@@ -96,6 +112,19 @@ impl Remote {
         tree: bool,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
+            let data = local.object_data(&d)?;
+            let size = match &data {
+                ObjectData::Inline(bytes) => bytes.len() as u64,
+                ObjectData::File(file) => std::fs::metadata(file)
+                    .map_err(|source| io("read", file, source))?
+                    .len(),
+            };
+            let path = self.object_path(&d);
+            // A small file is put only if absent: one request. A tree or a
+            // large file is looked for first, to save sending what is there.
+            if !tree && size <= SINGLE_PUT {
+                return self.put_small(&path, &read(data)?).await;
+            }
             if self.has_object_async(&d).await? {
                 return Ok(());
             }
@@ -116,21 +145,9 @@ impl Remote {
                     .try_collect::<()>()
                     .await?;
             }
-            let path = self.object_path(&d);
-            match local.object_data(&d)? {
-                ObjectData::Inline(bytes) => self.put_small(&path, &bytes).await,
-                ObjectData::File(file) => {
-                    let size = std::fs::metadata(&file)
-                        .map_err(|source| io("read", &file, source))?
-                        .len();
-                    if size <= SINGLE_PUT {
-                        let bytes =
-                            std::fs::read(&file).map_err(|source| io("read", &file, source))?;
-                        self.put_small(&path, &bytes).await
-                    } else {
-                        self.put_large(&path, &file).await
-                    }
-                }
+            match data {
+                ObjectData::File(file) if size > SINGLE_PUT => self.put_large(&path, &file).await,
+                data => self.put_small(&path, &read(data)?).await,
             }
         })
     }
@@ -140,7 +157,8 @@ impl Remote {
     async fn put_small(&self, path: &RemotePath, bytes: &[u8]) -> Result<()> {
         let compressed = zstd::bulk::compress(bytes, LEVEL)
             .map_err(|source| io("compress", Path::new(path.as_ref()), source))?;
-        let _slot = self.transfers.acquire().await;
+        let mib = u32::try_from((compressed.len() >> 20).clamp(1, super::CONCURRENCY)).unwrap_or(1);
+        let _slot = self.transfers.acquire_many(mib).await;
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
@@ -205,6 +223,13 @@ impl Remote {
             .map_err(|source| io("compress", file, source))?;
         parts.write(&rest);
         Ok(())
+    }
+}
+
+fn read(data: ObjectData) -> Result<Vec<u8>> {
+    match data {
+        ObjectData::Inline(bytes) => Ok(bytes),
+        ObjectData::File(file) => std::fs::read(&file).map_err(|source| io("read", &file, source)),
     }
 }
 
