@@ -23,6 +23,12 @@ Workloads, each --reps times, medians printed:
 
 Throughput is of the payload (the files' bytes); mustbuild also compresses
 (zstd) and checks every byte on the way in.
+
+Seen here (2 cores, 2026-12-07, medians of 3; results/s or MiB/s, up / down):
+
+    10,000 x 2 KiB   mustbuild 2,150 / 1,469   s5cmd 1,991 / 1,036   aws s3 cp 306 / 289
+    1 GiB            mustbuild 137 / 368       s5cmd 101 / 205       aws s3 cp 134 / 248
+    1,000 steps, warm cache, empty local store: 1.72 s
 """
 
 import argparse

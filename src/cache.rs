@@ -97,21 +97,32 @@ fn trusted(config: &CacheConfig) -> Result<Vec<PublicKey>, u8> {
         .collect()
 }
 
-/// The caches a run uses: `--cache`, else the configuration's. A cache whose
-/// URL cannot be opened is skipped with a warning (an error with `require`).
-pub fn for_run(flags: &CacheFlags, config: &CacheConfig) -> Result<Option<Arc<Cache>>, u8> {
-    let urls = if flags.urls.is_empty() {
+fn urls<'a>(flags: &'a CacheFlags, config: &'a CacheConfig) -> &'a [String] {
+    if flags.urls.is_empty() {
         &config.urls
     } else {
         &flags.urls
-    };
+    }
+}
+
+/// What can be said of the cache flags before anything is opened:
+/// `--require-cache` with no cache set is an error, even for a no-op.
+pub fn check_flags(flags: &CacheFlags, config: &CacheConfig) -> Result<(), u8> {
+    if flags.require_cache && urls(flags, config).is_empty() {
+        tell!(
+            "error: --require-cache, but no cache is set (--cache URL, or `cache {{ url … }}` in mustbuild.kdl)"
+        );
+        return Err(exit::USAGE);
+    }
+    Ok(())
+}
+
+/// The caches a run uses: `--cache`, else the configuration's. A cache whose
+/// URL cannot be opened is skipped with a warning (an error with `require`).
+pub fn for_run(flags: &CacheFlags, config: &CacheConfig) -> Result<Option<Arc<Cache>>, u8> {
+    check_flags(flags, config)?;
+    let urls = urls(flags, config);
     if urls.is_empty() {
-        if flags.require_cache {
-            tell!(
-                "error: --require-cache, but no cache is set (--cache URL, or `cache {{ url … }}` in mustbuild.kdl)"
-            );
-            return Err(exit::USAGE);
-        }
         return Ok(None);
     }
     let mut remotes = Vec::new();

@@ -858,10 +858,9 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         Ok(m) => m,
         Err(code) => return code,
     };
-    let cache = match cache::for_run(&cache_flags, &config.cache) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+    if let Err(code) = cache::check_flags(&cache_flags, &config.cache) {
+        return code;
+    }
     let said = if may_be_noop && let Ok(store) = LocalStore::open(&store_root) {
         let noop_info = mustbuild_engine::provenance::RunInfo {
             noop: true,
@@ -897,6 +896,11 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
                 })
             });
         }
+    };
+    // Opened only now: a no-op needs no cache (opening one costs milliseconds).
+    let cache = match cache::for_run(&cache_flags, &config.cache) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     let (loaded, expansion, diags) = load_and_expand_with(path, &overrides);
     let (Some(wf), Some(expansion)) = (&loaded.workflow, &expansion) else {
