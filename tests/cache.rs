@@ -408,6 +408,29 @@ fn wrong_credentials_are_named_with_the_endpoint_and_never_the_secret() {
     for text in [&events, &r.stdout, &r.stderr] {
         assert!(!text.contains(wrong), "{text}");
     }
+    // No AWS variables: the right keys from the shared files' profile are used.
+    let home = lab.tmp.path().join("home");
+    std::fs::create_dir_all(home.join(".aws")).unwrap();
+    let right = common::s3().unwrap();
+    let (right_key, right_secret) = (right.access_key, right.secret_key);
+    std::fs::write(
+        home.join(".aws/credentials"),
+        format!("[default]\naws_access_key_id = nobody\naws_secret_access_key = x\n[lab]\naws_access_key_id = {right_key}\naws_secret_access_key = {right_secret}\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("in.txt"), "fig\n").unwrap();
+    let r = output(
+        mustbuild(&dir)
+            .args(["run", "pipeline.kdl", "--json", "--require-cache"])
+            .env("MUSTBUILD_STORE", dir.join("store"))
+            .env("HOME", &home)
+            .env("AWS_PROFILE", "lab")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY"),
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(warnings(&r.stdout).is_empty(), "{}", r.stdout);
+    assert!(!r.stdout.contains(&right_secret) && !r.stderr.contains(&right_secret));
 }
 
 /// An S3 server of the test's own (it is stopped), as `scripts/s3-server` makes one.

@@ -1,5 +1,6 @@
 //! A shared cache on object storage: S3 (`s3://bucket/prefix?endpoint=…&region=…`,
-//! path-style, credentials from the standard AWS environment) or a plain folder
+//! path-style, credentials from the standard AWS environment, else the AWS shared
+//! files and `AWS_PROFILE`: [`profile`]) or a plain folder
 //! (`file:///path`), through `object_store`, on a current-thread runtime of its
 //! own (async only here).
 //!
@@ -21,6 +22,7 @@
 //! trust signed it, and every byte fetched is checked against its digest as it
 //! streams in: what does not match is discarded, never stored.
 
+mod profile;
 mod pull;
 mod push;
 pub mod sign;
@@ -234,6 +236,19 @@ impl Remote {
                 .with_virtual_hosted_style_request(false)
                 .with_retry(retry)
                 .with_client_options(client);
+            if std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
+                && let Some(p) = profile::from_files()
+            {
+                b = b
+                    .with_access_key_id(p.access_key_id)
+                    .with_secret_access_key(p.secret_access_key);
+                if let Some(token) = p.session_token {
+                    b = b.with_token(token);
+                }
+                if let Some(region) = p.region {
+                    b = b.with_region(region);
+                }
+            }
             for (k, v) in query(q) {
                 b = match k.as_str() {
                     "endpoint" => b.with_allow_http(v.starts_with("http://")).with_endpoint(v),
