@@ -75,6 +75,25 @@ impl Two {
     fn tmp_path(&self) -> &std::path::Path {
         self.tmp.path()
     }
+
+    /// `file` stored in A as the one output `name` of a derivation keyed by
+    /// the digest of `key`.
+    fn realise_in_a(
+        &self,
+        file: &std::path::Path,
+        name: &str,
+        key: &[u8],
+    ) -> (mustbuild_store::Stored, Digest, Vec<Output>) {
+        let stored = self.a.add_path(file, Ingest::Copy).unwrap();
+        let outputs = vec![Output {
+            name: name.into(),
+            digest: stored.digest,
+            kind: stored.kind,
+        }];
+        let key = Digest::of(key);
+        self.a.realise(&key, &outputs).unwrap();
+        (stored, key, outputs)
+    }
 }
 
 #[test]
@@ -164,14 +183,7 @@ fn a_large_object_goes_in_parts_and_comes_back_whole() {
     }
     let file = t.tmp_path().join("large.bin");
     std::fs::write(&file, &big).unwrap();
-    let stored = t.a.add_path(&file, Ingest::Copy).unwrap();
-    let outputs = vec![Output {
-        name: "large".into(),
-        digest: stored.digest,
-        kind: stored.kind,
-    }];
-    let key = Digest::of(b"a large derivation");
-    t.a.realise(&key, &outputs).unwrap();
+    let (stored, key, outputs) = t.realise_in_a(&file, "large", b"a large derivation");
     let results = t
         .remote
         .push_many(&t.a, &[(key, outputs.clone())], &t.secret);
@@ -254,14 +266,7 @@ fn a_small_output_travels_in_its_record_and_is_checked_there() {
     let t = two();
     let file = t.tmp_path().join("small.txt");
     std::fs::write(&file, "a small result\n").unwrap();
-    let stored = t.a.add_path(&file, Ingest::Copy).unwrap();
-    let outputs = vec![Output {
-        name: "small".into(),
-        digest: stored.digest,
-        kind: stored.kind,
-    }];
-    let key = Digest::of(b"a small derivation");
-    t.a.realise(&key, &outputs).unwrap();
+    let (stored, key, outputs) = t.realise_in_a(&file, "small", b"a small derivation");
     t.remote
         .push_realisation(&t.a, &key, &outputs, &t.secret)
         .unwrap();

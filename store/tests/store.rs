@@ -707,14 +707,14 @@ fn noop_records_of_schema_2(db: &rusqlite::Connection) {
     .unwrap();
 }
 
-/// After an upgrade: the current schema (6: schema 3's no-op records, and what
+/// After an upgrade: the current schema (7: schema 3's no-op records, and what
 /// `why` reads), with no record left from before, and records in two parts.
 fn no_op_records_are_those_of_schema_3(store: &LocalStore, root: &std::path::Path) {
     let db = rusqlite::Connection::open(root.join("meta.sqlite")).unwrap();
     let version: i64 = db
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 6);
+    assert_eq!(version, 7);
     assert_eq!(store.noop_record("/p/pipeline.kdl").unwrap(), None);
     // Schema 4's and 5's columns, tables and view are there.
     for sql in [
@@ -727,6 +727,7 @@ fn no_op_records_are_those_of_schema_3(store: &LocalStore, root: &std::path::Pat
         "SELECT base FROM session_bases",
         "SELECT planned FROM recorded_instances",
         "SELECT cpu_model, gpus, memory_method FROM runs",
+        "SELECT cache, signer, session FROM fetched",
     ] {
         db.prepare(sql).unwrap();
     }
@@ -772,10 +773,10 @@ fn a_store_left_at_schema_0_by_an_older_mustbuild_gets_the_new_records() {
 fn a_store_of_a_newer_schema_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
-    drop(store_set_to_schema(&root, 7));
+    drop(store_set_to_schema(&root, 8));
     match LocalStore::open(&root) {
-        Ok(_) => panic!("a store of schema 7 was opened"),
-        Err(e) => assert!(e.to_string().contains("database schema 7"), "{e}"),
+        Ok(_) => panic!("a store of schema 8 was opened"),
+        Err(e) => assert!(e.to_string().contains("database schema 8"), "{e}"),
     }
 }
 
@@ -895,6 +896,17 @@ fn a_store_of_schema_4_gets_session_bases_and_what_runs_measure() {
          ALTER TABLE runs DROP COLUMN memory_method;",
     )
     .unwrap();
+    drop(db);
+    let store = LocalStore::open(&root).unwrap();
+    no_op_records_are_those_of_schema_3(&store, &root);
+}
+
+#[test]
+fn a_store_of_schema_6_gets_where_fetched_results_came_from() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let db = store_set_to_schema(&root, 6);
+    db.execute_batch("DROP TABLE fetched;").unwrap();
     drop(db);
     let store = LocalStore::open(&root).unwrap();
     no_op_records_are_those_of_schema_3(&store, &root);
