@@ -117,10 +117,10 @@ pub fn check_flags(flags: &CacheFlags, config: &CacheConfig) -> Result<(), u8> {
     Ok(())
 }
 
-/// The caches a run uses: `--cache`, else the configuration's. A cache whose
-/// URL cannot be opened is skipped with a warning (an error with `require`).
+/// The caches a run uses: `--cache`, else the configuration's (after
+/// [`check_flags`]). A cache whose URL cannot be opened is skipped with a
+/// warning (an error with `require`).
 pub fn for_run(flags: &CacheFlags, config: &CacheConfig) -> Result<Option<Arc<Cache>>, u8> {
-    check_flags(flags, config)?;
     let urls = urls(flags, config);
     if urls.is_empty() {
         return Ok(None);
@@ -321,18 +321,17 @@ fn verify(url: Option<String>, config: &CacheConfig) -> Result<u8, u8> {
         tell!("error: {e}");
         exit::ENVIRONMENT
     })?;
-    let (ok, refused, bad) = take(&remote, &local, &keys, &trusted, None);
+    let t = take(&remote, &local, &keys, &trusted);
     drop(local);
     let _ = std::fs::remove_dir_all(&scratch);
     outln!(
-        "{} realisations: {ok} intact and trusted, {refused} not trusted, {bad} damaged",
-        keys.len()
+        "{} realisations: {} intact and trusted, {} not trusted, {} damaged",
+        keys.len(),
+        t.ok,
+        t.refused,
+        t.bad
     );
-    Ok(if bad > 0 || refused > 0 {
-        exit::INVALID
-    } else {
-        exit::OK
-    })
+    Ok(t.exit())
 }
 
 fn pull(
@@ -357,11 +356,10 @@ fn pull(
         exit::ENVIRONMENT
     })?;
     if !prefixes.is_empty() {
+        let prefixes: Vec<String> = prefixes.iter().map(|p| p.to_ascii_lowercase()).collect();
         keys.retain(|k| {
             let hex = k.to_hex();
-            prefixes
-                .iter()
-                .any(|p| hex.starts_with(&p.to_ascii_lowercase()))
+            prefixes.iter().any(|p| hex.starts_with(p.as_str()))
         });
     }
     // What the store has already is not fetched again.
@@ -375,45 +373,60 @@ fn pull(
             wanted.push(k);
         }
     }
-    let (ok, refused, bad) = take(&remote, &local, &wanted, &trusted, None);
+    let t = take(&remote, &local, &wanted, &trusted);
     outln!(
-        "{} realisations to take: {ok} taken, {refused} not trusted, {bad} damaged (into {})",
+        "{} realisations to take: {} taken, {} not trusted, {} damaged (into {})",
         wanted.len(),
+        t.ok,
+        t.refused,
+        t.bad,
         root.display()
     );
-    Ok(if bad > 0 || refused > 0 {
-        exit::INVALID
-    } else {
-        exit::OK
-    })
+    Ok(t.exit())
 }
 
-/// Takes `keys` from `remote` into `local`, saying what was not taken and why;
-/// how many were taken, refused and damaged.
-fn take(
-    remote: &Remote,
-    local: &LocalStore,
-    keys: &[Digest],
-    trusted: &[PublicKey],
-    session: Option<i64>,
-) -> (usize, usize, usize) {
-    let (mut ok, mut refused, mut bad) = (0, 0, 0);
+/// How many realisations were taken, refused and damaged.
+struct Taken {
+    ok: usize,
+    refused: usize,
+    bad: usize,
+}
+
+impl Taken {
+    /// Anything refused or damaged is a failure of the command.
+    fn exit(&self) -> u8 {
+        if self.bad > 0 || self.refused > 0 {
+            exit::INVALID
+        } else {
+            exit::OK
+        }
+    }
+}
+
+/// Takes `keys` from `remote` into `local` (outside any run), saying what was
+/// not taken and why.
+fn take(remote: &Remote, local: &LocalStore, keys: &[Digest], trusted: &[PublicKey]) -> Taken {
+    let mut t = Taken {
+        ok: 0,
+        refused: 0,
+        bad: 0,
+    };
     for (key, pulled) in keys
         .iter()
-        .zip(remote.pull_many(local, keys, trusted, session))
+        .zip(remote.pull_many(local, keys, trusted, None))
     {
         match pulled {
-            Ok(Pulled::Taken { .. }) => ok += 1,
+            Ok(Pulled::Taken { .. }) => t.ok += 1,
             Ok(Pulled::Absent) => {}
             Ok(Pulled::Refused(v)) => {
-                refused += 1;
+                t.refused += 1;
                 outln!("{}  not taken: {v}", key.short());
             }
             Err(e) => {
-                bad += 1;
+                t.bad += 1;
                 outln!("{}  {e}", key.short());
             }
         }
     }
-    (ok, refused, bad)
+    t
 }

@@ -944,7 +944,11 @@ pub fn run(
                             for message in cache.take_warnings() {
                                 on_event(Event::Warning { message });
                             }
-                            from_cache = wanted.into_iter().zip(fetched?).collect();
+                            from_cache = wanted
+                                .into_iter()
+                                .zip(fetched?)
+                                .filter_map(|(key, outputs)| Some((key, outputs?)))
+                                .collect();
                         }
                     }
                     let mut materialised = Vec::new();
@@ -953,7 +957,7 @@ pub fn run(
                         let inst = instances.get(*id);
                         if realised.is_none()
                             && !forced
-                            && let Some(Some(outputs)) = from_cache.get(&key)
+                            && let Some(outputs) = from_cache.get(&key)
                         {
                             store.set_planned(
                                 session,

@@ -13,9 +13,9 @@ const PARALLEL_THRESHOLD: u64 = 1 << 20;
 /// output would make mustbuild look 1 GiB large. Reading costs a copy only.
 const MAP_LIMIT: u64 = 64 << 20;
 
-/// The blob digest of a file's content (what `b3sum` prints), memory-mapped: only
-/// for files nobody else writes (the store's own), since a mapped file that shrinks
-/// underneath kills the process (SIGBUS).
+/// The blob digest of a file's content (what `b3sum` prints), memory-mapped below
+/// [`MAP_LIMIT`] (read above it): only for files nobody else writes (the store's
+/// own), since a mapped file that shrinks underneath kills the process (SIGBUS).
 pub fn hash_file(path: &Path) -> std::io::Result<(Digest, u64)> {
     let size = std::fs::metadata(path)?.len();
     if size >= MAP_LIMIT {

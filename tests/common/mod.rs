@@ -100,13 +100,20 @@ impl S3 {
         ]
     }
 
+    /// curl, signing its request with the server's keys.
+    fn curl(&self) -> Command {
+        let mut curl = Command::new("curl");
+        curl.args(["-sf", "--aws-sigv4", "aws:amz:us-east-1:s3", "-u"])
+            .arg(format!("{}:{}", self.access_key, self.secret_key));
+        curl
+    }
+
     /// Puts `bytes` at `key` of the bucket, behind mustbuild's back (curl signs it).
     pub fn put(&self, key: &str, bytes: &[u8]) {
         let file = tempfile::NamedTempFile::new().expect("a temporary file");
         std::fs::write(file.path(), bytes).expect("written");
-        let status = Command::new("curl")
-            .args(["-sf", "--aws-sigv4", "aws:amz:us-east-1:s3", "-u"])
-            .arg(format!("{}:{}", self.access_key, self.secret_key))
+        let status = self
+            .curl()
             .arg("-T")
             .arg(file.path())
             .arg(format!("{}/{}/{key}", self.endpoint, self.bucket))
@@ -134,9 +141,8 @@ pub fn unique(prefix: &str) -> String {
 impl S3 {
     /// The object at `key` of the bucket, behind mustbuild's back.
     pub fn get(&self, key: &str) -> Vec<u8> {
-        let out = Command::new("curl")
-            .args(["-sf", "--aws-sigv4", "aws:amz:us-east-1:s3", "-u"])
-            .arg(format!("{}:{}", self.access_key, self.secret_key))
+        let out = self
+            .curl()
             .arg(format!("{}/{}/{key}", self.endpoint, self.bucket))
             .output()
             .expect("curl runs");

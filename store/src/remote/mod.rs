@@ -304,10 +304,6 @@ impl Remote {
     }
 
     /// Whether the cache holds object `d`.
-    pub fn has_object(&self, d: &Digest) -> Result<bool> {
-        self.rt.block_on(self.has_object_async(d))
-    }
-
     async fn has_object_async(&self, d: &Digest) -> Result<bool> {
         match self.store.head(&self.object_path(d)).await {
             Ok(_) => Ok(true),

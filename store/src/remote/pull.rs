@@ -112,15 +112,12 @@ impl Remote {
         dir: &Path,
     ) -> Result<()> {
         for (i, (o, l)) in outputs.iter().zip(listed).enumerate() {
-            let dest = dir.join(format!("output-{i}"));
             if let Some(content) = &l.content {
-                self.carried(o, content, &dest)?;
-                let stored = local.add_path(&dest, Ingest::Move)?;
-                if stored.digest != o.digest {
-                    return Err(self.corrupt(&format!("output `{}`", o.name)));
-                }
+                // Checked in memory and stored as it is: no file, no second hash.
+                local.add_bytes(&self.carried(o, content)?)?;
                 continue;
             }
+            let dest = dir.join(format!("output-{i}"));
             let kind = match o.kind {
                 OutputKind::Tree => EntryKind::Dir {
                     size: 0,
@@ -135,30 +132,18 @@ impl Remote {
             self.fetch_into(o.digest, kind, dest.clone()).await?;
             let stored = local.add_path(&dest, Ingest::Move)?;
             if stored.digest != o.digest {
-                return Err(RemoteError::Corrupt {
-                    cache: self.url.clone(),
-                    what: format!("output `{}`", o.name),
-                });
+                return Err(self.corrupt(&format!("output `{}`", o.name)));
             }
         }
         Ok(())
     }
 
-    /// Writes an output the record carries, checked against its digest first.
-    fn carried(&self, o: &Output, content: &str, dest: &Path) -> Result<()> {
-        let bytes = STANDARD
-            .decode(content)
-            .map_err(|_| self.corrupt(&format!("output `{}`", o.name)))?;
-        if o.kind == OutputKind::Tree || Digest::of(&bytes) != o.digest {
-            return Err(self.corrupt(&format!("output `{}`", o.name)));
+    /// The bytes of an output the record carries, checked against its digest.
+    fn carried(&self, o: &Output, content: &str) -> Result<Vec<u8>> {
+        match STANDARD.decode(content) {
+            Ok(bytes) if o.kind != OutputKind::Tree && Digest::of(&bytes) == o.digest => Ok(bytes),
+            _ => Err(self.corrupt(&format!("output `{}`", o.name))),
         }
-        std::fs::write(dest, &bytes).map_err(|source| io("write", dest, source))?;
-        if o.kind == OutputKind::Executable {
-            use std::os::unix::fs::PermissionsExt as _;
-            std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o755))
-                .map_err(|source| io("set the mode of", dest, source))?;
-        }
-        Ok(())
     }
 
     fn corrupt(&self, what: &str) -> RemoteError {
@@ -176,9 +161,7 @@ impl Remote {
                 EntryKind::File { executable, .. } => {
                     self.fetch_file(&d, &dest).await?;
                     if executable {
-                        use std::os::unix::fs::PermissionsExt as _;
-                        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))
-                            .map_err(|source| io("set the mode of", &dest, source))?;
+                        make_executable(&dest)?;
                     }
                     Ok(())
                 }
@@ -242,10 +225,7 @@ impl Remote {
             .map_err(|source| io("write", dest, source))?;
         if Digest::from(sink.hasher.finalize()) != *d {
             let _ = std::fs::remove_file(dest);
-            return Err(RemoteError::Corrupt {
-                cache: self.url.clone(),
-                what: format!("object {}", d.short()),
-            });
+            return Err(self.corrupt(&format!("object {}", d.short())));
         }
         Ok(())
     }
@@ -262,10 +242,7 @@ impl Remote {
                 .map_err(|e| self.failed(e))?;
             got.bytes().await.map_err(|e| self.failed(e))?
         };
-        let corrupt = || RemoteError::Corrupt {
-            cache: self.url.clone(),
-            what: format!("tree {}", d.short()),
-        };
+        let corrupt = || self.corrupt(&format!("tree {}", d.short()));
         let bytes = zstd::bulk::decompress(&compressed, MAX_TREE).map_err(|_| corrupt())?;
         let tree = Tree::decode(&bytes).map_err(|_| corrupt())?;
         if tree.digest() != *d {
@@ -280,12 +257,15 @@ impl Remote {
         if source.raw_os_error().is_some() {
             io("write", dest, source)
         } else {
-            RemoteError::Corrupt {
-                cache: self.url.clone(),
-                what: format!("object {}", d.short()),
-            }
+            self.corrupt(&format!("object {}", d.short()))
         }
     }
+}
+
+fn make_executable(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .map_err(|source| io("set the mode of", path, source))
 }
 
 fn tempdir_in(parent: &Path) -> Result<PathBuf> {
