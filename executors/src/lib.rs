@@ -3,7 +3,8 @@
 //! executor (simple commands started without bash: `direct`), how a command of
 //! any length reaches bash (`launch`, the command file every executor shares),
 //! the machine's GPUs (`gpus`) and what a step's energy was (`energy`) now,
-//! Slurm and HTCondor later.
+//! the interface batch systems are driven through (`batch`) and HTCondor
+//! behind it (`htcondor`), Slurm next.
 //!
 //! It must not know about KDL, derivations or the store ("builders stay dumb").
 //! A failed step is data (an [`Outcome`]), not an error.
@@ -11,9 +12,11 @@
 // Library code returns errors; tests may unwrap (clippy.toml allows it there).
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod batch;
 mod direct;
 pub mod energy;
 pub mod gpus;
+pub mod htcondor;
 pub mod launch;
 pub mod local;
 

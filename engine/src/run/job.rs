@@ -1,0 +1,125 @@
+//! Job preparation: what an instance to run needs, as plain data: what goes in
+//! its folder (`Placement`s) and the request its command runs from.
+
+use super::scratch::Placement;
+use crate::instantiate::{FileRef, InstanceId, Instances};
+use mustbuild_executors::ExecRequest;
+use mustbuild_lang::model::{PathKind, Workflow};
+use mustbuild_store::{Digest, OutputKind};
+use std::path::PathBuf;
+
+pub(crate) struct Job {
+    pub(crate) id: InstanceId,
+    /// Held from before the run until the realisation is committed: two processes
+    /// never run the same derivation at once.
+    pub(crate) lock: Option<std::fs::File>,
+    /// Run even if realised (`--force`).
+    pub(crate) force: bool,
+    pub(crate) attempt: u32,
+    /// Its place in the order jobs were handed out: the first waiting for slots
+    /// goes first.
+    pub(crate) ticket: u64,
+    /// What its command takes out of the slots: CPUs, bytes of memory, GPUs.
+    pub(crate) cpus: usize,
+    pub(crate) memory: u64,
+    pub(crate) gpus: usize,
+    pub(crate) key: Digest,
+    /// What to put in the scratch folder before the command runs.
+    pub(crate) placements: Vec<Placement>,
+    pub(crate) request: ExecRequest,
+}
+
+/// A job for an instance: what goes in its scratch folder, and the request
+/// (the worker that takes it adds the folder, log, `HOME` and `TMPDIR`).
+pub(crate) fn prepare(
+    wf: &Workflow,
+    instances: &Instances,
+    id: InstanceId,
+    key: Digest,
+    outputs: &[Option<Vec<Digest>>],
+    kinds: &[Option<Vec<OutputKind>>],
+    path_var: &str,
+) -> Job {
+    let inst = instances.get(id);
+    let mut placements = Vec::new();
+    for files in &inst.inputs {
+        for f in files {
+            match f {
+                FileRef::Source(p) if !p.starts_with('/') => placements.push(Placement::Source {
+                    from: wf.root.join(p),
+                    to: p.clone(),
+                }),
+                FileRef::Source(_) => {}
+                FileRef::Output { instance, output } => {
+                    let up = instances.get(*instance);
+                    if let Some(d) = outputs[instance.index()].as_ref().map(|d| d[*output]) {
+                        let declared = if wf.step(up.step).outputs[*output].kind == PathKind::Dir {
+                            OutputKind::Tree
+                        } else {
+                            OutputKind::File
+                        };
+                        let kind = kinds[instance.index()]
+                            .as_ref()
+                            .and_then(|k| k.get(*output).copied())
+                            .unwrap_or(declared);
+                        placements.push(Placement::Object {
+                            digest: d,
+                            kind,
+                            to: up.outputs[*output].clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    for path in inst.outputs.iter().chain(&inst.log) {
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            placements.push(Placement::Folder(parent.to_string()));
+        }
+    }
+    let request = exec_request(wf, instances, id, path_var);
+    Job {
+        id,
+        lock: None,
+        force: false,
+        attempt: 0,
+        ticket: 0,
+        cpus: 1,
+        memory: 0,
+        gpus: 0,
+        key,
+        placements,
+        request,
+    }
+}
+
+/// How an instance's command is run (its folder and log path left empty, for
+/// the caller): `run` and `audit` run a step the same way.
+pub(crate) fn exec_request(
+    wf: &Workflow,
+    instances: &Instances,
+    id: InstanceId,
+    path_var: &str,
+) -> ExecRequest {
+    let inst = instances.get(id);
+    let step = wf.step(inst.step);
+    let mut env: Vec<(String, String)> = wf
+        .env
+        .iter()
+        .chain(&step.env)
+        .map(|e| (e.name.to_string(), e.value.clone()))
+        .collect();
+    env.push(("PATH".into(), path_var.to_string()));
+    ExecRequest {
+        command: crate::command::render_command(wf, instances, id),
+        dir: PathBuf::new(),
+        env,
+        log: PathBuf::new(),
+        outputs: inst.outputs.iter().map(PathBuf::from).collect(),
+        time_limit: step
+            .resources
+            .time_seconds
+            .map(std::time::Duration::from_secs),
+        gpus: None,
+    }
+}

@@ -1,0 +1,103 @@
+//! The interface the dispatcher drives for a batch system (HTCondor now, Slurm
+//! next): hand over a batch of ready jobs, hear of them as they start and end,
+//! cancel all. A job is plain: a program with arguments, a folder, resources.
+//! What the program does (it is `mustbuild worker`) is none of the executor's
+//! business; it reports how the batch system saw the job end.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What a job asks of the batch system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Resources {
+    pub cpus: u32,
+    /// Memory, in bytes (0: the batch system's default).
+    pub memory_bytes: u64,
+    /// Local disk, in bytes (0: the batch system's default).
+    pub disk_bytes: u64,
+    pub gpus: u32,
+}
+
+/// One job to hand over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchJob {
+    /// The caller's name for it, given back in its reports.
+    pub tag: u64,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// Its working folder (on a filesystem the nodes share); the batch
+    /// system's own output for it goes there too (`stdout`, `stderr`).
+    pub dir: PathBuf,
+    pub resources: Resources,
+}
+
+/// How a job ended, as the batch system tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// The program exited with this status.
+    Exited(i32),
+    /// A signal ended it.
+    Signalled(i32),
+    /// The batch system killed or removed it for using more memory than it
+    /// asked for: its words, and the peak it saw (bytes) where it said.
+    OutOfMemory {
+        reason: String,
+        used_bytes: Option<u64>,
+    },
+    /// Held (by the batch system or a policy) for longer than allowed, then
+    /// removed: the hold reason.
+    Held(String),
+    /// Removed by someone or something else (an admin, a policy): the reason.
+    Removed(String),
+}
+
+/// What an executor hears of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// It started on this host.
+    Started { tag: u64, host: Option<String> },
+    Ended {
+        tag: u64,
+        end: End,
+        /// The peak memory the batch system measured, where it said.
+        memory_bytes: Option<u64>,
+    },
+}
+
+/// Why an executor could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    #[error("cannot run `{program}`: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed: {message}")]
+    Refused { command: String, message: String },
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// A batch system, as the dispatcher drives it.
+pub trait Executor: Send {
+    /// Its name, for messages (`htcondor`).
+    fn name(&self) -> &'static str;
+    /// Hands these jobs over, in as few requests as the system allows.
+    fn submit(&mut self, jobs: &[BatchJob]) -> Result<(), ExecutorError>;
+    /// What happened to the jobs handed over since the last call; waits up to
+    /// `wait` when nothing has.
+    fn reports(&mut self, wait: Duration) -> Result<Vec<Report>, ExecutorError>;
+    /// Jobs handed over that have not ended.
+    fn outstanding(&self) -> usize;
+    /// Removes every job handed over that has not ended; they are reported
+    /// no more.
+    fn cancel_all(&mut self) -> Result<(), ExecutorError>;
+}
