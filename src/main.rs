@@ -242,6 +242,16 @@ enum Command {
         after_help = "Examples:\n  mustbuild report -o report.html\n  mustbuild report --run 12 -o run12.html"
     )]
     Report(stats::ReportArgs),
+    /// Run one step of a batch job: what the HTCondor (and Slurm) jobs of
+    /// `mustbuild run --executor …` run on their node. Not for use by hand.
+    ///
+    /// It checks the step's declared tools are the ones in its key, runs the
+    /// command in the job folder as a local run would, and writes result.json
+    /// beside the spec; the run that submitted the job stores the outputs.
+    Worker {
+        /// The job's spec (JOB/job.json, written by `mustbuild run`).
+        spec: PathBuf,
+    },
     /// Format pipeline files canonically, keeping comments.
     ///
     /// Rewrites the files in place (KDL 1.0 files become KDL 2.0); `-` formats
@@ -344,6 +354,7 @@ fn main() -> ExitCode {
         Command::Check { pipeline, json } => check(&pipeline, json),
         Command::Graph { pipeline, format } => graph(&pipeline, format),
         Command::Fmt { files, check } => fmt(&files, check),
+        Command::Worker { spec } => worker(&spec),
         Command::Store { store, command } => store_command(store, command),
         Command::Run { pipeline, flags } => run_command(&pipeline, flags),
         Command::Why {
@@ -775,8 +786,82 @@ struct RunFlags {
     /// One JSON object per event on stdout, then a summary object.
     #[arg(long)]
     json: bool,
+    /// Where commands run [default: `executor` in mustbuild.kdl, else local]:
+    /// `htcondor` submits each step to run as an HTCondor job (from a login
+    /// node whose store is on the filesystem the nodes share).
+    #[arg(long, value_enum, value_name = "NAME")]
+    executor: Option<ExecutorName>,
     #[command(flatten)]
     cache: cache::CacheFlags,
+}
+
+/// `mustbuild worker SPEC`: a batch job's step, on its node.
+fn worker(spec: &Path) -> u8 {
+    let cancel = mustbuild_executors::CancelToken::default();
+    // The batch system removes a job with SIGTERM: the step's processes go too.
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(signal, cancel.flag());
+    }
+    match mustbuild_engine::worker::run(spec, &cancel) {
+        Ok(_) => exit::OK,
+        Err(e) => {
+            tell!("error: {e}");
+            exit::ENVIRONMENT
+        }
+    }
+}
+
+/// Where a run's commands run.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ExecutorName {
+    /// This machine.
+    Local,
+    /// An HTCondor pool, through condor_submit (from a login node).
+    Htcondor,
+}
+
+/// The batch system a run uses: `--executor`, else `executor "…"` in the
+/// configuration; `None` for this machine.
+fn batch_options(
+    flag: Option<ExecutorName>,
+    config: Option<&mustbuild_engine::config::ExecutorConfig>,
+    pipeline: &str,
+) -> Result<Option<mustbuild_engine::run::Batch>, u8> {
+    let name = match flag {
+        Some(ExecutorName::Local) => return Ok(None),
+        Some(ExecutorName::Htcondor) => "htcondor",
+        None => config.map_or("local", |c| c.name.as_str()),
+    };
+    if name == "local" {
+        return Ok(None);
+    }
+    // Settings apply to the executor they were written for.
+    let c = config.filter(|c| c.name == name);
+    let mut settings = mustbuild_executors::htcondor::Settings {
+        batch_name: format!("mustbuild {pipeline}"),
+        ..Default::default()
+    };
+    if let Some(c) = c {
+        settings.bin = c.bin.clone();
+        settings.accounting_group = c.accounting_group.clone();
+        settings.requirements = c.requirements.clone();
+        settings.extra = c.submit.clone();
+        if let Some(t) = c.held_timeout_s {
+            settings.held_timeout = std::time::Duration::from_secs(t);
+        }
+    }
+    let program = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            tell!("error: cannot tell where this mustbuild is, for the jobs to run it: {e}");
+            return Err(exit::ENVIRONMENT);
+        }
+    };
+    Ok(Some(mustbuild_engine::run::Batch {
+        system: mustbuild_engine::run::System::HtCondor(settings),
+        max_queued: c.and_then(|c| c.max_queued).unwrap_or(2000),
+        program,
+    }))
 }
 
 /// This machine's memory, from /proc/meminfo.
@@ -798,6 +883,7 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         keep_going,
         dry_run,
         json,
+        executor,
         cache: cache_flags,
     } = flags;
     let mut overrides: Vec<(String, String)> = Vec::new();
@@ -1032,6 +1118,10 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         glob_files: expansion.glob_files.clone(),
         ..noop_request
     });
+    let batch = match batch_options(executor, config.executor.as_ref(), &wf.name) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
     let options = RunOptions {
         jobs,
         memory_bytes: total_memory(),
@@ -1067,6 +1157,7 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         }),
         energy_model,
         cache,
+        batch,
     };
     report_run(json, total, jobs, wall, Some(&cancel), |on_event| {
         mustbuild_engine::run::run(wf, &instances, &store, &options, on_event)

@@ -63,6 +63,13 @@ fn describe(event: &Event) -> String {
             let mut text = match outcome {
                 // mustbuild's own words: as they are.
                 Outcome::Infrastructure(why) => format!("FAILED   {}: {why}", label(step, values)),
+                Outcome::OutOfMemory { reason, .. } => {
+                    format!("FAILED   {}: out of memory: {reason}", label(step, values))
+                }
+                Outcome::Held { reason } => format!(
+                    "FAILED   {}: held by the batch system too long: {reason}",
+                    label(step, values)
+                ),
                 _ => format!("FAILED   {}: {outcome:?}", label(step, values)),
             };
             for line in log_tail.lines() {

@@ -22,6 +22,14 @@
 //!         core-watts 9.5
 //!     }
 //! }
+//! executor "htcondor" {            // or "local" (the default)
+//!     accounting-group "group_must.lab"
+//!     requirements "OpSysAndVer == \"AlmaLinux9\""
+//!     submit "+wishedAcctGroup = \"lab\""   // more submit commands, as written
+//!     max-queued 2000              // jobs queued or running at once
+//!     held-timeout 600             // seconds a job may stay held before its step fails
+//!     bin "/usr/bin"               // where condor_submit is, if not on PATH
+//! }
 //! ```
 
 use crate::stats::Footprint;
@@ -49,10 +57,27 @@ pub struct CacheConfig {
     pub push: Option<crate::cache::Push>,
 }
 
+/// The `executor "NAME" { … }` settings (the last file's block wins).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutorConfig {
+    /// `local` or `htcondor`.
+    pub name: String,
+    pub accounting_group: Option<String>,
+    pub requirements: Option<String>,
+    pub submit: Vec<String>,
+    pub max_queued: Option<usize>,
+    pub held_timeout_s: Option<u64>,
+    pub bin: Option<PathBuf>,
+}
+
+/// The executors `executor` may name.
+pub const EXECUTORS: &[&str] = &["local", "htcondor"];
+
 /// What configuration sets.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Config {
     pub cache: CacheConfig,
+    pub executor: Option<ExecutorConfig>,
     pub model: Model,
     pub footprint: Footprint,
     /// The files read, in order.
@@ -162,11 +187,15 @@ fn apply(config: &mut Config, path: &Path, text: &str, host: &str) -> Result<(),
                 };
                 cache(&mut config.cache, children, path, &error)?;
             }
+            "executor" => config.executor = Some(executor(node, &error)?),
             other => {
                 return Err(error(
                     node.span().offset(),
                     format!("unknown setting `{other}`"),
-                    Some("this version knows `cache { … }` and `energy { … }`".to_string()),
+                    Some(
+                        "this version knows `cache { … }`, `energy { … }` and `executor \"NAME\" { … }`"
+                            .to_string(),
+                    ),
                 ));
             }
         }
@@ -251,6 +280,80 @@ fn cache(
         config.urls = urls;
     }
     Ok(())
+}
+
+fn executor(node: &kdl::KdlNode, error: &MakeError<'_>) -> Result<ExecutorConfig, ConfigError> {
+    let name = match strings(node).as_deref() {
+        Some([name]) if EXECUTORS.contains(&name.as_str()) => name.clone(),
+        Some([name]) => {
+            return Err(error(
+                node.entries()[0].span().offset(),
+                format!("unknown executor `{name}`"),
+                Some(format!("known: {}", EXECUTORS.join(", "))),
+            ));
+        }
+        _ => {
+            return Err(error(
+                node.span().offset(),
+                "`executor` takes one name".to_string(),
+                Some("e.g. executor \"htcondor\" { accounting-group \"group_lab\" }".to_string()),
+            ));
+        }
+    };
+    let mut config = ExecutorConfig {
+        name,
+        accounting_group: None,
+        requirements: None,
+        submit: Vec::new(),
+        max_queued: None,
+        held_timeout_s: None,
+        bin: None,
+    };
+    for n in node.children().map(|c| c.nodes()).unwrap_or_default() {
+        let setting = n.name().value();
+        let text = || match strings(n).as_deref() {
+            Some([v]) => Ok(v.clone()),
+            _ => Err(error(
+                n.span().offset(),
+                format!("`{setting}` takes one string"),
+                None,
+            )),
+        };
+        let count = || match n.entries() {
+            [e] if e.name().is_none() => match e.value() {
+                kdl::KdlValue::Integer(i) if *i > 0 => Ok(*i as u64),
+                _ => Err(error(
+                    e.span().offset(),
+                    format!("`{setting}` takes a whole number above 0"),
+                    None,
+                )),
+            },
+            _ => Err(error(
+                n.span().offset(),
+                format!("`{setting}` takes one number"),
+                None,
+            )),
+        };
+        match setting {
+            "accounting-group" => config.accounting_group = Some(text()?),
+            "requirements" => config.requirements = Some(text()?),
+            "submit" => config.submit.push(text()?),
+            "max-queued" => config.max_queued = Some(count()? as usize),
+            "held-timeout" => config.held_timeout_s = Some(count()?),
+            "bin" => config.bin = Some(PathBuf::from(text()?)),
+            other => {
+                return Err(error(
+                    n.span().offset(),
+                    format!("unknown executor setting `{other}`"),
+                    Some(
+                        "known: accounting-group, requirements, submit, max-queued, held-timeout, bin"
+                            .to_string(),
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(config)
 }
 
 type MakeError<'a> = dyn Fn(usize, String, Option<String>) -> ConfigError + 'a;

@@ -30,5 +30,6 @@ pub mod report;
 pub mod run;
 mod slots;
 pub mod stats;
+pub mod worker;
 
 pub use instantiate::{FileRef, Instance, InstanceId, Instances, instantiate};

@@ -865,6 +865,7 @@ step head {
             info: None,
             energy_model: Default::default(),
             cache: None,
+            batch: None,
         };
         let summary = run(wf, &instances, store, &options, &mut |_| {}).unwrap();
         assert_eq!(summary.executed, 2);

@@ -56,6 +56,14 @@ pub enum Outcome {
     MissingOutputs(Vec<PathBuf>),
     /// It could not be started or watched (no bash, no log file…).
     Infrastructure(String),
+    /// A batch system stopped it for using more memory than it asked for:
+    /// its words, and the peak it saw where it said.
+    OutOfMemory {
+        reason: String,
+        used_bytes: Option<u64>,
+    },
+    /// A batch system held it longer than allowed (then removed it): why.
+    Held { reason: String },
 }
 
 /// What a run used.

@@ -23,6 +23,8 @@ pub(crate) struct Job {
     pub(crate) cpus: usize,
     pub(crate) memory: u64,
     pub(crate) gpus: usize,
+    /// Local disk to ask a batch system for, in bytes.
+    pub(crate) disk: u64,
     pub(crate) key: Digest,
     /// What to put in the scratch folder before the command runs.
     pub(crate) placements: Vec<Placement>,
@@ -87,6 +89,7 @@ pub(crate) fn prepare(
         cpus: 1,
         memory: 0,
         gpus: 0,
+        disk: 0,
         key,
         placements,
         request,

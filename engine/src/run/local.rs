@@ -46,6 +46,8 @@ pub(crate) struct Done {
     pub(crate) error: Option<RunError>,
     /// What measuring its command's energy gave (when it started).
     pub(crate) energy: Option<crate::measure::Ended>,
+    /// What the node it ran on measured (a batch job's), which the record takes.
+    pub(crate) node: Option<crate::worker::NodeResult>,
 }
 
 /// Takes the lock of a derivation key, so that two processes never run one
@@ -130,13 +132,23 @@ pub(crate) struct Worker<'a> {
 }
 
 pub(crate) fn work(worker: &Worker<'_>, mut job: Job) -> Done {
-    let Worker { store, scratch, .. } = worker;
     let placements = std::mem::take(&mut job.placements);
-    scratch.take(&mut job.request);
+    worker.scratch.take(&mut job.request);
     let ticket = job.ticket;
     // While another process holds the derivation, later jobs do not wait for this one.
+    let mut done = locked(worker, job, &|| worker.slots.leave(ticket));
+    if !done.not_started && let Err(e) = run_and_store(worker, &placements, &mut done) {
+        done.error = Some(e);
+    }
+    worker.slots.leave(ticket);
+    done
+}
+
+/// A job with its key's lock taken (`not_started` when the run stopped while
+/// it waited; `waiting` is called when it starts to wait), nothing done yet.
+pub(crate) fn locked(worker: &Worker<'_>, mut job: Job, waiting: &dyn Fn()) -> Done {
     let stopped = || worker.cancel.is_cancelled() || worker.slots.is_closed();
-    let cancelled = match lock_key(store, &job.key, &stopped, &|| worker.slots.leave(ticket)) {
+    let cancelled = match lock_key(worker.store, &job.key, &stopped, waiting) {
         Ok(Some(lock)) => {
             job.lock = Some(lock);
             false
@@ -144,7 +156,7 @@ pub(crate) fn work(worker: &Worker<'_>, mut job: Job) -> Done {
         Ok(None) => true,
         Err(_) => false,
     };
-    let mut done = Done {
+    Done {
         job,
         result: ended_early(Outcome::Cancelled),
         stored: None,
@@ -157,12 +169,8 @@ pub(crate) fn work(worker: &Worker<'_>, mut job: Job) -> Done {
         objects: Unrecorded::default(),
         error: None,
         energy: None,
-    };
-    if !cancelled && let Err(e) = run_and_store(worker, &placements, &mut done) {
-        done.error = Some(e);
+        node: None,
     }
-    worker.slots.leave(ticket);
-    done
 }
 
 pub(crate) fn ended_early(outcome: Outcome) -> mustbuild_executors::ExecResult {
@@ -174,55 +182,69 @@ pub(crate) fn ended_early(outcome: Outcome) -> mustbuild_executors::ExecResult {
     }
 }
 
+/// Someone may have realised the job's key while it waited for the lock.
+/// Under the key's lock, a plain read sees any realisation another process
+/// made (it held the lock until that committed); only then a write to lease it.
+pub(crate) fn realised_meanwhile(
+    store: &LocalStore,
+    job: &Job,
+) -> Result<Option<Vec<Output>>, RunError> {
+    if !job.force && store.is_realised(&job.key)? {
+        return Ok(store.realisation(&job.key)?);
+    }
+    Ok(None)
+}
+
+/// Puts a realisation another process made in the workspace, for `done`.
+pub(crate) fn take_realised(
+    worker: &Worker<'_>,
+    realised: Vec<Output>,
+    done: &mut Done,
+) -> Result<(), RunError> {
+    let job = &done.job;
+    let mut events = Vec::new();
+    let r = materialize_outputs(
+        (worker.wf, worker.instances, worker.root),
+        worker.store,
+        (job.id, job.key),
+        &realised,
+        &[],
+        &Unrecorded::default(),
+        &mut done.materialised,
+        &mut |e| events.push(e),
+    );
+    done.events = events;
+    r?;
+    done.stored = Some(realised);
+    done.realised_elsewhere = true;
+    Ok(())
+}
+
 pub(crate) fn run_and_store(
     worker: &Worker<'_>,
     placements: &[Placement],
     done: &mut Done,
 ) -> Result<(), RunError> {
     let Worker {
-        wf,
-        instances,
         store,
         scratch,
         slots,
         cancel,
         starts,
-        root,
         measure,
         ..
     } = worker;
-    let job = &mut done.job;
-    let mut events = Vec::new();
-    // Someone may have realised it while we waited for the lock.
-    // Under the key's lock, a plain read sees any realisation another process
-    // made (it held the lock until that committed); only then a write to lease it.
-    if !job.force
-        && store.is_realised(&job.key)?
-        && let Some(realised) = store.realisation(&job.key)?
-    {
+    if let Some(realised) = realised_meanwhile(store, &done.job)? {
         // No command to start: later jobs do not wait behind this one's copies.
-        slots.leave(job.ticket);
-        let r = materialize_outputs(
-            (wf, instances, root),
-            store,
-            (job.id, job.key),
-            &realised,
-            &[],
-            &Unrecorded::default(),
-            &mut done.materialised,
-            &mut |e| events.push(e),
-        );
-        done.events = events;
-        r?;
-        done.stored = Some(realised);
-        done.realised_elsewhere = true;
-        return Ok(());
+        slots.leave(done.job.ticket);
+        return take_realised(worker, realised, done);
     }
     // Stopped meanwhile: no inputs to copy for a command that will not start.
     if cancel.is_cancelled() || slots.is_closed() {
         done.not_started = true;
         return Ok(());
     }
+    let job = &mut done.job;
     done.result = match place_inputs(store, scratch, placements) {
         Ok(()) => match slots.take(job.ticket, job.cpus, job.memory, job.gpus, cancel, || {
             starts
@@ -250,12 +272,32 @@ pub(crate) fn run_and_store(
             "cannot prepare the scratch folder: {e}"
         ))),
     };
+    let log = done.job.request.log.clone();
+    store_made(worker, done, &scratch.root, &log)
+}
+
+/// What a command that ended left: its log, and when it succeeded its
+/// declared outputs (in `work`, the folder it ran in) moved into the store and
+/// put in the workspace. Nothing is recorded yet.
+pub(crate) fn store_made(
+    worker: &Worker<'_>,
+    done: &mut Done,
+    work: &Path,
+    log: &Path,
+) -> Result<(), RunError> {
+    let Worker {
+        wf,
+        instances,
+        store,
+        root,
+        ..
+    } = worker;
     let job = &done.job;
     // The log is the command's (the executor truncated it when it started it),
     // unless the command was not started: it is then the last job's.
     // (Most commands say nothing: their empty log is not opened.)
-    if done.result.spawned && std::fs::metadata(&job.request.log).is_ok_and(|m| m.len() > 0) {
-        done.log = std::fs::read(&job.request.log).unwrap_or_default();
+    if done.result.spawned && std::fs::metadata(log).is_ok_and(|m| m.len() > 0) {
+        done.log = std::fs::read(log).unwrap_or_default();
     }
     let mut in_scratch = Vec::new();
     let stored = if done.result.outcome == Outcome::Succeeded {
@@ -263,7 +305,7 @@ pub(crate) fn run_and_store(
             wf,
             instances,
             store,
-            &scratch.root,
+            work,
             job,
             &mut in_scratch,
             &mut done.objects,
@@ -283,6 +325,7 @@ pub(crate) fn run_and_store(
         done.log_digest = Some(store.add_bytes(&done.log)?);
     }
     if let Some(stored) = &stored {
+        let mut events = Vec::new();
         let r = materialize_outputs(
             (wf, instances, root),
             store,

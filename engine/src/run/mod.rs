@@ -18,13 +18,16 @@
 //! up), so that slow file-system calls (fsync, copies) of different instances
 //! overlap instead of queuing behind one another.
 
+mod batch;
 mod job;
 mod local;
 mod materialise;
 mod record;
 mod scratch;
 
-pub(crate) use job::{Job, prepare};
+pub use batch::{Batch, System};
+use batch::Task;
+pub(crate) use job::prepare;
 use local::{Done, Message, Worker, work};
 use materialise::materialize_outputs;
 use record::{RecordedRun, run_record, tail};
@@ -91,6 +94,8 @@ pub enum RunError {
     Cache(#[from] crate::cache::Required),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Executor(#[from] mustbuild_executors::batch::ExecutorError),
     #[error("cannot {action} {}: {source}", path.display())]
     Io {
         action: &'static str,
@@ -139,6 +144,8 @@ pub struct RunOptions {
     pub energy_model: mustbuild_executors::energy::Model,
     /// The remote caches to take results from and push them to.
     pub cache: Option<std::sync::Arc<crate::cache::Cache>>,
+    /// The batch system commands run on; this machine when `None`.
+    pub batch: Option<Batch>,
 }
 
 /// What happened to one instance.
@@ -218,6 +225,8 @@ struct Runnable {
     forced: bool,
     /// 0, or how many times it failed and is tried again.
     attempt: u32,
+    /// The memory to ask for instead of the step's (a retry after it ran out).
+    memory: Option<u64>,
 }
 
 /// Runs (and audits) of one process (a library user's, tests) get scratch
@@ -241,7 +250,7 @@ pub fn run(
     // A step asking for more GPUs than there are would wait forever.
     for (i, inst) in instances.all.iter().enumerate() {
         let step = wf.step(inst.step);
-        if selected(i) && step.resources.gpus as usize > options.gpus.len() {
+        if selected(i) && options.batch.is_none() && step.resources.gpus as usize > options.gpus.len() {
             return Err(RunError::NotEnoughGpus {
                 step: step.name.to_string(),
                 needs: step.resources.gpus,
@@ -324,13 +333,70 @@ pub fn run(
     // made or preparing the next job, so that a slot given back is taken at once.
     let workers = 2 * total_cpus + 1;
 
-    let (job_tx, job_rx) = mpsc::channel::<Job>();
+    // On a batch system, the jobs queued there bound what is handed out.
+    let max_in_flight = match &options.batch {
+        Some(b) => b.max_queued.max(1),
+        None => HANDED_PER_WORKER * workers,
+    };
+    // What history says steps that declare no memory should ask for.
+    let advised: std::collections::HashMap<String, u64> = match &options.batch {
+        Some(_) => {
+            let declared = wf
+                .steps
+                .iter()
+                .map(|s| (s.name.to_string(), s.resources.clone()))
+                .collect();
+            crate::advice::for_pipeline(store, &wf.name, &declared)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|a| (a.step, a.request_memory_bytes))
+                .collect()
+        }
+        None => Default::default(),
+    };
+    let run_number = next_run_number();
+    // A batch run's folder on the shared filesystem: the executor's files and
+    // one folder per job.
+    let spool = store
+        .root()
+        .join("spool")
+        .join(format!("{}-{run_number}", std::process::id()));
+    let executor = match &options.batch {
+        Some(b) => Some(b.executor(&spool.join(".executor"))?),
+        None => None,
+    };
+    let step_tools: std::collections::HashMap<String, Vec<crate::worker::Tool>> = wf
+        .steps
+        .iter()
+        .map(|s| {
+            let names = wf.tools.iter().chain(&s.tools).map(|t| t.name.as_str());
+            let declared = names
+                .filter_map(|n| {
+                    let t = tools.get(n)?;
+                    Some(crate::worker::Tool {
+                        name: n.to_string(),
+                        path: t.path.clone(),
+                        digest: t.digest.to_hex(),
+                    })
+                })
+                .collect();
+            (s.name.to_string(), declared)
+        })
+        .collect();
+    let (prepared_tx, prepared_rx) = mpsc::channel();
+    let side = batch::Side {
+        prepared: std::sync::Mutex::new(prepared_tx),
+        spool: spool.clone(),
+        tools: &step_tools,
+        model: options.energy_model,
+    };
+    let finished = std::sync::atomic::AtomicBool::new(false);
+    let (job_tx, job_rx) = mpsc::channel::<Task>();
     let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
     let (done_tx, done_rx) = mpsc::channel::<Message>();
     // Instances whose commands started, in the order they took their shares.
     let starts = std::sync::Mutex::new(Vec::new());
     remove_stale_scratch(store);
-    let run_number = next_run_number();
     let result = std::thread::scope(|scope| -> Result<(), RunError> {
         // Results go to the remote cache from a thread of their own, in
         // batches, while the run goes on; the run ends when they are sent.
@@ -344,6 +410,24 @@ pub fn run(
             }
             None => (None, None),
         };
+        // A batch run's submitter: it owns the executor, and hands ended jobs
+        // back to the workers.
+        if let (Some(executor), Some(b)) = (executor, &options.batch) {
+            let submitter = batch::Submitter {
+                executor,
+                program: &b.program,
+                prepared: prepared_rx,
+                tasks: job_tx.clone(),
+                starts: &starts,
+                cancel: cancel.clone(),
+                slots: &slots,
+                finished: &finished,
+            };
+            scope.spawn(move || submitter.run());
+        } else {
+            drop(prepared_rx);
+        }
+        let side = options.batch.as_ref().map(|_| &side);
         for worker in 0..workers {
             let rx = job_rx.clone();
             let tx = done_tx.clone();
@@ -370,15 +454,21 @@ pub fn run(
                         Ok(guard) => guard.recv(),
                         Err(_) => break,
                     };
-                    let Ok(job) = job else { break };
+                    let Ok(task) = job else { break };
                     // A bug in a worker ends the run with an error, not a hang.
                     let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        work(&worker, job)
+                        match (task, side) {
+                            (Task::Run(job), None) => Some(work(&worker, job)),
+                            (Task::Run(job), Some(side)) => batch::prepare(&worker, side, job),
+                            (Task::Finish(landed), _) => Some(batch::finish(&worker, *landed)),
+                        }
                     }));
                     let Ok(done) = done else {
                         let _ = worker.messages.send(Message::Lost);
                         break;
                     };
+                    // A batch job handed to the submitter ends later.
+                    let Some(done) = done else { continue };
                     if worker.messages.send(Message::Done(Box::new(done))).is_err() {
                         break;
                     }
@@ -592,6 +682,7 @@ pub fn run(
                                 key,
                                 forced: *forced,
                                 attempt: 0,
+                                memory: None,
                             }),
                         }
                     }
@@ -599,12 +690,13 @@ pub fn run(
                 }
                 // Hand runnable instances to the workers, in order, a few ahead: each
                 // prepares its job, then waits for the job's share of the slots.
-                while !stop && in_flight < HANDED_PER_WORKER * workers {
+                while !stop && in_flight < max_in_flight {
                     let Some(Runnable {
                         id,
                         key,
                         forced,
                         attempt,
+                        memory,
                     }) = runnable.pop_front()
                     else {
                         break;
@@ -616,12 +708,25 @@ pub fn run(
                     job.attempt = attempt;
                     job.ticket = tickets;
                     tickets += 1;
-                    job.cpus = (step.resources.cpus as usize).min(total_cpus);
-                    job.memory = step.resources.memory_bytes.unwrap_or(0).min(total_memory);
                     job.gpus = step.resources.gpus as usize;
-                    slots.queue(job.ticket, job.cpus, job.memory, job.gpus);
+                    if options.batch.is_some() {
+                        // The batch system's nodes, not this machine, bound them.
+                        job.cpus = step.resources.cpus as usize;
+                        job.memory = memory
+                            .or(step.resources.memory_bytes)
+                            .or_else(|| advised.get(step.name.as_str()).copied())
+                            .unwrap_or(batch::DEFAULT_MEMORY);
+                        job.disk = step.resources.disk_bytes.unwrap_or(batch::DEFAULT_DISK);
+                    } else {
+                        job.cpus = (step.resources.cpus as usize).min(total_cpus);
+                        job.memory = memory
+                            .or(step.resources.memory_bytes)
+                            .unwrap_or(0)
+                            .min(total_memory);
+                        slots.queue(job.ticket, job.cpus, job.memory, job.gpus);
+                    }
                     in_flight += 1;
-                    if job_tx.send(job).is_err() {
+                    if job_tx.send(Task::Run(job)).is_err() {
                         in_flight -= 1;
                         break;
                     }
@@ -810,11 +915,22 @@ pub fn run(
                             values: inst.values.clone(),
                             attempt: job.attempt + 1,
                         });
+                        // Out of memory: asked again with twice as much, or half
+                        // as much again as it was seen to use, whichever is more.
+                        let memory = match &outcome {
+                            Outcome::OutOfMemory { used_bytes, .. } => Some(
+                                (job.memory.max(1 << 20) * 2)
+                                    .max(used_bytes.unwrap_or(0) * 3 / 2)
+                                    .next_multiple_of(1 << 20),
+                            ),
+                            _ => None,
+                        };
                         retries.push(Runnable {
                             id: job.id,
                             key: job.key,
                             forced: job.force,
                             attempt: job.attempt + 1,
+                            memory,
                         });
                     } else {
                         if outcome == Outcome::Cancelled {
@@ -863,6 +979,7 @@ pub fn run(
         if coordinated.is_err() {
             cancel.cancel();
         }
+        finished.store(true, std::sync::atomic::Ordering::SeqCst);
         drop(job_tx);
         drop(push_tx);
         if let (Some(pusher), Some(cache)) = (pusher, &options.cache) {
@@ -877,6 +994,9 @@ pub fn run(
         }
         coordinated
     });
+    if options.batch.is_some() {
+        let _ = std::fs::remove_dir_all(&spool);
+    }
     // Jobs that ended after the run stopped on an error: what they put in the
     // workspace is remembered (the next run would take it for an edit otherwise).
     for m in done_rx.try_iter() {

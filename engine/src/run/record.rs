@@ -29,7 +29,7 @@ pub(crate) fn run_record(
         )
     });
     let gpus = done.job.request.gpus.as_ref().filter(|g| !g.is_empty());
-    RunRecord {
+    let mut record = RunRecord {
         session: Some(session),
         key: done.job.key,
         step: wf.step(instances.get(done.job.id).step).name.to_string(),
@@ -60,7 +60,16 @@ pub(crate) fn run_record(
                 crate::measure::MEMORY_METHOD.to_string()
             }
         }),
+    };
+    // A batch job's figures are its node's.
+    if let Some(node) = &done.node {
+        record.host = node.host.clone();
+        record.cpu_model = node.cpu_model.clone();
+        record.energy_joules = node.energy_joules;
+        record.energy_method = node.energy_method.clone();
+        record.gpus = Some(node.gpus.join(",")).filter(|g| !g.is_empty());
     }
+    record
 }
 
 pub(crate) fn millis(t: std::time::SystemTime) -> i64 {
@@ -72,9 +81,11 @@ pub(crate) fn outcome_name(o: &Outcome) -> &'static str {
     match o {
         Outcome::Succeeded => "succeeded",
         Outcome::Failed { .. } | Outcome::MissingOutputs(_) => "failed",
-        Outcome::Killed { .. } | Outcome::TimedOut { .. } => "killed",
+        Outcome::Killed { .. } | Outcome::TimedOut { .. } | Outcome::OutOfMemory { .. } => {
+            "killed"
+        }
         Outcome::Cancelled => "cancelled",
-        Outcome::Infrastructure(_) => "infrastructure",
+        Outcome::Infrastructure(_) | Outcome::Held { .. } => "infrastructure",
     }
 }
 

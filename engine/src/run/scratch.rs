@@ -47,6 +47,22 @@ impl Scratch {
         }
     }
 
+    /// A batch job's folder `folder` (on the shared filesystem): the step runs in
+    /// `work/`, its log is `log`.
+    pub(crate) fn at(folder: &Path) -> Scratch {
+        let root = folder.join(crate::worker::WORK);
+        Scratch {
+            home: root.join(".mustbuild/home"),
+            tmp: root.join(".mustbuild/tmp"),
+            log: folder.join(crate::worker::LOG),
+            spare: folder.join("spare"),
+            spares: Default::default(),
+            named: Default::default(),
+            spare_made: Default::default(),
+            root,
+        }
+    }
+
     /// Points `request` at this folder: its working folder, log, `HOME` and `TMPDIR`.
     pub(crate) fn take(&self, request: &mut ExecRequest) {
         request.dir = self.root.clone();

@@ -1,0 +1,398 @@
+//! A run on a batch system (HTCondor now, Slurm next), on the coordinator and
+//! workers of a local run. What differs is where the command runs:
+//!
+//! 1. A worker takes the job's key lock (as locally), puts its inputs in a job
+//!    folder under `STORE/spool/` (on the filesystem the nodes share) and writes
+//!    the worker's spec there (`crate::worker`), then hands the job on.
+//! 2. The submitter thread gathers prepared jobs into batches, submits each
+//!    batch in one call, and hears of the jobs from the executor's reports.
+//! 3. When a job ends, a worker reads what the node's `mustbuild worker` left
+//!    (`result.json`, the log, the outputs in `work/`) into the store and the
+//!    workspace exactly as for a local command; the coordinator records it.
+//!
+//! Only this process writes the store's database: nodes write files in their
+//! job folder, nothing else.
+
+use super::job::Job;
+use super::local::{Done, Worker, ended_early, locked, realised_meanwhile, store_made, take_realised};
+use super::scratch::{Scratch, place_inputs, remove_any};
+use crate::instantiate::InstanceId;
+use crate::worker::{LOG, NodeResult, RESULT, SPEC, Spec, Tool, WORK};
+use mustbuild_executors::batch::{BatchJob, End, Executor, Report, Resources};
+use mustbuild_executors::{CancelToken, Outcome};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+/// Jobs submitted in one call, at most.
+const SUBMIT_BATCH: usize = 1000;
+/// How long the first prepared job waits for others to join its batch.
+const GATHER: Duration = Duration::from_millis(200);
+/// How long the submitter waits for reports while jobs are out.
+const REPORT_WAIT: Duration = Duration::from_millis(100);
+/// Memory a step asks for when it declares none and has no history.
+pub const DEFAULT_MEMORY: u64 = 1 << 30;
+/// Local disk a step asks for when it declares none (its folder is on the
+/// shared filesystem: little is used on the node).
+pub const DEFAULT_DISK: u64 = 1 << 30;
+
+/// Which batch system, and how it is asked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum System {
+    HtCondor(mustbuild_executors::htcondor::Settings),
+}
+
+/// A run's batch system (`RunOptions::batch`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub system: System,
+    /// Jobs queued or running at once, at most.
+    pub max_queued: usize,
+    /// The `mustbuild` the nodes run (`mustbuild worker`): this one.
+    pub program: PathBuf,
+}
+
+impl Batch {
+    pub(crate) fn executor(&self, dir: &Path) -> Result<Box<dyn Executor>, super::RunError> {
+        match &self.system {
+            System::HtCondor(settings) => Ok(Box::new(
+                mustbuild_executors::htcondor::HtCondor::new(settings.clone(), dir)?,
+            )),
+        }
+    }
+}
+
+/// What a worker thread is given.
+pub(crate) enum Task {
+    /// Run this job (locally, or prepared for the batch system).
+    Run(Job),
+    /// This batch job ended: take in what it left.
+    Finish(Box<Landed>),
+}
+
+/// A batch job prepared in its folder, for the submitter.
+pub(crate) struct Prepared {
+    done: Done,
+    folder: PathBuf,
+}
+
+/// A batch job that ended (`end: None`: it was never submitted).
+pub(crate) struct Landed {
+    done: Done,
+    folder: PathBuf,
+    end: Option<Result<End, String>>,
+}
+
+/// What the workers of a batch run share.
+pub(crate) struct Side<'a> {
+    pub(crate) prepared: Mutex<mpsc::Sender<Prepared>>,
+    /// The run's folder in `STORE/spool`.
+    pub(crate) spool: PathBuf,
+    /// Each step's declared tools, as the key holds them.
+    pub(crate) tools: &'a HashMap<String, Vec<Tool>>,
+    pub(crate) model: mustbuild_executors::energy::Model,
+}
+
+/// A worker's part before submission: `Some` when the job ends here (run
+/// stopped, realised meanwhile, its folder could not be made).
+pub(crate) fn prepare(worker: &Worker<'_>, side: &Side<'_>, mut job: Job) -> Option<Done> {
+    let placements = std::mem::take(&mut job.placements);
+    let mut done = locked(worker, job, &|| {});
+    if done.not_started {
+        return Some(done);
+    }
+    match realised_meanwhile(worker.store, &done.job) {
+        Ok(Some(realised)) => {
+            if let Err(e) = take_realised(worker, realised, &mut done) {
+                done.error = Some(e);
+            }
+            return Some(done);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            done.error = Some(e);
+            return Some(done);
+        }
+    }
+    if worker.cancel.is_cancelled() || worker.slots.is_closed() {
+        done.not_started = true;
+        return Some(done);
+    }
+    let folder = side.spool.join(done.job.ticket.to_string());
+    let scratch = Scratch::at(&folder);
+    let made = place_inputs(worker.store, &scratch, &placements)
+        .map_err(|e| e.to_string())
+        .and_then(|()| write_spec(worker, side, &done.job, &folder));
+    if let Err(e) = made {
+        done.result = ended_early(Outcome::Infrastructure(format!(
+            "cannot prepare the job folder {}: {e}",
+            folder.display()
+        )));
+        let _ = remove_any(&folder);
+        return Some(done);
+    }
+    let sent = side
+        .prepared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .send(Prepared { done, folder });
+    match sent {
+        Ok(()) => None,
+        Err(mpsc::SendError(p)) => {
+            let mut done = p.done;
+            done.not_started = true;
+            Some(done)
+        }
+    }
+}
+
+fn write_spec(worker: &Worker<'_>, side: &Side<'_>, job: &Job, folder: &Path) -> Result<(), String> {
+    let inst = worker.instances.get(job.id);
+    let step = worker.wf.step(inst.step);
+    let spec = Spec {
+        label: crate::provenance::label(&step.name, &inst.values),
+        command: job.request.command.clone(),
+        env: job.request.env.clone(),
+        outputs: job.request.outputs.clone(),
+        time_limit_ms: job.request.time_limit.map(|t| t.as_millis() as u64),
+        gpus: job.gpus as u32,
+        tools: side.tools.get(step.name.as_str()).cloned().unwrap_or_default(),
+        core_watts: side.model.core_watts,
+        memory_watts_per_gb: side.model.memory_watts_per_gb,
+    };
+    let path = folder.join(SPEC);
+    let bytes = serde_json::to_vec_pretty(&spec).map_err(|e| e.to_string())?;
+    std::fs::write(&path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// A worker's part after the job ended: what the node left, into the store.
+pub(crate) fn finish(worker: &Worker<'_>, landed: Landed) -> Done {
+    let Landed {
+        mut done,
+        folder,
+        end,
+    } = landed;
+    let log = folder.join(LOG);
+    let ran = log.exists();
+    let gone = |outcome| mustbuild_executors::ExecResult {
+        spawned: ran,
+        ..ended_early(outcome)
+    };
+    done.result = match end {
+        None => {
+            done.not_started = true;
+            let _ = remove_any(&folder);
+            return done;
+        }
+        Some(Err(why)) => gone(Outcome::Infrastructure(why)),
+        Some(Ok(End::Exited(0))) => match read_result(&folder) {
+            Ok(node) => {
+                let r = node.to_exec();
+                done.node = Some(node);
+                r
+            }
+            Err(why) => gone(Outcome::Infrastructure(format!(
+                "`mustbuild worker` left no result on the node ({why}){}",
+                stderr_tail(&folder)
+            ))),
+        },
+        Some(Ok(End::Exited(code))) => gone(Outcome::Infrastructure(format!(
+            "`mustbuild worker` exited with status {code} on the node{}",
+            stderr_tail(&folder)
+        ))),
+        Some(Ok(End::Signalled(signal))) => gone(Outcome::Killed { signal }),
+        Some(Ok(End::OutOfMemory { reason, used_bytes })) => {
+            gone(Outcome::OutOfMemory { reason, used_bytes })
+        }
+        Some(Ok(End::Held(reason))) => gone(Outcome::Held { reason }),
+        Some(Ok(End::Removed(_))) if worker.cancel.is_cancelled() => gone(Outcome::Cancelled),
+        Some(Ok(End::Removed(reason))) => gone(Outcome::Infrastructure(format!(
+            "the batch system removed the job: {reason}"
+        ))),
+    };
+    if let Err(e) = store_made(worker, &mut done, &folder.join(WORK), &log) {
+        done.error = Some(e);
+    }
+    let _ = remove_any(&folder);
+    done
+}
+
+fn read_result(folder: &Path) -> Result<NodeResult, String> {
+    let path = folder.join(RESULT);
+    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The last lines the worker wrote on its standard error, to end a message.
+fn stderr_tail(folder: &Path) -> String {
+    let text = std::fs::read(folder.join("stderr")).unwrap_or_default();
+    let tail = super::tail(&text, 5);
+    if tail.trim().is_empty() {
+        String::new()
+    } else {
+        format!(": {}", tail.trim())
+    }
+}
+
+/// What the submitter thread works with.
+pub(crate) struct Submitter<'a> {
+    pub(crate) executor: Box<dyn Executor>,
+    pub(crate) program: &'a Path,
+    pub(crate) prepared: mpsc::Receiver<Prepared>,
+    pub(crate) tasks: mpsc::Sender<Task>,
+    pub(crate) starts: &'a Mutex<Vec<InstanceId>>,
+    pub(crate) cancel: CancelToken,
+    /// Closed when the run stops (a failure without `--keep-going`).
+    pub(crate) slots: &'a crate::slots::Slots,
+    /// Set by the coordinator when the run is over.
+    pub(crate) finished: &'a AtomicBool,
+}
+
+impl Submitter<'_> {
+    /// Submits prepared jobs in batches and hands the ended back to the
+    /// workers, until the run is over.
+    pub(crate) fn run(mut self) {
+        let mut queue: Vec<Prepared> = Vec::new();
+        let mut oldest: Option<Instant> = None;
+        let mut out: HashMap<u64, Prepared> = HashMap::new();
+        let mut open = true;
+        let mut cancelled = false;
+        loop {
+            // What was prepared meanwhile (waiting a little when nothing is out).
+            let wait = if out.is_empty() && queue.is_empty() {
+                Some(REPORT_WAIT)
+            } else {
+                None
+            };
+            if open {
+                let first = match wait {
+                    Some(w) => self.prepared.recv_timeout(w).map_err(|e| match e {
+                        mpsc::RecvTimeoutError::Timeout => mpsc::TryRecvError::Empty,
+                        mpsc::RecvTimeoutError::Disconnected => mpsc::TryRecvError::Disconnected,
+                    }),
+                    None => self.prepared.try_recv(),
+                };
+                let mut next = first;
+                loop {
+                    match next {
+                        Ok(p) => {
+                            oldest.get_or_insert_with(Instant::now);
+                            queue.push(p);
+                        }
+                        Err(mpsc::TryRecvError::Empty) => break,
+                        Err(mpsc::TryRecvError::Disconnected) => {
+                            open = false;
+                            break;
+                        }
+                    }
+                    next = self.prepared.try_recv();
+                }
+            }
+            if self.cancel.is_cancelled() && !cancelled {
+                cancelled = true;
+                // One removal for the run's jobs; they end as cancelled.
+                let _ = self.executor.cancel_all();
+                for (_, p) in out.drain() {
+                    self.land(p, Some(Ok(End::Removed("cancelled".into()))));
+                }
+            }
+            // Nothing new goes out once the run stops (a failure, Ctrl-C).
+            if cancelled || self.slots.is_closed() {
+                for p in queue.drain(..) {
+                    self.land(p, None);
+                }
+                oldest = None;
+            }
+            let due = oldest.is_some_and(|t| t.elapsed() >= GATHER) || !open;
+            if !queue.is_empty() && (queue.len() >= SUBMIT_BATCH || due) {
+                let batch: Vec<Prepared> = queue.drain(..queue.len().min(SUBMIT_BATCH)).collect();
+                oldest = (!queue.is_empty()).then(Instant::now);
+                self.submit(batch, &mut out);
+            }
+            if !out.is_empty() {
+                match self.executor.reports(REPORT_WAIT) {
+                    Ok(reports) => {
+                        for r in reports {
+                            match r {
+                                Report::Started { tag, .. } => {
+                                    if let Some(p) = out.get(&tag) {
+                                        self.starts
+                                            .lock()
+                                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                            .push(p.done.job.id);
+                                    }
+                                }
+                                Report::Ended { tag, end, .. } => {
+                                    if let Some(p) = out.remove(&tag) {
+                                        self.land(p, Some(Ok(end)));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // The jobs cannot be followed: removed, and their steps fail.
+                        let _ = self.executor.cancel_all();
+                        let why = format!("lost track of the {} jobs: {e}", self.executor.name());
+                        for (_, p) in out.drain() {
+                            self.land(p, Some(Err(why.clone())));
+                        }
+                    }
+                }
+            }
+            let over = self.finished.load(Ordering::SeqCst) || !open;
+            if over && out.is_empty() && queue.is_empty() {
+                break;
+            }
+        }
+    }
+
+    fn submit(&mut self, batch: Vec<Prepared>, out: &mut HashMap<u64, Prepared>) {
+        let jobs: Vec<BatchJob> = batch
+            .iter()
+            .map(|p| {
+                let job = &p.done.job;
+                BatchJob {
+                    tag: job.ticket,
+                    program: self.program.to_path_buf(),
+                    args: vec![
+                        "worker".into(),
+                        p.folder.join(SPEC).to_string_lossy().into_owned(),
+                    ],
+                    dir: p.folder.clone(),
+                    resources: Resources {
+                        cpus: job.cpus as u32,
+                        memory_bytes: job.memory,
+                        disk_bytes: job.disk,
+                        gpus: job.gpus as u32,
+                    },
+                }
+            })
+            .collect();
+        match self.executor.submit(&jobs) {
+            Ok(()) => {
+                for p in batch {
+                    out.insert(p.done.job.ticket, p);
+                }
+            }
+            Err(e) => {
+                let why = format!("cannot submit to {}: {e}", self.executor.name());
+                for p in batch {
+                    self.land(p, Some(Err(why.clone())));
+                }
+            }
+        }
+    }
+
+    fn land(&self, p: Prepared, end: Option<Result<End, String>>) {
+        let landed = Landed {
+            done: p.done,
+            folder: p.folder,
+            end,
+        };
+        // The workers outlive this thread: a send fails only on a bug.
+        let _ = self.tasks.send(Task::Finish(Box::new(landed)));
+    }
+}
