@@ -1232,8 +1232,9 @@ fn report_run(
                     step,
                     values,
                     attempt,
+                    why,
                 } => {
-                    serde_json::json!({"event": "retrying", "step": step, "values": values, "attempt": attempt})
+                    serde_json::json!({"event": "retrying", "step": step, "values": values, "attempt": attempt, "why": why})
                 }
                 Event::Replaced { path, backup } => {
                     serde_json::json!({"event": "replaced", "path": path, "backup": backup})

@@ -63,13 +63,9 @@ fn describe(event: &Event) -> String {
             let mut text = match outcome {
                 // mustbuild's own words: as they are.
                 Outcome::Infrastructure(why) => format!("FAILED   {}: {why}", label(step, values)),
-                Outcome::OutOfMemory { reason, .. } => {
-                    format!("FAILED   {}: out of memory: {reason}", label(step, values))
+                Outcome::OutOfMemory { .. } | Outcome::Held { .. } => {
+                    format!("FAILED   {}: {outcome}", label(step, values))
                 }
-                Outcome::Held { reason } => format!(
-                    "FAILED   {}: held by the batch system too long: {reason}",
-                    label(step, values)
-                ),
                 _ => format!("FAILED   {}: {outcome:?}", label(step, values)),
             };
             for line in log_tail.lines() {
@@ -82,7 +78,11 @@ fn describe(event: &Event) -> String {
             step,
             values,
             attempt,
-        } => format!("retry    {} (attempt {attempt})", label(step, values)),
+            why,
+        } => format!(
+            "retry    {} (attempt {attempt}): {why}",
+            label(step, values)
+        ),
         Event::Replaced { path, backup } => format!(
             "warning: `{path}` was edited since mustbuild wrote it: kept as `{backup}`, replaced"
         ),
@@ -549,6 +549,7 @@ mod tests {
             step: "s".into(),
             values: one("b"),
             attempt: 1,
+            why: "exited with status 1".into(),
         };
         assert_eq!(t.record(&retry, now), seen(false, None, true));
         let executed = Event::Executed {

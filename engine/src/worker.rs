@@ -95,9 +95,13 @@ impl NodeResult {
             Outcome::Infrastructure(why) | Outcome::Held { reason: why } => {
                 ("infrastructure", None, None, Some(why.clone()), Vec::new())
             }
-            Outcome::OutOfMemory { reason, .. } => {
-                ("infrastructure", None, None, Some(reason.clone()), Vec::new())
-            }
+            Outcome::OutOfMemory { reason, .. } => (
+                "infrastructure",
+                None,
+                None,
+                Some(reason.clone()),
+                Vec::new(),
+            ),
         };
         let u = &r.usage;
         NodeResult {
@@ -133,7 +137,10 @@ impl NodeResult {
             },
             "timed-out" => Outcome::TimedOut {
                 limit: Duration::from_millis(
-                    self.detail.as_deref().and_then(|d| d.parse().ok()).unwrap_or(0),
+                    self.detail
+                        .as_deref()
+                        .and_then(|d| d.parse().ok())
+                        .unwrap_or(0),
                 ),
             },
             "cancelled" => Outcome::Cancelled,
@@ -202,7 +209,11 @@ pub fn tool_mismatch(tools: &[Tool]) -> Option<String> {
     for t in tools {
         let found = match mustbuild_store::hashing::hash_file(&t.path) {
             Ok((digest, _)) if digest.to_hex() == t.digest => continue,
-            Ok((digest, _)) => format!("its {} there has digest {}", t.path.display(), short(&digest.to_hex())),
+            Ok((digest, _)) => format!(
+                "its {} there has digest {}",
+                t.path.display(),
+                short(&digest.to_hex())
+            ),
             Err(e) => format!("it has no {} ({e})", t.path.display()),
         };
         return Some(format!(

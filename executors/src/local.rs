@@ -63,7 +63,33 @@ pub enum Outcome {
         used_bytes: Option<u64>,
     },
     /// A batch system held it longer than allowed (then removed it): why.
-    Held { reason: String },
+    Held {
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for Outcome {
+    /// In words, for messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Succeeded => write!(f, "succeeded"),
+            Outcome::Failed { exit_code } => write!(f, "exited with status {exit_code}"),
+            Outcome::Killed { signal } => write!(f, "killed by signal {signal}"),
+            Outcome::TimedOut { limit } => {
+                write!(f, "ran past its time limit of {} s", limit.as_secs_f64())
+            }
+            Outcome::Cancelled => write!(f, "cancelled"),
+            Outcome::MissingOutputs(paths) => {
+                let paths: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+                write!(f, "did not write {}", paths.join(", "))
+            }
+            Outcome::Infrastructure(why) => write!(f, "{why}"),
+            Outcome::OutOfMemory { reason, .. } => write!(f, "out of memory: {reason}"),
+            Outcome::Held { reason } => {
+                write!(f, "held by the batch system too long: {reason}")
+            }
+        }
+    }
 }
 
 /// What a run used.

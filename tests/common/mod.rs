@@ -150,3 +150,125 @@ impl S3 {
         out.stdout
     }
 }
+
+/// The HTCondor pool `scripts/test-all` starts (scripts/htcondor-pool: HTCondor
+/// 23 in a Debian 13 root), from the `MUSTBUILD_TEST_CONDOR_*` variables it
+/// exports. Without one the test is skipped, saying so; with `CI` set it fails.
+pub struct Condor {
+    /// Wrappers of condor_submit, condor_q, condor_rm… that enter the pool's root.
+    pub bin: PathBuf,
+    /// The ordinary user jobs run as (the same uid inside the root and out).
+    pub user: String,
+}
+
+pub fn condor() -> Option<Condor> {
+    let var = |name: &str| std::env::var(format!("MUSTBUILD_TEST_CONDOR_{name}")).ok();
+    match (var("BIN"), var("USER")) {
+        (Some(bin), Some(user)) => Some(Condor {
+            bin: PathBuf::from(bin),
+            user,
+        }),
+        _ => {
+            assert!(
+                std::env::var_os("CI").is_none_or(|v| v.is_empty()),
+                "CI is set but no HTCondor pool is: scripts/test-all starts one (MUSTBUILD_TEST_CONDOR_*)"
+            );
+            eprintln!(
+                "skipped: no HTCondor pool (scripts/test-all starts one: MUSTBUILD_TEST_CONDOR_*)"
+            );
+            None
+        }
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+impl Condor {
+    /// A `PATH` that finds the pool's tools first.
+    pub fn path(&self) -> String {
+        format!(
+            "{}:{}",
+            self.bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        )
+    }
+
+    /// Makes `dir` (and all in it) the pool user's, as a user's own workspace
+    /// and store are on MUST (root cannot submit jobs).
+    pub fn own(&self, dir: &Path) {
+        if is_root() {
+            let status = Command::new("chown")
+                .arg("-R")
+                .arg(format!("{0}:{0}", self.user))
+                .arg(dir)
+                .status()
+                .expect("chown runs");
+            assert!(status.success(), "chown {}", dir.display());
+        }
+    }
+
+    /// `mustbuild` as the pool's user (when root: through setpriv, which execs,
+    /// so signals reach it), in `dir`, with the pool's tools on its PATH.
+    pub fn mustbuild(&self, dir: &Path) -> Command {
+        self.own(dir);
+        let mut cmd = if is_root() {
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid",
+                &self.user,
+                "--regid",
+                &self.user,
+                "--init-groups",
+                "--",
+            ])
+            .arg(env!("CARGO_BIN_EXE_mustbuild"));
+            c
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_mustbuild"))
+        };
+        cmd.current_dir(dir)
+            .env("PATH", self.path())
+            .env("HOME", dir)
+            .env("NO_COLOR", "1")
+            .env("COLUMNS", "100")
+            .env_remove("CLICOLOR_FORCE")
+            .env_remove("MUSTBUILD_CONFIG");
+        cmd
+    }
+
+    /// A pool tool (condor_q…) as the pool's user; its standard output.
+    pub fn tool(&self, name: &str, args: &[&str]) -> String {
+        let mut cmd = if is_root() {
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid",
+                &self.user,
+                "--regid",
+                &self.user,
+                "--init-groups",
+                "--",
+            ])
+            .arg(self.bin.join(name));
+            c
+        } else {
+            Command::new(self.bin.join(name))
+        };
+        let out = cmd
+            .args(args)
+            .current_dir("/tmp")
+            .env("PATH", self.path())
+            .output()
+            .expect("the pool's tool runs");
+        assert!(
+            out.status.success(),
+            "{name} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}

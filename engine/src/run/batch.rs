@@ -14,7 +14,9 @@
 //! job folder, nothing else.
 
 use super::job::Job;
-use super::local::{Done, Worker, ended_early, locked, realised_meanwhile, store_made, take_realised};
+use super::local::{
+    Done, Worker, ended_early, locked, realised_meanwhile, store_made, take_realised,
+};
 use super::scratch::{Scratch, place_inputs, remove_any};
 use crate::instantiate::InstanceId;
 use crate::worker::{LOG, NodeResult, RESULT, SPEC, Spec, Tool, WORK};
@@ -148,7 +150,12 @@ pub(crate) fn prepare(worker: &Worker<'_>, side: &Side<'_>, mut job: Job) -> Opt
     }
 }
 
-fn write_spec(worker: &Worker<'_>, side: &Side<'_>, job: &Job, folder: &Path) -> Result<(), String> {
+fn write_spec(
+    worker: &Worker<'_>,
+    side: &Side<'_>,
+    job: &Job,
+    folder: &Path,
+) -> Result<(), String> {
     let inst = worker.instances.get(job.id);
     let step = worker.wf.step(inst.step);
     let spec = Spec {
@@ -158,7 +165,11 @@ fn write_spec(worker: &Worker<'_>, side: &Side<'_>, job: &Job, folder: &Path) ->
         outputs: job.request.outputs.clone(),
         time_limit_ms: job.request.time_limit.map(|t| t.as_millis() as u64),
         gpus: job.gpus as u32,
-        tools: side.tools.get(step.name.as_str()).cloned().unwrap_or_default(),
+        tools: side
+            .tools
+            .get(step.name.as_str())
+            .cloned()
+            .unwrap_or_default(),
         core_watts: side.model.core_watts,
         memory_watts_per_gb: side.model.memory_watts_per_gb,
     };

@@ -137,7 +137,9 @@ pub(crate) fn work(worker: &Worker<'_>, mut job: Job) -> Done {
     let ticket = job.ticket;
     // While another process holds the derivation, later jobs do not wait for this one.
     let mut done = locked(worker, job, &|| worker.slots.leave(ticket));
-    if !done.not_started && let Err(e) = run_and_store(worker, &placements, &mut done) {
+    if !done.not_started
+        && let Err(e) = run_and_store(worker, &placements, &mut done)
+    {
         done.error = Some(e);
     }
     worker.slots.leave(ticket);

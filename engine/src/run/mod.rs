@@ -25,8 +25,8 @@ mod materialise;
 mod record;
 mod scratch;
 
-pub use batch::{Batch, System};
 use batch::Task;
+pub use batch::{Batch, System};
 pub(crate) use job::prepare;
 use local::{Done, Message, Worker, work};
 use materialise::materialize_outputs;
@@ -190,6 +190,8 @@ pub enum Event {
         step: String,
         values: Vec<String>,
         attempt: u32,
+        /// How the last attempt ended, in words.
+        why: String,
     },
     Skipped {
         step: String,
@@ -250,7 +252,10 @@ pub fn run(
     // A step asking for more GPUs than there are would wait forever.
     for (i, inst) in instances.all.iter().enumerate() {
         let step = wf.step(inst.step);
-        if selected(i) && options.batch.is_none() && step.resources.gpus as usize > options.gpus.len() {
+        if selected(i)
+            && options.batch.is_none()
+            && step.resources.gpus as usize > options.gpus.len()
+        {
             return Err(RunError::NotEnoughGpus {
                 step: step.name.to_string(),
                 needs: step.resources.gpus,
@@ -357,10 +362,12 @@ pub fn run(
     let run_number = next_run_number();
     // A batch run's folder on the shared filesystem: the executor's files and
     // one folder per job.
+    // (Absolute: the nodes and the batch system's tools start elsewhere.)
     let spool = store
         .root()
         .join("spool")
         .join(format!("{}-{run_number}", std::process::id()));
+    let spool = std::path::absolute(&spool).unwrap_or(spool);
     let executor = match &options.batch {
         Some(b) => Some(b.executor(&spool.join(".executor"))?),
         None => None,
@@ -914,6 +921,7 @@ pub fn run(
                             step: step.name.to_string(),
                             values: inst.values.clone(),
                             attempt: job.attempt + 1,
+                            why: outcome.to_string(),
                         });
                         // Out of memory: asked again with twice as much, or half
                         // as much again as it was seen to use, whichever is more.

@@ -81,9 +81,7 @@ pub(crate) fn outcome_name(o: &Outcome) -> &'static str {
     match o {
         Outcome::Succeeded => "succeeded",
         Outcome::Failed { .. } | Outcome::MissingOutputs(_) => "failed",
-        Outcome::Killed { .. } | Outcome::TimedOut { .. } | Outcome::OutOfMemory { .. } => {
-            "killed"
-        }
+        Outcome::Killed { .. } | Outcome::TimedOut { .. } | Outcome::OutOfMemory { .. } => "killed",
         Outcome::Cancelled => "cancelled",
         Outcome::Infrastructure(_) | Outcome::Held { .. } => "infrastructure",
     }
