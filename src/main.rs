@@ -249,8 +249,10 @@ enum Command {
     /// command in the job folder as a local run would, and writes result.json
     /// beside the spec; the run that submitted the job stores the outputs.
     Worker {
-        /// The job's spec (JOB/job.json, written by `mustbuild run`).
-        spec: PathBuf,
+        /// The steps' specs (JOB/job.json, written by `mustbuild run`): several
+        /// short steps run one after another in one batch job.
+        #[arg(required = true)]
+        specs: Vec<PathBuf>,
     },
     /// Format pipeline files canonically, keeping comments.
     ///
@@ -354,7 +356,7 @@ fn main() -> ExitCode {
         Command::Check { pipeline, json } => check(&pipeline, json),
         Command::Graph { pipeline, format } => graph(&pipeline, format),
         Command::Fmt { files, check } => fmt(&files, check),
-        Command::Worker { spec } => worker(&spec),
+        Command::Worker { specs } => worker(&specs),
         Command::Store { store, command } => store_command(store, command),
         Command::Run { pipeline, flags } => run_command(&pipeline, flags),
         Command::Why {
@@ -795,20 +797,25 @@ struct RunFlags {
     cache: cache::CacheFlags,
 }
 
-/// `mustbuild worker SPEC`: a batch job's step, on its node.
-fn worker(spec: &Path) -> u8 {
+/// `mustbuild worker SPEC…`: a batch job's steps, on its node, in order.
+fn worker(specs: &[PathBuf]) -> u8 {
     let cancel = mustbuild_executors::CancelToken::default();
     // The batch system removes a job with SIGTERM: the step's processes go too.
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let _ = signal_hook::flag::register(signal, cancel.flag());
     }
-    match mustbuild_engine::worker::run(spec, &cancel) {
-        Ok(_) => exit::OK,
-        Err(e) => {
+    let mut code = exit::OK;
+    for spec in specs {
+        // Removed: the steps not started yet are left without a result.
+        if cancel.is_cancelled() {
+            break;
+        }
+        if let Err(e) = mustbuild_engine::worker::run(spec, &cancel) {
             tell!("error: {e}");
-            exit::ENVIRONMENT
+            code = exit::ENVIRONMENT;
         }
     }
+    code
 }
 
 /// Where a run's commands run.

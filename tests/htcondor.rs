@@ -359,3 +359,41 @@ step nap {{
             || !dir.path().join("naps").read_dir().unwrap().any(|_| true)
     );
 }
+
+#[test]
+fn short_steps_go_out_grouped_in_few_jobs() {
+    let Some(condor) = common::condor() else {
+        return;
+    };
+    let name = common::unique("short");
+    let values: Vec<String> = (1..=12).map(|i| format!("\"{i}\"")).collect();
+    let dir = workspace(&format!(
+        r#"pipeline "{name}"
+step tiny {{
+    foreach i {}
+    out x="tiny/{{i}}.txt"
+    run "echo {{i}} > {{out.x}}"
+    resources time="10s"
+}}
+step slow {{
+    out x="slow.txt"
+    run "echo slow > {{out.x}}"
+}}
+"#,
+        values.join(" ")
+    ));
+    let r = on_pool(&condor, dir.path(), &[]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.starts_with("executed 13, cached 0"),
+        "{}",
+        r.stdout
+    );
+    for i in 1..=12 {
+        let text = std::fs::read_to_string(dir.path().join(format!("tiny/{i}.txt"))).unwrap();
+        assert_eq!(text, format!("{i}\n"));
+    }
+    // Declared short (10 s, 12 of them: 120 s), they fit one job; the step
+    // with no time declared (and no history) goes alone.
+    assert_eq!(finished(&condor, &format!("mustbuild {name}")), 2);
+}

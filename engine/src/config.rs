@@ -480,15 +480,46 @@ mod tests {
         assert_eq!(e.message, "`cache` takes a block of settings");
         let e = parse("energy 5\n", "h").unwrap_err();
         assert_eq!(e.message, "`energy` takes a block of settings");
-        let e = parse("\nexecutor \"htcondor\"\n", "h").unwrap_err();
+        let e = parse("\nscheduler \"htcondor\"\n", "h").unwrap_err();
         assert_eq!(
             (e.line, e.message.as_str()),
-            (2, "unknown setting `executor`")
+            (2, "unknown setting `scheduler`")
         );
+        let e = parse("executor \"slurmm\"\n", "h").unwrap_err();
+        assert_eq!((e.line, e.column), (1, 10), "{e}");
+        assert_eq!(e.message, "unknown executor `slurmm`");
+        assert_eq!(e.hint.as_deref(), Some("known: local, htcondor"));
+        let e = parse("executor \"htcondor\" {\n  max-queued 0\n}\n", "h").unwrap_err();
+        assert_eq!(
+            (e.line, e.message.as_str()),
+            (2, "`max-queued` takes a whole number above 0")
+        );
+        let e = parse("executor \"htcondor\" {\n  acounting-group \"g\"\n}\n", "h").unwrap_err();
+        assert_eq!(e.message, "unknown executor setting `acounting-group`");
         // An unclosed block: at the brace that opens it.
         let e = parse("energy {\n  pue 1.2\n", "h").unwrap_err();
         assert_eq!((e.line, e.column), (1, 8), "{e}");
         assert!(e.message.contains("closing"), "{e}");
+    }
+
+    #[test]
+    fn executor_settings() {
+        let text = "executor \"htcondor\" {\n  accounting-group \"group_must.lab\"\n  requirements \"Memory > 4000\"\n  submit \"+wishedAcctGroup = \\\"lab\\\"\"\n  submit \"priority = 5\"\n  max-queued 500\n  held-timeout 60\n  bin \"/opt/condor/bin\"\n}\n";
+        let e = parse(text, "h").unwrap().executor.unwrap();
+        assert_eq!(e.name, "htcondor");
+        assert_eq!(e.accounting_group.as_deref(), Some("group_must.lab"));
+        assert_eq!(e.requirements.as_deref(), Some("Memory > 4000"));
+        assert_eq!(e.submit, ["+wishedAcctGroup = \"lab\"", "priority = 5"]);
+        assert_eq!((e.max_queued, e.held_timeout_s), (Some(500), Some(60)));
+        assert_eq!(e.bin, Some(PathBuf::from("/opt/condor/bin")));
+        assert_eq!(
+            parse("executor \"local\"\n", "h")
+                .unwrap()
+                .executor
+                .unwrap()
+                .name,
+            "local"
+        );
     }
 
     #[test]

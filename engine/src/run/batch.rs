@@ -34,6 +34,13 @@ const SUBMIT_BATCH: usize = 1000;
 const GATHER: Duration = Duration::from_millis(200);
 /// How long the submitter waits for reports while jobs are out.
 const REPORT_WAIT: Duration = Duration::from_millis(100);
+/// A job expected to take at most this long is short: short jobs of one
+/// shape (CPUs, memory, GPUs, disk) go out in groups, one batch job running
+/// them one after another, so that thousands of them do not flood the queue.
+pub const SHORT: Duration = Duration::from_secs(30);
+/// A group's members, at most, and the time they are expected to take together.
+pub const GROUP_MAX: usize = 50;
+pub const GROUP_TIME: Duration = Duration::from_secs(120);
 /// Memory a step asks for when it declares none and has no history.
 pub const DEFAULT_MEMORY: u64 = 1 << 30;
 /// Local disk a step asks for when it declares none (its folder is on the
@@ -191,43 +198,57 @@ pub(crate) fn finish(worker: &Worker<'_>, landed: Landed) -> Done {
         spawned: ran,
         ..ended_early(outcome)
     };
-    done.result = match end {
-        None => {
-            done.not_started = true;
-            let _ = remove_any(&folder);
-            return done;
+    let Some(end) = end else {
+        done.not_started = true;
+        let _ = remove_any(&folder);
+        return done;
+    };
+    // A result is written last, by rename: the step ran to its end on the
+    // node, whatever happened to the batch job after (a group's later member
+    // ran out of memory, the job was removed).
+    let result = read_result(&folder);
+    done.result = match (end, result) {
+        (_, Ok(node)) => {
+            let r = node.to_exec();
+            done.node = Some(node);
+            r
         }
-        Some(Err(why)) => gone(Outcome::Infrastructure(why)),
-        Some(Ok(End::Exited(0))) => match read_result(&folder) {
-            Ok(node) => {
-                let r = node.to_exec();
-                done.node = Some(node);
-                r
-            }
-            Err(why) => gone(Outcome::Infrastructure(format!(
-                "`mustbuild worker` left no result on the node ({why}){}",
-                stderr_tail(&folder)
-            ))),
-        },
-        Some(Ok(End::Exited(code))) => gone(Outcome::Infrastructure(format!(
-            "`mustbuild worker` exited with status {code} on the node{}",
+        (Err(why), _) => gone(Outcome::Infrastructure(why)),
+        (Ok(End::Exited(0)), Err(why)) => gone(Outcome::Infrastructure(format!(
+            "`mustbuild worker` left no result on the node ({why}){}",
             stderr_tail(&folder)
         ))),
-        Some(Ok(End::Signalled(signal))) => gone(Outcome::Killed { signal }),
-        Some(Ok(End::OutOfMemory { reason, used_bytes })) => {
-            gone(Outcome::OutOfMemory { reason, used_bytes })
-        }
-        Some(Ok(End::Held(reason))) => gone(Outcome::Held { reason }),
-        Some(Ok(End::Removed(_))) if worker.cancel.is_cancelled() => gone(Outcome::Cancelled),
-        Some(Ok(End::Removed(reason))) => gone(Outcome::Infrastructure(format!(
-            "the batch system removed the job: {reason}"
-        ))),
+        (Ok(end), Err(_)) => ended(worker, end, &folder, gone),
     };
     if let Err(e) = store_made(worker, &mut done, &folder.join(WORK), &log) {
         done.error = Some(e);
     }
     let _ = remove_any(&folder);
     done
+}
+
+/// The outcome of a step whose batch job ended before it did.
+fn ended(
+    worker: &Worker<'_>,
+    end: End,
+    folder: &Path,
+    gone: impl Fn(Outcome) -> mustbuild_executors::ExecResult,
+) -> mustbuild_executors::ExecResult {
+    match end {
+        End::Exited(code) => gone(Outcome::Infrastructure(format!(
+            "`mustbuild worker` exited with status {code} on the node{}",
+            stderr_tail(folder)
+        ))),
+        End::Signalled(signal) => gone(Outcome::Killed { signal }),
+        End::OutOfMemory { reason, used_bytes } => {
+            gone(Outcome::OutOfMemory { reason, used_bytes })
+        }
+        End::Held(reason) => gone(Outcome::Held { reason }),
+        End::Removed(_) if worker.cancel.is_cancelled() => gone(Outcome::Cancelled),
+        End::Removed(reason) => gone(Outcome::Infrastructure(format!(
+            "the batch system removed the job: {reason}"
+        ))),
+    }
 }
 
 fn read_result(folder: &Path) -> Result<NodeResult, String> {
@@ -245,6 +266,34 @@ fn stderr_tail(folder: &Path) -> String {
     } else {
         format!(": {}", tail.trim())
     }
+}
+
+/// A batch's jobs as batch jobs: each alone, but short ones of one shape
+/// together (see [`SHORT`]), in the order they came.
+fn group(batch: Vec<Prepared>) -> Vec<Vec<Prepared>> {
+    type Shape = (usize, u64, usize, u64);
+    let mut groups: Vec<Vec<Prepared>> = Vec::new();
+    // The group each shape is filling: its index in `groups`, and its time.
+    let mut filling: HashMap<Shape, (usize, Duration)> = HashMap::new();
+    for p in batch {
+        let job = &p.done.job;
+        let Some(expected) = job.expected.filter(|t| *t <= SHORT) else {
+            groups.push(vec![p]);
+            continue;
+        };
+        let shape = (job.cpus, job.memory, job.gpus, job.disk);
+        match filling.get_mut(&shape) {
+            Some((i, time)) if groups[*i].len() < GROUP_MAX && *time + expected <= GROUP_TIME => {
+                *time += expected;
+                groups[*i].push(p);
+            }
+            _ => {
+                filling.insert(shape, (groups.len(), expected));
+                groups.push(vec![p]);
+            }
+        }
+    }
+    groups
 }
 
 /// What the submitter thread works with.
@@ -267,7 +316,8 @@ impl Submitter<'_> {
     pub(crate) fn run(mut self) {
         let mut queue: Vec<Prepared> = Vec::new();
         let mut oldest: Option<Instant> = None;
-        let mut out: HashMap<u64, Prepared> = HashMap::new();
+        // What is out, by tag: a batch job's members (one, or a group).
+        let mut out: HashMap<u64, Vec<Prepared>> = HashMap::new();
         let mut open = true;
         let mut cancelled = false;
         loop {
@@ -305,7 +355,7 @@ impl Submitter<'_> {
                 cancelled = true;
                 // One removal for the run's jobs; they end as cancelled.
                 let _ = self.executor.cancel_all();
-                for (_, p) in out.drain() {
+                for p in out.drain().flat_map(|(_, g)| g) {
                     self.land(p, Some(Ok(End::Removed("cancelled".into()))));
                 }
             }
@@ -328,16 +378,17 @@ impl Submitter<'_> {
                         for r in reports {
                             match r {
                                 Report::Started { tag, .. } => {
-                                    if let Some(p) = out.get(&tag) {
-                                        self.starts
-                                            .lock()
-                                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                                            .push(p.done.job.id);
+                                    let mut starts = self
+                                        .starts
+                                        .lock()
+                                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                                    for p in out.get(&tag).into_iter().flatten() {
+                                        starts.push(p.done.job.id);
                                     }
                                 }
                                 Report::Ended { tag, end, .. } => {
-                                    if let Some(p) = out.remove(&tag) {
-                                        self.land(p, Some(Ok(end)));
+                                    for p in out.remove(&tag).into_iter().flatten() {
+                                        self.land(p, Some(Ok(end.clone())));
                                     }
                                 }
                             }
@@ -347,7 +398,7 @@ impl Submitter<'_> {
                         // The jobs cannot be followed: removed, and their steps fail.
                         let _ = self.executor.cancel_all();
                         let why = format!("lost track of the {} jobs: {e}", self.executor.name());
-                        for (_, p) in out.drain() {
+                        for p in out.drain().flat_map(|(_, g)| g) {
                             self.land(p, Some(Err(why.clone())));
                         }
                     }
@@ -360,18 +411,20 @@ impl Submitter<'_> {
         }
     }
 
-    fn submit(&mut self, batch: Vec<Prepared>, out: &mut HashMap<u64, Prepared>) {
-        let jobs: Vec<BatchJob> = batch
+    fn submit(&mut self, batch: Vec<Prepared>, out: &mut HashMap<u64, Vec<Prepared>>) {
+        let groups = group(batch);
+        let jobs: Vec<BatchJob> = groups
             .iter()
-            .map(|p| {
+            .map(|members| {
+                let p = &members[0];
                 let job = &p.done.job;
+                let specs = members
+                    .iter()
+                    .map(|m| m.folder.join(SPEC).to_string_lossy().into_owned());
                 BatchJob {
                     tag: job.ticket,
                     program: self.program.to_path_buf(),
-                    args: vec![
-                        "worker".into(),
-                        p.folder.join(SPEC).to_string_lossy().into_owned(),
-                    ],
+                    args: std::iter::once("worker".to_string()).chain(specs).collect(),
                     dir: p.folder.clone(),
                     resources: Resources {
                         cpus: job.cpus as u32,
@@ -384,13 +437,13 @@ impl Submitter<'_> {
             .collect();
         match self.executor.submit(&jobs) {
             Ok(()) => {
-                for p in batch {
-                    out.insert(p.done.job.ticket, p);
+                for members in groups {
+                    out.insert(members[0].done.job.ticket, members);
                 }
             }
             Err(e) => {
                 let why = format!("cannot submit to {}: {e}", self.executor.name());
-                for p in batch {
+                for p in groups.into_iter().flatten() {
                     self.land(p, Some(Err(why.clone())));
                 }
             }

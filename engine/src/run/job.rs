@@ -25,6 +25,9 @@ pub(crate) struct Job {
     pub(crate) gpus: usize,
     /// Local disk to ask a batch system for, in bytes.
     pub(crate) disk: u64,
+    /// How long it should take, where declared (`time`) or measured: a batch
+    /// system gets short jobs in groups.
+    pub(crate) expected: Option<std::time::Duration>,
     pub(crate) key: Digest,
     /// What to put in the scratch folder before the command runs.
     pub(crate) placements: Vec<Placement>,
@@ -90,6 +93,7 @@ pub(crate) fn prepare(
         memory: 0,
         gpus: 0,
         disk: 0,
+        expected: None,
         key,
         placements,
         request,

@@ -343,8 +343,9 @@ pub fn run(
         Some(b) => b.max_queued.max(1),
         None => HANDED_PER_WORKER * workers,
     };
-    // What history says steps that declare no memory should ask for.
-    let advised: std::collections::HashMap<String, u64> = match &options.batch {
+    // What history says steps that declare no memory should ask for, and
+    // how long they take.
+    let advised: std::collections::HashMap<String, (u64, f64)> = match &options.batch {
         Some(_) => {
             let declared = wf
                 .steps
@@ -354,7 +355,7 @@ pub fn run(
             crate::advice::for_pipeline(store, &wf.name, &declared)
                 .unwrap_or_default()
                 .into_iter()
-                .map(|a| (a.step, a.request_memory_bytes))
+                .map(|a| (a.step, (a.request_memory_bytes, a.wall_p95_s)))
                 .collect()
         }
         None => Default::default(),
@@ -721,8 +722,16 @@ pub fn run(
                         job.cpus = step.resources.cpus as usize;
                         job.memory = memory
                             .or(step.resources.memory_bytes)
-                            .or_else(|| advised.get(step.name.as_str()).copied())
+                            .or_else(|| advised.get(step.name.as_str()).map(|a| a.0))
                             .unwrap_or(batch::DEFAULT_MEMORY);
+                        // Measured, else declared (a limit: often generous).
+                        job.expected = advised
+                            .get(step.name.as_str())
+                            .map(|(_, wall)| std::time::Duration::from_secs_f64(*wall))
+                            .or(step
+                                .resources
+                                .time_seconds
+                                .map(std::time::Duration::from_secs));
                         job.disk = step.resources.disk_bytes.unwrap_or(batch::DEFAULT_DISK);
                     } else {
                         job.cpus = (step.resources.cpus as usize).min(total_cpus);
