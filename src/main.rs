@@ -38,6 +38,7 @@ macro_rules! tell {
 
 // After the macros, which they use.
 mod cache;
+mod dagman;
 mod progress;
 mod provenance;
 mod stats;
@@ -248,6 +249,16 @@ enum Command {
     /// It checks the step's declared tools are the ones in its key, runs the
     /// command in the job folder as a local run would, and writes result.json
     /// beside the spec; the run that submitted the job stores the outputs.
+    /// A DAGMan node's PRE or POST script (`mustbuild export dagman`).
+    #[command(hide = true)]
+    DagmanNode {
+        #[arg(value_enum)]
+        phase: dagman::Phase,
+        /// The exported folder.
+        dir: PathBuf,
+        /// The node's name in its DAG.
+        node: String,
+    },
     Worker {
         /// The steps' specs (JOB/job.json, written by `mustbuild run`): several
         /// short steps run one after another in one batch job.
@@ -292,6 +303,20 @@ enum ExportCommand {
         license: String,
         #[command(flatten)]
         common: provenance::Common,
+    },
+    /// A DAG for HTCondor's DAGMan: one node per step to run (its job runs
+    /// `mustbuild worker`; PRE and POST scripts prepare and store it on the
+    /// submit host), realised steps as DONE nodes, and the submit files.
+    #[command(after_help = "Examples:
+  mustbuild export dagman pipeline.kdl -o dag/ && condor_submit_dag dag/pipeline.dag")]
+    Dagman {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// The folder to write (made if missing); not under /tmp, which DAGMan refuses for logs.
+        #[arg(short, long, value_name = "DIR")]
+        output: PathBuf,
+        #[command(flatten)]
+        flags: RunFlags,
     },
 }
 
@@ -357,6 +382,18 @@ fn main() -> ExitCode {
         Command::Graph { pipeline, format } => graph(&pipeline, format),
         Command::Fmt { files, check } => fmt(&files, check),
         Command::Worker { specs } => worker(&specs),
+        Command::DagmanNode { phase, dir, node } => dagman_node(phase, &dir, &node),
+        Command::Export {
+            what:
+                ExportCommand::Dagman {
+                    pipeline,
+                    output,
+                    mut flags,
+                },
+        } => {
+            flags.dag.export = Some(output);
+            run_command(&pipeline, flags)
+        }
         Command::Store { store, command } => store_command(store, command),
         Command::Run { pipeline, flags } => run_command(&pipeline, flags),
         Command::Why {
@@ -795,6 +832,54 @@ struct RunFlags {
     executor: Option<ExecutorName>,
     #[command(flatten)]
     cache: cache::CacheFlags,
+    #[command(flatten)]
+    dag: DagFlags,
+}
+
+/// What `export dagman` and a DAG node's scripts set (hidden).
+#[derive(clap::Args, Default)]
+struct DagFlags {
+    #[arg(skip)]
+    export: Option<PathBuf>,
+    /// Prepare this job folder for DAGMan (a node's PRE script).
+    #[arg(long, hide = true, value_name = "FOLDER")]
+    dag_prepare: Option<PathBuf>,
+    /// Store what the job left in this folder (a node's POST script).
+    #[arg(long, hide = true, value_name = "FOLDER")]
+    dag_finish: Option<PathBuf>,
+}
+
+/// `mustbuild dagman-node PHASE DIR NODE`: `mustbuild run` on the node's
+/// instance, its job folder as the batch system.
+fn dagman_node(phase: dagman::Phase, dir: &Path, node: &str) -> u8 {
+    let (export, target, folder) = match dagman::node_run(dir, node) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let mut args: Vec<std::ffi::OsString> = vec!["mustbuild".into(), "run".into()];
+    args.push(export.pipeline.clone().into());
+    args.push(target.into());
+    args.push("--store".into());
+    args.push(export.store.clone().into());
+    for (k, v) in &export.params {
+        args.push(format!("--param={k}={v}").into());
+    }
+    args.push(match phase {
+        dagman::Phase::Prepare => "--dag-prepare".into(),
+        dagman::Phase::Finish => "--dag-finish".into(),
+    });
+    args.push(folder.into());
+    match Cli::try_parse_from(args) {
+        Ok(Cli {
+            command: Command::Run { pipeline, flags },
+            ..
+        }) => run_command(&pipeline, flags),
+        Ok(_) => exit::USAGE,
+        Err(e) => {
+            tell!("error: {e}");
+            exit::USAGE
+        }
+    }
 }
 
 /// `mustbuild worker SPEC…`: a batch job's steps, on its node, in order.
@@ -833,7 +918,25 @@ fn batch_options(
     flag: Option<ExecutorName>,
     config: Option<&mustbuild_engine::config::ExecutorConfig>,
     pipeline: &str,
+    dag: &DagFlags,
 ) -> Result<Option<mustbuild_engine::run::Batch>, u8> {
+    use mustbuild_engine::run::{Batch, System};
+    let node = match (&dag.dag_prepare, &dag.dag_finish) {
+        (Some(folder), _) => Some(System::DagPrepare {
+            folder: folder.clone(),
+        }),
+        (_, Some(folder)) => Some(System::DagFinish {
+            folder: folder.clone(),
+        }),
+        _ => None,
+    };
+    if let Some(system) = node {
+        return Ok(Some(Batch {
+            system,
+            max_queued: 1,
+            program: PathBuf::new(),
+        }));
+    }
     let name = match flag {
         Some(ExecutorName::Local) => return Ok(None),
         Some(ExecutorName::Htcondor) => "htcondor",
@@ -892,7 +995,10 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         json,
         executor,
         cache: cache_flags,
+        dag,
     } = flags;
+    // An export plans as a dry run does.
+    let dry_run = dry_run || dag.export.is_some();
     let mut overrides: Vec<(String, String)> = Vec::new();
     for p in &params {
         match p.split_once('=') {
@@ -980,7 +1086,7 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
                     std::io::stderr().lock().write_all(text.as_bytes())
                 };
             }
-            return report_run(json, total, jobs, wall, None, |_| {
+            return report_run(json, total, jobs, wall, None, false, |_| {
                 Ok(mustbuild_engine::run::RunSummary {
                     cached: total,
                     session: noop.session,
@@ -1051,6 +1157,35 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
             selected.as_deref(),
             &forced,
         ) {
+            Ok(items) if dag.export.is_some() => {
+                let settings = match batch_options(
+                    Some(ExecutorName::Htcondor),
+                    config.executor.as_ref(),
+                    &wf.name,
+                    &DagFlags::default(),
+                ) {
+                    Ok(Some(mustbuild_engine::run::Batch {
+                        system: mustbuild_engine::run::System::HtCondor(s),
+                        ..
+                    })) => s,
+                    Ok(_) => Default::default(),
+                    Err(code) => return code,
+                };
+                let dir = dag.export.as_deref().unwrap_or(Path::new("."));
+                dagman::export(
+                    dir,
+                    dagman::Planned {
+                        wf,
+                        instances: &instances,
+                        store: &store,
+                        items: &items,
+                        pipeline: path,
+                        store_root: &store_root,
+                        params: &overrides,
+                        settings: &settings,
+                    },
+                )
+            }
             Ok(items) => {
                 let (mut run, mut cached, mut after) = (0, 0, 0);
                 for (id, p) in &items {
@@ -1125,7 +1260,7 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         glob_files: expansion.glob_files.clone(),
         ..noop_request
     });
-    let batch = match batch_options(executor, config.executor.as_ref(), &wf.name) {
+    let batch = match batch_options(executor, config.executor.as_ref(), &wf.name, &dag) {
         Ok(b) => b,
         Err(code) => return code,
     };
@@ -1166,9 +1301,16 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         cache,
         batch,
     };
-    report_run(json, total, jobs, wall, Some(&cancel), |on_event| {
-        mustbuild_engine::run::run(wf, &instances, &store, &options, on_event)
-    })
+    let pre_skip = dag.dag_prepare.is_some();
+    report_run(
+        json,
+        total,
+        jobs,
+        wall,
+        Some(&cancel),
+        pre_skip,
+        |on_event| mustbuild_engine::run::run(wf, &instances, &store, &options, on_event),
+    )
 }
 
 /// The `cached` event of each instance, as `--json` lines or as plain lines.
@@ -1199,6 +1341,8 @@ fn report_run(
     jobs: usize,
     wall: std::time::Instant,
     cancel: Option<&mustbuild_executors::CancelToken>,
+    // A DAGMan node's PRE script: a realised instance is told by PRE_SKIP.
+    pre_skip: bool,
     run: impl FnOnce(
         &mut dyn FnMut(mustbuild_engine::run::Event),
     ) -> Result<mustbuild_engine::run::RunSummary, mustbuild_engine::run::RunError>,
@@ -1303,7 +1447,11 @@ fn report_run(
                     what.join(", ")
                 );
             }
-            exit::of_work(cancel.is_some_and(|c| c.is_cancelled()), s.failed > 0)
+            let interrupted = cancel.is_some_and(|c| c.is_cancelled());
+            if pre_skip && !interrupted && s.failed == 0 && s.prepared == 0 {
+                return dagman::PRE_SKIP;
+            }
+            exit::of_work(interrupted, s.failed > 0)
         }
         Err(e) => {
             tell!("error: {e}");

@@ -397,3 +397,90 @@ step slow {{
     // with no time declared (and no history) goes alone.
     assert_eq!(finished(&condor, &format!("mustbuild {name}")), 2);
 }
+
+#[test]
+fn an_exported_dag_runs_under_dagman_with_done_nodes_for_what_is_realised() {
+    let Some(condor) = common::condor() else {
+        return;
+    };
+    let local = workspace(FAN_OUT);
+    let r = common::run(local.path(), &["run", "pipeline.kdl", "--store", "store"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // DAGMan refuses node logs under /tmp.
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let from = workspace(FAN_OUT);
+    std::fs::rename(from.path().join("data"), dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("pipeline.kdl"), FAN_OUT).unwrap();
+    // One sample's step is realised first: it becomes a DONE node.
+    let first = common::output(condor.mustbuild(dir.path()).args([
+        "run",
+        "pipeline.kdl",
+        "--store",
+        "store",
+        "results/A.bases",
+    ]));
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let export = common::output(condor.mustbuild(dir.path()).args([
+        "export",
+        "dagman",
+        "pipeline.kdl",
+        "--store",
+        "store",
+        "-o",
+        "dag",
+    ]));
+    assert_eq!(export.code, 0, "{}", export.stderr);
+    assert!(
+        export.stdout.contains("3 node(s) to run, 1 done"),
+        "{}",
+        export.stdout
+    );
+    let dag = std::fs::read_to_string(dir.path().join("dag/pipeline.dag")).unwrap();
+    assert_eq!(
+        dag.lines()
+            .filter(|l| l.starts_with("JOB ") && l.ends_with(" DONE"))
+            .count(),
+        1
+    );
+    assert_eq!(dag.lines().filter(|l| l.starts_with("PARENT ")).count(), 3);
+    condor.own(dir.path());
+    let dag_file = dir.path().join("dag/pipeline.dag");
+    condor.tool("condor_submit_dag", &[dag_file.to_str().unwrap()]);
+    let out = dir.path().join("dag/pipeline.dag.dagman.out");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    let status = loop {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("EXITING WITH STATUS")) {
+            break line
+                .trim()
+                .rsplit(' ')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "DAGMan did not finish:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert_eq!(
+        status,
+        "0",
+        "{}",
+        std::fs::read_to_string(&out).unwrap_or_default()
+    );
+    assert_eq!(results(dir.path()), results(local.path()));
+    // The nodes' POST scripts recorded every result: a run reuses them all.
+    let again = common::output(condor.mustbuild(dir.path()).args([
+        "run",
+        "pipeline.kdl",
+        "--store",
+        "store",
+    ]));
+    assert!(
+        again.stdout.starts_with("executed 0, cached 4"),
+        "{}",
+        again.stdout
+    );
+}

@@ -194,6 +194,10 @@ pub enum WorkerError {
         #[source]
         source: serde_json::Error,
     },
+    /// Stopped by a signal (the batch system removed or evicted the job):
+    /// no result is written, so the driver tells the end from the batch system.
+    #[error("stopped by a signal before the step ended: no result written")]
+    Stopped,
     #[error("cannot write the result {}: {source}", path.display())]
     Write {
         path: PathBuf,
@@ -247,18 +251,17 @@ pub fn run(spec_path: &Path, cancel: &CancelToken) -> Result<NodeResult, WorkerE
     let job = std::path::absolute(job).unwrap_or_else(|_| job.to_path_buf());
     let work = job.join(WORK);
     let result = match tool_mismatch(&spec.tools) {
-        Some(why) => {
-            let mut r = NodeResult::from_exec(&ExecResult {
-                outcome: Outcome::Infrastructure(why),
-                usage: Usage::default(),
-                started: SystemTime::now(),
-                spawned: false,
-            });
-            r.outcome = "infrastructure".into();
-            r
-        }
+        Some(why) => NodeResult::from_exec(&ExecResult {
+            outcome: Outcome::Infrastructure(why),
+            usage: Usage::default(),
+            started: SystemTime::now(),
+            spawned: false,
+        }),
         None => run_step(&spec, &job, &work, cancel),
     };
+    if cancel.is_cancelled() {
+        return Err(WorkerError::Stopped);
+    }
     let path = job.join(RESULT);
     let partial = job.join(format!("{RESULT}.partial"));
     let write = |p: &Path, bytes: &[u8]| {

@@ -47,10 +47,107 @@ pub const DEFAULT_MEMORY: u64 = 1 << 30;
 /// shared filesystem: little is used on the node).
 pub const DEFAULT_DISK: u64 = 1 << 30;
 
+/// Per step that ran before: the memory history says to ask for (bytes) and
+/// its wall time (p95, seconds), from `crate::advice`.
+pub fn advised(
+    store: &mustbuild_store::LocalStore,
+    wf: &mustbuild_lang::model::Workflow,
+) -> HashMap<String, (u64, f64)> {
+    let declared = wf
+        .steps
+        .iter()
+        .map(|s| (s.name.to_string(), s.resources.clone()))
+        .collect();
+    crate::advice::for_pipeline(store, &wf.name, &declared)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| (a.step, (a.request_memory_bytes, a.wall_p95_s)))
+        .collect()
+}
+
+/// What a batch job for `step` asks for: its declared memory, else history's,
+/// else [`DEFAULT_MEMORY`]; its disk, else [`DEFAULT_DISK`].
+pub fn memory_and_disk(
+    step: &mustbuild_lang::model::Step,
+    advised: &HashMap<String, (u64, f64)>,
+) -> (u64, u64) {
+    let memory = step
+        .resources
+        .memory_bytes
+        .or_else(|| advised.get(step.name.as_str()).map(|a| a.0))
+        .unwrap_or(DEFAULT_MEMORY);
+    (memory, step.resources.disk_bytes.unwrap_or(DEFAULT_DISK))
+}
+
 /// Which batch system, and how it is asked.
 #[derive(Debug, Clone, PartialEq)]
 pub enum System {
     HtCondor(mustbuild_executors::htcondor::Settings),
+    /// A DAGMan node's PRE script (`mustbuild export dagman`): the one
+    /// instance to run gets its job folder prepared at `folder`, for DAGMan
+    /// to run; nothing is submitted.
+    DagPrepare {
+        folder: PathBuf,
+    },
+    /// Its POST script: the job ran in `folder`; what it left is stored.
+    DagFinish {
+        folder: PathBuf,
+    },
+}
+
+impl System {
+    /// The job folder every job of the run has, when it is fixed (DAG nodes).
+    fn folder(&self) -> Option<&Path> {
+        match self {
+            System::DagPrepare { folder } | System::DagFinish { folder } => Some(folder),
+            System::HtCondor(_) => None,
+        }
+    }
+}
+
+/// The executor of a DAGMan node's scripts: DAGMan itself runs the job, so
+/// each job submitted is reported ended at once (the job folder tells how).
+#[derive(Debug, Default)]
+struct Handed {
+    tags: Vec<u64>,
+}
+
+impl Executor for Handed {
+    fn name(&self) -> &'static str {
+        "dagman"
+    }
+
+    fn submit(
+        &mut self,
+        jobs: &[BatchJob],
+    ) -> Result<(), mustbuild_executors::batch::ExecutorError> {
+        self.tags.extend(jobs.iter().map(|j| j.tag));
+        Ok(())
+    }
+
+    fn reports(
+        &mut self,
+        _: Duration,
+    ) -> Result<Vec<Report>, mustbuild_executors::batch::ExecutorError> {
+        Ok(self
+            .tags
+            .drain(..)
+            .map(|tag| Report::Ended {
+                tag,
+                end: End::Exited(0),
+                memory_bytes: None,
+            })
+            .collect())
+    }
+
+    fn outstanding(&self) -> usize {
+        self.tags.len()
+    }
+
+    fn cancel_all(&mut self) -> Result<(), mustbuild_executors::batch::ExecutorError> {
+        self.tags.clear();
+        Ok(())
+    }
 }
 
 /// A run's batch system (`RunOptions::batch`).
@@ -69,6 +166,7 @@ impl Batch {
             System::HtCondor(settings) => Ok(Box::new(
                 mustbuild_executors::htcondor::HtCondor::new(settings.clone(), dir)?,
             )),
+            System::DagPrepare { .. } | System::DagFinish { .. } => Ok(Box::<Handed>::default()),
         }
     }
 }
@@ -102,6 +200,7 @@ pub(crate) struct Side<'a> {
     /// Each step's declared tools, as the key holds them.
     pub(crate) tools: &'a HashMap<String, Vec<Tool>>,
     pub(crate) model: mustbuild_executors::energy::Model,
+    pub(crate) system: &'a System,
 }
 
 /// A worker's part before submission: `Some` when the job ends here (run
@@ -129,17 +228,27 @@ pub(crate) fn prepare(worker: &Worker<'_>, side: &Side<'_>, mut job: Job) -> Opt
         done.not_started = true;
         return Some(done);
     }
-    let folder = side.spool.join(done.job.ticket.to_string());
-    let scratch = Scratch::at(&folder);
-    let made = place_inputs(worker.store, &scratch, &placements)
-        .map_err(|e| e.to_string())
-        .and_then(|()| write_spec(worker, side, &done.job, &folder));
+    let folder = match side.system.folder() {
+        Some(f) => f.to_path_buf(),
+        None => side.spool.join(done.job.ticket.to_string()),
+    };
+    let made = if matches!(side.system, System::DagFinish { .. }) {
+        // The PRE script prepared it and the job ran there.
+        Ok(())
+    } else {
+        let scratch = Scratch::at(&folder);
+        place_inputs(worker.store, &scratch, &placements)
+            .map_err(|e| e.to_string())
+            .and_then(|()| write_spec(worker, side, &done.job, &folder))
+    };
     if let Err(e) = made {
         done.result = ended_early(Outcome::Infrastructure(format!(
             "cannot prepare the job folder {}: {e}",
             folder.display()
         )));
-        let _ = remove_any(&folder);
+        if side.system.folder().is_none() {
+            let _ = remove_any(&folder);
+        }
         return Some(done);
     }
     let sent = side
@@ -186,12 +295,24 @@ fn write_spec(
 }
 
 /// A worker's part after the job ended: what the node left, into the store.
-pub(crate) fn finish(worker: &Worker<'_>, landed: Landed) -> Done {
+pub(crate) fn finish(worker: &Worker<'_>, side: &Side<'_>, landed: Landed) -> Done {
     let Landed {
         mut done,
         folder,
         end,
     } = landed;
+    if matches!(side.system, System::DagPrepare { .. }) {
+        // Ready for DAGMan: the POST script takes in what the job leaves.
+        done.not_started = true;
+        done.handed_over = end.is_some();
+        return done;
+    }
+    // A DAG node's folder is DAGMan's: its job's output stays for people.
+    let remove = |folder: &Path| {
+        if side.system.folder().is_none() {
+            let _ = remove_any(folder);
+        }
+    };
     let log = folder.join(LOG);
     let ran = log.exists();
     let gone = |outcome| mustbuild_executors::ExecResult {
@@ -200,7 +321,7 @@ pub(crate) fn finish(worker: &Worker<'_>, landed: Landed) -> Done {
     };
     let Some(end) = end else {
         done.not_started = true;
-        let _ = remove_any(&folder);
+        remove(&folder);
         return done;
     };
     // A result is written last, by rename: the step ran to its end on the
@@ -223,7 +344,7 @@ pub(crate) fn finish(worker: &Worker<'_>, landed: Landed) -> Done {
     if let Err(e) = store_made(worker, &mut done, &folder.join(WORK), &log) {
         done.error = Some(e);
     }
-    let _ = remove_any(&folder);
+    remove(&folder);
     done
 }
 

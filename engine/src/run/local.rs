@@ -48,6 +48,9 @@ pub(crate) struct Done {
     pub(crate) energy: Option<crate::measure::Ended>,
     /// What the node it ran on measured (a batch job's), which the record takes.
     pub(crate) node: Option<crate::worker::NodeResult>,
+    /// Its folder was prepared for another to run (a DAGMan node's PRE
+    /// script): not started here, and not skipped either.
+    pub(crate) handed_over: bool,
 }
 
 /// Takes the lock of a derivation key, so that two processes never run one
@@ -172,6 +175,7 @@ pub(crate) fn locked(worker: &Worker<'_>, mut job: Job, waiting: &dyn Fn()) -> D
         error: None,
         energy: None,
         node: None,
+        handed_over: false,
     }
 }
 

@@ -26,7 +26,7 @@ mod record;
 mod scratch;
 
 use batch::Task;
-pub use batch::{Batch, System};
+pub use batch::{Batch, System, advised, memory_and_disk};
 pub(crate) use job::prepare;
 use local::{Done, Message, Worker, work};
 use materialise::materialize_outputs;
@@ -208,6 +208,8 @@ pub struct RunSummary {
     pub cancelled: usize,
     /// Not run because something they read failed.
     pub skipped: usize,
+    /// Job folders prepared for DAGMan to run (`System::DagPrepare`).
+    pub prepared: usize,
     /// User and system CPU time of the commands run (retries included).
     pub cpu_seconds: f64,
     /// Their energy, in joules (see `mustbuild_executors::energy`).
@@ -265,6 +267,8 @@ pub fn run(
     }
     let mut outputs: Vec<Option<Vec<Digest>>> = vec![None; n];
     let mut failed = vec![false; n];
+    // Prepared for a DAGMan node to run (`System::DagPrepare`).
+    let mut prepared = vec![false; n];
     // Whether an instance's `started` event was sent (once, whatever the attempts).
     let mut started = vec![false; n];
     let mut waiting: Vec<usize> = instances.all.iter().map(|i| i.deps.len()).collect();
@@ -345,19 +349,8 @@ pub fn run(
     };
     // What history says steps that declare no memory should ask for, and
     // how long they take.
-    let advised: std::collections::HashMap<String, (u64, f64)> = match &options.batch {
-        Some(_) => {
-            let declared = wf
-                .steps
-                .iter()
-                .map(|s| (s.name.to_string(), s.resources.clone()))
-                .collect();
-            crate::advice::for_pipeline(store, &wf.name, &declared)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|a| (a.step, (a.request_memory_bytes, a.wall_p95_s)))
-                .collect()
-        }
+    let advised = match &options.batch {
+        Some(_) => batch::advised(store, wf),
         None => Default::default(),
     };
     let run_number = next_run_number();
@@ -392,12 +385,13 @@ pub fn run(
         })
         .collect();
     let (prepared_tx, prepared_rx) = mpsc::channel();
-    let side = batch::Side {
+    let side = options.batch.as_ref().map(|b| batch::Side {
         prepared: std::sync::Mutex::new(prepared_tx),
         spool: spool.clone(),
         tools: &step_tools,
         model: options.energy_model,
-    };
+        system: &b.system,
+    });
     let finished = std::sync::atomic::AtomicBool::new(false);
     let (job_tx, job_rx) = mpsc::channel::<Task>();
     let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
@@ -435,7 +429,7 @@ pub fn run(
         } else {
             drop(prepared_rx);
         }
-        let side = options.batch.as_ref().map(|_| &side);
+        let side = side.as_ref();
         for worker in 0..workers {
             let rx = job_rx.clone();
             let tx = done_tx.clone();
@@ -468,7 +462,11 @@ pub fn run(
                         match (task, side) {
                             (Task::Run(job), None) => Some(work(&worker, job)),
                             (Task::Run(job), Some(side)) => batch::prepare(&worker, side, job),
-                            (Task::Finish(landed), _) => Some(batch::finish(&worker, *landed)),
+                            (Task::Finish(landed), Some(side)) => {
+                                Some(batch::finish(&worker, side, *landed))
+                            }
+                            // Only a batch run's submitter hands back ended jobs.
+                            (Task::Finish(_), None) => None,
                         }
                     }));
                     let Ok(done) = done else {
@@ -720,10 +718,9 @@ pub fn run(
                     if options.batch.is_some() {
                         // The batch system's nodes, not this machine, bound them.
                         job.cpus = step.resources.cpus as usize;
-                        job.memory = memory
-                            .or(step.resources.memory_bytes)
-                            .or_else(|| advised.get(step.name.as_str()).map(|a| a.0))
-                            .unwrap_or(batch::DEFAULT_MEMORY);
+                        let (asked, disk) = batch::memory_and_disk(step, &advised);
+                        job.memory = memory.unwrap_or(asked);
+                        job.disk = disk;
                         // Measured, else declared (a limit: often generous).
                         job.expected = advised
                             .get(step.name.as_str())
@@ -732,7 +729,6 @@ pub fn run(
                                 .resources
                                 .time_seconds
                                 .map(std::time::Duration::from_secs));
-                        job.disk = step.resources.disk_bytes.unwrap_or(batch::DEFAULT_DISK);
                     } else {
                         job.cpus = (step.resources.cpus as usize).min(total_cpus);
                         job.memory = memory
@@ -864,12 +860,17 @@ pub fn run(
                         log,
                         realised_elsewhere,
                         not_started,
+                        handed_over,
                         events,
                         materialised,
                         ..
                     } = done;
                     for e in events {
                         on_event(e);
+                    }
+                    if handed_over {
+                        prepared[job.id.index()] = true;
+                        summary.prepared += 1;
                     }
                     if not_started {
                         continue;
@@ -1022,7 +1023,7 @@ pub fn run(
         }
     }
     for (i, o) in outputs.iter().enumerate() {
-        if o.is_none() && !failed[i] && selected(i) {
+        if o.is_none() && !failed[i] && !prepared[i] && selected(i) {
             summary.skipped += 1;
             let inst = &instances.all[i];
             on_event(Event::Skipped {
