@@ -484,3 +484,45 @@ fn an_exported_dag_runs_under_dagman_with_done_nodes_for_what_is_realised() {
         again.stdout
     );
 }
+
+#[test]
+fn a_job_held_past_the_timeout_fails_its_step_with_htcondors_reason() {
+    let Some(condor) = common::condor() else {
+        return;
+    };
+    let dir = workspace(
+        r#"pipeline "held"
+step stuck {
+    out x="x.txt"
+    run "sleep 60; echo late > {out.x}"
+}
+"#,
+    );
+    // The settings of mustbuild.kdl: an extra submit command that holds the
+    // job at once, and a short held timeout.
+    std::fs::write(
+        dir.path().join("mustbuild.kdl"),
+        "executor \"htcondor\" {\n    submit \"periodic_hold = true\"\n    submit \"periodic_hold_reason = \\\"held for the test\\\"\"\n    held-timeout 3\n}\n",
+    )
+    .unwrap();
+    // `executor "htcondor"` in mustbuild.kdl: no flag needed.
+    let r = common::output(condor.mustbuild(dir.path()).args([
+        "run",
+        "pipeline.kdl",
+        "--store",
+        "store",
+    ]));
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("warning: stuck is held by htcondor: held for the test (it fails if still held after 3 s)"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("FAILED   stuck: held by the batch system too long: held for the test"),
+        "{}",
+        r.stderr
+    );
+    assert!(!dir.path().join("x.txt").exists());
+}

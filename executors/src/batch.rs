@@ -56,6 +56,8 @@ pub enum End {
 pub enum Report {
     /// It started on this host.
     Started { tag: u64, host: Option<String> },
+    /// It is held (it may be released, or removed after a timeout): why.
+    Held { tag: u64, reason: String },
     Ended {
         tag: u64,
         end: End,
@@ -95,8 +97,6 @@ pub trait Executor: Send {
     /// What happened to the jobs handed over since the last call; waits up to
     /// `wait` when nothing has.
     fn reports(&mut self, wait: Duration) -> Result<Vec<Report>, ExecutorError>;
-    /// Jobs handed over that have not ended.
-    fn outstanding(&self) -> usize;
     /// Removes every job handed over that has not ended; they are reported
     /// no more.
     fn cancel_all(&mut self) -> Result<(), ExecutorError>;

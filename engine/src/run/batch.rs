@@ -140,10 +140,6 @@ impl Executor for Handed {
             .collect())
     }
 
-    fn outstanding(&self) -> usize {
-        self.tags.len()
-    }
-
     fn cancel_all(&mut self) -> Result<(), mustbuild_executors::batch::ExecutorError> {
         self.tags.clear();
         Ok(())
@@ -161,6 +157,14 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// How long a job may stay held before its step fails.
+    pub(crate) fn held_timeout(&self) -> Duration {
+        match &self.system {
+            System::HtCondor(s) => s.held_timeout,
+            System::DagPrepare { .. } | System::DagFinish { .. } => Duration::MAX,
+        }
+    }
+
     pub(crate) fn executor(&self, dir: &Path) -> Result<Box<dyn Executor>, super::RunError> {
         match &self.system {
             System::HtCondor(settings) => Ok(Box::new(
@@ -183,6 +187,8 @@ pub(crate) enum Task {
 pub(crate) struct Prepared {
     done: Done,
     folder: PathBuf,
+    /// The instance, for messages.
+    label: String,
 }
 
 /// A batch job that ended (`end: None`: it was never submitted).
@@ -255,7 +261,11 @@ pub(crate) fn prepare(worker: &Worker<'_>, side: &Side<'_>, mut job: Job) -> Opt
         .prepared
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .send(Prepared { done, folder });
+        .send(Prepared {
+            label: label(worker, &done.job),
+            done,
+            folder,
+        });
     match sent {
         Ok(()) => None,
         Err(mpsc::SendError(p)) => {
@@ -264,6 +274,11 @@ pub(crate) fn prepare(worker: &Worker<'_>, side: &Side<'_>, mut job: Job) -> Opt
             Some(done)
         }
     }
+}
+
+fn label(worker: &Worker<'_>, job: &Job) -> String {
+    let inst = worker.instances.get(job.id);
+    crate::provenance::label(&worker.wf.step(inst.step).name, &inst.values)
 }
 
 fn write_spec(
@@ -275,7 +290,7 @@ fn write_spec(
     let inst = worker.instances.get(job.id);
     let step = worker.wf.step(inst.step);
     let spec = Spec {
-        label: crate::provenance::label(&step.name, &inst.values),
+        label: label(worker, job),
         command: job.request.command.clone(),
         env: job.request.env.clone(),
         outputs: job.request.outputs.clone(),
@@ -429,6 +444,10 @@ pub(crate) struct Submitter<'a> {
     pub(crate) slots: &'a crate::slots::Slots,
     /// Set by the coordinator when the run is over.
     pub(crate) finished: &'a AtomicBool,
+    /// What the user should hear (a held job), for the coordinator to tell.
+    pub(crate) notes: &'a Mutex<Vec<String>>,
+    /// How long a job may stay held before its step fails.
+    pub(crate) timeout: Duration,
 }
 
 impl Submitter<'_> {
@@ -505,6 +524,21 @@ impl Submitter<'_> {
                                         .unwrap_or_else(std::sync::PoisonError::into_inner);
                                     for p in out.get(&tag).into_iter().flatten() {
                                         starts.push(p.done.job.id);
+                                    }
+                                }
+                                Report::Held { tag, reason } => {
+                                    let held = self.timeout;
+                                    let mut notes = self
+                                        .notes
+                                        .lock()
+                                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                                    for p in out.get(&tag).into_iter().flatten() {
+                                        notes.push(format!(
+                                            "{} is held by {}: {reason} (it fails if still held after {} s)",
+                                            p.label,
+                                            self.executor.name(),
+                                            held.as_secs()
+                                        ));
                                     }
                                 }
                                 Report::Ended { tag, end, .. } => {

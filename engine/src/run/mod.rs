@@ -393,6 +393,8 @@ pub fn run(
         system: &b.system,
     });
     let finished = std::sync::atomic::AtomicBool::new(false);
+    // What the submitter has to tell (a job held).
+    let notes = std::sync::Mutex::new(Vec::<String>::new());
     let (job_tx, job_rx) = mpsc::channel::<Task>();
     let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
     let (done_tx, done_rx) = mpsc::channel::<Message>();
@@ -424,6 +426,8 @@ pub fn run(
                 cancel: cancel.clone(),
                 slots: &slots,
                 finished: &finished,
+                notes: &notes,
+                timeout: b.held_timeout(),
             };
             scope.spawn(move || submitter.run());
         } else {
@@ -767,6 +771,16 @@ pub fn run(
                 };
                 // Started before any job that ended: reported first.
                 announce_starts(&starts, (wf, instances), &mut started, on_event);
+                if options.batch.is_some() {
+                    let told = std::mem::take(
+                        &mut *notes
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner),
+                    );
+                    for message in told {
+                        on_event(Event::Warning { message });
+                    }
+                }
                 let first = match message {
                     Ok(Message::Done(done)) => *done,
                     Ok(Message::Lost) => return Err(RunError::WorkerLost),

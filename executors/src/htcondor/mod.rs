@@ -66,7 +66,14 @@ pub struct HtCondor {
     batches: usize,
     /// `condor_submit` calls made.
     pub submits: usize,
+    /// When the event log last told something, and when the queue was last asked.
+    heard: Instant,
+    asked: Instant,
 }
+
+/// How long the event log may say nothing, while jobs are out, before the
+/// queue is asked (`condor_q -json`, once for all the run's jobs).
+const QUIET: Duration = Duration::from_secs(120);
 
 impl HtCondor {
     /// An executor writing its files in `dir` (created).
@@ -84,6 +91,8 @@ impl HtCondor {
             clusters: Vec::new(),
             batches: 0,
             submits: 0,
+            heard: Instant::now(),
+            asked: Instant::now(),
         })
     }
 
@@ -156,6 +165,57 @@ impl HtCondor {
         ));
         d
     }
+}
+
+impl HtCondor {
+    /// The tracked jobs the queue no longer holds (they left it with no end
+    /// in the event log: a lost or unwritable log), as ended; one query.
+    fn vanished(&mut self) -> Result<Vec<Report>, ExecutorError> {
+        let clusters: std::collections::BTreeSet<String> =
+            self.jobs.keys().map(|(c, _)| c.to_string()).collect();
+        let mut args: Vec<&str> = clusters.iter().map(String::as_str).collect();
+        args.extend(["-json", "-attributes", "ClusterId,ProcId,JobStatus"]);
+        let out = self.call("condor_q", &args)?;
+        let queued = parse_queue(&out).ok_or_else(|| ExecutorError::Refused {
+            command: "condor_q -json".into(),
+            message: format!(
+                "unexpected answer: {}",
+                out.chars().take(200).collect::<String>()
+            ),
+        })?;
+        let gone: Vec<(u64, u64)> = self
+            .jobs
+            .keys()
+            .filter(|id| !queued.contains(id))
+            .copied()
+            .collect();
+        Ok(gone
+            .into_iter()
+            .filter_map(|id| self.jobs.remove(&id))
+            .map(|t| Report::Ended {
+                tag: t.tag,
+                end: End::Removed(format!(
+                    "it left the queue with no end in the job event log {}",
+                    self.dir.join("events.log").display()
+                )),
+                memory_bytes: None,
+            })
+            .collect())
+    }
+}
+
+/// The (cluster, proc) of each job in `condor_q -json`'s answer (nothing at
+/// all when the queue holds none of them).
+fn parse_queue(out: &str) -> Option<std::collections::HashSet<(u64, u64)>> {
+    if out.trim().is_empty() {
+        return Some(Default::default());
+    }
+    let ads: Vec<serde_json::Value> = serde_json::from_str(out).ok()?;
+    Some(
+        ads.iter()
+            .filter_map(|ad| Some((ad.get("ClusterId")?.as_u64()?, ad.get("ProcId")?.as_u64()?)))
+            .collect(),
+    )
 }
 
 /// A job's arguments in `arguments = "…"`'s syntax (each in single quotes,
@@ -257,6 +317,9 @@ impl Executor for HtCondor {
                 path: self.dir.join("events.log"),
                 source,
             })?;
+            if !events.is_empty() {
+                self.heard = Instant::now();
+            }
             for e in events {
                 let id = (e.cluster, e.proc);
                 let Some(t) = self.jobs.get_mut(&id) else {
@@ -278,7 +341,8 @@ impl Executor for HtCondor {
                         subcode,
                     } => {
                         t.held = Some((Instant::now(), reason.clone()));
-                        t.hold = Some((reason, code, subcode));
+                        t.hold = Some((reason.clone(), code, subcode));
+                        reports.push(Report::Held { tag, reason });
                     }
                     Kind::Terminated { exit, memory_mb } => {
                         self.jobs.remove(&id);
@@ -332,16 +396,21 @@ impl Executor for HtCondor {
                     memory_bytes: None,
                 });
             }
+            // The log has said nothing for long: one query for all the run's
+            // jobs tells whether some left the queue unseen.
+            if !self.jobs.is_empty()
+                && self.heard.elapsed() >= QUIET
+                && self.asked.elapsed() >= QUIET
+            {
+                self.asked = Instant::now();
+                reports.extend(self.vanished()?);
+            }
             if !reports.is_empty() || Instant::now() >= until || self.jobs.is_empty() {
                 return Ok(reports);
             }
             std::thread::sleep(nap.min(until.saturating_duration_since(Instant::now())));
             nap = (nap * 2).min(Duration::from_millis(250));
         }
-    }
-
-    fn outstanding(&self) -> usize {
-        self.jobs.len()
     }
 
     fn cancel_all(&mut self) -> Result<(), ExecutorError> {
@@ -376,6 +445,22 @@ mod tests {
     fn arguments_are_quoted_as_htcondor_reads_them() {
         let args = ["worker".to_string(), "/a b/it's".to_string()];
         assert_eq!(quoted_args(&args), "'worker' '/a b/it''s'");
+    }
+
+    #[test]
+    fn the_queue_answer_names_its_jobs() {
+        let out = r#"[
+{ "ClusterId": 12, "ProcId": 0, "JobStatus": 1 },
+{ "ClusterId": 12, "ProcId": 3, "JobStatus": 2 }
+]"#;
+        let q = parse_queue(out).unwrap();
+        assert!(q.contains(&(12, 0)) && q.contains(&(12, 3)) && q.len() == 2);
+        assert_eq!(
+            parse_queue("\n").unwrap().len(),
+            0,
+            "an empty queue says nothing"
+        );
+        assert_eq!(parse_queue("-- Schedd: x"), None);
     }
 
     #[test]
