@@ -9,7 +9,10 @@
 //! computing keys (`noop`), and provenance: what a run records of itself and
 //! `why`/`show`, read from the store (`provenance`), and `audit` (rerunning
 //! realised derivations aside to compare their bytes), and what each step cost
-//! in time, memory, I/O and energy (`measure`).
+//! in time, memory, I/O and energy (`measure`). A run drives a batch system
+//! through `mustbuild_executors::batch` (`run::batch`), whose jobs run one step
+//! each on a node with `mustbuild worker` (`worker`), which never opens the
+//! store.
 
 // Library code returns errors; tests may unwrap (clippy.toml allows it there).
 #![warn(clippy::unwrap_used, clippy::expect_used)]

@@ -212,25 +212,24 @@ impl Condor {
         }
     }
 
-    /// `mustbuild` as the pool's user (when root: through setpriv, which execs,
-    /// so signals reach it), in `dir`, with the pool's tools on its PATH.
+    /// `program` as the pool's user: through setpriv when root (it execs, so
+    /// signals reach the program), else as is.
+    fn as_user(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        if !is_root() {
+            return Command::new(program);
+        }
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", &self.user, "--regid", &self.user])
+            .args(["--init-groups", "--"])
+            .arg(program);
+        c
+    }
+
+    /// `mustbuild` as the pool's user, in `dir` (made the user's), with the
+    /// pool's tools on its PATH.
     pub fn mustbuild(&self, dir: &Path) -> Command {
         self.own(dir);
-        let mut cmd = if is_root() {
-            let mut c = Command::new("setpriv");
-            c.args([
-                "--reuid",
-                &self.user,
-                "--regid",
-                &self.user,
-                "--init-groups",
-                "--",
-            ])
-            .arg(env!("CARGO_BIN_EXE_mustbuild"));
-            c
-        } else {
-            Command::new(env!("CARGO_BIN_EXE_mustbuild"))
-        };
+        let mut cmd = self.as_user(env!("CARGO_BIN_EXE_mustbuild"));
         cmd.current_dir(dir)
             .env("PATH", self.path())
             .env("HOME", dir)
@@ -243,21 +242,7 @@ impl Condor {
 
     /// A pool tool (condor_q…) as the pool's user; its standard output.
     pub fn tool(&self, name: &str, args: &[&str]) -> String {
-        let mut cmd = if is_root() {
-            let mut c = Command::new("setpriv");
-            c.args([
-                "--reuid",
-                &self.user,
-                "--regid",
-                &self.user,
-                "--init-groups",
-                "--",
-            ])
-            .arg(self.bin.join(name));
-            c
-        } else {
-            Command::new(self.bin.join(name))
-        };
+        let mut cmd = self.as_user(self.bin.join(name));
         let out = cmd
             .args(args)
             .current_dir("/tmp")

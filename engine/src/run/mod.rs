@@ -31,7 +31,7 @@ pub(crate) use job::prepare;
 use local::{Done, Message, Worker, work};
 use materialise::materialize_outputs;
 use record::{RecordedRun, run_record, tail};
-use scratch::remove_stale_scratch;
+use scratch::{remove_stale_scratch, remove_stale_spool};
 pub(crate) use scratch::{Scratch, place_inputs};
 
 use crate::instantiate::{FileRef, InstanceId, Instances};
@@ -360,8 +360,15 @@ pub fn run(
     let spool = store
         .root()
         .join("spool")
-        .join(format!("{}-{run_number}", std::process::id()));
+        .join(format!(
+            "{}-{}-{run_number}",
+            mustbuild_store::hostname(),
+            std::process::id()
+        ));
     let spool = std::path::absolute(&spool).unwrap_or(spool);
+    if options.batch.is_some() {
+        remove_stale_spool(store);
+    }
     let executor = match &options.batch {
         Some(b) => Some(b.executor(&spool.join(".executor"))?),
         None => None,

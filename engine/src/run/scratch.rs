@@ -318,6 +318,28 @@ pub(crate) fn remove_stale_scratch(store: &LocalStore) {
     }
 }
 
+/// Removes the batch runs' folders (`STORE/spool/HOST-PID-RUN`) that runs of
+/// this host left when killed. Only this host's: the store may be shared by
+/// login nodes whose process numbers mean nothing here.
+pub(crate) fn remove_stale_spool(store: &LocalStore) {
+    let Ok(listing) = std::fs::read_dir(store.root().join("spool")) else {
+        return;
+    };
+    let host = mustbuild_store::hostname();
+    for e in listing.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let mut parts = name.rsplitn(3, '-');
+        let (_run, pid, from) = (parts.next(), parts.next(), parts.next());
+        let pid = pid.and_then(|p| p.parse::<u32>().ok());
+        if let (Some(pid), Some(from)) = (pid, from)
+            && from == host
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = remove_any(&e.path());
+        }
+    }
+}
+
 /// One input put in place in a scratch folder (`to`: relative to it).
 pub(crate) enum Placement {
     /// A source file or folder, copied (reflinked where possible).
