@@ -375,7 +375,7 @@ mod tests {
         };
         assert_eq!(tool_mismatch(std::slice::from_ref(&same)), None);
         std::fs::write(&tool, b"#!/bin/sh\necho other\n").unwrap();
-        let why = tool_mismatch(&[same.clone()]).unwrap();
+        let why = tool_mismatch(std::slice::from_ref(&same)).unwrap();
         assert!(why.contains("tool `python3` differs on node"), "{why}");
         assert!(why.contains(&digest.to_hex()[..12]), "{why}");
         std::fs::remove_file(&tool).unwrap();

@@ -176,6 +176,10 @@ impl Batch {
 }
 
 /// What a worker thread is given.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "every job is a Run, moved as before; only batch jobs also come back boxed"
+)]
 pub(crate) enum Task {
     /// Run this job (locally, or prepared for the batch system).
     Run(Job),
@@ -404,20 +408,22 @@ fn stderr_tail(folder: &Path) -> String {
     }
 }
 
+/// What jobs must share to run in one group: CPUs, memory, GPUs, disk.
+type Shape = (usize, u64, usize, u64);
+
 /// A batch's jobs as batch jobs: each alone, but short ones of one shape
-/// together (see [`SHORT`]), in the order they came.
-fn group(batch: Vec<Prepared>) -> Vec<Vec<Prepared>> {
-    type Shape = (usize, u64, usize, u64);
-    let mut groups: Vec<Vec<Prepared>> = Vec::new();
+/// together (see [`SHORT`]), in the order they came. `about` gives a job's
+/// shape and expected time.
+fn group<T>(batch: Vec<T>, about: impl Fn(&T) -> (Shape, Option<Duration>)) -> Vec<Vec<T>> {
+    let mut groups: Vec<Vec<T>> = Vec::new();
     // The group each shape is filling: its index in `groups`, and its time.
     let mut filling: HashMap<Shape, (usize, Duration)> = HashMap::new();
     for p in batch {
-        let job = &p.done.job;
-        let Some(expected) = job.expected.filter(|t| *t <= SHORT) else {
+        let (shape, expected) = about(&p);
+        let Some(expected) = expected.filter(|t| *t <= SHORT) else {
             groups.push(vec![p]);
             continue;
         };
-        let shape = (job.cpus, job.memory, job.gpus, job.disk);
         match filling.get_mut(&shape) {
             Some((i, time)) if groups[*i].len() < GROUP_MAX && *time + expected <= GROUP_TIME => {
                 *time += expected;
@@ -567,7 +573,10 @@ impl Submitter<'_> {
     }
 
     fn submit(&mut self, batch: Vec<Prepared>, out: &mut HashMap<u64, Vec<Prepared>>) {
-        let groups = group(batch);
+        let groups = group(batch, |p| {
+            let job = &p.done.job;
+            ((job.cpus, job.memory, job.gpus, job.disk), job.expected)
+        });
         let jobs: Vec<BatchJob> = groups
             .iter()
             .map(|members| {
@@ -613,5 +622,42 @@ impl Submitter<'_> {
         };
         // The workers outlive this thread: a send fails only on a bug.
         let _ = self.tasks.send(Task::Finish(Box::new(landed)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_jobs_of_one_shape_are_grouped_within_the_bounds() {
+        let small = (1, 1 << 30, 0, 1 << 30);
+        let big = (4, 8 << 30, 0, 1 << 30);
+        let s = |n: u64| Some(Duration::from_secs(n));
+        // (name, shape, expected)
+        let jobs = vec![
+            (0, small, s(10)),
+            (1, big, s(10)),
+            (2, small, None),  // unknown: alone
+            (3, small, s(31)), // not short: alone
+            (4, small, s(10)),
+            (5, big, s(10)),
+        ];
+        let groups = group(jobs, |j| (j.1, j.2));
+        let names: Vec<Vec<u32>> = groups
+            .iter()
+            .map(|g| g.iter().map(|j| j.0).collect())
+            .collect();
+        assert_eq!(names, [vec![0, 4], vec![1, 5], vec![2], vec![3]]);
+        // 12 of 10 s fill one group (120 s); the 13th starts another.
+        let many: Vec<(u32, Shape, Option<Duration>)> =
+            (0..13).map(|i| (i, small, s(10))).collect();
+        let sizes: Vec<usize> = group(many, |j| (j.1, j.2)).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [12, 1]);
+        // At most GROUP_MAX, however short.
+        let tiny: Vec<(u32, Shape, Option<Duration>)> =
+            (0..120).map(|i| (i, small, s(0))).collect();
+        let sizes: Vec<usize> = group(tiny, |j| (j.1, j.2)).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [GROUP_MAX, GROUP_MAX, 20]);
     }
 }

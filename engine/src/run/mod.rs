@@ -31,8 +31,8 @@ pub(crate) use job::prepare;
 use local::{Done, Message, Worker, work};
 use materialise::materialize_outputs;
 use record::{RecordedRun, run_record, tail};
-use scratch::{remove_stale_scratch, remove_stale_spool};
 pub(crate) use scratch::{Scratch, place_inputs};
+use scratch::{remove_stale_scratch, remove_stale_spool};
 
 use crate::instantiate::{FileRef, InstanceId, Instances};
 use crate::keys::{KeyError, key_from_outputs, resolve_tools};
@@ -357,14 +357,11 @@ pub fn run(
     // A batch run's folder on the shared filesystem: the executor's files and
     // one folder per job.
     // (Absolute: the nodes and the batch system's tools start elsewhere.)
-    let spool = store
-        .root()
-        .join("spool")
-        .join(format!(
-            "{}-{}-{run_number}",
-            mustbuild_store::hostname(),
-            std::process::id()
-        ));
+    let spool = store.root().join("spool").join(format!(
+        "{}-{}-{run_number}",
+        mustbuild_store::hostname(),
+        std::process::id()
+    ));
     let spool = std::path::absolute(&spool).unwrap_or(spool);
     if options.batch.is_some() {
         remove_stale_spool(store);

@@ -419,3 +419,30 @@ pub(crate) fn place_inputs(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_hosts_killed_batch_runs_lose_their_folders() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(tmp.path().join("store")).unwrap();
+        let spool = store.root().join("spool");
+        let host = mustbuild_store::hostname();
+        // No process has number 4194304 (above the kernel's pid_max).
+        let dead = spool.join(format!("{host}-4194304-0"));
+        let live = spool.join(format!("{host}-{}-0", std::process::id()));
+        let other = spool.join("login2.must.example-4194304-0");
+        for d in [&dead, &live, &other] {
+            std::fs::create_dir_all(d.join("7/work")).unwrap();
+        }
+        remove_stale_spool(&store);
+        assert!(!dead.exists(), "a killed run of this host");
+        assert!(live.exists(), "a live run");
+        assert!(
+            other.exists(),
+            "another host's: its process numbers mean nothing here"
+        );
+    }
+}

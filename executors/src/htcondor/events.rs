@@ -4,9 +4,9 @@
 //!
 //! ```text
 //! 005 (123.004.000) 2026-12-07 11:00:02 Job terminated.
-//! 	(1) Normal termination (return value 0)
-//! 	…
-//! 	   Memory (MB)          :        3        1         1
+//!     (1) Normal termination (return value 0)
+//!     …
+//!        Memory (MB)          :        3        1         1
 //! ...
 //! ```
 
@@ -251,7 +251,7 @@ mod tests {
             .append(true)
             .open(&path)
             .unwrap();
-        std::io::Write::write_all(&mut f, LOG[cut..].as_bytes()).unwrap();
+        std::io::Write::write_all(&mut f, &LOG.as_bytes()[cut..]).unwrap();
         let rest = log.read_new().unwrap();
         assert_eq!(rest.len(), 4);
         assert!(matches!(rest[0].kind, Kind::Terminated { .. }));
