@@ -910,6 +910,8 @@ enum ExecutorName {
     Local,
     /// An HTCondor pool, through condor_submit (from a login node).
     Htcondor,
+    /// A Slurm cluster, through sbatch job arrays (from a login node).
+    Slurm,
 }
 
 /// The batch system a run uses: `--executor`, else `executor "…"` in the
@@ -940,6 +942,7 @@ fn batch_options(
     let name = match flag {
         Some(ExecutorName::Local) => return Ok(None),
         Some(ExecutorName::Htcondor) => "htcondor",
+        Some(ExecutorName::Slurm) => "slurm",
         None => config.map_or("local", |c| c.name.as_str()),
     };
     if name == "local" {
@@ -947,6 +950,33 @@ fn batch_options(
     }
     // Settings apply to the executor they were written for.
     let c = config.filter(|c| c.name == name);
+    let max_queued = c.and_then(|c| c.max_queued).unwrap_or(2000);
+    let program = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            tell!("error: cannot tell where this mustbuild is, for the jobs to run it: {e}");
+            return Err(exit::ENVIRONMENT);
+        }
+    };
+    if name == "slurm" {
+        let mut settings = mustbuild_executors::slurm::Settings {
+            job_name: format!("mustbuild-{pipeline}"),
+            ..Default::default()
+        };
+        if let Some(c) = c {
+            settings.bin = c.bin.clone();
+            settings.partition = c.partition.clone();
+            settings.account = c.account.clone();
+            settings.qos = c.qos.clone();
+            settings.constraint = c.constraint.clone();
+            settings.extra = c.sbatch.clone();
+        }
+        return Ok(Some(Batch {
+            system: System::Slurm(settings),
+            max_queued,
+            program,
+        }));
+    }
     let mut settings = mustbuild_executors::htcondor::Settings {
         batch_name: format!("mustbuild {pipeline}"),
         ..Default::default()
@@ -960,16 +990,9 @@ fn batch_options(
             settings.held_timeout = std::time::Duration::from_secs(t);
         }
     }
-    let program = match std::env::current_exe() {
-        Ok(p) => p,
-        Err(e) => {
-            tell!("error: cannot tell where this mustbuild is, for the jobs to run it: {e}");
-            return Err(exit::ENVIRONMENT);
-        }
-    };
-    Ok(Some(mustbuild_engine::run::Batch {
-        system: mustbuild_engine::run::System::HtCondor(settings),
-        max_queued: c.and_then(|c| c.max_queued).unwrap_or(2000),
+    Ok(Some(Batch {
+        system: System::HtCondor(settings),
+        max_queued,
         program,
     }))
 }
@@ -1408,7 +1431,9 @@ fn report_run(
                     "failed": s.failed, "cancelled": s.cancelled, "skipped": s.skipped, "run_id": s.session,
                     "wall_seconds": wall.elapsed().as_secs_f64(), "cpu_seconds": s.cpu_seconds,
                     "energy_joules": s.energy_joules,
-                    "noop_record": s.from_noop_record, "unexpected": s.unexpected});
+                    "noop_record": s.from_noop_record, "unexpected": s.unexpected,
+                    "batch": s.batch_calls.map(|(system, c)| serde_json::json!({
+                        "system": system, "submits": c.submits, "queries": c.queries}))});
                 outln!("{summary}");
             } else {
                 let cancelled = if s.cancelled > 0 {
@@ -1431,6 +1456,14 @@ fn report_run(
                     } else {
                         ""
                     }
+                );
+            }
+            if !json && let Some((system, c)) = s.batch_calls {
+                outln!(
+                    "{system}: {} submission(s), {} queue quer{}",
+                    c.submits,
+                    c.queries,
+                    if c.queries == 1 { "y" } else { "ies" }
                 );
             }
             if !json && let Some((first, _)) = s.unexpected.first() {

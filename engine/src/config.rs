@@ -30,6 +30,14 @@
 //!     held-timeout 600             // seconds a job may stay held before its step fails
 //!     bin "/usr/bin"               // where condor_submit is, if not on PATH
 //! }
+//! executor "slurm" {               // the same, for Slurm
+//!     partition "cpu"
+//!     account "mylab"
+//!     qos "normal"
+//!     constraint "avx2"
+//!     sbatch "--exclusive"         // more sbatch options, as written
+//!     max-queued 2000
+//! }
 //! ```
 
 use crate::stats::Footprint;
@@ -68,10 +76,17 @@ pub struct ExecutorConfig {
     pub max_queued: Option<usize>,
     pub held_timeout_s: Option<u64>,
     pub bin: Option<PathBuf>,
+    /// Slurm's: `--partition`, `--account`, `--qos`, `--constraint`, and
+    /// more `sbatch` options (`sbatch "--exclusive"`).
+    pub partition: Option<String>,
+    pub account: Option<String>,
+    pub qos: Option<String>,
+    pub constraint: Option<String>,
+    pub sbatch: Vec<String>,
 }
 
 /// The executors `executor` may name.
-pub const EXECUTORS: &[&str] = &["local", "htcondor"];
+pub const EXECUTORS: &[&str] = &["local", "htcondor", "slurm"];
 
 /// What configuration sets.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -308,6 +323,11 @@ fn executor(node: &kdl::KdlNode, error: &MakeError<'_>) -> Result<ExecutorConfig
         max_queued: None,
         held_timeout_s: None,
         bin: None,
+        partition: None,
+        account: None,
+        qos: None,
+        constraint: None,
+        sbatch: Vec::new(),
     };
     for n in node.children().map(|c| c.nodes()).unwrap_or_default() {
         let setting = n.name().value();
@@ -341,12 +361,17 @@ fn executor(node: &kdl::KdlNode, error: &MakeError<'_>) -> Result<ExecutorConfig
             "max-queued" => config.max_queued = Some(count()? as usize),
             "held-timeout" => config.held_timeout_s = Some(count()?),
             "bin" => config.bin = Some(PathBuf::from(text()?)),
+            "partition" => config.partition = Some(text()?),
+            "account" => config.account = Some(text()?),
+            "qos" => config.qos = Some(text()?),
+            "constraint" => config.constraint = Some(text()?),
+            "sbatch" => config.sbatch.push(text()?),
             other => {
                 return Err(error(
                     n.span().offset(),
                     format!("unknown executor setting `{other}`"),
                     Some(
-                        "known: accounting-group, requirements, submit, max-queued, held-timeout, bin"
+                        "known: accounting-group, requirements, submit, held-timeout (HTCondor); partition, account, qos, constraint, sbatch (Slurm); max-queued, bin"
                             .to_string(),
                     ),
                 ));
@@ -488,7 +513,7 @@ mod tests {
         let e = parse("executor \"slurmm\"\n", "h").unwrap_err();
         assert_eq!((e.line, e.column), (1, 10), "{e}");
         assert_eq!(e.message, "unknown executor `slurmm`");
-        assert_eq!(e.hint.as_deref(), Some("known: local, htcondor"));
+        assert_eq!(e.hint.as_deref(), Some("known: local, htcondor, slurm"));
         let e = parse("executor \"htcondor\" {\n  max-queued 0\n}\n", "h").unwrap_err();
         assert_eq!(
             (e.line, e.message.as_str()),
@@ -520,6 +545,15 @@ mod tests {
                 .name,
             "local"
         );
+        let text = "executor \"slurm\" {\n  partition \"cpu\"\n  account \"lab\"\n  qos \"normal\"\n  constraint \"avx2\"\n  sbatch \"--exclusive\"\n}\n";
+        let e = parse(text, "h").unwrap().executor.unwrap();
+        let named = [&e.partition, &e.account, &e.qos, &e.constraint];
+        assert_eq!(e.name, "slurm");
+        assert_eq!(
+            named.map(|v| v.as_deref()),
+            [Some("cpu"), Some("lab"), Some("normal"), Some("avx2")]
+        );
+        assert_eq!(e.sbatch, ["--exclusive"]);
     }
 
     #[test]

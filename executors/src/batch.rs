@@ -16,6 +16,9 @@ pub struct Resources {
     /// Local disk, in bytes (0: the batch system's default).
     pub disk_bytes: u64,
     pub gpus: u32,
+    /// Wall time, where the step declares it (the worker enforces it exactly;
+    /// a batch system's limit is a backstop).
+    pub time: Option<std::time::Duration>,
 }
 
 /// One job to hand over.
@@ -88,8 +91,21 @@ pub enum ExecutorError {
     Unsupported(String),
 }
 
+/// The calls an executor made of its batch system: what the load a run put
+/// on the scheduler is judged by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Calls {
+    /// Submissions (`condor_submit`, `sbatch`).
+    pub submits: usize,
+    /// Queries of the queue (`condor_q`, `squeue`); reading a job event log
+    /// is not one.
+    pub queries: usize,
+}
+
 /// A batch system, as the dispatcher drives it.
 pub trait Executor: Send {
+    /// The calls made so far.
+    fn calls(&self) -> Calls;
     /// Its name, for messages (`htcondor`).
     fn name(&self) -> &'static str;
     /// Hands these jobs over, in as few requests as the system allows.

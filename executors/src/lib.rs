@@ -4,7 +4,7 @@
 //! any length reaches bash (`launch`, the command file every executor shares),
 //! the machine's GPUs (`gpus`) and what a step's energy was (`energy`) now,
 //! the interface batch systems are driven through (`batch`) and HTCondor
-//! behind it (`htcondor`), Slurm next.
+//! and Slurm (`slurm`) behind it.
 //!
 //! It must not know about KDL, derivations or the store ("builders stay dumb").
 //! A failed step is data (an [`Outcome`]), not an error.
@@ -19,6 +19,7 @@ pub mod gpus;
 pub mod htcondor;
 pub mod launch;
 pub mod local;
+pub mod slurm;
 
 pub use direct::bash_literal;
 pub use local::{CancelToken, ExecRequest, ExecResult, Io, Outcome, Usage, run};

@@ -257,3 +257,23 @@ impl Condor {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
+
+/// The single-node Slurm `scripts/test-all` starts (scripts/slurm-node), from
+/// `SLURM_CONF` and `MUSTBUILD_TEST_SLURM_PARTITION`. Without one the test is
+/// skipped, saying so; with `CI` set it fails.
+pub fn slurm() -> Option<String> {
+    match (
+        std::env::var("SLURM_CONF"),
+        std::env::var("MUSTBUILD_TEST_SLURM_PARTITION"),
+    ) {
+        (Ok(_), Ok(partition)) => Some(partition),
+        _ => {
+            assert!(
+                std::env::var_os("CI").is_none_or(|v| v.is_empty()),
+                "CI is set but no Slurm is: scripts/test-all starts one (SLURM_CONF, MUSTBUILD_TEST_SLURM_PARTITION)"
+            );
+            eprintln!("skipped: no Slurm (scripts/test-all starts one: SLURM_CONF)");
+            None
+        }
+    }
+}

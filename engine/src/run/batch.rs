@@ -83,6 +83,7 @@ pub fn memory_and_disk(
 #[derive(Debug, Clone, PartialEq)]
 pub enum System {
     HtCondor(mustbuild_executors::htcondor::Settings),
+    Slurm(mustbuild_executors::slurm::Settings),
     /// A DAGMan node's PRE script (`mustbuild export dagman`): the one
     /// instance to run gets its job folder prepared at `folder`, for DAGMan
     /// to run; nothing is submitted.
@@ -100,7 +101,7 @@ impl System {
     fn folder(&self) -> Option<&Path> {
         match self {
             System::DagPrepare { folder } | System::DagFinish { folder } => Some(folder),
-            System::HtCondor(_) => None,
+            System::HtCondor(_) | System::Slurm(_) => None,
         }
     }
 }
@@ -115,6 +116,10 @@ struct Handed {
 impl Executor for Handed {
     fn name(&self) -> &'static str {
         "dagman"
+    }
+
+    fn calls(&self) -> mustbuild_executors::batch::Calls {
+        Default::default()
     }
 
     fn submit(
@@ -161,7 +166,9 @@ impl Batch {
     pub(crate) fn held_timeout(&self) -> Duration {
         match &self.system {
             System::HtCondor(s) => s.held_timeout,
-            System::DagPrepare { .. } | System::DagFinish { .. } => Duration::MAX,
+            System::Slurm(_) | System::DagPrepare { .. } | System::DagFinish { .. } => {
+                Duration::MAX
+            }
         }
     }
 
@@ -170,6 +177,10 @@ impl Batch {
             System::HtCondor(settings) => Ok(Box::new(
                 mustbuild_executors::htcondor::HtCondor::new(settings.clone(), dir)?,
             )),
+            System::Slurm(settings) => Ok(Box::new(mustbuild_executors::slurm::Slurm::new(
+                settings.clone(),
+                dir,
+            )?)),
             System::DagPrepare { .. } | System::DagFinish { .. } => Ok(Box::<Handed>::default()),
         }
     }
@@ -348,6 +359,17 @@ pub(crate) fn finish(worker: &Worker<'_>, side: &Side<'_>, landed: Landed) -> Do
     // ran out of memory, the job was removed).
     let result = read_result(&folder);
     done.result = match (end, result) {
+        // The node's kernel killed the step's process for the job's memory
+        // limit (a cgroup), the worker survived to say it failed.
+        (Ok(End::OutOfMemory { reason, used_bytes }), Ok(node)) if node.outcome != "succeeded" => {
+            let mut r = node.to_exec();
+            r.outcome = Outcome::OutOfMemory {
+                reason,
+                used_bytes: used_bytes.or(Some(node.max_rss_bytes)),
+            };
+            done.node = Some(node);
+            r
+        }
         (_, Ok(node)) => {
             let r = node.to_exec();
             done.node = Some(node);
@@ -454,6 +476,8 @@ pub(crate) struct Submitter<'a> {
     pub(crate) notes: &'a Mutex<Vec<String>>,
     /// How long a job may stay held before its step fails.
     pub(crate) timeout: Duration,
+    /// Where it leaves the calls it made when the run is over.
+    pub(crate) calls: &'a Mutex<Option<(&'static str, mustbuild_executors::batch::Calls)>>,
 }
 
 impl Submitter<'_> {
@@ -570,6 +594,11 @@ impl Submitter<'_> {
                 break;
             }
         }
+        *self
+            .calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((self.executor.name(), self.executor.calls()));
     }
 
     fn submit(&mut self, batch: Vec<Prepared>, out: &mut HashMap<u64, Vec<Prepared>>) {
@@ -595,6 +624,7 @@ impl Submitter<'_> {
                         memory_bytes: job.memory,
                         disk_bytes: job.disk,
                         gpus: job.gpus as u32,
+                        time: job.request.time_limit,
                     },
                 }
             })

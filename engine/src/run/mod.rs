@@ -210,6 +210,8 @@ pub struct RunSummary {
     pub skipped: usize,
     /// Job folders prepared for DAGMan to run (`System::DagPrepare`).
     pub prepared: usize,
+    /// The batch system's name and the calls the run made of it.
+    pub batch_calls: Option<(&'static str, mustbuild_executors::batch::Calls)>,
     /// User and system CPU time of the commands run (retries included).
     pub cpu_seconds: f64,
     /// Their energy, in joules (see `mustbuild_executors::energy`).
@@ -399,6 +401,7 @@ pub fn run(
     let finished = std::sync::atomic::AtomicBool::new(false);
     // What the submitter has to tell (a job held).
     let notes = std::sync::Mutex::new(Vec::<String>::new());
+    let calls = std::sync::Mutex::new(None);
     let (job_tx, job_rx) = mpsc::channel::<Task>();
     let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
     let (done_tx, done_rx) = mpsc::channel::<Message>();
@@ -432,6 +435,7 @@ pub fn run(
                 finished: &finished,
                 notes: &notes,
                 timeout: b.held_timeout(),
+                calls: &calls,
             };
             scope.spawn(move || submitter.run());
         } else {
@@ -1032,6 +1036,10 @@ pub fn run(
     });
     if options.batch.is_some() {
         let _ = std::fs::remove_dir_all(&spool);
+        summary.batch_calls = calls
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .filter(|(name, _)| *name != "dagman");
     }
     // Jobs that ended after the run stopped on an error: what they put in the
     // workspace is remembered (the next run would take it for an edit otherwise).

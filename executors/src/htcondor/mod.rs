@@ -8,7 +8,7 @@
 
 pub mod events;
 
-use crate::batch::{BatchJob, End, Executor, ExecutorError, Report};
+use crate::batch::{BatchJob, Calls, End, Executor, ExecutorError, Report};
 use events::{EventLog, Exit, Kind};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -64,8 +64,7 @@ pub struct HtCondor {
     jobs: HashMap<(u64, u64), Tracked>,
     clusters: Vec<u64>,
     batches: usize,
-    /// `condor_submit` calls made.
-    pub submits: usize,
+    calls: Calls,
     /// When the event log last told something, and when the queue was last asked.
     heard: Instant,
     asked: Instant,
@@ -90,7 +89,7 @@ impl HtCondor {
             jobs: HashMap::new(),
             clusters: Vec::new(),
             batches: 0,
-            submits: 0,
+            calls: Calls::default(),
             heard: Instant::now(),
             asked: Instant::now(),
         })
@@ -176,6 +175,7 @@ impl HtCondor {
         let mut args: Vec<&str> = clusters.iter().map(String::as_str).collect();
         args.extend(["-json", "-attributes", "ClusterId,ProcId,JobStatus"]);
         let out = self.call("condor_q", &args)?;
+        self.calls.queries += 1;
         let queued = parse_queue(&out).ok_or_else(|| ExecutorError::Refused {
             command: "condor_q -json".into(),
             message: format!(
@@ -245,6 +245,10 @@ impl Executor for HtCondor {
         "htcondor"
     }
 
+    fn calls(&self) -> Calls {
+        self.calls
+    }
+
     fn submit(&mut self, jobs: &[BatchJob]) -> Result<(), ExecutorError> {
         let Some(first) = jobs.first() else {
             return Ok(());
@@ -288,7 +292,7 @@ impl Executor for HtCondor {
         write(&table_path, &table)?;
         write(&sub_path, &self.description(&first.program, &table_path))?;
         let out = self.call("condor_submit", &["-terse", &sub_path.to_string_lossy()])?;
-        self.submits += 1;
+        self.calls.submits += 1;
         let (cluster, proc0) = parse_terse(&out).ok_or_else(|| ExecutorError::Refused {
             command: "condor_submit".into(),
             message: format!("unexpected answer: {}", out.trim()),

@@ -1,0 +1,257 @@
+//! `mustbuild run --executor slurm` against the real single-node Slurm that
+//! `scripts/test-all` starts (Debian's slurm-wlm 22.05 and munge, memory
+//! enforced by a cgroup per job, as on a cluster).
+
+mod common;
+
+use std::path::Path;
+
+/// The same pipeline as tests/htcondor.rs's: base composition of real yeast
+/// reads per sample, then one table of all (coreutils only).
+const FAN_OUT: &str = r#"pipeline "bases"
+input samples glob="data/samples/*.fastq"
+env LC_ALL "C"
+step bases {
+    foreach sample from=samples
+    in reads=sample
+    out table="results/{sample.stem}.bases"
+    run "sed -n '2~4p' {in.reads} | fold -w1 | sort | uniq -c > {out.table}"
+}
+step all {
+    in tables=bases.table
+    out table="results/all.bases"
+    run "head -n 100 {in.tables} > {out.table}"
+}
+"#;
+
+fn workspace(pipeline: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let samples = tmp.path().join("data/samples");
+    std::fs::create_dir_all(&samples).unwrap();
+    let from = common::root().join("examples/quickstart/data/samples");
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), samples.join(e.file_name())).unwrap();
+    }
+    std::fs::write(tmp.path().join("pipeline.kdl"), pipeline).unwrap();
+    tmp
+}
+
+fn on_slurm(dir: &Path, args: &[&str]) -> common::Run {
+    let mut all = vec![
+        "run",
+        "pipeline.kdl",
+        "--store",
+        "store",
+        "--executor",
+        "slurm",
+    ];
+    all.extend(args);
+    common::run(dir, &all)
+}
+
+/// The `batch` object of a `--json` run's summary: (submits, queries).
+fn calls(stdout: &str) -> (u64, u64) {
+    let summary: serde_json::Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .find(|v: &serde_json::Value| v["event"] == "summary")
+        .expect("a summary");
+    let b = &summary["batch"];
+    assert_eq!(b["system"], "slurm", "{summary}");
+    (
+        b["submits"].as_u64().unwrap(),
+        b["queries"].as_u64().unwrap(),
+    )
+}
+
+fn results(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir.join("results"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_fan_out_runs_as_slurm_array_tasks_with_the_bytes_of_a_local_run() {
+    if common::slurm().is_none() {
+        return;
+    }
+    let local = workspace(FAN_OUT);
+    let r = common::run(local.path(), &["run", "pipeline.kdl", "--store", "store"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let dir = workspace(FAN_OUT);
+    let r = on_slurm(dir.path(), &["--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(results(dir.path()), results(local.path()));
+    let (submits, _) = calls(&r.stdout);
+    // The three samples' steps in one array, the gather in another.
+    assert_eq!(submits, 2, "{}", r.stdout);
+    let again = on_slurm(dir.path(), &[]);
+    assert!(
+        again.stdout.starts_with("executed 0, cached 4"),
+        "{}",
+        again.stdout
+    );
+    assert!(
+        !again.stdout.contains("slurm:"),
+        "a rerun submits nothing: {}",
+        again.stdout
+    );
+}
+
+#[test]
+fn queries_do_not_grow_with_the_jobs_they_follow() {
+    if common::slurm().is_none() {
+        return;
+    }
+    let pipeline = |n: usize| {
+        let values: Vec<String> = (0..n).map(|i| format!("\"{i}\"")).collect();
+        format!(
+            "pipeline \"many{n}\"\nstep t {{\n    foreach i {}\n    out x=\"out/{{i}}.txt\"\n    run \"echo {{i}} > {{out.x}}\"\n    resources memory=\"64MiB\"\n}}\n",
+            values.join(" ")
+        )
+    };
+    let run = |n: usize| {
+        let dir = workspace(&pipeline(n));
+        let r = on_slurm(dir.path(), &["--json"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let (submits, queries) = calls(&r.stdout);
+        let summary: serde_json::Value = r
+            .stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .find(|v: &serde_json::Value| v["event"] == "summary")
+            .unwrap();
+        let wall = summary["wall_seconds"].as_f64().unwrap();
+        (dir, submits, queries, wall)
+    };
+    let (_small, _, q20, wall20) = run(20);
+    let (big, s200, q200, wall200) = run(200);
+    eprintln!(
+        "20 jobs: {q20} squeue calls in {wall20:.1} s; 200 jobs: {s200} sbatch, {q200} squeue calls in {wall200:.1} s"
+    );
+    // One squeue per poll for all the run's jobs, at most two polls a
+    // second: the queries follow the run's length, not its jobs.
+    assert!(
+        q200 as f64 <= 2.0 * wall200 + 5.0,
+        "{q200} queries in {wall200:.1} s"
+    );
+    assert!(
+        q20 as f64 <= 2.0 * wall20 + 5.0,
+        "{q20} queries in {wall20:.1} s"
+    );
+    assert!(
+        q200 < 200,
+        "{q200} queries for 200 jobs: fewer than one per job"
+    );
+    assert!(s200 < 20, "{s200} submissions for 200 jobs");
+    assert_eq!(
+        std::fs::read_dir(big.path().join("out")).unwrap().count(),
+        200
+    );
+}
+
+#[test]
+fn out_of_memory_is_told_and_retried_larger_and_a_time_limit_is_told() {
+    if common::slurm().is_none() {
+        return;
+    }
+    let dir = workspace(
+        r#"pipeline "limits"
+step hog {
+    out x="x.txt"
+    run "python3 -c 'import time; x = b\"m\" * (100 << 20); time.sleep(2)'; echo ok > {out.x}"
+    resources memory="64MiB"
+    retry 1
+}
+step late {
+    out x="late.txt"
+    run "sleep 30; echo late > {out.x}"
+    resources time="2s"
+}
+"#,
+    );
+    let r = on_slurm(dir.path(), &["--keep-going"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains(
+            "retry    hog (attempt 1): out of memory: Slurm ended it OUT_OF_MEMORY: above its --mem=64M"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("FAILED   late: TimedOut"), "{}", r.stderr);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("x.txt")).unwrap(),
+        "ok\n"
+    );
+    assert!(!dir.path().join("late.txt").exists());
+}
+
+#[test]
+fn ctrl_c_cancels_the_runs_jobs() {
+    if common::slurm().is_none() {
+        return;
+    }
+    let name = common::unique("sleepers");
+    let dir = workspace(&format!(
+        "pipeline \"{name}\"\nstep nap {{\n    foreach i \"1\" \"2\" \"3\" \"4\" \"5\" \"6\"\n    out x=\"naps/{{i}}.txt\"\n    run \"sleep 120; echo {{i}} > {{out.x}}\"\n    resources memory=\"64MiB\"\n}}\n"
+    ));
+    let child = common::mustbuild(dir.path())
+        .args([
+            "run",
+            "pipeline.kdl",
+            "--store",
+            "store",
+            "--executor",
+            "slurm",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let job_name = format!("mustbuild-{name}");
+    let live = || {
+        let out = std::process::Command::new("squeue")
+            .args(["-h", "-n", &job_name, "-t", "PENDING,RUNNING", "-o", "%i"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while live() == 0 {
+        assert!(std::time::Instant::now() < until, "no job was submitted");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Some run, the others pend (two CPUs).
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while live() > 0 {
+        assert!(
+            std::time::Instant::now() < until,
+            "jobs left running or pending after Ctrl-C"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
