@@ -4,38 +4,9 @@
 
 mod common;
 
+use common::{FAN_OUT, results, workspace};
+
 use std::path::Path;
-
-/// The same pipeline as tests/htcondor.rs's: base composition of real yeast
-/// reads per sample, then one table of all (coreutils only).
-const FAN_OUT: &str = r#"pipeline "bases"
-input samples glob="data/samples/*.fastq"
-env LC_ALL "C"
-step bases {
-    foreach sample from=samples
-    in reads=sample
-    out table="results/{sample.stem}.bases"
-    run "sed -n '2~4p' {in.reads} | fold -w1 | sort | uniq -c > {out.table}"
-}
-step all {
-    in tables=bases.table
-    out table="results/all.bases"
-    run "head -n 100 {in.tables} > {out.table}"
-}
-"#;
-
-fn workspace(pipeline: &str) -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().unwrap();
-    let samples = tmp.path().join("data/samples");
-    std::fs::create_dir_all(&samples).unwrap();
-    let from = common::root().join("examples/quickstart/data/samples");
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), samples.join(e.file_name())).unwrap();
-    }
-    std::fs::write(tmp.path().join("pipeline.kdl"), pipeline).unwrap();
-    tmp
-}
 
 fn on_slurm(dir: &Path, args: &[&str]) -> common::Run {
     let mut all = vec![
@@ -63,21 +34,6 @@ fn calls(stdout: &str) -> (u64, u64) {
         b["submits"].as_u64().unwrap(),
         b["queries"].as_u64().unwrap(),
     )
-}
-
-fn results(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir.join("results"))
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect();
-    files.sort();
-    files
 }
 
 #[test]

@@ -91,6 +91,37 @@ pub enum ExecutorError {
     Unsupported(String),
 }
 
+/// Runs a batch system's tool `name` (from `bin`, else `PATH`) in `dir`; its
+/// standard output, or why it failed in its own words.
+pub(crate) fn call_tool<S: AsRef<str>>(
+    bin: Option<&std::path::Path>,
+    name: &str,
+    args: &[S],
+    dir: &std::path::Path,
+) -> Result<String, ExecutorError> {
+    let program = bin.map_or_else(|| PathBuf::from(name), |b| b.join(name));
+    let out = std::process::Command::new(&program)
+        .args(args.iter().map(AsRef::as_ref))
+        .current_dir(dir)
+        .output()
+        .map_err(|source| ExecutorError::Spawn {
+            program: name.to_string(),
+            source,
+        })?;
+    if !out.status.success() {
+        let mut message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if message.is_empty() {
+            message = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        }
+        let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+        return Err(ExecutorError::Refused {
+            command: format!("{name} {}", args.join(" ")),
+            message,
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// The calls an executor made of its batch system: what the load a run put
 /// on the scheduler is judged by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -12,7 +12,6 @@
 use crate::batch::{BatchJob, Calls, End, Executor, ExecutorError, Report, Resources};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// How the run's jobs are submitted (from `executor "slurm" { … }`).
@@ -74,30 +73,9 @@ impl Slurm {
         })
     }
 
+    /// Runs a Slurm tool; its standard output.
     fn call(&self, name: &str, args: &[String]) -> Result<String, ExecutorError> {
-        let program = match &self.settings.bin {
-            Some(bin) => bin.join(name),
-            None => PathBuf::from(name),
-        };
-        let out = Command::new(&program)
-            .args(args)
-            .current_dir(&self.dir)
-            .output()
-            .map_err(|source| ExecutorError::Spawn {
-                program: name.to_string(),
-                source,
-            })?;
-        if !out.status.success() {
-            let mut message = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            if message.is_empty() {
-                message = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            }
-            return Err(ExecutorError::Refused {
-                command: format!("{name} {}", args.join(" ")),
-                message,
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        crate::batch::call_tool(self.settings.bin.as_deref(), name, args, &self.dir)
     }
 
     /// `sbatch`'s options for an array of `n` jobs of one shape.

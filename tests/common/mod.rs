@@ -277,3 +277,51 @@ pub fn slurm() -> Option<String> {
         }
     }
 }
+
+/// Base composition of each sample's reads (real yeast reads of the Snakemake
+/// tutorial), then one table of all: coreutils only, so that a batch system's
+/// nodes (the HTCondor pool's Debian 13) give this machine's bytes.
+pub const FAN_OUT: &str = r#"pipeline "bases"
+input samples glob="data/samples/*.fastq"
+env LC_ALL "C"
+step bases {
+    foreach sample from=samples
+    in reads=sample
+    out table="results/{sample.stem}.bases"
+    run "sed -n '2~4p' {in.reads} | fold -w1 | sort | uniq -c > {out.table}"
+}
+step all {
+    in tables=bases.table
+    out table="results/all.bases"
+    run "head -n 100 {in.tables} > {out.table}"
+}
+"#;
+
+/// A temporary folder with the quickstart's samples in `data/samples/` and
+/// `pipeline` as `pipeline.kdl`.
+pub fn workspace(pipeline: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().expect("a temporary folder");
+    let samples = tmp.path().join("data/samples");
+    std::fs::create_dir_all(&samples).expect("made");
+    let from = root().join("examples/quickstart/data/samples");
+    for e in std::fs::read_dir(from).expect("the quickstart's samples") {
+        let e = e.expect("listed");
+        std::fs::copy(e.path(), samples.join(e.file_name())).expect("copied");
+    }
+    std::fs::write(tmp.path().join("pipeline.kdl"), pipeline).expect("written");
+    tmp
+}
+
+/// Every file under `dir/results`, by name, sorted.
+pub fn results(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir.join("results"))
+        .expect("results")
+        .map(|e| {
+            let e = e.expect("listed");
+            let bytes = std::fs::read(e.path()).expect("read");
+            (e.file_name().to_string_lossy().into_owned(), bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}

@@ -12,7 +12,6 @@ use crate::batch::{BatchJob, Calls, End, Executor, ExecutorError, Report};
 use events::{EventLog, Exit, Kind};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// How the run's jobs are submitted (from `executor "htcondor" { … }`).
@@ -95,35 +94,9 @@ impl HtCondor {
         })
     }
 
-    fn command(&self, name: &str) -> Command {
-        match &self.settings.bin {
-            Some(bin) => Command::new(bin.join(name)),
-            None => Command::new(name),
-        }
-    }
-
     /// Runs a condor tool; its standard output.
     fn call(&self, name: &str, args: &[&str]) -> Result<String, ExecutorError> {
-        let out = self
-            .command(name)
-            .args(args)
-            .current_dir(&self.dir)
-            .output()
-            .map_err(|source| ExecutorError::Spawn {
-                program: name.to_string(),
-                source,
-            })?;
-        if !out.status.success() {
-            let mut message = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            if message.is_empty() {
-                message = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            }
-            return Err(ExecutorError::Refused {
-                command: format!("{name} {}", args.join(" ")),
-                message,
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        crate::batch::call_tool(self.settings.bin.as_deref(), name, args, &self.dir)
     }
 
     /// The submit description of a batch whose table is `table`.
