@@ -23,12 +23,12 @@ It starts a node of its own (or uses the one $SLURM_CONF names).
 Times are from the start to every result recorded (mustbuild) or to the queue
 holding none of the jobs pending or running (by hand).
 
-Seen here (2 cores, cgroups, 2026-12-07, one rep: each variant takes ~95 s):
+Seen here (2 cores, cgroups, 2026-12-07, medians of 3):
 
-    ungrouped        95.98 s   479.9 ms/job   (1 sbatch, one array of 200)
-    grouped           3.48 s    17.4 ms/job   (4 array tasks of 50)
-    array by hand    94.87 s   474.3 ms/job   (1 sbatch)
-    sbatch per job   95.25 s   476.3 ms/job   (200 sbatch)
+    ungrouped        94.39 s   471.9 ms/job   (1 sbatch, one array of 200)
+    grouped           3.53 s    17.6 ms/job   (4 array tasks of 50)
+    array by hand    94.50 s   472.5 ms/job   (1 sbatch)
+    sbatch per job   94.21 s   471.1 ms/job   (200 sbatch)
 
 The node's job launches (a cgroup, a step, ~0.48 s each on 2 CPUs) bound all
 but the grouped run: mustbuild adds nothing measurable to them, and the
