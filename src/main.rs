@@ -890,12 +890,13 @@ fn worker(specs: &[PathBuf]) -> u8 {
         let _ = signal_hook::flag::register(signal, cancel.flag());
     }
     let mut code = exit::OK;
+    let mut digests = mustbuild_engine::worker::ToolDigests::default();
     for spec in specs {
         // Removed: the steps not started yet are left without a result.
         if cancel.is_cancelled() {
             break;
         }
-        if let Err(e) = mustbuild_engine::worker::run(spec, &cancel) {
+        if let Err(e) = mustbuild_engine::worker::run(spec, &cancel, &mut digests) {
             tell!("error: {e}");
             code = exit::ENVIRONMENT;
         }

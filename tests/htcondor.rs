@@ -272,42 +272,32 @@ step nap {{
     .stderr(std::process::Stdio::piped());
     let child = cmd.spawn().unwrap();
     let batch = format!("mustbuild {name}");
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while queued(&condor, &batch) < 6 {
-        assert!(
-            std::time::Instant::now() < until,
-            "the jobs were never queued"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    let kill = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let out = child.wait_with_output().unwrap();
+    let secs = std::time::Duration::from_secs;
+    let millis = std::time::Duration::from_millis;
+    common::wait_until(
+        secs(60),
+        millis(200),
+        || queued(&condor, &batch) >= 6,
+        || "the jobs were never queued".into(),
+    );
+    let out = common::interrupt(child);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     // condor_rm has taken them out of the queue (removed jobs leave it once
     // their shadows stop).
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while queued(&condor, &batch) > 0 {
-        assert!(
-            std::time::Instant::now() < until,
-            "jobs still queued after Ctrl-C: {}",
-            condor.tool(
-                "condor_q",
-                &[
-                    "-constraint",
-                    &format!("JobBatchName == \"{batch}\""),
-                    "-af",
-                    "ProcId",
-                    "JobStatus"
-                ]
+    let constraint = format!("JobBatchName == \"{batch}\"");
+    common::wait_until(
+        secs(30),
+        millis(250),
+        || queued(&condor, &batch) == 0,
+        || {
+            let left = ["-constraint", &constraint, "-af", "ProcId", "JobStatus"];
+            format!(
+                "jobs still queued after Ctrl-C: {}",
+                condor.tool("condor_q", &left)
             )
-        );
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
+        },
+    );
     assert!(
         !dir.path().join("naps").exists()
             || !dir.path().join("naps").read_dir().unwrap().any(|_| true)

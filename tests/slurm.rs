@@ -183,31 +183,27 @@ fn ctrl_c_cancels_the_runs_jobs() {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).lines().count()
     };
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while live() == 0 {
-        assert!(std::time::Instant::now() < until, "no job was submitted");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    let secs = std::time::Duration::from_secs;
+    let millis = std::time::Duration::from_millis;
+    common::wait_until(
+        secs(30),
+        millis(200),
+        || live() > 0,
+        || "no job was submitted".into(),
+    );
     // Some run, the others pend (two CPUs).
-    std::thread::sleep(std::time::Duration::from_secs(1));
-    let kill = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let out = child.wait_with_output().unwrap();
+    std::thread::sleep(secs(1));
+    let out = common::interrupt(child);
     assert_eq!(
         out.status.code(),
         Some(130),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while live() > 0 {
-        assert!(
-            std::time::Instant::now() < until,
-            "jobs left running or pending after Ctrl-C"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
+    common::wait_until(
+        secs(20),
+        millis(250),
+        || live() == 0,
+        || "jobs left running or pending after Ctrl-C".into(),
+    );
 }

@@ -206,17 +206,33 @@ pub enum WorkerError {
     },
 }
 
+/// The digests of the tool files a worker has hashed: one batch job runs up
+/// to 50 grouped steps, most with the same tools, and each file is hashed once.
+#[derive(Debug, Default)]
+pub struct ToolDigests(std::collections::HashMap<PathBuf, Result<String, String>>);
+
+impl ToolDigests {
+    /// The file's BLAKE3 (hexadecimal), or why it cannot be read.
+    fn of(&mut self, path: &Path) -> &Result<String, String> {
+        self.0.entry(path.to_path_buf()).or_insert_with(|| {
+            mustbuild_store::hashing::hash_file(path)
+                .map(|(digest, _)| digest.to_hex())
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
 /// Why a declared tool on this node is not the one in the key; `None` when
 /// every one is.
-pub fn tool_mismatch(tools: &[Tool]) -> Option<String> {
+pub fn tool_mismatch(tools: &[Tool], digests: &mut ToolDigests) -> Option<String> {
     let host = mustbuild_store::hostname();
     for t in tools {
-        let found = match mustbuild_store::hashing::hash_file(&t.path) {
-            Ok((digest, _)) if digest.to_hex() == t.digest => continue,
-            Ok((digest, _)) => format!(
+        let found = match digests.of(&t.path) {
+            Ok(digest) if *digest == t.digest => continue,
+            Ok(digest) => format!(
                 "its {} there has digest {}",
                 t.path.display(),
-                short(&digest.to_hex())
+                short(digest)
             ),
             Err(e) => format!("it has no {} ({e})", t.path.display()),
         };
@@ -238,7 +254,11 @@ fn short(hex: &str) -> &str {
 
 /// Runs the job whose spec is at `spec_path`, writing `result.json` beside it.
 /// A step that fails is a result, not an error.
-pub fn run(spec_path: &Path, cancel: &CancelToken) -> Result<NodeResult, WorkerError> {
+pub fn run(
+    spec_path: &Path,
+    cancel: &CancelToken,
+    digests: &mut ToolDigests,
+) -> Result<NodeResult, WorkerError> {
     let text = std::fs::read(spec_path).map_err(|source| WorkerError::Read {
         path: spec_path.to_path_buf(),
         source,
@@ -250,7 +270,7 @@ pub fn run(spec_path: &Path, cancel: &CancelToken) -> Result<NodeResult, WorkerE
     let job = spec_path.parent().unwrap_or(Path::new("."));
     let job = std::path::absolute(job).unwrap_or_else(|_| job.to_path_buf());
     let work = job.join(WORK);
-    let result = match tool_mismatch(&spec.tools) {
+    let result = match tool_mismatch(&spec.tools, digests) {
         Some(why) => NodeResult::from_exec(&ExecResult {
             outcome: Outcome::Infrastructure(why),
             usage: Usage::default(),
@@ -373,13 +393,17 @@ mod tests {
             path: tool.clone(),
             digest: digest.to_hex(),
         };
-        assert_eq!(tool_mismatch(std::slice::from_ref(&same)), None);
+        let fresh = ToolDigests::default;
+        assert_eq!(
+            tool_mismatch(std::slice::from_ref(&same), &mut fresh()),
+            None
+        );
         std::fs::write(&tool, b"#!/bin/sh\necho other\n").unwrap();
-        let why = tool_mismatch(std::slice::from_ref(&same)).unwrap();
+        let why = tool_mismatch(std::slice::from_ref(&same), &mut fresh()).unwrap();
         assert!(why.contains("tool `python3` differs on node"), "{why}");
         assert!(why.contains(&digest.to_hex()[..12]), "{why}");
         std::fs::remove_file(&tool).unwrap();
-        let why = tool_mismatch(&[same]).unwrap();
+        let why = tool_mismatch(&[same], &mut fresh()).unwrap();
         assert!(why.contains("it has no"), "{why}");
     }
 }

@@ -325,3 +325,28 @@ pub fn results(dir: &Path) -> Vec<(String, Vec<u8>)> {
     files.sort();
     files
 }
+
+/// Waits until `done()` holds, looking every `every`; after `within`, the test
+/// fails with `why()`.
+pub fn wait_until(
+    within: std::time::Duration,
+    every: std::time::Duration,
+    mut done: impl FnMut() -> bool,
+    why: impl Fn() -> String,
+) {
+    let until = std::time::Instant::now() + within;
+    while !done() {
+        assert!(std::time::Instant::now() < until, "{}", why());
+        std::thread::sleep(every);
+    }
+}
+
+/// Ctrl-C for `child` (SIGINT), then what it said once it ended.
+pub fn interrupt(child: std::process::Child) -> Output {
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(kill.success(), "kill -INT {}", child.id());
+    child.wait_with_output().expect("the binary ends")
+}

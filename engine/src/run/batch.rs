@@ -79,6 +79,31 @@ pub fn memory_and_disk(
     (memory, step.resources.disk_bytes.unwrap_or(DEFAULT_DISK))
 }
 
+/// Each step's declared tools (the pipeline's and its own) as its key holds
+/// them, for the node to check.
+pub(crate) fn step_tools(
+    wf: &mustbuild_lang::model::Workflow,
+    tools: &std::collections::BTreeMap<String, crate::keys::ToolIdentity>,
+) -> HashMap<String, Vec<Tool>> {
+    wf.steps
+        .iter()
+        .map(|s| {
+            let names = wf.tools.iter().chain(&s.tools).map(|t| t.name.as_str());
+            let declared = names
+                .filter_map(|n| {
+                    let t = tools.get(n)?;
+                    Some(Tool {
+                        name: n.to_string(),
+                        path: t.path.clone(),
+                        digest: t.digest.to_hex(),
+                    })
+                })
+                .collect();
+            (s.name.to_string(), declared)
+        })
+        .collect()
+}
+
 /// Which batch system, and how it is asked.
 #[derive(Debug, Clone, PartialEq)]
 pub enum System {

@@ -372,24 +372,10 @@ pub fn run(
         Some(b) => Some(b.executor(&spool.join(".executor"))?),
         None => None,
     };
-    let step_tools: std::collections::HashMap<String, Vec<crate::worker::Tool>> = wf
-        .steps
-        .iter()
-        .map(|s| {
-            let names = wf.tools.iter().chain(&s.tools).map(|t| t.name.as_str());
-            let declared = names
-                .filter_map(|n| {
-                    let t = tools.get(n)?;
-                    Some(crate::worker::Tool {
-                        name: n.to_string(),
-                        path: t.path.clone(),
-                        digest: t.digest.to_hex(),
-                    })
-                })
-                .collect();
-            (s.name.to_string(), declared)
-        })
-        .collect();
+    let step_tools = match &options.batch {
+        Some(_) => batch::step_tools(wf, &tools),
+        None => Default::default(),
+    };
     let (prepared_tx, prepared_rx) = mpsc::channel();
     let side = options.batch.as_ref().map(|b| batch::Side {
         prepared: std::sync::Mutex::new(prepared_tx),

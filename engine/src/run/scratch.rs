@@ -34,28 +34,29 @@ impl Scratch {
     pub(crate) fn new(store: &LocalStore, run: u64, worker: usize) -> Scratch {
         let name = format!("{}-{run}-{worker}", std::process::id());
         let base = store.root().join("scratch");
-        let root = base.join(&name);
-        Scratch {
-            home: root.join(".mustbuild/home"),
-            tmp: root.join(".mustbuild/tmp"),
-            log: base.join(format!("{name}.log")),
-            spare: base.join(format!("{name}.spare")),
-            spares: Default::default(),
-            named: Default::default(),
-            spare_made: Default::default(),
-            root,
-        }
+        Scratch::with(
+            base.join(&name),
+            base.join(format!("{name}.log")),
+            base.join(format!("{name}.spare")),
+        )
     }
 
     /// A batch job's folder `folder` (on the shared filesystem): the step runs in
     /// `work/`, its log is `log`.
     pub(crate) fn at(folder: &Path) -> Scratch {
-        let root = folder.join(crate::worker::WORK);
+        Scratch::with(
+            folder.join(crate::worker::WORK),
+            folder.join(crate::worker::LOG),
+            folder.join("spare"),
+        )
+    }
+
+    fn with(root: PathBuf, log: PathBuf, spare: PathBuf) -> Scratch {
         Scratch {
             home: root.join(".mustbuild/home"),
             tmp: root.join(".mustbuild/tmp"),
-            log: folder.join(crate::worker::LOG),
-            spare: folder.join("spare"),
+            log,
+            spare,
             spares: Default::default(),
             named: Default::default(),
             spare_made: Default::default(),
@@ -298,19 +299,15 @@ pub(crate) fn remove_any(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Removes scratch folders left by runs that were killed (their process is gone).
-pub(crate) fn remove_stale_scratch(store: &LocalStore) {
-    let base = store.root().join("scratch");
-    let Ok(listing) = std::fs::read_dir(&base) else {
+/// Removes what is in `base` whose name gives (through `pid_of`) a process
+/// of this machine that is gone.
+fn remove_dead(base: &Path, pid_of: impl Fn(&str) -> Option<u32>) {
+    let Ok(listing) = std::fs::read_dir(base) else {
         return;
     };
     for e in listing.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let pid = name
-            .split(['-', '.'])
-            .next()
-            .and_then(|p| p.parse::<u32>().ok());
-        if let Some(pid) = pid
+        if let Some(pid) = pid_of(&name)
             && !Path::new(&format!("/proc/{pid}")).exists()
         {
             let _ = remove_any(&e.path());
@@ -318,26 +315,23 @@ pub(crate) fn remove_stale_scratch(store: &LocalStore) {
     }
 }
 
+/// Removes scratch folders left by runs that were killed (their process is gone).
+pub(crate) fn remove_stale_scratch(store: &LocalStore) {
+    remove_dead(&store.root().join("scratch"), |name| {
+        name.split(['-', '.']).next()?.parse().ok()
+    });
+}
+
 /// Removes the batch runs' folders (`STORE/spool/HOST-PID-RUN`) that runs of
 /// this host left when killed. Only this host's: the store may be shared by
 /// login nodes whose process numbers mean nothing here.
 pub(crate) fn remove_stale_spool(store: &LocalStore) {
-    let Ok(listing) = std::fs::read_dir(store.root().join("spool")) else {
-        return;
-    };
     let host = mustbuild_store::hostname();
-    for e in listing.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
+    remove_dead(&store.root().join("spool"), |name| {
         let mut parts = name.rsplitn(3, '-');
-        let (_run, pid, from) = (parts.next(), parts.next(), parts.next());
-        let pid = pid.and_then(|p| p.parse::<u32>().ok());
-        if let (Some(pid), Some(from)) = (pid, from)
-            && from == host
-            && !Path::new(&format!("/proc/{pid}")).exists()
-        {
-            let _ = remove_any(&e.path());
-        }
-    }
+        let (_run, pid, from) = (parts.next(), parts.next()?, parts.next()?);
+        (from == host).then(|| pid.parse().ok())?
+    });
 }
 
 /// One input put in place in a scratch folder (`to`: relative to it).
