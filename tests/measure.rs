@@ -111,6 +111,14 @@ fn cpu_memory_io_and_energy_are_recorded_and_the_cache_counts_what_it_avoided() 
     assert!(within(cpu, 1.0, 0.35), "burn used {cpu} s of CPU");
     let hold = step(&s, "hold");
     let peak = hold["peak_memory_max_bytes"].as_f64().unwrap();
+    // Said how: the step's own cgroup where mustbuild may make one, else wait4.
+    let memory = hold["memory_methods"].as_object().unwrap();
+    assert_eq!(memory.len(), 1, "{hold}");
+    let method = memory.keys().next().unwrap();
+    assert!(
+        method.starts_with("cgroup (") || method.starts_with("wait4 ("),
+        "{hold}"
+    );
     let expected = (300u64 << 20) as f64;
     assert!(within(peak, expected, 0.25), "hold peaked at {peak} bytes");
     assert!(hold["wall_mean_s"].as_f64().unwrap() >= 1.5);

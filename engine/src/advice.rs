@@ -212,7 +212,7 @@ pub(crate) fn test_run(wall_ms: i64, rss: i64, cpu_ms: i64) -> RunRow {
         energy_method: None,
         cpu_model: None,
         gpus: None,
-        memory_method: Some(crate::measure::MEMORY_METHOD.into()),
+        memory_method: Some(mustbuild_executors::Peak::Largest.method().into()),
     }
 }
 

@@ -17,11 +17,9 @@ use std::time::Duration;
 /// How often RAPL is read while steps run (well within a counter's wrap).
 const SAMPLE_PERIOD: Duration = Duration::from_secs(10);
 
-/// `wait4`'s figure: the peak resident memory of the largest process.
-pub const MEMORY_METHOD: &str = "wait4 (largest process)";
 /// `wait4`'s figure when it is no more than mustbuild's own peak, which the
 /// kernel counts in: the step's peak is at most that.
-pub const MEMORY_BOUND: &str = "wait4 (at most: mustbuild's own peak)";
+pub const MEMORY_BOUND: &str = mustbuild_executors::Peak::AtMost.method();
 
 /// Whether measuring beyond `wait4` is off (`MUSTBUILD_NO_MEASURE=1`).
 pub fn off() -> bool {

@@ -55,6 +55,8 @@ pub struct StepCost {
     /// Executions whose peak is only an upper bound (mustbuild's own peak,
     /// which the kernel counts in: see `crate::measure::MEMORY_BOUND`).
     pub peak_memory_upper_bounds: u64,
+    /// How many executions' peak memory each method gave.
+    pub memory_methods: BTreeMap<String, u64>,
     pub read_bytes: u64,
     pub written_bytes: u64,
     pub energy_joules: f64,
@@ -169,6 +171,9 @@ pub fn run_costs(
         *memory_sum.entry(r.step.clone()).or_default() += peak;
         if r.memory_method.as_deref() == Some(crate::measure::MEMORY_BOUND) {
             c.peak_memory_upper_bounds += 1;
+        }
+        if let Some(m) = &r.memory_method {
+            *c.memory_methods.entry(m.clone()).or_default() += 1;
         }
         c.read_bytes += bytes(r.read_bytes);
         c.written_bytes += bytes(r.write_bytes);

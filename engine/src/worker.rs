@@ -11,7 +11,7 @@
 //! the database: SQLite is never opened from a node (it is not safe over a
 //! network filesystem), and a worker killed at any instant leaves no record.
 
-use mustbuild_executors::{CancelToken, ExecRequest, ExecResult, Io, Outcome, Usage};
+use mustbuild_executors::{CancelToken, ExecRequest, ExecResult, Io, Outcome, Peak, Usage};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -67,7 +67,8 @@ pub struct NodeResult {
     pub user_cpu_ms: u64,
     pub sys_cpu_ms: u64,
     pub max_rss_bytes: u64,
-    pub max_rss_is_bound: bool,
+    /// What `max_rss_bytes` is ([`Peak::method`]).
+    pub memory_method: String,
     pub read_bytes: Option<u64>,
     pub written_bytes: Option<u64>,
     pub host: String,
@@ -116,7 +117,7 @@ impl NodeResult {
             user_cpu_ms: u.user_cpu.as_millis() as u64,
             sys_cpu_ms: u.system_cpu.as_millis() as u64,
             max_rss_bytes: u.max_rss_bytes,
-            max_rss_is_bound: u.max_rss_is_bound,
+            memory_method: u.peak.method().to_string(),
             read_bytes: u.io.map(|io| io.read_bytes),
             written_bytes: u.io.map(|io| io.written_bytes),
             host: mustbuild_store::hostname(),
@@ -158,7 +159,7 @@ impl NodeResult {
                 user_cpu: Duration::from_millis(self.user_cpu_ms),
                 system_cpu: Duration::from_millis(self.sys_cpu_ms),
                 max_rss_bytes: self.max_rss_bytes,
-                max_rss_is_bound: self.max_rss_is_bound,
+                peak: Peak::from_method(&self.memory_method),
                 io: match (self.read_bytes, self.written_bytes) {
                     (Some(read_bytes), Some(written_bytes)) => Some(Io {
                         read_bytes,
@@ -360,7 +361,7 @@ mod tests {
                 user_cpu: Duration::from_millis(700),
                 system_cpu: Duration::from_millis(20),
                 max_rss_bytes: 300 << 20,
-                max_rss_is_bound: false,
+                peak: Peak::Cgroup,
                 io: Some(Io {
                     read_bytes: 10,
                     written_bytes: 20,

@@ -13,6 +13,7 @@
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod batch;
+mod cgroup;
 mod direct;
 pub mod energy;
 pub mod gpus;
@@ -22,4 +23,4 @@ pub mod local;
 pub mod slurm;
 
 pub use direct::bash_literal;
-pub use local::{CancelToken, ExecRequest, ExecResult, Io, Outcome, Usage, run};
+pub use local::{CancelToken, ExecRequest, ExecResult, Io, Outcome, Peak, Usage, run};

@@ -99,19 +99,50 @@ pub struct Usage {
     /// Of the whole process tree (`wait4`: every descendant that was waited for).
     pub user_cpu: Duration,
     pub system_cpu: Duration,
-    /// The peak resident memory of the largest process of the run (`wait4`).
+    /// The peak memory of the run, as [`Usage::peak`] says.
     pub max_rss_bytes: u64,
-    /// Whether `max_rss_bytes` is only an upper bound: the kernel counts in
-    /// the peak of the process the command was started from (a forked copy of
-    /// mustbuild, whose peak it keeps across `exec`), and the figure is no
-    /// higher than mustbuild's own peak, so the command's may be lower.
-    pub max_rss_is_bound: bool,
+    /// What `max_rss_bytes` is.
+    pub peak: Peak,
     /// Bytes the process tree read and wrote through system calls (files and
     /// pipes alike, whether or not the page cache served them): `rchar` and
     /// `wchar` of the command's `/proc/PID/io` read just before it is reaped,
     /// when the kernel has added in every child it waited for. `None` where
     /// the kernel keeps no I/O accounting.
     pub io: Option<Io>,
+}
+
+/// What a run's peak memory figure is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Peak {
+    /// `wait4`'s: the peak resident memory of the largest process.
+    #[default]
+    Largest,
+    /// `wait4`'s when it is no higher than mustbuild's own peak, which the
+    /// kernel counts in (a forked copy of mustbuild keeps its peak across
+    /// `exec`): the command's is at most that.
+    AtMost,
+    /// The peak of the step's own memory cgroup: its whole process tree
+    /// together, with the page cache its writes dirtied (see [`crate::cgroup`]).
+    Cgroup,
+}
+
+impl Peak {
+    /// As run records say it.
+    pub const fn method(self) -> &'static str {
+        match self {
+            Peak::Largest => "wait4 (largest process)",
+            Peak::AtMost => "wait4 (at most: mustbuild's own peak)",
+            Peak::Cgroup => "cgroup (whole process tree, page cache included)",
+        }
+    }
+
+    /// The inverse of [`Peak::method`] (an unknown text: `Largest`).
+    pub fn from_method(text: &str) -> Peak {
+        [Peak::AtMost, Peak::Cgroup]
+            .into_iter()
+            .find(|p| p.method() == text)
+            .unwrap_or(Peak::Largest)
+    }
 }
 
 /// Bytes read and written (see [`Usage::io`]).
@@ -305,6 +336,9 @@ fn run_with(req: &ExecRequest, cancel: &CancelToken, allow_direct: bool) -> Exec
             return infrastructure(why, false);
         }
     };
+    // The step's own memory cgroup, where there can be one: this thread is in
+    // it while it starts the command.
+    let entered = crate::cgroup::here().and_then(|c| c.enter());
     let direct = if allow_direct {
         crate::direct::spawn(req, &log)
     } else {
@@ -320,6 +354,7 @@ fn run_with(req: &ExecRequest, cancel: &CancelToken, allow_direct: bool) -> Exec
             Err(why) => return infrastructure(why, false),
         },
     };
+    let cgroup = entered.and_then(|e| e.leave());
     let pgid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     let mut stopped: Option<Outcome> = None;
     // Woken the moment the command ends (a pidfd becomes readable), and every
@@ -374,16 +409,25 @@ fn run_with(req: &ExecRequest, cancel: &CancelToken, allow_direct: bool) -> Exec
             }
         }
     };
-    let usage = Usage {
-        wall: clock.elapsed(),
-        user_cpu: used.rusage.utime,
-        system_cpu: used.rusage.stime,
-        max_rss_bytes: used.rusage.maxrss,
-        max_rss_is_bound: own_peak_rss().is_none_or(|own| used.rusage.maxrss <= own),
-        io,
-    };
+    let wall = clock.elapsed();
     // Whatever its children still do, they go with it.
     let _ = killpg(pgid, Signal::SIGKILL);
+    let (max_rss_bytes, peak) = match cgroup.as_ref().and_then(|c| c.peak()) {
+        Some(bytes) => (bytes, Peak::Cgroup),
+        None if own_peak_rss().is_none_or(|own| used.rusage.maxrss <= own) => {
+            (used.rusage.maxrss, Peak::AtMost)
+        }
+        None => (used.rusage.maxrss, Peak::Largest),
+    };
+    drop(cgroup);
+    let usage = Usage {
+        wall,
+        user_cpu: used.rusage.utime,
+        system_cpu: used.rusage.stime,
+        max_rss_bytes,
+        peak,
+        io,
+    };
     let outcome = match (stopped, used.status.code(), used.status.signal()) {
         (Some(o), _, _) => o,
         (None, Some(0), _) => {
@@ -745,10 +789,31 @@ mod tests {
             "{:?}",
             r.usage
         );
-        assert!(r.usage.max_rss_bytes > 1 << 20, "{:?}", r.usage);
-        // A shell loop needs far less than this test process has used.
-        assert!(r.usage.max_rss_is_bound, "{:?}", r.usage);
+        assert!(r.usage.max_rss_bytes > 100 << 10, "{:?}", r.usage);
+        // A shell loop needs far less than this test process has used: the
+        // figure is bash's own (a cgroup's) or a bound.
+        assert_ne!(r.usage.peak, Peak::Largest, "{:?}", r.usage);
         assert!(r.usage.wall >= r.usage.user_cpu / 2);
+    }
+
+    #[test]
+    fn a_step_cgroup_counts_the_whole_process_tree() {
+        // Two processes hold 80 MiB each at the same time.
+        let dir = tempfile::tempdir().unwrap();
+        let hold = "python3 -c 'import time; b = bytearray(80 << 20); time.sleep(0.6)'";
+        let r = run(
+            &request(dir.path(), &format!("{hold} & {hold}; wait")),
+            &CancelToken::default(),
+        );
+        assert_eq!(r.outcome, Outcome::Succeeded);
+        let mib = r.usage.max_rss_bytes >> 20;
+        if crate::cgroup::here().is_some() {
+            assert_eq!(r.usage.peak, Peak::Cgroup);
+            assert!((160..220).contains(&mib), "{:?}", r.usage);
+        } else {
+            // wait4 sees one process at a time.
+            assert!((80..120).contains(&mib), "{:?}", r.usage);
+        }
     }
 
     #[test]

@@ -53,13 +53,7 @@ pub(crate) fn run_record(
         log: done.log_digest,
         cpu_model: crate::measure::cpu_model(),
         gpus: gpus.map(|g| g.join(",")),
-        memory_method: result.spawned.then(|| {
-            if usage.max_rss_is_bound {
-                crate::measure::MEMORY_BOUND.to_string()
-            } else {
-                crate::measure::MEMORY_METHOD.to_string()
-            }
-        }),
+        memory_method: result.spawned.then(|| usage.peak.method().to_string()),
     };
     // A batch job's figures are its node's.
     if let Some(node) = &done.node {
