@@ -333,7 +333,13 @@ fn run_step(spec: &Spec, job: &Path, work: &Path, cancel: &CancelToken) -> NodeR
     };
     let measure = crate::measure::Measure::new(model);
     let started = measure.begin(&gpus);
-    let exec = mustbuild_executors::run(&request, cancel);
+    // From a thread of its own: a step's memory cgroup (where there is one)
+    // is its starting thread's, and never the main thread's.
+    let exec = std::thread::scope(|s| {
+        s.spawn(|| mustbuild_executors::run(&request, cancel))
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    });
     let usage = &exec.usage;
     let cpu = usage.user_cpu + usage.system_cpu;
     let ended = measure.end(started, cpu);

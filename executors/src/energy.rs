@@ -6,7 +6,10 @@
 //!   two such events is shared among the steps running in it by their rate of
 //!   CPU use (their CPU time over their wall time), once no step that overlaps
 //!   them is left running ([`Meter`], [`attribute`]). Intervals with no step
-//!   running are nobody's. Counters wrap at `max_energy_range_uj` ([`delta_uj`]).
+//!   running are nobody's. The steps get only their share of the host's busy
+//!   CPU time in `/proc/stat` over each second or so: what other processes
+//!   used (another mustbuild's steps among them) is theirs, so two runs on one
+//!   host never both count a package's energy. Counters wrap at `max_energy_range_uj` ([`delta_uj`]).
 //!   Nested zones are never summed twice: `core` and `uncore` are inside their
 //!   package; `dram` is not; `psys` (the whole platform) is used only where no
 //!   package zone is; the `intel-rapl-mmio` zones repeat the packages.
@@ -186,39 +189,86 @@ impl Rapl {
 }
 
 /// An interval between two events (a step started or ended), with the energy
-/// counted in it and the steps running through it.
+/// counted in it, the steps running through it, how long it lasted and the
+/// CPU time the whole host was busy meanwhile (where `/proc/stat` says).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Segment {
     pub joules: f64,
     pub steps: Vec<u64>,
+    pub wall_s: f64,
+    pub host_cpu_s: Option<f64>,
 }
+
+/// How much wall time of segments is pooled to compare the steps' CPU time
+/// with the host's: `/proc/stat` counts in hundredths of a second per CPU.
+const HOST_WINDOW_S: f64 = 1.0;
 
 /// A step's part of the energy of the segments it ran through, by its rate of
 /// CPU use (`rates`: CPU seconds per wall second, per step); steps that used
-/// no CPU measurably share a segment evenly when all of them did so.
+/// no CPU measurably share a segment evenly when all of them did so. Where the
+/// host's busy CPU time is known, the steps of each window of segments (a
+/// second or more) get only their share of it: the rest is other processes'.
 pub fn attribute(segments: &[Segment], rates: &HashMap<u64, f64>) -> HashMap<u64, f64> {
+    let rate = |s: &u64| rates.get(s).copied().unwrap_or(0.0).max(0.0);
+    let busy: Vec<&Segment> = segments.iter().filter(|s| !s.steps.is_empty()).collect();
     let mut out: HashMap<u64, f64> = HashMap::new();
-    for seg in segments {
-        if seg.steps.is_empty() {
-            continue;
-        }
-        let rate = |s: &u64| rates.get(s).copied().unwrap_or(0.0).max(0.0);
-        let total: f64 = seg.steps.iter().map(rate).sum();
-        for s in &seg.steps {
-            let share = if total > 0.0 {
-                rate(s) / total
-            } else {
-                1.0 / seg.steps.len() as f64
-            };
-            *out.entry(*s).or_default() += seg.joules * share;
+    let mut rest = busy.as_slice();
+    while !rest.is_empty() {
+        let mut wall = 0.0;
+        let n = rest
+            .iter()
+            .position(|seg| {
+                wall += seg.wall_s;
+                wall >= HOST_WINDOW_S
+            })
+            .map_or(rest.len(), |i| i + 1);
+        let (window, after) = rest.split_at(n);
+        rest = after;
+        let ours: f64 = (window.iter())
+            .map(|seg| seg.wall_s * seg.steps.iter().map(rate).sum::<f64>())
+            .sum();
+        let host: Option<f64> = window.iter().map(|seg| seg.host_cpu_s).sum();
+        let part = match host {
+            Some(host) if host > ours => ours / host,
+            _ => 1.0,
+        };
+        for seg in window {
+            let total: f64 = seg.steps.iter().map(rate).sum();
+            for s in &seg.steps {
+                let share = if total > 0.0 {
+                    rate(s) / total
+                } else {
+                    1.0 / seg.steps.len() as f64
+                };
+                *out.entry(*s).or_default() += seg.joules * share * part;
+            }
         }
     }
     out
 }
 
+/// The CPU time, in seconds, that every CPU of the host has been busy since
+/// boot (user, nice, system, irq, softirq: not idle, I/O wait or time stolen
+/// by a hypervisor), from the first line of a `/proc/stat` text.
+pub fn host_busy_s(stat: &str) -> Option<f64> {
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    let at = |i: usize| ticks.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal (guest is inside user).
+    let busy = at(0) + at(1) + at(2) + at(5) + at(6);
+    // USER_HZ, which /proc/stat counts in, is 100 on every Linux.
+    Some(busy as f64 / 100.0)
+}
+
 #[derive(Debug)]
 struct MeterState {
     last: Option<Vec<u64>>,
+    /// When the counters were last read, and the host's busy CPU then.
+    last_at: Instant,
+    last_host: Option<f64>,
     running: Vec<u64>,
     segments: Vec<Segment>,
     /// Steps ended but not yet attributed: their rate of CPU use.
@@ -234,15 +284,27 @@ struct MeterState {
 #[derive(Debug)]
 pub struct Meter {
     rapl: Option<Rapl>,
+    /// A `/proc/stat`, for the host's busy CPU time (none: steps share all).
+    stat: Option<PathBuf>,
     state: Mutex<MeterState>,
 }
 
 impl Meter {
+    /// A meter that shares a package's energy among its own steps only.
     pub fn new(rapl: Option<Rapl>) -> Meter {
+        Meter::with_host_stat(rapl, None)
+    }
+
+    /// A meter whose steps get their share of the host's busy CPU time, as
+    /// `stat` (a `/proc/stat`) counts it.
+    pub fn with_host_stat(rapl: Option<Rapl>, stat: Option<PathBuf>) -> Meter {
         Meter {
             rapl,
+            stat,
             state: Mutex::new(MeterState {
                 last: None,
+                last_at: Instant::now(),
+                last_host: None,
                 running: Vec::new(),
                 segments: Vec::new(),
                 ended: HashMap::new(),
@@ -254,7 +316,18 @@ impl Meter {
 
     /// This machine's meter: RAPL where it can be read, else none.
     pub fn here() -> Meter {
-        Meter::new(Rapl::discover(Path::new("/sys/class/powercap")))
+        let rapl = Rapl::discover(Path::new("/sys/class/powercap"));
+        Meter::with_host_stat(rapl, Some(PathBuf::from("/proc/stat")))
+    }
+
+    fn host_busy(&self) -> Option<f64> {
+        use std::io::Read;
+        // The first line only: the rest grows with the CPUs and interrupts.
+        let mut head = [0u8; 512];
+        let n = std::fs::File::open(self.stat.as_ref()?)
+            .and_then(|mut f| f.read(&mut head))
+            .ok()?;
+        host_busy_s(std::str::from_utf8(&head[..n]).ok()?)
     }
 
     pub fn measures(&self) -> bool {
@@ -289,12 +362,15 @@ impl Meter {
     fn tick(&self, st: &mut MeterState) {
         let Some(rapl) = &self.rapl else { return };
         let now = rapl.read();
+        let (at, host) = (Instant::now(), self.host_busy());
         match (&st.last, &now) {
             (Some(before), Some(after)) => {
                 if !st.running.is_empty() {
                     st.segments.push(Segment {
                         joules: rapl.joules(before, after),
                         steps: st.running.clone(),
+                        wall_s: at.duration_since(st.last_at).as_secs_f64(),
+                        host_cpu_s: host.zip(st.last_host).map(|(now, then)| now - then),
                     });
                 }
             }
@@ -302,6 +378,7 @@ impl Meter {
             (None, Some(_)) => {}
         }
         st.last = now;
+        (st.last_at, st.last_host) = (at, host);
     }
 
     pub fn begin(&self, step: u64) {
@@ -458,18 +535,26 @@ mod tests {
             Segment {
                 joules: 10.0,
                 steps: vec![1],
+                wall_s: 1.0,
+                host_cpu_s: None,
             },
             Segment {
                 joules: 30.0,
                 steps: vec![1, 2],
+                wall_s: 1.0,
+                host_cpu_s: None,
             },
             Segment {
                 joules: 5.0,
                 steps: vec![2],
+                wall_s: 1.0,
+                host_cpu_s: None,
             },
             Segment {
                 joules: 7.0,
                 steps: vec![],
+                wall_s: 1.0,
+                host_cpu_s: None,
             },
         ];
         let rates = HashMap::from([(1, 1.0), (2, 0.5)]);
@@ -481,6 +566,47 @@ mod tests {
         // Steps that used no CPU share evenly.
         let j = attribute(&segments[1..2], &HashMap::from([(1, 0.0), (2, 0.0)]));
         assert_eq!((j[&1], j[&2]), (15.0, 15.0));
+    }
+
+    #[test]
+    fn steps_get_only_their_share_of_the_hosts_busy_cpu() {
+        // Step 1 used 1 CPU per second for 2 s, while the host was busy 2 CPU
+        // seconds per second (another run's step beside it): half is its.
+        let seg = |joules, wall_s, host| Segment {
+            joules,
+            steps: vec![1],
+            wall_s,
+            host_cpu_s: Some(host),
+        };
+        let rates = HashMap::from([(1, 1.0)]);
+        let j = attribute(&[seg(40.0, 2.0, 4.0)], &rates);
+        assert!((j[&1] - 20.0).abs() < 1e-9, "{j:?}");
+        // The other run's meter, counting the same package, takes the other
+        // half: together they count it once.
+        let both = j[&1] + attribute(&[seg(40.0, 2.0, 4.0)], &rates)[&1];
+        assert!((both - 40.0).abs() < 1e-9);
+        // Alone on the host (a little less busy than the step: the counters'
+        // grain), it has it all.
+        let j = attribute(&[seg(40.0, 2.0, 1.98)], &rates);
+        assert!((j[&1] - 40.0).abs() < 1e-9, "{j:?}");
+        // Short segments are pooled to a second before the host's figure is
+        // used, so one that read 0 ticks is not all the step's.
+        let short = [seg(1.0, 0.5, 0.0), seg(1.0, 0.5, 2.0)];
+        let j = attribute(&short, &rates);
+        assert!((j[&1] - 1.0).abs() < 1e-9, "{j:?}");
+    }
+
+    #[test]
+    fn the_hosts_busy_time_is_read_from_proc_stat() {
+        let stat = "cpu  4705 150 1120 1000000 530 10 25 40 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        assert_eq!(
+            host_busy_s(stat),
+            Some((4705 + 150 + 1120 + 10 + 25) as f64 / 100.0)
+        );
+        assert_eq!(host_busy_s("intr 1 2 3\n"), None);
+        // This host's.
+        let here = std::fs::read_to_string("/proc/stat").unwrap();
+        assert!(host_busy_s(&here).unwrap() > 0.0);
     }
 
     #[test]
@@ -507,6 +633,26 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert!((got[0].1 - 1.5).abs() < 1e-9, "{got:?}");
         assert!((got[1].1 - 2.0).abs() < 1e-9, "{got:?}");
+    }
+
+    #[test]
+    fn the_meter_reads_the_hosts_busy_time_with_the_counters() {
+        let tmp = tempfile::tempdir().unwrap();
+        tree(tmp.path(), &[("intel-rapl:0", "package-0", 1_000_000)]);
+        let stat = tmp.path().join("stat");
+        let busy = |ticks: u64| {
+            std::fs::write(&stat, format!("cpu  {ticks} 0 0 9999 0 0 0 0 0 0\n")).unwrap()
+        };
+        busy(1000);
+        let meter = Meter::with_host_stat(Rapl::discover(tmp.path()), Some(stat.clone()));
+        meter.begin(1);
+        // Long enough that the meter's own microseconds do not count.
+        std::thread::sleep(Duration::from_millis(50));
+        std::fs::write(tmp.path().join("intel-rapl:0/energy_uj"), "11000000\n").unwrap();
+        busy(1200); // the host: 2 CPU seconds; the step says it used 1
+        let got = meter.end(1, Duration::from_secs(1));
+        assert_eq!(got.len(), 1);
+        assert!((got[0].1 - 5.0).abs() < 0.1, "{got:?}");
     }
 
     #[test]

@@ -336,9 +336,9 @@ fn run_with(req: &ExecRequest, cancel: &CancelToken, allow_direct: bool) -> Exec
             return infrastructure(why, false);
         }
     };
-    // The step's own memory cgroup, where there can be one: this thread is in
-    // it while it starts the command.
-    let entered = crate::cgroup::here().and_then(|c| c.enter());
+    // This thread's memory cgroup, where there can be one, which the command
+    // and all it starts will be charged to.
+    let cgroup = crate::cgroup::here().and_then(|c| c.step());
     let direct = if allow_direct {
         crate::direct::spawn(req, &log)
     } else {
@@ -354,7 +354,6 @@ fn run_with(req: &ExecRequest, cancel: &CancelToken, allow_direct: bool) -> Exec
             Err(why) => return infrastructure(why, false),
         },
     };
-    let cgroup = entered.and_then(|e| e.leave());
     let pgid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     let mut stopped: Option<Outcome> = None;
     // Woken the moment the command ends (a pidfd becomes readable), and every
@@ -419,7 +418,6 @@ fn run_with(req: &ExecRequest, cancel: &CancelToken, allow_direct: bool) -> Exec
         }
         None => (used.rusage.maxrss, Peak::Largest),
     };
-    drop(cgroup);
     let usage = Usage {
         wall,
         user_cpu: used.rusage.utime,
