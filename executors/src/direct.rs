@@ -419,7 +419,9 @@ fn start(req: &ExecRequest, log: &File) -> Result<Direct, Direct> {
         (OsStr::new("SHLVL"), OsStr::new(shlvl)),
         (OsStr::new("_"), program.as_os_str()),
     ];
-    let gpus = (req.gpus.as_ref()).map(|g| variable("CUDA_VISIBLE_DEVICES", g.join(",")));
+    let gpus = (req.gpus.iter())
+        .flat_map(|g| crate::gpus::step_variables(g))
+        .map(|(k, v)| variable(k, v));
     let strings = (simple.words.iter().map(|w| w.len()))
         .chain(launch::variables(env))
         .chain(added.iter().map(|(k, v)| variable(k, v)))

@@ -258,7 +258,7 @@ pub(crate) fn step_process(program: &std::path::Path, req: &ExecRequest) -> Comm
         .envs(req.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .process_group(0);
     if let Some(gpus) = &req.gpus {
-        cmd.env("CUDA_VISIBLE_DEVICES", gpus.join(","));
+        cmd.envs(crate::gpus::step_variables(gpus));
     }
     cmd
 }
@@ -491,7 +491,9 @@ mod tests {
         );
         let env = std::fs::read_to_string(dir.path().join("env.txt")).unwrap();
         assert!(
-            env.contains("ONLY_THIS=yes") && env.contains("CUDA_VISIBLE_DEVICES=0,2"),
+            env.contains("ONLY_THIS=yes")
+                && env.contains("CUDA_VISIBLE_DEVICES=0,2")
+                && env.contains("CUDA_DEVICE_ORDER=PCI_BUS_ID"),
             "{env}"
         );
         assert!(!env.contains("HOME="), "nothing is inherited: {env}");
