@@ -97,7 +97,8 @@ pub fn export(dir: &Path, p: Planned<'_>) -> u8 {
         };
         run += 1;
         nodes.insert(node.clone(), target.clone());
-        let (memory, disk) = mustbuild_engine::run::memory_and_disk(step, &advised);
+        let instance = mustbuild_engine::run::instance_label(&inst.values);
+        let (memory, disk, _) = mustbuild_engine::run::memory_and_disk(step, &instance, &advised);
         let script = |phase: &str| {
             format!(
                 "{} dagman-node {phase} {} {node}",

@@ -398,6 +398,17 @@ fn advice(store: &mustbuild_store::LocalStore, run: Option<i64>, json: bool) -> 
             secs(a.request_time_s as f64),
             a.request_cpus
         );
+        if let Some(line) = &a.memory_line {
+            let _ = writeln!(
+                out,
+                "    memory follows input size: {} + {:.2} × input (R² {:.2}, {} runs): \
+                 each instance asks for its own",
+                crate::bytes(line.base_bytes.max(0.0) as u64),
+                line.per_input_byte,
+                line.r2,
+                line.samples
+            );
+        }
         for w in &a.warnings {
             let _ = writeln!(out, "    warning: {} {w}", a.step);
         }

@@ -309,3 +309,44 @@ fn advice_asks_for_the_p95_with_a_margin_and_names_declarations_far_from_use() {
         "{text}"
     );
 }
+
+#[test]
+fn memory_advice_follows_the_size_of_each_instances_inputs() {
+    let w = Workspace::new();
+    std::fs::write(
+        w.dir.join("pipeline.kdl"),
+        r#"pipeline "sizes"
+input parts glob="parts/*.bin"
+step load {
+  foreach part from=parts
+  in script=(file)"load.py" data=part
+  out o="out/{part.stem}.txt"
+  run "python3 {in.script} {in.data} > {out.o}"
+}
+"#,
+    )
+    .unwrap();
+    // Holds its input whole: a peak of the interpreter's own plus the input.
+    std::fs::write(
+        w.dir.join("load.py"),
+        "import sys, time\ndata = open(sys.argv[1], 'rb').read()\ntime.sleep(0.3)\nprint(len(data))\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(w.dir.join("parts")).unwrap();
+    for mib in [8usize, 16, 32, 64] {
+        let bytes = vec![7u8; mib << 20];
+        std::fs::write(w.dir.join(format!("parts/p{mib}.bin")), bytes).unwrap();
+    }
+    w.ok(&["run", "pipeline.kdl", "-j", "1"]);
+    let a: serde_json::Value =
+        serde_json::from_str(&w.ok(&["stats", "--advice", "--json"])).unwrap();
+    let load = &a[0];
+    assert_eq!(load["step"], "load", "{a}");
+    let line = &load["memory_line"];
+    assert_eq!(line["samples"], 4, "{load}");
+    let per_byte = line["per_input_byte"].as_f64().unwrap();
+    assert!((0.75..1.5).contains(&per_byte), "{load}");
+    assert!(line["r2"].as_f64().unwrap() >= 0.8, "{load}");
+    let text = w.ok(&["stats", "--advice"]);
+    assert!(text.contains("memory follows input size"), "{text}");
+}

@@ -1,14 +1,17 @@
 //! What a step should ask a batch system for, from what its executions used:
 //! the 95th percentile of its measured peaks and wall times, with a margin,
-//! and the steps whose declared resources are far from their use. The cluster
-//! executors call [`for_step`] for a step that declares none; `mustbuild stats
-//! --advice` shows it all.
+//! and the steps whose declared resources are far from their use. Memory is
+//! sized per instance where history allows: a step whose peaks follow the
+//! size of its inputs (a line fits them well) is asked for what its line
+//! gives for this instance's inputs, else an instance that ran before for its
+//! own p95. The cluster executors take [`sizing`] for steps that declare no
+//! memory; `mustbuild stats --advice` shows it all.
 
 use mustbuild_lang::model::Resources;
 use mustbuild_store::history::RunRow;
 use mustbuild_store::{LocalStore, StoreError};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Runs of the pipeline whose executions advice is drawn from.
 pub const HISTORY_RUNS: usize = 50;
@@ -19,6 +22,70 @@ pub const TIME_MARGIN: f64 = 1.5;
 const MEMORY_STEP: u64 = 64 << 20;
 /// A declaration this many times what the step uses (p95) is "far above".
 pub const FAR_ABOVE: f64 = 4.0;
+/// A line of peak memory over input size is used when it explains this much
+/// of the peaks' variance, from at least `LINE_SAMPLES` executions whose
+/// inputs span a factor of two and 16 MiB.
+pub const LINE_R2: f64 = 0.8;
+const LINE_SAMPLES: usize = 4;
+const LINE_SPAN: u64 = 16 << 20;
+
+/// Peak memory as a line over the bytes of a step's inputs, fitted by least
+/// squares to its executions.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct MemoryLine {
+    pub base_bytes: f64,
+    pub per_input_byte: f64,
+    /// The 95th percentile of how far peaks were above the line.
+    pub above_p95_bytes: f64,
+    /// The share of the peaks' variance the line explains.
+    pub r2: f64,
+    pub samples: usize,
+}
+
+impl MemoryLine {
+    /// Fits `(input bytes, peak bytes)` pairs; `None` unless the inputs vary
+    /// enough and the line explains the peaks well (see [`LINE_R2`]).
+    pub fn fit(points: &[(u64, u64)]) -> Option<MemoryLine> {
+        let (lo, hi) = (
+            points.iter().map(|p| p.0).min()?,
+            points.iter().map(|p| p.0).max()?,
+        );
+        if points.len() < LINE_SAMPLES || hi < 2 * lo.max(1) || hi - lo < LINE_SPAN {
+            return None;
+        }
+        let n = points.len() as f64;
+        let mean = |f: fn(&(u64, u64)) -> f64| points.iter().map(f).sum::<f64>() / n;
+        let (mx, my) = (mean(|p| p.0 as f64), mean(|p| p.1 as f64));
+        let sxx: f64 = points.iter().map(|p| (p.0 as f64 - mx).powi(2)).sum();
+        let sxy: f64 = (points.iter())
+            .map(|p| (p.0 as f64 - mx) * (p.1 as f64 - my))
+            .sum();
+        let syy: f64 = points.iter().map(|p| (p.1 as f64 - my).powi(2)).sum();
+        let slope = sxy / sxx;
+        if slope <= 0.0 || syy <= 0.0 {
+            return None;
+        }
+        let r2 = sxy * sxy / (sxx * syy);
+        let base = my - slope * mx;
+        let mut above: Vec<f64> = (points.iter())
+            .map(|p| (p.1 as f64 - (base + slope * p.0 as f64)).max(0.0))
+            .collect();
+        (r2 >= LINE_R2).then(|| MemoryLine {
+            base_bytes: base,
+            per_input_byte: slope,
+            above_p95_bytes: percentile(&mut above, 95.0),
+            r2,
+            samples: points.len(),
+        })
+    }
+
+    /// What an instance whose inputs are `input_bytes` should ask for.
+    pub fn request(&self, input_bytes: u64) -> u64 {
+        let peak =
+            self.base_bytes + self.per_input_byte * input_bytes as f64 + self.above_p95_bytes;
+        round_up((peak.max(0.0) * MEMORY_MARGIN) as u64, MEMORY_STEP)
+    }
+}
 
 /// What one step should ask for.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -43,6 +110,8 @@ pub struct Advice {
     pub declared_memory_bytes: Option<u64>,
     pub declared_time_s: Option<u64>,
     pub declared_cpus: Option<u32>,
+    /// Peak memory over input size, where a line fits (see [`MemoryLine`]).
+    pub memory_line: Option<MemoryLine>,
     /// Declarations far from use, in words.
     pub warnings: Vec<String>,
 }
@@ -154,8 +223,18 @@ pub fn advise(step: &str, runs: &[&RunRow], declared: Option<&Resources>) -> Opt
         declared_memory_bytes: declared_memory,
         declared_time_s: declared_time,
         declared_cpus,
+        memory_line: MemoryLine::fit(&exact_points(runs)),
         warnings,
     })
+}
+
+/// `(input bytes, peak)` of the executions whose peak is exact and whose
+/// input size was recorded.
+fn exact_points(runs: &[&RunRow]) -> Vec<(u64, u64)> {
+    runs.iter()
+        .filter(|r| r.memory_method.as_deref() != Some(crate::measure::MEMORY_BOUND))
+        .filter_map(|r| Some((r.input_bytes?.max(0) as u64, r.max_rss_bytes?.max(0) as u64)))
+        .collect()
 }
 
 /// Advice for every step of `pipeline` (a session's pipeline name) that ran
@@ -176,16 +255,68 @@ pub fn for_pipeline(
         .collect())
 }
 
-/// What a step that declares no resources should ask for (for the cluster
-/// executors); `None` without history.
-pub fn for_step(
+/// What the cluster executors ask for a step that declares no memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sizing {
+    /// For any instance: the step's p95 with a margin.
+    pub memory_bytes: u64,
+    pub wall_p95_s: f64,
+    /// Where peaks follow input size: per instance, from its inputs.
+    pub line: Option<MemoryLine>,
+    /// Instances that ran before: each one's own p95 with a margin.
+    pub instances: HashMap<String, u64>,
+}
+
+impl Sizing {
+    /// For `instance` (its label) before its input size is known.
+    pub fn memory_for(&self, instance: &str) -> u64 {
+        self.instances
+            .get(instance)
+            .copied()
+            .unwrap_or(self.memory_bytes)
+    }
+}
+
+/// Per step of `pipeline` that ran before, what to ask for (see [`Sizing`]).
+pub fn sizing(
     store: &LocalStore,
     pipeline: &str,
-    step: &str,
-) -> Result<Option<Advice>, StoreError> {
+    declared: &BTreeMap<String, Resources>,
+) -> Result<HashMap<String, Sizing>, StoreError> {
     let history = store.pipeline_history(pipeline, HISTORY_RUNS)?;
-    let runs: Vec<&RunRow> = history.iter().filter(|r| r.step == step).collect();
-    Ok(advise(step, &runs, None))
+    let mut by_step: BTreeMap<&str, Vec<&RunRow>> = BTreeMap::new();
+    for r in &history {
+        by_step.entry(&r.step).or_default().push(r);
+    }
+    let mut out = HashMap::new();
+    for (step, runs) in by_step {
+        let Some(a) = advise(step, &runs, declared.get(step)) else {
+            continue;
+        };
+        let mut by_instance: HashMap<&str, Vec<f64>> = HashMap::new();
+        for r in &runs {
+            if let (Some(i), Some(peak)) = (&r.instance, r.max_rss_bytes) {
+                by_instance.entry(i).or_default().push(peak.max(0) as f64);
+            }
+        }
+        let instances = (by_instance.into_iter())
+            .map(|(i, mut peaks)| {
+                let p95 = percentile(&mut peaks, 95.0);
+                (
+                    i.to_string(),
+                    round_up((p95 * MEMORY_MARGIN) as u64, MEMORY_STEP),
+                )
+            })
+            .collect();
+        let sizing = Sizing {
+            memory_bytes: a.request_memory_bytes,
+            wall_p95_s: a.wall_p95_s,
+            line: a.memory_line,
+            instances,
+        };
+        out.insert(step.to_string(), sizing);
+    }
+    Ok(out)
 }
 
 /// An execution for tests: its wall time, peak and CPU time.
@@ -213,12 +344,44 @@ pub(crate) fn test_run(wall_ms: i64, rss: i64, cpu_ms: i64) -> RunRow {
         cpu_model: None,
         gpus: None,
         memory_method: Some(mustbuild_executors::Peak::Largest.method().into()),
+        input_bytes: None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_over_input_size_is_fitted_only_where_it_explains_the_peaks() {
+        const MIB: u64 = 1 << 20;
+        // Peaks of 50 MiB + twice the input, give or take 2 MiB.
+        let points: Vec<(u64, u64)> = [10, 20, 40, 80, 160]
+            .iter()
+            .enumerate()
+            .map(|(i, &m)| (m * MIB, 50 * MIB + 2 * m * MIB + (i as u64 % 2) * 2 * MIB))
+            .collect();
+        let line = MemoryLine::fit(&points).unwrap();
+        assert!((line.per_input_byte - 2.0).abs() < 0.05, "{line:?}");
+        assert!(line.r2 > 0.99);
+        // 300 MiB of input: about 650 MiB, × 1.2, up to 64 MiB steps.
+        let ask = line.request(300 * MIB);
+        assert!((768 * MIB..=832 * MIB).contains(&ask), "{}", ask / MIB);
+        // Small inputs ask for little.
+        assert!(line.request(10 * MIB) <= 128 * MIB);
+        // Peaks that do not follow the inputs: no line.
+        let flat: Vec<(u64, u64)> = [(10, 90), (20, 40), (40, 95), (80, 45), (160, 60)]
+            .iter()
+            .map(|&(i, p)| (i * MIB, p * MIB))
+            .collect();
+        assert_eq!(MemoryLine::fit(&flat), None);
+        // Inputs that hardly vary, or too few executions: no line.
+        let same: Vec<(u64, u64)> = (0..6)
+            .map(|i| ((100 + i) * MIB, (100 + 2 * i) * MIB))
+            .collect();
+        assert_eq!(MemoryLine::fit(&same), None);
+        assert_eq!(MemoryLine::fit(&points[..3]), None);
+    }
 
     #[test]
     fn the_95th_percentile_is_a_nearest_rank() {

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Bumped with every incompatible schema change.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS objects (
@@ -169,14 +169,16 @@ CREATE TABLE IF NOT EXISTS noop_records (
 /// file's earlier versions are not in the store).
 /// Schema 4's and 6's new columns of older tables: added where missing (a store
 /// some test or interrupted binary left at an older version may have them
-/// already). Schema 6: what a run measured of its host and memory.
-const PROVENANCE_COLUMNS: [(&str, &str, &str); 6] = [
+/// already). Schema 6: what a run measured of its host and memory. Schema 8:
+/// the size of its inputs (what memory advice scales with).
+const PROVENANCE_COLUMNS: [(&str, &str, &str); 7] = [
     ("sessions", "info", "TEXT"),
     ("runs", "instance", "TEXT"),
     ("materialised", "key", "BLOB"),
     ("runs", "cpu_model", "TEXT"),
     ("runs", "gpus", "TEXT"),
     ("runs", "memory_method", "TEXT"),
+    ("runs", "input_bytes", "INTEGER"),
 ];
 
 const PROVENANCE: &str = "
@@ -327,7 +329,7 @@ fn initialise(conn: &Connection) -> rusqlite::Result<i64> {
              PRAGMA user_version = {SCHEMA_VERSION};"
         ),
         2 => format!("{noop_records} {PROVENANCE} PRAGMA user_version = {SCHEMA_VERSION};"),
-        3..=6 => format!("{PROVENANCE} PRAGMA user_version = {SCHEMA_VERSION};"),
+        3..=7 => format!("{PROVENANCE} PRAGMA user_version = {SCHEMA_VERSION};"),
         // Not a schema of ours: the store reports it.
         _ => return Ok(version),
     };

@@ -56,6 +56,8 @@ pub struct RunRow {
     pub cpu_model: Option<String>,
     pub gpus: Option<String>,
     pub memory_method: Option<String>,
+    /// The bytes of its inputs, where recorded (schema 8 on).
+    pub input_bytes: Option<i64>,
 }
 
 /// How many instances a session reused, ran and forced, and how its executions ended.
@@ -74,7 +76,7 @@ const INSTANCE: &str = "SELECT session, step, instance, key, planned FROM record
 pub(crate) const RUN: &str =
     "SELECT id, session, key, step, instance, host, started_ms, finished_ms, outcome,
      exit_code, user_cpu_ms, sys_cpu_ms, max_rss_bytes, log, read_bytes, write_bytes, energy_j,
-     energy_method, cpu_model, gpus, memory_method FROM runs";
+     energy_method, cpu_model, gpus, memory_method, input_bytes FROM runs";
 
 fn digest_at(r: &Row<'_>, i: usize) -> rusqlite::Result<Digest> {
     let bytes: Vec<u8> = r.get(i)?;
@@ -130,6 +132,7 @@ pub(crate) fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
         cpu_model: r.get(18)?,
         gpus: r.get(19)?,
         memory_method: r.get(20)?,
+        input_bytes: r.get(21)?,
     })
 }
 

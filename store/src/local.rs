@@ -1491,6 +1491,8 @@ pub struct RunRecord {
     pub gpus: Option<String>,
     /// How `max_rss_bytes` was found (e.g. `wait4`: the largest process's peak).
     pub memory_method: Option<String>,
+    /// The bytes of the inputs put in its folder.
+    pub input_bytes: Option<i64>,
 }
 
 /// A regular file's bytes if it holds at most `INLINE_MAX` of them (`None`: it
@@ -1578,8 +1580,9 @@ fn add_run_in(conn: &Connection, run: &RunRecord) -> Result<i64> {
     conn.prepare_cached(
         "INSERT INTO runs (session, key, step, host, started_ms, finished_ms, outcome, exit_code,
             user_cpu_ms, sys_cpu_ms, max_rss_bytes, read_bytes, write_bytes, energy_j, energy_method, log,
-            instance, cpu_model, gpus, memory_method)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+            instance, cpu_model, gpus, memory_method, input_bytes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20,
+            ?21)",
     )?
     .execute(params![
             run.session,
@@ -1602,6 +1605,7 @@ fn add_run_in(conn: &Connection, run: &RunRecord) -> Result<i64> {
             run.cpu_model,
             run.gpus,
             run.memory_method,
+            run.input_bytes,
         ])?;
     Ok(conn.last_insert_rowid())
 }

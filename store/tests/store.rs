@@ -262,6 +262,7 @@ fn realisations_name_only_stored_objects() {
         cpu_model: Some("a CPU".into()),
         gpus: None,
         memory_method: Some("wait4 (largest process)".into()),
+        input_bytes: Some(4096),
     };
     let id = store.add_run(&run).unwrap();
     assert!(id > 0);
@@ -273,6 +274,7 @@ fn realisations_name_only_stored_objects() {
     assert_eq!(row.energy_joules, Some(7.25));
     assert_eq!(row.energy_method.as_deref(), Some("measured (rapl)"));
     assert_eq!(row.cpu_model.as_deref(), Some("a CPU"));
+    assert_eq!(row.input_bytes, Some(4096));
 }
 
 #[test]
@@ -707,14 +709,14 @@ fn noop_records_of_schema_2(db: &rusqlite::Connection) {
     .unwrap();
 }
 
-/// After an upgrade: the current schema (7: schema 3's no-op records, and what
+/// After an upgrade: the current schema (8: schema 3's no-op records, and what
 /// `why` reads), with no record left from before, and records in two parts.
 fn no_op_records_are_those_of_schema_3(store: &LocalStore, root: &std::path::Path) {
     let db = rusqlite::Connection::open(root.join("meta.sqlite")).unwrap();
     let version: i64 = db
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 7);
+    assert_eq!(version, 8);
     assert_eq!(store.noop_record("/p/pipeline.kdl").unwrap(), None);
     // Schema 4's and 5's columns, tables and view are there.
     for sql in [
@@ -726,7 +728,7 @@ fn no_op_records_are_those_of_schema_3(store: &LocalStore, root: &std::path::Pat
         "SELECT verdict FROM audits",
         "SELECT base FROM session_bases",
         "SELECT planned FROM recorded_instances",
-        "SELECT cpu_model, gpus, memory_method FROM runs",
+        "SELECT cpu_model, gpus, memory_method, input_bytes FROM runs",
         "SELECT cache, signer, session FROM fetched",
     ] {
         db.prepare(sql).unwrap();
@@ -773,10 +775,10 @@ fn a_store_left_at_schema_0_by_an_older_mustbuild_gets_the_new_records() {
 fn a_store_of_a_newer_schema_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
-    drop(store_set_to_schema(&root, 8));
+    drop(store_set_to_schema(&root, 9));
     match LocalStore::open(&root) {
-        Ok(_) => panic!("a store of schema 8 was opened"),
-        Err(e) => assert!(e.to_string().contains("database schema 8"), "{e}"),
+        Ok(_) => panic!("a store of schema 9 was opened"),
+        Err(e) => assert!(e.to_string().contains("database schema 9"), "{e}"),
     }
 }
 
@@ -821,6 +823,7 @@ fn a_small_output_is_recorded_with_its_run_and_only_if_it_succeeded() {
         cpu_model: None,
         gpus: None,
         memory_method: None,
+        input_bytes: None,
     };
     let small = tmp.path().join("small.txt");
     write(&small, b"small\n");
@@ -893,7 +896,7 @@ fn a_store_of_schema_4_gets_session_bases_and_what_runs_measure() {
     db.execute_batch(
         "DROP VIEW recorded_instances; DROP TABLE session_bases;
          ALTER TABLE runs DROP COLUMN cpu_model; ALTER TABLE runs DROP COLUMN gpus;
-         ALTER TABLE runs DROP COLUMN memory_method;",
+         ALTER TABLE runs DROP COLUMN memory_method; ALTER TABLE runs DROP COLUMN input_bytes;",
     )
     .unwrap();
     drop(db);

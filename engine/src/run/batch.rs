@@ -18,6 +18,7 @@ use super::local::{
     Done, Worker, ended_early, locked, realised_meanwhile, store_made, take_realised,
 };
 use super::scratch::{Scratch, place_inputs, remove_any};
+use crate::advice::{MemoryLine, Sizing};
 use crate::instantiate::InstanceId;
 use crate::worker::{LOG, NodeResult, RESULT, SPEC, Spec, Tool, WORK};
 use mustbuild_executors::batch::{BatchJob, End, Executor, Report, Resources};
@@ -47,36 +48,38 @@ pub const DEFAULT_MEMORY: u64 = 1 << 30;
 /// shared filesystem: little is used on the node).
 pub const DEFAULT_DISK: u64 = 1 << 30;
 
-/// Per step that ran before: the memory history says to ask for (bytes) and
-/// its wall time (p95, seconds), from `crate::advice`.
+/// Per step that ran before, what history says to ask for (`crate::advice`).
 pub fn advised(
     store: &mustbuild_store::LocalStore,
     wf: &mustbuild_lang::model::Workflow,
-) -> HashMap<String, (u64, f64)> {
+) -> HashMap<String, Sizing> {
     let declared = wf
         .steps
         .iter()
         .map(|s| (s.name.to_string(), s.resources.clone()))
         .collect();
-    crate::advice::for_pipeline(store, &wf.name, &declared)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|a| (a.step, (a.request_memory_bytes, a.wall_p95_s)))
-        .collect()
+    crate::advice::sizing(store, &wf.name, &declared).unwrap_or_default()
 }
 
-/// What a batch job for `step` asks for: its declared memory, else history's,
-/// else [`DEFAULT_MEMORY`]; its disk, else [`DEFAULT_DISK`].
+/// What a batch job for `instance` (its label) of `step` asks for: its
+/// declared memory, else history's, else [`DEFAULT_MEMORY`]; its disk, else
+/// [`DEFAULT_DISK`]. History's line over input size, where there is one,
+/// comes with it: it decides once the inputs are in place.
 pub fn memory_and_disk(
     step: &mustbuild_lang::model::Step,
-    advised: &HashMap<String, (u64, f64)>,
-) -> (u64, u64) {
+    instance: &str,
+    advised: &HashMap<String, Sizing>,
+) -> (u64, u64, Option<MemoryLine>) {
+    let sizing = advised
+        .get(step.name.as_str())
+        .filter(|_| step.resources.memory_bytes.is_none());
     let memory = step
         .resources
         .memory_bytes
-        .or_else(|| advised.get(step.name.as_str()).map(|a| a.0))
+        .or_else(|| sizing.map(|s| s.memory_for(instance)))
         .unwrap_or(DEFAULT_MEMORY);
-    (memory, step.resources.disk_bytes.unwrap_or(DEFAULT_DISK))
+    let disk = step.resources.disk_bytes.unwrap_or(DEFAULT_DISK);
+    (memory, disk, sizing.and_then(|s| s.line))
 }
 
 /// Each step's declared tools (the pipeline's and its own) as its key holds
@@ -285,7 +288,14 @@ pub(crate) fn prepare(worker: &Worker<'_>, side: &Side<'_>, mut job: Job) -> Opt
         let scratch = Scratch::at(&folder);
         place_inputs(worker.store, &scratch, &placements)
             .map_err(|e| e.to_string())
-            .and_then(|()| write_spec(worker, side, &done.job, &folder))
+            .and_then(|bytes| {
+                let job = &mut done.job;
+                job.input_bytes = Some(bytes);
+                if let Some(line) = job.memory_line {
+                    job.memory = line.request(bytes);
+                }
+                write_spec(worker, side, job, &folder)
+            })
     };
     if let Err(e) = made {
         done.result = ended_early(Outcome::Infrastructure(format!(
@@ -683,6 +693,52 @@ impl Submitter<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_comes_from_the_step_else_the_instance_else_the_line_once_inputs_are_known() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("pipeline.kdl");
+        let text = "pipeline \"p\"\nstep free {\n  out o=\"a\"\n  run \"true\"\n}\n\
+                    step fixed {\n  resources memory=\"2GiB\"\n  out o=\"b\"\n  run \"true\"\n}\n";
+        std::fs::write(&file, text).unwrap();
+        let wf = mustbuild_lang::load(&file).workflow.unwrap();
+        let line = MemoryLine::fit(&[
+            (10 << 20, 30 << 20),
+            (20 << 20, 40 << 20),
+            (40 << 20, 60 << 20),
+            (80 << 20, 100 << 20),
+        ])
+        .unwrap();
+        let sizing = |memory_bytes| Sizing {
+            memory_bytes,
+            wall_p95_s: 1.0,
+            line: Some(line),
+            instances: HashMap::from([("x=big".to_string(), 640 << 20)]),
+        };
+        let advised = HashMap::from([
+            ("free".to_string(), sizing(256 << 20)),
+            ("fixed".to_string(), sizing(256 << 20)),
+        ]);
+        let (free, fixed) = (&wf.steps[0], &wf.steps[1]);
+        assert_eq!(
+            memory_and_disk(free, "x=big", &advised),
+            (640 << 20, DEFAULT_DISK, Some(line))
+        );
+        assert_eq!(
+            memory_and_disk(free, "x=new", &advised),
+            (256 << 20, DEFAULT_DISK, Some(line))
+        );
+        // What the pipeline declares stands.
+        assert_eq!(
+            memory_and_disk(fixed, "x=big", &advised),
+            (2 << 30, DEFAULT_DISK, None)
+        );
+        // No history: the default.
+        assert_eq!(
+            memory_and_disk(free, "", &HashMap::new()),
+            (DEFAULT_MEMORY, DEFAULT_DISK, None)
+        );
+    }
 
     #[test]
     fn short_jobs_of_one_shape_are_grouped_within_the_bounds() {

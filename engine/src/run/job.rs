@@ -25,6 +25,10 @@ pub(crate) struct Job {
     pub(crate) gpus: usize,
     /// Local disk to ask a batch system for, in bytes.
     pub(crate) disk: u64,
+    /// Where history sizes a batch job's memory by its inputs: the line.
+    pub(crate) memory_line: Option<crate::advice::MemoryLine>,
+    /// The bytes of the inputs put in its folder, once they are.
+    pub(crate) input_bytes: Option<u64>,
     /// How long it should take, where declared (`time`) or measured: a batch
     /// system gets short jobs in groups.
     pub(crate) expected: Option<std::time::Duration>,
@@ -93,6 +97,8 @@ pub(crate) fn prepare(
         memory: 0,
         gpus: 0,
         disk: 0,
+        memory_line: None,
+        input_bytes: None,
         expected: None,
         key,
         placements,

@@ -251,8 +251,10 @@ pub(crate) fn run_and_store(
         return Ok(());
     }
     let job = &mut done.job;
-    done.result = match place_inputs(store, scratch, placements) {
-        Ok(()) => match slots.take(job.ticket, job.cpus, job.memory, job.gpus, cancel, || {
+    let placed = place_inputs(store, scratch, placements);
+    job.input_bytes = placed.as_ref().ok().copied();
+    done.result = match placed {
+        Ok(_) => match slots.take(job.ticket, job.cpus, job.memory, job.gpus, cancel, || {
             starts
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)

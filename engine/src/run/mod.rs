@@ -716,13 +716,16 @@ pub fn run(
                     if options.batch.is_some() {
                         // The batch system's nodes, not this machine, bound them.
                         job.cpus = step.resources.cpus as usize;
-                        let (asked, disk) = batch::memory_and_disk(step, &advised);
+                        let label = instance_label(&instances.get(id).values);
+                        let (asked, disk, line) = batch::memory_and_disk(step, &label, &advised);
                         job.memory = memory.unwrap_or(asked);
+                        // A retry's larger request stands.
+                        job.memory_line = line.filter(|_| memory.is_none());
                         job.disk = disk;
                         // Measured, else declared (a limit: often generous).
                         job.expected = advised
                             .get(step.name.as_str())
-                            .map(|(_, wall)| std::time::Duration::from_secs_f64(*wall))
+                            .map(|s| std::time::Duration::from_secs_f64(s.wall_p95_s))
                             .or(step
                                 .resources
                                 .time_seconds

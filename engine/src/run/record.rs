@@ -54,6 +54,7 @@ pub(crate) fn run_record(
         cpu_model: crate::measure::cpu_model(),
         gpus: gpus.map(|g| g.join(",")),
         memory_method: result.spawned.then(|| usage.peak.method().to_string()),
+        input_bytes: done.job.input_bytes.map(|b| b as i64),
     };
     // A batch job's figures are its node's.
     if let Some(node) = &done.node {

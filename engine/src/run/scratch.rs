@@ -240,26 +240,28 @@ impl Scratch {
     }
 
     /// Copies a source file or folder into the scratch folder (`dest`'s folder
-    /// is there).
-    fn copy_in(&self, src: &Path, dest: &Path) -> Result<(), RunError> {
+    /// is there); gives the bytes of its files.
+    fn copy_in(&self, src: &Path, dest: &Path) -> Result<u64, RunError> {
         use std::os::unix::fs::PermissionsExt;
         let meta = std::fs::metadata(src).map_err(io_err("read input", src))?;
         if meta.is_file() && meta.len() <= mustbuild_store::INLINE_MAX {
             let bytes = read_whole(src, meta.len()).map_err(io_err("read input", src))?;
-            return self
-                .write_file(&bytes, dest, meta.permissions().mode() & 0o7777)
-                .map_err(io_err("copy input", src));
+            self.write_file(&bytes, dest, meta.permissions().mode() & 0o7777)
+                .map_err(io_err("copy input", src))?;
+            return Ok(bytes.len() as u64);
         }
         if meta.is_dir() {
             std::fs::create_dir_all(dest).map_err(io_err("create", dest))?;
+            let mut bytes = 0;
             for e in std::fs::read_dir(src).map_err(io_err("list", src))? {
                 let e = e.map_err(io_err("list", src))?;
-                self.copy_in(&e.path(), &dest.join(e.file_name()))?;
+                bytes += self.copy_in(&e.path(), &dest.join(e.file_name()))?;
             }
-            return Ok(());
+            return Ok(bytes);
         }
         self.copy_file(src, dest, None)
-            .map_err(io_err("copy input", src))
+            .map_err(io_err("copy input", src))?;
+        Ok(meta.len())
     }
 
     pub(crate) fn remove(&self) {
@@ -354,11 +356,12 @@ pub(crate) fn parent(path: &str) -> &str {
 }
 
 /// An emptied scratch folder with the job's inputs in place.
+/// Gives the bytes it put there (a tree's, all its files').
 pub(crate) fn place_inputs(
     store: &LocalStore,
     scratch: &Scratch,
     placements: &[Placement],
-) -> Result<(), RunError> {
+) -> Result<u64, RunError> {
     // The folders this job needs: the parents of its inputs, its output folders.
     let mut keep = std::collections::HashSet::new();
     for p in placements {
@@ -381,11 +384,12 @@ pub(crate) fn place_inputs(
         }
         Ok(())
     };
+    let mut bytes = 0;
     for p in placements {
         match p {
             Placement::Source { from, to } => {
                 folder(parent(to))?;
-                scratch.copy_in(from, &scratch.root.join(to))?
+                bytes += scratch.copy_in(from, &scratch.root.join(to))?;
             }
             Placement::Object {
                 digest,
@@ -393,6 +397,7 @@ pub(crate) fn place_inputs(
                 to,
             } => {
                 store.materialize(digest, OutputKind::Tree, &scratch.root.join(to))?;
+                bytes += store.read_tree(digest).map_or(0, |t| t.total_size());
             }
             Placement::Object { digest, kind, to } => {
                 folder(parent(to))?;
@@ -403,15 +408,21 @@ pub(crate) fn place_inputs(
                     0o644
                 };
                 match store.object_data(digest)? {
-                    ObjectData::Inline(bytes) => scratch.write_file(&bytes, &dest, mode),
-                    ObjectData::File(src) => scratch.copy_file(&src, &dest, Some(mode)),
+                    ObjectData::Inline(data) => {
+                        bytes += data.len() as u64;
+                        scratch.write_file(&data, &dest, mode)
+                    }
+                    ObjectData::File(src) => {
+                        bytes += std::fs::metadata(&src).map_or(0, |m| m.len());
+                        scratch.copy_file(&src, &dest, Some(mode))
+                    }
                 }
                 .map_err(io_err("copy input", &dest))?;
             }
             Placement::Folder(dir) => folder(dir)?,
         }
     }
-    Ok(())
+    Ok(bytes)
 }
 
 #[cfg(test)]
