@@ -207,3 +207,41 @@ fn ctrl_c_cancels_the_runs_jobs() {
         || "jobs left running or pending after Ctrl-C".into(),
     );
 }
+
+#[test]
+fn slurms_own_accounting_goes_in_the_run_record_with_its_method() {
+    if common::slurm().is_none() {
+        return;
+    }
+    // 150 MiB held while a second of CPU is burnt: long enough for Slurm's
+    // sampler (every second on the test node) to see it.
+    let dir = workspace(
+        r#"pipeline "accounted"
+step hold {
+    out x="x.txt"
+    run "python3 -c 'import time; b = bytearray(150 << 20); s = time.process_time()\nwhile time.process_time() - s < 1.5: pass\ntime.sleep(1)'; echo ok > {out.x}"
+    resources memory="512MiB"
+}
+"#,
+    );
+    let r = on_slurm(dir.path(), &[]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let stats = common::run(dir.path(), &["stats", "--json", "--store", "store"]);
+    let stats: serde_json::Value = serde_json::from_str(&stats.stdout).unwrap();
+    let hold = stats["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "hold")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        hold["memory_methods"],
+        serde_json::json!({"slurm (sacct MaxRSS, sampled)": 1}),
+        "{hold}"
+    );
+    let mib = hold["peak_memory_max_bytes"].as_f64().unwrap() / f64::from(1 << 20);
+    assert!((140.0..200.0).contains(&mib), "{hold}");
+    let cpu = hold["cpu_max_s"].as_f64().unwrap();
+    assert!((1.3..2.5).contains(&cpu), "{hold}");
+}

@@ -4,6 +4,7 @@
 //! What the program does (it is `mustbuild worker`) is none of the executor's
 //! business; it reports how the batch system saw the job end.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -67,6 +68,18 @@ pub enum Report {
         /// The peak memory the batch system measured, where it said.
         memory_bytes: Option<u64>,
     },
+}
+
+/// What a batch system's own accounting says a job used, where it keeps any
+/// (Slurm's `sacct`).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Accounting {
+    /// The largest resident memory it saw (Slurm samples it).
+    pub max_rss_bytes: Option<u64>,
+    pub user_cpu: Option<Duration>,
+    pub system_cpu: Option<Duration>,
+    /// Where an energy plugin is configured.
+    pub energy_joules: Option<f64>,
 }
 
 /// Why an executor could not do what it was asked.
@@ -147,4 +160,10 @@ pub trait Executor: Send {
     /// Removes every job handed over that has not ended; they are reported
     /// no more.
     fn cancel_all(&mut self) -> Result<(), ExecutorError>;
+    /// What the system's own accounting says the ended jobs `tags` used, in
+    /// one query, where it keeps any (none by default).
+    fn accounting(&mut self, tags: &[u64]) -> Result<HashMap<u64, Accounting>, ExecutorError> {
+        let _ = tags;
+        Ok(HashMap::new())
+    }
 }

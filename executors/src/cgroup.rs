@@ -16,6 +16,10 @@
 //! the step's writes dirtied as well as its processes' memory, as HTCondor's
 //! and Slurm's cgroups do.
 //!
+//! Not where a memory limit is set on mustbuild's cgroup or above it (a batch
+//! job's, a container's): an OOM kill is counted in the killed process's
+//! cgroup, and the batch system that set the limit would miss it.
+//!
 //! Version 2 moves only whole processes, and gives controllers only to
 //! cgroups without processes, so a per-step figure there would mean splitting
 //! mustbuild's own (delegated) cgroup: not done; such hosts keep `wait4`'s
@@ -49,6 +53,9 @@ pub(crate) fn here() -> Option<&'static Cgroups> {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
         let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
         let home = memory_cgroup(&mountinfo, &own)?;
+        if limited(&home) {
+            return None;
+        }
         remove_stale(&home);
         Some(Cgroups {
             home,
@@ -85,6 +92,18 @@ fn memory_cgroup(mountinfo: &str, own: &str) -> Option<PathBuf> {
         let rel = path.strip_prefix(root.trim_end_matches('/'))?;
         Some(Path::new(mount).join(rel.trim_start_matches('/')))
     })
+}
+
+/// Whether a memory limit is set on `home` or above it (a batch job's cgroup,
+/// a container's). The kernel counts an OOM kill in the cgroup of the process
+/// it kills: in a step cgroup below the limit, the batch system that set it
+/// would not see that its job ran out of memory (Slurm would say FAILED, not
+/// OUT_OF_MEMORY). There, steps keep `wait4`'s figures and the batch
+/// system's own.
+fn limited(home: &Path) -> bool {
+    home.ancestors()
+        .map_while(|d| std::fs::read_to_string(d.join("memory.limit_in_bytes")).ok())
+        .any(|limit| limit.trim().parse::<u64>().is_ok_and(|l| l < 1 << 62))
 }
 
 /// Removes the step cgroups of mustbuild processes that are gone.
@@ -243,6 +262,24 @@ mod tests {
             memory_cgroup(nested, "4:memory:/slurm/job_4/step_0\n"),
             Some(PathBuf::from("/sys/fs/cgroup/memory/step_0"))
         );
+    }
+
+    #[test]
+    fn a_memory_limit_on_the_way_up_turns_them_off() {
+        let tmp = tempfile::tempdir().unwrap();
+        let job = tmp.path().join("slurm/job_4");
+        std::fs::create_dir_all(job.join("step_0")).unwrap();
+        let limit = |d: &Path, l: u64| {
+            std::fs::write(d.join("memory.limit_in_bytes"), format!("{l}\n")).unwrap()
+        };
+        let unlimited = 9_223_372_036_854_771_712;
+        limit(tmp.path(), unlimited);
+        limit(&tmp.path().join("slurm"), unlimited);
+        limit(&job, unlimited);
+        limit(&job.join("step_0"), unlimited);
+        assert!(!limited(&job.join("step_0")));
+        limit(&job, 64 << 20);
+        assert!(limited(&job.join("step_0")));
     }
 
     #[test]

@@ -8,8 +8,12 @@
 //! One array per batch rather than one `sbatch` per job: a submission is a
 //! round trip to slurmctld that takes its lock, so 200 jobs are 1 call, not
 //! 200 (Snakemake's and Nextflow's per-job calls are what admins complain of).
+//!
+//! Slurm's own accounting of the ended jobs (`sacct`: MaxRSS, UserCPU,
+//! SystemCPU, ConsumedEnergyRaw) is one query for all of them, when the run
+//! asks ([`Executor::accounting`]); it answers only where slurmdbd runs.
 
-use crate::batch::{BatchJob, Calls, End, Executor, ExecutorError, Report, Resources};
+use crate::batch::{Accounting, BatchJob, Calls, End, Executor, ExecutorError, Report, Resources};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -48,6 +52,8 @@ pub struct Slurm {
     dir: PathBuf,
     /// (array job id, task id) → the job.
     jobs: HashMap<(u64, u64), Tracked>,
+    /// Tag → (array job id, task id), of the jobs that ended.
+    ended: HashMap<u64, (u64, u64)>,
     batches: usize,
     poll: Duration,
     next_poll: Instant,
@@ -66,6 +72,7 @@ impl Slurm {
             settings,
             dir: dir.to_path_buf(),
             jobs: HashMap::new(),
+            ended: HashMap::new(),
             batches: 0,
             poll: FIRST_POLL,
             next_poll: Instant::now(),
@@ -348,6 +355,7 @@ impl Executor for Slurm {
                     *reason = format!("{reason}: above its --mem={}M", t.mem_mib);
                 }
                 self.jobs.remove(&id);
+                self.ended.insert(tag, id);
                 reports.push(Report::Ended {
                     tag,
                     end,
@@ -394,6 +402,116 @@ impl Executor for Slurm {
         let ids: Vec<String> = arrays.iter().map(u64::to_string).collect();
         self.call("scancel", &ids).map(|_| ())
     }
+
+    fn accounting(&mut self, tags: &[u64]) -> Result<HashMap<u64, Accounting>, ExecutorError> {
+        let wanted: HashMap<(u64, u64), u64> = (tags.iter())
+            .filter_map(|t| Some((*self.ended.get(t)?, *t)))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let arrays: std::collections::BTreeSet<u64> = wanted.keys().map(|k| k.0).collect();
+        let list: Vec<String> = arrays.iter().map(u64::to_string).collect();
+        let args = [
+            "--parsable2".to_string(),
+            "--noheader".into(),
+            "--noconvert".into(),
+            format!("--jobs={}", list.join(",")),
+            "--format=JobID,State,MaxRSS,UserCPU,SystemCPU,ConsumedEnergyRaw".into(),
+        ];
+        // slurmctld sends a job's end to slurmdbd a moment after it ends.
+        let mut tries = 0;
+        loop {
+            let out = self.call("sacct", &args)?;
+            self.calls.queries += 1;
+            let found = parse_sacct(&out);
+            let complete = wanted.keys().all(|id| found.get(id).is_some_and(|a| a.1));
+            tries += 1;
+            if complete || tries >= SACCT_TRIES {
+                return Ok((found.into_iter())
+                    .filter_map(|(id, (a, _))| Some((*wanted.get(&id)?, a)))
+                    .collect());
+            }
+            std::thread::sleep(SACCT_WAIT);
+        }
+    }
+}
+
+/// How often, and how far apart, `sacct` is asked until it knows every ended job.
+const SACCT_TRIES: u32 = 10;
+const SACCT_WAIT: Duration = Duration::from_millis(500);
+
+/// Per (array job id, task id): what `sacct --parsable2 --noconvert` said of
+/// its steps, and whether its batch step's record is there.
+fn parse_sacct(out: &str) -> HashMap<(u64, u64), (Accounting, bool)> {
+    let mut found: HashMap<(u64, u64), (Accounting, bool)> = HashMap::new();
+    for line in out.lines() {
+        let f: Vec<&str> = line.split('|').collect();
+        let [id, state, rss, user, system, energy] = f[..] else {
+            continue;
+        };
+        let (job, step) = id.split_once('.').map_or((id, None), |(j, s)| (j, Some(s)));
+        let Some((array, task)) = job
+            .split_once('_')
+            .and_then(|(a, t)| Some((a.parse().ok()?, t.parse().ok()?)))
+        else {
+            continue; // A pending range (`12_[3-9]`), or not an array's.
+        };
+        let (a, batch) = found.entry((array, task)).or_default();
+        match step {
+            // The job as a whole: its steps' CPU time summed, its energy.
+            None => {
+                a.user_cpu = cpu_time(user);
+                a.system_cpu = cpu_time(system);
+                a.energy_joules = energy.parse::<f64>().ok().filter(|j| *j > 0.0);
+            }
+            Some(step) => {
+                if let Some(bytes) = bytes_of(rss).filter(|b| *b > 0) {
+                    a.max_rss_bytes = Some(a.max_rss_bytes.map_or(bytes, |m| m.max(bytes)));
+                }
+                if step == "batch" && !state.starts_with("RUNNING") {
+                    *batch = true;
+                }
+            }
+        }
+    }
+    found
+}
+
+/// `2048`, `2048K`, `12M`… in bytes.
+fn bytes_of(text: &str) -> Option<u64> {
+    let (digits, unit) = match text.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, ""),
+    };
+    let scale: u64 = match unit {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return None,
+    };
+    Some((digits.parse::<f64>().ok()? * scale as f64) as u64)
+}
+
+/// Slurm's `[DD-[HH:]]MM:SS[.mmm]`.
+fn cpu_time(text: &str) -> Option<Duration> {
+    let (days, rest) = match text.split_once('-') {
+        Some((d, r)) => (d.parse::<u64>().ok()?, r),
+        None => (0, text),
+    };
+    let parts: Vec<&str> = rest.split(':').collect();
+    let (hours, minutes, seconds) = match parts[..] {
+        [h, m, s] => (h.parse::<u64>().ok()?, m.parse::<u64>().ok()?, s),
+        [m, s] => (0, m.parse::<u64>().ok()?, s),
+        _ => return None,
+    };
+    let seconds: f64 = seconds.parse().ok()?;
+    Some(
+        Duration::from_secs((days * 24 + hours) * 3600 + minutes * 60)
+            + Duration::from_secs_f64(seconds),
+    )
 }
 
 #[cfg(test)]
@@ -424,6 +542,39 @@ mod tests {
             "a wait status: 768 is exit 3"
         );
         assert_eq!(parse_squeue("squeue: error"), None);
+    }
+
+    #[test]
+    fn sacct_is_read_per_task_from_its_steps() {
+        // As slurm-wlm 22.05's sacct writes it for a two-task array (task 1
+        // still running) and a pending range.
+        let out = "2_0|COMPLETED||00:01.669|00:00.121|\n\
+                   2_0.batch|COMPLETED|226254848|00:01.669|00:00.121|0\n\
+                   2_1|RUNNING||00:00:00|00:00:00|\n\
+                   2_1.batch|RUNNING|1024K|00:00:00|00:00:00|0\n\
+                   7_[2-9]|PENDING||00:00:00|00:00:00|\n\
+                   8_0|COMPLETED||1-02:03:04|00:00.000|5120\n";
+        let found = parse_sacct(out);
+        let (a, done) = found[&(2, 0)];
+        assert!(done);
+        assert_eq!(a.max_rss_bytes, Some(226_254_848));
+        assert_eq!(a.user_cpu, Some(Duration::from_millis(1669)));
+        assert_eq!(a.system_cpu, Some(Duration::from_millis(121)));
+        assert_eq!(a.energy_joules, None);
+        let (a, done) = found[&(2, 1)];
+        assert!(!done);
+        assert_eq!(a.max_rss_bytes, Some(1 << 20));
+        assert!(!found.keys().any(|k| k.0 == 7));
+        let (a, done) = found[&(8, 0)];
+        assert!(!done);
+        assert_eq!(
+            a.user_cpu,
+            Some(Duration::from_secs(26 * 3600 + 3 * 60 + 4))
+        );
+        assert_eq!(a.energy_joules, Some(5120.0));
+        assert_eq!(bytes_of("1.5G"), Some(3 << 29));
+        assert_eq!(bytes_of(""), None);
+        assert_eq!(cpu_time("xx"), None);
     }
 
     #[test]

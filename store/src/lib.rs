@@ -36,9 +36,9 @@ pub use error::{Result, StoreError};
 pub use filecache::{Identity, Source, identity};
 pub use history::{InstanceRow, RunRow, SessionCounts, SessionRow};
 pub use local::{
-    Fetched, FinishedRun, INLINE_MAX, Ingest, KeyUse, KeyUsed, KnownKey, LocalStore, NoopRecord,
-    ObjectData, ObjectKind, Output, OutputKind, Placed, Root, RunRecord, Stored, Unrecorded,
-    hostname,
+    Accounted, Fetched, FinishedRun, INLINE_MAX, Ingest, KeyUse, KeyUsed, KnownKey, LocalStore,
+    NoopRecord, ObjectData, ObjectKind, Output, OutputKind, Placed, Root, RunRecord, Stored,
+    Unrecorded, hostname,
 };
 pub use maintenance::{GcReport, StoreInfo, VerifyReport};
 pub use material::{Field, FieldChange, KeyMaterial};

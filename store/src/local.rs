@@ -1384,6 +1384,41 @@ impl LocalStore {
         Ok(())
     }
 
+    /// Replaces run records' figures with a batch system's own accounting,
+    /// each where it has one (its memory and energy with their methods).
+    pub fn set_run_accounting(&self, runs: &[Accounted<'_>]) -> Result<()> {
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut set = tx.prepare_cached(
+                "UPDATE runs SET
+                    max_rss_bytes = COALESCE(?2, max_rss_bytes),
+                    memory_method = CASE WHEN ?2 IS NULL THEN memory_method ELSE ?3 END,
+                    user_cpu_ms = COALESCE(?4, user_cpu_ms),
+                    sys_cpu_ms = COALESCE(?5, sys_cpu_ms),
+                    energy_j = COALESCE(?6, energy_j),
+                    energy_method = CASE WHEN ?6 IS NULL THEN energy_method ELSE ?7 END
+                 WHERE id = ?1",
+            )?;
+            for r in runs {
+                set.execute(params![
+                    r.id,
+                    r.max_rss_bytes,
+                    r.memory_method,
+                    r.user_cpu_ms,
+                    r.sys_cpu_ms,
+                    r.energy_joules,
+                    r.energy_method
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn add_run(&self, run: &RunRecord) -> Result<i64> {
         add_run_in(&self.conn(), run)
     }
@@ -1493,6 +1528,19 @@ pub struct RunRecord {
     pub memory_method: Option<String>,
     /// The bytes of the inputs put in its folder.
     pub input_bytes: Option<i64>,
+}
+
+/// A batch system's own figures for a run record (`set_run_accounting`):
+/// `None` keeps the record's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accounted<'a> {
+    pub id: i64,
+    pub max_rss_bytes: Option<i64>,
+    pub memory_method: &'a str,
+    pub user_cpu_ms: Option<i64>,
+    pub sys_cpu_ms: Option<i64>,
+    pub energy_joules: Option<f64>,
+    pub energy_method: &'a str,
 }
 
 /// A regular file's bytes if it holds at most `INLINE_MAX` of them (`None`: it

@@ -21,7 +21,7 @@ use super::scratch::{Scratch, place_inputs, remove_any};
 use crate::advice::{MemoryLine, Sizing};
 use crate::instantiate::InstanceId;
 use crate::worker::{LOG, NodeResult, RESULT, SPEC, Spec, Tool, WORK};
-use mustbuild_executors::batch::{BatchJob, End, Executor, Report, Resources};
+use mustbuild_executors::batch::{Accounting, BatchJob, End, Executor, Report, Resources};
 use mustbuild_executors::{CancelToken, Outcome};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -513,6 +513,9 @@ pub(crate) struct Submitter<'a> {
     pub(crate) timeout: Duration,
     /// Where it leaves the calls it made when the run is over.
     pub(crate) calls: &'a Mutex<Option<(&'static str, mustbuild_executors::batch::Calls)>>,
+    /// Where it leaves, by job ticket, what the batch system's own accounting
+    /// says the jobs of one step each used (Slurm's `sacct`).
+    pub(crate) accounted: &'a Mutex<Vec<(u64, Accounting)>>,
 }
 
 impl Submitter<'_> {
@@ -525,6 +528,8 @@ impl Submitter<'_> {
         let mut out: HashMap<u64, Vec<Prepared>> = HashMap::new();
         let mut open = true;
         let mut cancelled = false;
+        // Jobs of one step that ended as the batch system saw: tag, ticket.
+        let mut single: Vec<(u64, u64)> = Vec::new();
         loop {
             // What was prepared meanwhile (waiting a little when nothing is out).
             let wait = if out.is_empty() && queue.is_empty() {
@@ -607,7 +612,11 @@ impl Submitter<'_> {
                                     }
                                 }
                                 Report::Ended { tag, end, .. } => {
-                                    for p in out.remove(&tag).into_iter().flatten() {
+                                    let members = out.remove(&tag).unwrap_or_default();
+                                    if let [p] = &members[..] {
+                                        single.push((tag, p.done.job.ticket));
+                                    }
+                                    for p in members {
                                         self.land(p, Some(Ok(end.clone())));
                                     }
                                 }
@@ -627,6 +636,20 @@ impl Submitter<'_> {
             let over = self.finished.load(Ordering::SeqCst) || !open;
             if over && out.is_empty() && queue.is_empty() {
                 break;
+            }
+        }
+        // A group's figures are the group's, not a step's: only single jobs.
+        if !cancelled && !single.is_empty() {
+            let tags: Vec<u64> = single.iter().map(|s| s.0).collect();
+            // A system that keeps no accounting (no slurmdbd) says so: the
+            // records keep the node's figures.
+            if let Ok(found) = self.executor.accounting(&tags) {
+                let by_ticket =
+                    (single.iter()).filter_map(|(tag, ticket)| Some((*ticket, *found.get(tag)?)));
+                self.accounted
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .extend(by_ticket);
             }
         }
         *self

@@ -388,6 +388,9 @@ pub fn run(
     // What the submitter has to tell (a job held).
     let notes = std::sync::Mutex::new(Vec::<String>::new());
     let calls = std::sync::Mutex::new(None);
+    let accounted = std::sync::Mutex::new(Vec::new());
+    // A batch job's run record, by its ticket (for the batch system's own figures).
+    let mut batch_runs: std::collections::HashMap<u64, i64> = std::collections::HashMap::new();
     let (job_tx, job_rx) = mpsc::channel::<Task>();
     let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
     let (done_tx, done_rx) = mpsc::channel::<Message>();
@@ -422,6 +425,7 @@ pub fn run(
                 notes: &notes,
                 timeout: b.held_timeout(),
                 calls: &calls,
+                accounted: &accounted,
             };
             scope.spawn(move || submitter.run());
         } else {
@@ -854,6 +858,9 @@ pub fn run(
                 for ((d, r), recorded) in batch.iter().zip(&records).zip(&energies) {
                     // Every recorded job has an id, whether or not it was measured.
                     let id = if r.is_some() { ids.next() } else { None };
+                    if let (Some(id), Some(_)) = (id, &options.batch) {
+                        batch_runs.insert(d.job.ticket, id);
+                    }
                     let Some(energy) = &d.energy else { continue };
                     attributions.ended(energy);
                     if let Some(id) = id {
@@ -1029,6 +1036,30 @@ pub fn run(
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .filter(|(name, _)| *name != "dagman");
+        let accounted = accounted
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let name = summary.batch_calls.map_or("batch", |(name, _)| name);
+        let (memory, energy) = (
+            format!("{name} (sacct MaxRSS, sampled)"),
+            format!("measured ({name})"),
+        );
+        let figures: Vec<mustbuild_store::Accounted<'_>> = (accounted.iter())
+            .filter_map(|(ticket, a)| {
+                let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_millis() as i64);
+                Some(mustbuild_store::Accounted {
+                    id: *batch_runs.get(ticket)?,
+                    max_rss_bytes: a.max_rss_bytes.map(|b| b as i64),
+                    memory_method: &memory,
+                    user_cpu_ms: ms(a.user_cpu),
+                    sys_cpu_ms: ms(a.system_cpu),
+                    energy_joules: a.energy_joules,
+                    energy_method: &energy,
+                })
+            })
+            .collect();
+        // Figures that cannot be written leave the node's: it stops nothing.
+        let _ = store.set_run_accounting(&figures);
     }
     // Jobs that ended after the run stopped on an error: what they put in the
     // workspace is remembered (the next run would take it for an edit otherwise).
