@@ -14,6 +14,8 @@ For each shape of benches/compare.py, it runs the pipeline cold (outputs and
 store removed) --reps times each way, alternating (off, on, off, on…) so that
 the machine's drift touches both alike, and prints the medians and the
 overhead. The target (issue 21): under 3%.
+
+    benches/measure_cost.py --what sandbox      # --sandbox against without (issue 25: under 5%)
 """
 
 import argparse
@@ -31,7 +33,7 @@ from compare import Dag, write_mustbuild, write_sources
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def cold(binary, folder, jobs, measure):
+def cold(binary, folder, jobs, measure, sandbox=False):
     shutil.rmtree(folder / "out", ignore_errors=True)
     shutil.rmtree(folder / "store", ignore_errors=True)
     env = dict(os.environ)
@@ -39,6 +41,8 @@ def cold(binary, folder, jobs, measure):
     if not measure:
         env["MUSTBUILD_NO_MEASURE"] = "1"
     argv = [str(binary), "run", "pipeline.kdl", "-j", str(jobs), "--store", "store", "--json"]
+    if sandbox:
+        argv.append("--sandbox")
     t0 = time.perf_counter()
     r = subprocess.run(argv, cwd=folder, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
@@ -54,7 +58,12 @@ def main():
     p.add_argument("--shapes", default="wide,layered")
     p.add_argument("--reps", type=int, default=9)
     p.add_argument("--jobs", "-j", type=int, default=2)
+    p.add_argument("--what", choices=["measure", "sandbox"], default="measure",
+                   help="what is turned on: measuring (against MUSTBUILD_NO_MEASURE=1), or --sandbox")
     args = p.parse_args()
+    # (measure, sandbox) for the runs without, then with.
+    without, with_ = {"measure": ((False, False), (True, False)),
+                      "sandbox": ((True, False), (True, True))}[args.what]
     if not args.mustbuild.exists():
         sys.exit(f"no binary at {args.mustbuild}: cargo build --release")
     rows = []
@@ -68,14 +77,15 @@ def main():
             cold(args.mustbuild, folder, args.jobs, True)  # warm the page cache
             off, on = [], []
             for _ in range(args.reps):
-                off.append(cold(args.mustbuild, folder, args.jobs, False))
-                on.append(cold(args.mustbuild, folder, args.jobs, True))
+                off.append(cold(args.mustbuild, folder, args.jobs, *without))
+                on.append(cold(args.mustbuild, folder, args.jobs, *with_))
             m_off, m_on = statistics.median(off), statistics.median(on)
             rows.append((shape, dag.n, m_off, m_on, (m_on / m_off - 1) * 100))
             print(f"   {shape}: off {[round(x, 3) for x in off]}", flush=True)
             print(f"   {shape}: on  {[round(x, 3) for x in on]}", flush=True)
     print(f"\ncold runs, -j {args.jobs}, medians of {args.reps}\n")
-    print("| shape | steps | MUSTBUILD_NO_MEASURE=1 (s) | measured (s) | overhead |")
+    names = {"measure": ("MUSTBUILD_NO_MEASURE=1", "measured"), "sandbox": ("unsandboxed", "--sandbox")}
+    print(f"| shape | steps | {names[args.what][0]} (s) | {names[args.what][1]} (s) | overhead |")
     print("|---|---:|---:|---:|---:|")
     for shape, n, a, b, pct in rows:
         print(f"| {shape} | {n:,} | {a:.3f} | {b:.3f} | {pct:+.1f}% |")

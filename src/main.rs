@@ -819,6 +819,11 @@ struct RunFlags {
     /// Go on with everything that does not depend on a failed step.
     #[arg(long)]
     keep_going: bool,
+    /// Run each local step in a sandbox (Landlock): it may read its folder
+    /// (its inputs), the system's folders and its PATH, write only its folder,
+    /// and use no network; an undeclared read or write fails.
+    #[arg(long)]
+    sandbox: bool,
     /// Say what would run and why; run nothing.
     #[arg(long)]
     dry_run: bool,
@@ -1015,6 +1020,7 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         jobs,
         store,
         keep_going,
+        sandbox,
         dry_run,
         json,
         executor,
@@ -1288,11 +1294,21 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         Ok(b) => b,
         Err(code) => return code,
     };
+    // Where the kernel cannot sandbox, said once: the steps run as ever.
+    let sandbox = sandbox
+        && match mustbuild_executors::sandbox::support() {
+            Ok(()) => true,
+            Err(why) => {
+                tell!("warning: --sandbox: {why}; steps run unsandboxed");
+                false
+            }
+        };
     let options = RunOptions {
         jobs,
         memory_bytes: total_memory(),
         path_var,
         keep_going,
+        sandbox,
         cancel: cancel.clone(),
         selected,
         force: forced,

@@ -866,6 +866,7 @@ step head {
             energy_model: Default::default(),
             cache: None,
             batch: None,
+            sandbox: false,
         };
         let summary = run(wf, &instances, store, &options, &mut |_| {}).unwrap();
         assert_eq!(summary.executed, 2);

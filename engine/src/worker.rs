@@ -326,6 +326,7 @@ fn run_step(spec: &Spec, job: &Path, work: &Path, cancel: &CancelToken) -> NodeR
         outputs: spec.outputs.clone(),
         time_limit: spec.time_limit_ms.map(Duration::from_millis),
         gpus: Some(gpus.clone()),
+        sandbox: None,
     };
     let model = mustbuild_executors::energy::Model {
         core_watts: spec.core_watts,

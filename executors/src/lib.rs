@@ -20,6 +20,7 @@ pub mod gpus;
 pub mod htcondor;
 pub mod launch;
 pub mod local;
+pub mod sandbox;
 pub mod slurm;
 
 pub use direct::bash_literal;

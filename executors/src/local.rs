@@ -34,6 +34,8 @@ pub struct ExecRequest {
     /// GPUs the command may use (indices or UUIDs, as the machine names them):
     /// set as `CUDA_VISIBLE_DEVICES` when given (empty: it sees none).
     pub gpus: Option<Vec<String>>,
+    /// What it may touch, where it runs sandboxed ([`crate::sandbox`]).
+    pub sandbox: Option<crate::sandbox::Sandbox>,
 }
 
 /// How a run ended. Only `Succeeded` may be recorded in a store.
@@ -339,20 +341,26 @@ fn run_with(req: &ExecRequest, cancel: &CancelToken, allow_direct: bool) -> Exec
     // This thread's memory cgroup, where there can be one, which the command
     // and all it starts will be charged to.
     let cgroup = crate::cgroup::here().and_then(|c| c.step());
-    let direct = if allow_direct {
-        crate::direct::spawn(req, &log)
-    } else {
-        crate::direct::Direct::ToBash
-    };
-    let mut child = match direct {
-        crate::direct::Direct::Started(child) => child,
-        crate::direct::Direct::TooLong { program, why } => {
-            return infrastructure(too_long(&program, why), false);
+    let start = || {
+        let direct = if allow_direct {
+            crate::direct::spawn(req, &log)
+        } else {
+            crate::direct::Direct::ToBash
+        };
+        match direct {
+            crate::direct::Direct::Started(child) => Ok(child),
+            crate::direct::Direct::TooLong { program, why } => Err(too_long(&program, why)),
+            crate::direct::Direct::ToBash => start_bash(req, &log),
         }
-        crate::direct::Direct::ToBash => match start_bash(req, &log) {
-            Ok(child) => child,
-            Err(why) => return infrastructure(why, false),
-        },
+    };
+    // A sandboxed command is started from a thread that restricts itself first.
+    let spawned = match &req.sandbox {
+        Some(sandbox) => crate::sandbox::start_in(sandbox, start),
+        None => start(),
+    };
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(why) => return infrastructure(why, false),
     };
     let pgid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     let mut stopped: Option<Outcome> = None;
@@ -471,6 +479,7 @@ mod tests {
             outputs: Vec::new(),
             time_limit: None,
             gpus: None,
+            sandbox: None,
         }
     }
 

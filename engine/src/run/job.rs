@@ -134,5 +134,6 @@ pub(crate) fn exec_request(
             .time_seconds
             .map(std::time::Duration::from_secs),
         gpus: None,
+        sandbox: None,
     }
 }

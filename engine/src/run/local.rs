@@ -132,11 +132,21 @@ pub(crate) struct Worker<'a> {
     /// The pipeline's folder, as an absolute path.
     pub(crate) root: &'a Path,
     pub(crate) measure: &'a crate::measure::Measure,
+    /// Commands run sandboxed.
+    pub(crate) sandbox: bool,
 }
 
 pub(crate) fn work(worker: &Worker<'_>, mut job: Job) -> Done {
     let placements = std::mem::take(&mut job.placements);
     worker.scratch.take(&mut job.request);
+    if worker.sandbox {
+        let request = &mut job.request;
+        let path = (request.env.iter())
+            .find(|(k, _)| k == "PATH")
+            .map_or("", |(_, v)| v.as_str());
+        let sandbox = mustbuild_executors::sandbox::Sandbox::for_step(&request.dir, path, false);
+        request.sandbox = Some(sandbox);
+    }
     let ticket = job.ticket;
     // While another process holds the derivation, later jobs do not wait for this one.
     let mut done = locked(worker, job, &|| worker.slots.leave(ticket));

@@ -146,6 +146,9 @@ pub struct RunOptions {
     pub cache: Option<std::sync::Arc<crate::cache::Cache>>,
     /// The batch system commands run on; this machine when `None`.
     pub batch: Option<Batch>,
+    /// Local commands run sandboxed (`mustbuild_executors::sandbox`): each
+    /// sees its folder, the system and its `PATH`, and no network.
+    pub sandbox: bool,
 }
 
 /// What happened to one instance.
@@ -452,6 +455,7 @@ pub fn run(
                     starts,
                     root,
                     measure,
+                    sandbox: options.sandbox,
                 };
                 loop {
                     let job = match rx.lock() {
@@ -975,12 +979,28 @@ pub fn run(
                             summary.failed += 1;
                         }
                         failed[job.id.index()] = true;
+                        let log_tail = tail(&log, 20);
+                        let refused = match &job.request.sandbox {
+                            Some(_) => mustbuild_executors::sandbox::refused_paths(&log_tail),
+                            None => Vec::new(),
+                        };
                         on_event(Event::Failed {
                             step: step.name.to_string(),
                             values: inst.values.clone(),
                             outcome,
-                            log_tail: tail(&log, 20),
+                            log_tail,
                         });
+                        if !refused.is_empty() {
+                            on_event(Event::Warning {
+                                message: format!(
+                                    "`{}` ran sandboxed (--sandbox), which refused {}: declare \
+                                     what it reads as an input (`in`) or a `tool`, write only \
+                                     its outputs, or run it without --sandbox",
+                                    step.name,
+                                    refused.join(", ")
+                                ),
+                            });
+                        }
                         // Unless told to go on, nothing new starts; what runs finishes.
                         if !options.keep_going {
                             stop = true;

@@ -1,0 +1,270 @@
+//! Sandboxed steps: what a command may read, write and reach, enforced by the
+//! kernel's Landlock (no root, no daemon, no user namespace: it works on a
+//! laptop, a login node and inside a batch job).
+//!
+//! Landlock restricts the calling *thread* and everything it starts from then
+//! on, for good. So the command is started from a thread made for it, which
+//! restricts itself, starts the command (posix_spawn, as ever) and ends: the
+//! worker thread that waits for the command stays unrestricted, and the
+//! restriction costs a thread and a ruleset per step, not a fork.
+//!
+//! What a step gets: its folder (inputs placed there, `HOME` and `TMPDIR`
+//! inside it) to read and write; the system's program and library folders,
+//! `/etc`, `/proc`, `/dev` and what the step's `PATH` names to read and run;
+//! `/dev/null` and its kin to write; TCP neither out nor in unless the step
+//! may use the network. Not the workspace, the store, the user's home or
+//! `/tmp`: a step that reads or writes there fails with `EACCES`
+//! ("Permission denied"), and its log names the path.
+
+use landlock::{
+    ABI, Access, AccessFs, AccessNet, LandlockStatus, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, RulesetStatus,
+};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The Landlock ABI whose rights are asked for (Linux 6.7: files and TCP);
+/// older kernels enforce what they know of it.
+const ABI_ASKED: ABI = ABI::V4;
+
+/// What one command may touch.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Sandbox {
+    /// Read and run below these.
+    pub read: Vec<PathBuf>,
+    /// Read, write, make and remove below these.
+    pub write: Vec<PathBuf>,
+    /// TCP connections and listening sockets allowed.
+    pub network: bool,
+}
+
+/// Read by every program: the system's program and library folders, its
+/// configuration, the kernel's views.
+pub const SYSTEM_READ: [&str; 12] = [
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt", "/proc",
+    "/dev", "/run",
+];
+/// Written by every program: the devices that hold nothing.
+pub const SYSTEM_WRITE: [&str; 6] = [
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/tty",
+    "/dev/pts",
+    "/dev/ptmx",
+];
+
+impl Sandbox {
+    /// A step's sandbox: `dir` (its folder) to write, the system's folders
+    /// and each folder of `path` (a `PATH` value: the folder, and the
+    /// installation above a `…/bin`) to read.
+    pub fn for_step(dir: &Path, path: &str, network: bool) -> Sandbox {
+        let mut read: Vec<PathBuf> = SYSTEM_READ.iter().map(PathBuf::from).collect();
+        for entry in std::env::split_paths(path) {
+            if !entry.is_absolute() {
+                continue; // `.` or `` would be the step's own folder: it has it.
+            }
+            if entry.file_name().is_some_and(|n| n == "bin")
+                && let Some(prefix) = entry.parent().filter(|p| p != &Path::new("/"))
+            {
+                read.push(prefix.to_path_buf());
+            }
+            read.push(entry);
+        }
+        let mut write: Vec<PathBuf> = SYSTEM_WRITE.iter().map(PathBuf::from).collect();
+        write.push(dir.to_path_buf());
+        Sandbox {
+            read,
+            write,
+            network,
+        }
+    }
+}
+
+/// Whether this kernel enforces Landlock, or why not (said once per run by
+/// the caller): found by restricting a thread made for the question.
+pub fn support() -> Result<(), String> {
+    static SUPPORT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    SUPPORT
+        .get_or_init(|| {
+            let probe = std::thread::spawn(|| {
+                let ruleset = Ruleset::default().handle_access(AccessFs::Execute).ok()?;
+                Some(ruleset.create().ok()?.restrict_self().ok()?.landlock)
+            });
+            match probe.join().ok().flatten() {
+                Some(LandlockStatus::Available { .. }) => Ok(()),
+                Some(LandlockStatus::NotEnabled) => {
+                    Err("Landlock is built into this kernel but turned off at boot".into())
+                }
+                Some(LandlockStatus::NotImplemented) => {
+                    Err("this kernel has no Landlock (Linux 5.13 and later have it)".into())
+                }
+                None => Err("Landlock cannot be used here".into()),
+            }
+        })
+        .clone()
+}
+
+/// The paths a failed sandboxed command's log says it was refused, as tools
+/// word it (`cat: /x: Permission denied`, Python's `Permission denied:
+/// '/x'`), in order, once each.
+pub fn refused_paths(log: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in log.lines() {
+        let path = if let Some(before) = line.strip_suffix(": Permission denied") {
+            before.rsplit(": ").next()
+        } else if let Some((_, after)) = line.split_once("Permission denied: ") {
+            Some(after.trim().trim_matches(['\'', '"']))
+        } else {
+            None
+        };
+        if let Some(p) = path.map(str::trim).filter(|p| !p.is_empty())
+            && !out.iter().any(|o| o == p)
+        {
+            out.push(p.to_string());
+        }
+    }
+    out
+}
+
+/// A path opened for a rule (`None`: it is not there), kept for every later
+/// step: the system's folders and the steps' `PATH` do not move during a run.
+/// (A step's own folder is opened afresh: it is made again between steps.)
+fn opened(path: &Path) -> Option<std::sync::Arc<PathFd>> {
+    type Cache = std::sync::Mutex<HashMap<PathBuf, Option<std::sync::Arc<PathFd>>>>;
+    static OPENED: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+    let mut cache = OPENED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    cache
+        .entry(path.to_path_buf())
+        .or_insert_with(|| PathFd::new(path).ok().map(std::sync::Arc::new))
+        .clone()
+}
+
+/// Rules allowing `access` beneath each of `fds`.
+fn rules<'a>(
+    fds: impl Iterator<Item = &'a PathFd>,
+    access: landlock::BitFlags<AccessFs>,
+) -> impl Iterator<Item = Result<PathBeneath<&'a PathFd>, landlock::RulesetError>> {
+    fds.map(move |fd| Ok(PathBeneath::new(fd, access)))
+}
+
+/// Restricts the calling thread (and all it will start) to `sandbox`.
+fn restrict(sandbox: &Sandbox) -> Result<(), String> {
+    let abi = ABI_ASKED;
+    let why = |e: &dyn std::fmt::Display| format!("cannot set up the sandbox: {e}");
+    let fixed = |p: &PathBuf| SYSTEM_WRITE.iter().any(|w| Path::new(w) == p);
+    let read: Vec<_> = sandbox.read.iter().filter_map(|p| opened(p)).collect();
+    let devices: Vec<_> = (sandbox.write.iter().filter(|p| fixed(p)))
+        .filter_map(|p| opened(p))
+        .collect();
+    // The step's own folders: opened now (one that is not there is an error).
+    let own: Vec<PathFd> = (sandbox.write.iter().filter(|p| !fixed(p)))
+        .map(PathFd::new)
+        .collect::<Result<_, _>>()
+        .map_err(|e| why(&e))?;
+    let mut ruleset = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))
+        .map_err(|e| why(&e))?;
+    if !sandbox.network {
+        // Handled and never allowed: no TCP connection, no listening port.
+        ruleset = ruleset
+            .handle_access(AccessNet::from_all(abi))
+            .map_err(|e| why(&e))?;
+    }
+    let status = ruleset
+        .create()
+        .map_err(|e| why(&e))?
+        .add_rules(rules(read.iter().map(|f| &**f), AccessFs::from_read(abi)))
+        .map_err(|e| why(&e))?
+        .add_rules(rules(
+            (devices.iter().map(|f| &**f)).chain(&own),
+            AccessFs::from_all(abi),
+        ))
+        .map_err(|e| why(&e))?
+        .restrict_self()
+        .map_err(|e| why(&e))?;
+    match status.ruleset {
+        RulesetStatus::NotEnforced => Err("the kernel enforced no part of the sandbox".into()),
+        RulesetStatus::FullyEnforced | RulesetStatus::PartiallyEnforced => Ok(()),
+    }
+}
+
+/// Runs `start` (which starts the command) on a thread of its own, restricted
+/// to `sandbox` first; the thread ends with it, the command keeps the
+/// restriction.
+pub(crate) fn start_in<T: Send>(
+    sandbox: &Sandbox,
+    start: impl FnOnce() -> Result<T, String> + Send,
+) -> Result<T, String> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                restrict(sandbox)?;
+                start()
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_steps_sandbox_reads_the_system_and_its_path_and_writes_its_folder() {
+        let s = Sandbox::for_step(
+            Path::new("/s/scratch/3"),
+            "/opt/conda/envs/x/bin:/usr/bin:relative",
+            false,
+        );
+        assert!(s.read.contains(&PathBuf::from("/opt/conda/envs/x")));
+        assert!(s.read.contains(&PathBuf::from("/opt/conda/envs/x/bin")));
+        assert!(s.read.contains(&PathBuf::from("/usr")));
+        assert!(!s.read.iter().any(|p| p.ends_with("relative")));
+        assert!(s.write.contains(&PathBuf::from("/s/scratch/3")));
+        assert!(!s.network);
+    }
+
+    #[test]
+    fn refused_paths_are_read_from_what_tools_say() {
+        let log = "cat: /w/secret.txt: Permission denied\n\
+                   /usr/bin/bash: line 1: /tmp/x: Permission denied\n\
+                   PermissionError: [Errno 13] Permission denied: '/home/u/.netrc'\n\
+                   cat: /w/secret.txt: Permission denied\n\
+                   all is well\n";
+        assert_eq!(
+            refused_paths(log),
+            ["/w/secret.txt", "/tmp/x", "/home/u/.netrc"]
+        );
+        assert!(refused_paths("done\n").is_empty());
+    }
+
+    #[test]
+    fn a_sandboxed_thread_cannot_read_outside_but_the_caller_still_can() {
+        if support().is_err() {
+            return; // No Landlock here: nothing to check.
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let inside = tmp.path().join("inside");
+        std::fs::create_dir(&inside).unwrap();
+        let secret = tmp.path().join("secret.txt");
+        std::fs::write(&secret, "x").unwrap();
+        let sandbox = Sandbox::for_step(&inside, "/usr/bin", false);
+        let read = start_in(&sandbox, || {
+            std::fs::write(inside.join("ok.txt"), "fine").map_err(|e| e.to_string())?;
+            Ok(std::fs::read_to_string(&secret).map_err(|e| e.kind()))
+        })
+        .unwrap();
+        assert_eq!(read, Err(std::io::ErrorKind::PermissionDenied));
+        // This thread is as free as before.
+        assert_eq!(std::fs::read_to_string(&secret).unwrap(), "x");
+        assert_eq!(
+            std::fs::read_to_string(inside.join("ok.txt")).unwrap(),
+            "fine"
+        );
+    }
+}

@@ -1,0 +1,147 @@
+//! `mustbuild run --sandbox`: a step sees its folder, its tools and the
+//! system, and nothing else (Landlock). Run on this machine's kernel; with
+//! `CI` set, a kernel without Landlock fails these tests instead of skipping.
+
+mod common;
+
+use common::{FAN_OUT, results, workspace};
+
+/// Whether the kernel enforces Landlock (with `CI` set, it must).
+fn landlock() -> bool {
+    // landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import ctypes; print(ctypes.CDLL(None).syscall(444, None, 0, 1))",
+        ])
+        .output()
+        .expect("python3 runs");
+    let abi: i64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(-1);
+    if abi < 1 && std::env::var_os("CI").is_some() {
+        panic!("CI is set and this kernel has no Landlock: the sandbox cannot be tested");
+    }
+    abi >= 1
+}
+
+fn sandboxed(dir: &std::path::Path, extra: &[&str]) -> common::Run {
+    let mut args = vec!["run", "pipeline.kdl", "--store", "store", "--sandbox"];
+    args.extend(extra);
+    common::run(dir, &args)
+}
+
+#[test]
+fn a_pipeline_that_keeps_to_its_inputs_runs_sandboxed_with_the_same_bytes() {
+    if !landlock() {
+        return;
+    }
+    let free = workspace(FAN_OUT);
+    let r = common::run(free.path(), &["run", "pipeline.kdl", "--store", "store"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let boxed = workspace(FAN_OUT);
+    let r = sandboxed(boxed.path(), &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(results(boxed.path()), results(free.path()));
+}
+
+#[test]
+fn reading_or_writing_outside_the_steps_folder_fails_and_names_the_path() {
+    if !landlock() {
+        return;
+    }
+    let dir = workspace("");
+    let secret = dir.path().join("data/secret.txt");
+    std::fs::write(&secret, "not declared\n").unwrap();
+    let outside = std::env::temp_dir().join(common::unique("outside"));
+    let pipeline = format!(
+        r#"pipeline "walls"
+input samples glob="data/samples/*.fastq"
+step absolute {{
+    out x="a.txt"
+    run "cat {secret} > {{out.x}}"
+}}
+step parent {{
+    out x="b.txt"
+    run "cat ../../../data/secret.txt > {{out.x}}"
+}}
+step tmp {{
+    out x="c.txt"
+    run "echo x > {outside}; echo x > {{out.x}}"
+}}
+step fine {{
+    in samples=samples
+    out x="d.txt"
+    run "cat {{in.samples}} | wc -l > {{out.x}}; python3 -c 'print(1)' >> {{out.x}}"
+}}
+"#,
+        secret = secret.display(),
+        outside = outside.display(),
+    );
+    std::fs::write(dir.path().join("pipeline.kdl"), &pipeline).unwrap();
+    let r = sandboxed(dir.path(), &["--keep-going"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let denied = |path: &str| format!("{path}: Permission denied");
+    assert!(
+        r.stderr.contains(&denied(&secret.display().to_string())),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains(&denied("../../../data/secret.txt")),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains(&denied(&outside.display().to_string())),
+        "{}",
+        r.stderr
+    );
+    assert!(!outside.exists());
+    assert!(!dir.path().join("a.txt").exists());
+    // And is told what to do about it.
+    assert!(
+        r.stderr.contains(&format!(
+            "warning: `absolute` ran sandboxed (--sandbox), which refused {}: declare",
+            secret.display()
+        )),
+        "{}",
+        r.stderr
+    );
+    // Declared inputs and the system's tools are there.
+    assert!(r.stderr.contains("FAILED   absolute"), "{}", r.stderr);
+    assert!(!r.stderr.contains("FAILED   fine"), "{}", r.stderr);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("d.txt")).unwrap(),
+        "12000\n1\n"
+    );
+    // The same steps, unsandboxed, do what they like.
+    let r = common::run(dir.path(), &["run", "pipeline.kdl", "--store", "store"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(outside.exists());
+    let _ = std::fs::remove_file(&outside);
+}
+
+#[test]
+fn the_network_is_off_in_the_sandbox() {
+    if !landlock() {
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dir = workspace(&format!(
+        r#"pipeline "offline"
+step call {{
+    out x="x.txt"
+    run "python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}), timeout=5)' && echo reached > {{out.x}}"
+}}
+"#
+    ));
+    let r = sandboxed(dir.path(), &[]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("PermissionError"), "{}", r.stderr);
+    let r = common::run(dir.path(), &["run", "pipeline.kdl", "--store", "store"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    drop(listener);
+}
