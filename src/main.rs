@@ -819,11 +819,16 @@ struct RunFlags {
     /// Go on with everything that does not depend on a failed step.
     #[arg(long)]
     keep_going: bool,
-    /// Run each local step in a sandbox (Landlock): it may read its folder
-    /// (its inputs), the system's folders and its PATH, write only its folder,
-    /// and use no network; an undeclared read or write fails.
+    /// Run local steps unsandboxed. By default each runs in a sandbox
+    /// (Landlock): it may read its inputs, the system's folders and what its
+    /// PATH names, write only its own folder, and use no network, so that an
+    /// undeclared read or write fails instead of being cached.
+    #[arg(long, conflicts_with = "require_sandbox")]
+    no_sandbox: bool,
+    /// Fail where this kernel cannot sandbox steps (no Landlock), rather than
+    /// warn and run them unsandboxed.
     #[arg(long)]
-    sandbox: bool,
+    require_sandbox: bool,
     /// Say what would run and why; run nothing.
     #[arg(long)]
     dry_run: bool,
@@ -1020,7 +1025,8 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         jobs,
         store,
         keep_going,
-        sandbox,
+        no_sandbox,
+        require_sandbox,
         dry_run,
         json,
         executor,
@@ -1294,12 +1300,19 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         Ok(b) => b,
         Err(code) => return code,
     };
-    // Where the kernel cannot sandbox, said once: the steps run as ever.
-    let sandbox = sandbox
+    // Where the kernel cannot sandbox, said once: the steps run unsandboxed
+    // (or, when required, not at all).
+    let sandbox = !no_sandbox
+        && !dry_run
         && match mustbuild_executors::sandbox::support() {
             Ok(()) => true,
+            Err(why) if require_sandbox => {
+                tell!("error: steps cannot be sandboxed: {why}");
+                tell!("  help: run on a kernel with Landlock, or without --require-sandbox");
+                return exit::ENVIRONMENT;
+            }
             Err(why) => {
-                tell!("warning: --sandbox: {why}; steps run unsandboxed");
+                tell!("warning: steps run unsandboxed: {why} (--no-sandbox says it is meant)");
                 false
             }
         };

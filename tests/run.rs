@@ -189,10 +189,12 @@ step independent {{
         ),
     );
     let store = tmp.path().join("store");
+    // `flaky` leaves its marker outside its folder on purpose, which a
+    // sandbox refuses (tests/sandbox.rs): unsandboxed.
     let r = run_with(
         tmp.path(),
         store.to_str().unwrap(),
-        &["--keep-going", "--json", "-j", "1"],
+        &["--keep-going", "--json", "-j", "1", "--no-sandbox"],
     );
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     let events: Vec<serde_json::Value> = r
@@ -240,7 +242,13 @@ fn steps_take_their_cpus_out_of_j() {
         &format!("pipeline \"c\"\n{}{}", step(1), step(2)),
     );
     let store = tmp.path().join("store");
-    let r = run_with(tmp.path(), store.to_str().unwrap(), &["-j", "2"]);
+    // The steps write their times to one file outside their folders, which a
+    // sandbox refuses: unsandboxed.
+    let r = run_with(
+        tmp.path(),
+        store.to_str().unwrap(),
+        &["-j", "2", "--no-sandbox"],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     // With 2 CPUs and 2 per step, the second starts after the first ends.
     let log = std::fs::read_to_string(&times).unwrap();
@@ -322,8 +330,14 @@ step look {
         .replace("ABS", tmp.path().to_str().unwrap()),
     );
     let store = tmp.path().join("store");
-    // One slot, workers reused from job to job: what one job leaves must be gone.
-    let r = run_with(tmp.path(), store.to_str().unwrap(), &["-j", "1"]);
+    // One slot, workers reused from job to job: what one job leaves must be
+    // gone. Unsandboxed: `make` hard-links a workspace file into its HOME, the
+    // case this checks, which a sandbox would refuse before it happened.
+    let r = run_with(
+        tmp.path(),
+        store.to_str().unwrap(),
+        &["-j", "1", "--no-sandbox"],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     // The user's file `make` hard-linked into its HOME was not taken for reuse
     // (made writable, emptied, overwritten by another copy).
@@ -415,6 +429,8 @@ step none {{
             "4",
             "--store",
             store.to_str().unwrap(),
+            // The steps log their times to one file outside their folders.
+            "--no-sandbox",
         ])
         .env("CUDA_VISIBLE_DEVICES", "3,GPU-5")
         .output()
@@ -922,9 +938,17 @@ step private {{
         ),
     );
     let store = tmp.path().join("store");
+    // Unsandboxed: `linked` hard-links its output from outside its folder, the
+    // case this checks, which a sandbox would refuse.
     let r = run(
         tmp.path(),
-        &["run", "pipeline.kdl", "--store", store.to_str().unwrap()],
+        &[
+            "run",
+            "pipeline.kdl",
+            "--store",
+            store.to_str().unwrap(),
+            "--no-sandbox",
+        ],
     );
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     // The linked output was copied, not moved: writing through the command's
@@ -1089,8 +1113,17 @@ fn jobs_recorded_together_are_all_recorded_when_one_of_them_fails_to_finish() {
         .code,
         0
     );
+    // The steps say they started by touching files outside their folders.
     let child = common::mustbuild(tmp.path())
-        .args(["run", "pipeline.kdl", "-j", "4", "--json", "--store"])
+        .args([
+            "run",
+            "pipeline.kdl",
+            "-j",
+            "4",
+            "--json",
+            "--no-sandbox",
+            "--store",
+        ])
         .arg(&store)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -1,6 +1,7 @@
-//! `mustbuild run --sandbox`: a step sees its folder, its tools and the
-//! system, and nothing else (Landlock). Run on this machine's kernel; with
-//! `CI` set, a kernel without Landlock fails these tests instead of skipping.
+//! Sandboxed steps (the default; `--no-sandbox` turns it off): a step sees its
+//! inputs, its tools and the system, and nothing else (Landlock). Run on this
+//! machine's kernel; with `CI` set, a kernel without Landlock fails these
+//! tests instead of skipping.
 
 mod common;
 
@@ -27,9 +28,16 @@ fn landlock() -> bool {
 }
 
 fn sandboxed(dir: &std::path::Path, extra: &[&str]) -> common::Run {
-    let mut args = vec!["run", "pipeline.kdl", "--store", "store", "--sandbox"];
+    let mut args = vec!["run", "pipeline.kdl", "--store", "store"];
     args.extend(extra);
     common::run(dir, &args)
+}
+
+fn unsandboxed(dir: &std::path::Path) -> common::Run {
+    common::run(
+        dir,
+        &["run", "pipeline.kdl", "--store", "store", "--no-sandbox"],
+    )
 }
 
 #[test]
@@ -38,12 +46,28 @@ fn a_pipeline_that_keeps_to_its_inputs_runs_sandboxed_with_the_same_bytes() {
         return;
     }
     let free = workspace(FAN_OUT);
-    let r = common::run(free.path(), &["run", "pipeline.kdl", "--store", "store"]);
+    let r = unsandboxed(free.path());
     assert_eq!(r.code, 0, "{}", r.stderr);
     let boxed = workspace(FAN_OUT);
     let r = sandboxed(boxed.path(), &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(results(boxed.path()), results(free.path()));
+    // Each run record says whether its step ran sandboxed.
+    let sandboxed_runs = |dir: &std::path::Path| {
+        let r = common::run(dir, &["stats", "--json", "--store", "store"]);
+        let stats: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        let steps = stats["steps"].as_array().unwrap().clone();
+        (steps.iter())
+            .map(|s| {
+                (
+                    s["sandboxed"].as_u64().unwrap(),
+                    s["executions"].as_u64().unwrap(),
+                )
+            })
+            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
+    };
+    assert_eq!(sandboxed_runs(boxed.path()), (4, 4));
+    assert_eq!(sandboxed_runs(free.path()), (0, 4));
 }
 
 #[test]
@@ -55,9 +79,14 @@ fn reading_or_writing_outside_the_steps_folder_fails_and_names_the_path() {
     let secret = dir.path().join("data/secret.txt");
     std::fs::write(&secret, "not declared\n").unwrap();
     let outside = std::env::temp_dir().join(common::unique("outside"));
+    // A declared input outside the pipeline's folder is read where it is.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let declared = elsewhere.path().join("declared.txt");
+    std::fs::write(&declared, "declared\n").unwrap();
     let pipeline = format!(
         r#"pipeline "walls"
 input samples glob="data/samples/*.fastq"
+input outside_input "{declared}"
 step absolute {{
     out x="a.txt"
     run "cat {secret} > {{out.x}}"
@@ -70,6 +99,11 @@ step tmp {{
     out x="c.txt"
     run "echo x > {outside}; echo x > {{out.x}}"
 }}
+step declared {{
+    in d=outside_input
+    out x="e.txt"
+    run "cat {{in.d}} > {{out.x}}"
+}}
 step fine {{
     in samples=samples
     out x="d.txt"
@@ -78,6 +112,7 @@ step fine {{
 "#,
         secret = secret.display(),
         outside = outside.display(),
+        declared = declared.display(),
     );
     std::fs::write(dir.path().join("pipeline.kdl"), &pipeline).unwrap();
     let r = sandboxed(dir.path(), &["--keep-going"]);
@@ -103,7 +138,7 @@ step fine {{
     // And is told what to do about it.
     assert!(
         r.stderr.contains(&format!(
-            "warning: `absolute` ran sandboxed (--sandbox), which refused {}: declare",
+            "warning: `absolute` ran sandboxed, which refused {}: declare",
             secret.display()
         )),
         "{}",
@@ -113,11 +148,15 @@ step fine {{
     assert!(r.stderr.contains("FAILED   absolute"), "{}", r.stderr);
     assert!(!r.stderr.contains("FAILED   fine"), "{}", r.stderr);
     assert_eq!(
+        std::fs::read_to_string(dir.path().join("e.txt")).unwrap(),
+        "declared\n"
+    );
+    assert_eq!(
         std::fs::read_to_string(dir.path().join("d.txt")).unwrap(),
         "12000\n1\n"
     );
     // The same steps, unsandboxed, do what they like.
-    let r = common::run(dir.path(), &["run", "pipeline.kdl", "--store", "store"]);
+    let r = unsandboxed(dir.path());
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(outside.exists());
     let _ = std::fs::remove_file(&outside);
@@ -141,7 +180,7 @@ step call {{
     let r = sandboxed(dir.path(), &[]);
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stderr.contains("PermissionError"), "{}", r.stderr);
-    let r = common::run(dir.path(), &["run", "pipeline.kdl", "--store", "store"]);
+    let r = unsandboxed(dir.path());
     assert_eq!(r.code, 0, "{}", r.stderr);
     drop(listener);
 }

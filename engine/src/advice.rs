@@ -345,6 +345,7 @@ pub(crate) fn test_run(wall_ms: i64, rss: i64, cpu_ms: i64) -> RunRow {
         gpus: None,
         memory_method: Some(mustbuild_executors::Peak::Largest.method().into()),
         input_bytes: None,
+        sandboxed: None,
     }
 }
 

@@ -57,6 +57,8 @@ pub struct StepCost {
     pub peak_memory_upper_bounds: u64,
     /// How many executions' peak memory each method gave.
     pub memory_methods: BTreeMap<String, u64>,
+    /// Executions whose command ran sandboxed.
+    pub sandboxed: u64,
     pub read_bytes: u64,
     pub written_bytes: u64,
     pub energy_joules: f64,
@@ -175,6 +177,7 @@ pub fn run_costs(
         if let Some(m) = &r.memory_method {
             *c.memory_methods.entry(m.clone()).or_default() += 1;
         }
+        c.sandboxed += u64::from(r.sandboxed == Some(true));
         c.read_bytes += bytes(r.read_bytes);
         c.written_bytes += bytes(r.write_bytes);
         if let (Some(j), Some(m)) = (r.energy_joules, &r.energy_method) {

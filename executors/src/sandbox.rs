@@ -30,9 +30,14 @@ const ABI_ASKED: ABI = ABI::V4;
 /// What one command may touch.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Sandbox {
-    /// Read and run below these.
+    /// Read and run below these (the system's folders, the `PATH`'s: opened
+    /// once for every step of the process).
     pub read: Vec<PathBuf>,
-    /// Read, write, make and remove below these.
+    /// Read where they are: the step's own declared inputs outside its folder
+    /// (opened for the step).
+    pub inputs: Vec<PathBuf>,
+    /// Read, write, make and remove below these (besides [`SYSTEM_WRITE`]):
+    /// the step's folder (opened for the step: it is made again between steps).
     pub write: Vec<PathBuf>,
     /// TCP connections and listening sockets allowed.
     pub network: bool,
@@ -71,11 +76,10 @@ impl Sandbox {
             }
             read.push(entry);
         }
-        let mut write: Vec<PathBuf> = SYSTEM_WRITE.iter().map(PathBuf::from).collect();
-        write.push(dir.to_path_buf());
         Sandbox {
             read,
-            write,
+            inputs: Vec::new(),
+            write: vec![dir.to_path_buf()],
             network,
         }
     }
@@ -112,7 +116,9 @@ pub fn refused_paths(log: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for line in log.lines() {
         let path = if let Some(before) = line.strip_suffix(": Permission denied") {
-            before.rsplit(": ").next()
+            let last = before.rsplit(": ").next().unwrap_or(before);
+            // `ln: failed to create hard link 'A' => 'B'`: the first quoted.
+            Some(last.split('\'').nth(1).unwrap_or(last))
         } else if let Some((_, after)) = line.split_once("Permission denied: ") {
             Some(after.trim().trim_matches(['\'', '"']))
         } else {
@@ -155,16 +161,17 @@ fn rules<'a>(
 fn restrict(sandbox: &Sandbox) -> Result<(), String> {
     let abi = ABI_ASKED;
     let why = |e: &dyn std::fmt::Display| format!("cannot set up the sandbox: {e}");
-    let fixed = |p: &PathBuf| SYSTEM_WRITE.iter().any(|w| Path::new(w) == p);
     let read: Vec<_> = sandbox.read.iter().filter_map(|p| opened(p)).collect();
-    let devices: Vec<_> = (sandbox.write.iter().filter(|p| fixed(p)))
-        .filter_map(|p| opened(p))
+    let devices: Vec<_> = (SYSTEM_WRITE.iter())
+        .filter_map(|p| opened(Path::new(p)))
         .collect();
-    // The step's own folders: opened now (one that is not there is an error).
-    let own: Vec<PathFd> = (sandbox.write.iter().filter(|p| !fixed(p)))
-        .map(PathFd::new)
-        .collect::<Result<_, _>>()
-        .map_err(|e| why(&e))?;
+    // The step's own: opened now (one that is not there is an error).
+    let fresh = |paths: &[PathBuf]| -> Result<Vec<PathFd>, String> {
+        (paths.iter().map(PathFd::new))
+            .collect::<Result<_, _>>()
+            .map_err(|e| why(&e))
+    };
+    let (inputs, own) = (fresh(&sandbox.inputs)?, fresh(&sandbox.write)?);
     let mut ruleset = Ruleset::default()
         .handle_access(AccessFs::from_all(abi))
         .map_err(|e| why(&e))?;
@@ -177,7 +184,10 @@ fn restrict(sandbox: &Sandbox) -> Result<(), String> {
     let status = ruleset
         .create()
         .map_err(|e| why(&e))?
-        .add_rules(rules(read.iter().map(|f| &**f), AccessFs::from_read(abi)))
+        .add_rules(rules(
+            (read.iter().map(|f| &**f)).chain(&inputs),
+            AccessFs::from_read(abi),
+        ))
         .map_err(|e| why(&e))?
         .add_rules(rules(
             (devices.iter().map(|f| &**f)).chain(&own),
@@ -225,7 +235,7 @@ mod tests {
         assert!(s.read.contains(&PathBuf::from("/opt/conda/envs/x/bin")));
         assert!(s.read.contains(&PathBuf::from("/usr")));
         assert!(!s.read.iter().any(|p| p.ends_with("relative")));
-        assert!(s.write.contains(&PathBuf::from("/s/scratch/3")));
+        assert_eq!(s.write, [PathBuf::from("/s/scratch/3")]);
         assert!(!s.network);
     }
 
@@ -235,10 +245,11 @@ mod tests {
                    /usr/bin/bash: line 1: /tmp/x: Permission denied\n\
                    PermissionError: [Errno 13] Permission denied: '/home/u/.netrc'\n\
                    cat: /w/secret.txt: Permission denied\n\
+                   ln: failed to create hard link '/o/link' => 'l.txt': Permission denied\n\
                    all is well\n";
         assert_eq!(
             refused_paths(log),
-            ["/w/secret.txt", "/tmp/x", "/home/u/.netrc"]
+            ["/w/secret.txt", "/tmp/x", "/home/u/.netrc", "/o/link"]
         );
         assert!(refused_paths("done\n").is_empty());
     }

@@ -170,8 +170,9 @@ CREATE TABLE IF NOT EXISTS noop_records (
 /// Schema 4's and 6's new columns of older tables: added where missing (a store
 /// some test or interrupted binary left at an older version may have them
 /// already). Schema 6: what a run measured of its host and memory. Schema 8:
-/// the size of its inputs (what memory advice scales with).
-const PROVENANCE_COLUMNS: [(&str, &str, &str); 7] = [
+/// the size of its inputs (what memory advice scales with), and whether it
+/// ran sandboxed.
+const PROVENANCE_COLUMNS: [(&str, &str, &str); 8] = [
     ("sessions", "info", "TEXT"),
     ("runs", "instance", "TEXT"),
     ("materialised", "key", "BLOB"),
@@ -179,6 +180,7 @@ const PROVENANCE_COLUMNS: [(&str, &str, &str); 7] = [
     ("runs", "gpus", "TEXT"),
     ("runs", "memory_method", "TEXT"),
     ("runs", "input_bytes", "INTEGER"),
+    ("runs", "sandboxed", "INTEGER"),
 ];
 
 const PROVENANCE: &str = "

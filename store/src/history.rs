@@ -58,6 +58,8 @@ pub struct RunRow {
     pub memory_method: Option<String>,
     /// The bytes of its inputs, where recorded (schema 8 on).
     pub input_bytes: Option<i64>,
+    /// Whether it ran sandboxed, where recorded (schema 8 on).
+    pub sandboxed: Option<bool>,
 }
 
 /// How many instances a session reused, ran and forced, and how its executions ended.
@@ -76,7 +78,7 @@ const INSTANCE: &str = "SELECT session, step, instance, key, planned FROM record
 pub(crate) const RUN: &str =
     "SELECT id, session, key, step, instance, host, started_ms, finished_ms, outcome,
      exit_code, user_cpu_ms, sys_cpu_ms, max_rss_bytes, log, read_bytes, write_bytes, energy_j,
-     energy_method, cpu_model, gpus, memory_method, input_bytes FROM runs";
+     energy_method, cpu_model, gpus, memory_method, input_bytes, sandboxed FROM runs";
 
 fn digest_at(r: &Row<'_>, i: usize) -> rusqlite::Result<Digest> {
     let bytes: Vec<u8> = r.get(i)?;
@@ -133,6 +135,7 @@ pub(crate) fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
         gpus: r.get(19)?,
         memory_method: r.get(20)?,
         input_bytes: r.get(21)?,
+        sandboxed: r.get(22)?,
     })
 }
 

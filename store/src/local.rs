@@ -1528,6 +1528,8 @@ pub struct RunRecord {
     pub memory_method: Option<String>,
     /// The bytes of the inputs put in its folder.
     pub input_bytes: Option<i64>,
+    /// Whether its command ran sandboxed (its reads and writes confined).
+    pub sandboxed: Option<bool>,
 }
 
 /// A batch system's own figures for a run record (`set_run_accounting`):
@@ -1628,9 +1630,9 @@ fn add_run_in(conn: &Connection, run: &RunRecord) -> Result<i64> {
     conn.prepare_cached(
         "INSERT INTO runs (session, key, step, host, started_ms, finished_ms, outcome, exit_code,
             user_cpu_ms, sys_cpu_ms, max_rss_bytes, read_bytes, write_bytes, energy_j, energy_method, log,
-            instance, cpu_model, gpus, memory_method, input_bytes)
+            instance, cpu_model, gpus, memory_method, input_bytes, sandboxed)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20,
-            ?21)",
+            ?21, ?22)",
     )?
     .execute(params![
             run.session,
@@ -1654,6 +1656,7 @@ fn add_run_in(conn: &Connection, run: &RunRecord) -> Result<i64> {
             run.gpus,
             run.memory_method,
             run.input_bytes,
+            run.sandboxed,
         ])?;
     Ok(conn.last_insert_rowid())
 }

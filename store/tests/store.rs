@@ -263,6 +263,7 @@ fn realisations_name_only_stored_objects() {
         gpus: None,
         memory_method: Some("wait4 (largest process)".into()),
         input_bytes: Some(4096),
+        sandboxed: Some(true),
     };
     let id = store.add_run(&run).unwrap();
     assert!(id > 0);
@@ -275,6 +276,7 @@ fn realisations_name_only_stored_objects() {
     assert_eq!(row.energy_method.as_deref(), Some("measured (rapl)"));
     assert_eq!(row.cpu_model.as_deref(), Some("a CPU"));
     assert_eq!(row.input_bytes, Some(4096));
+    assert_eq!(row.sandboxed, Some(true));
 }
 
 #[test]
@@ -728,7 +730,7 @@ fn no_op_records_are_those_of_schema_3(store: &LocalStore, root: &std::path::Pat
         "SELECT verdict FROM audits",
         "SELECT base FROM session_bases",
         "SELECT planned FROM recorded_instances",
-        "SELECT cpu_model, gpus, memory_method, input_bytes FROM runs",
+        "SELECT cpu_model, gpus, memory_method, input_bytes, sandboxed FROM runs",
         "SELECT cache, signer, session FROM fetched",
     ] {
         db.prepare(sql).unwrap();
@@ -824,6 +826,7 @@ fn a_small_output_is_recorded_with_its_run_and_only_if_it_succeeded() {
         gpus: None,
         memory_method: None,
         input_bytes: None,
+        sandboxed: None,
     };
     let small = tmp.path().join("small.txt");
     write(&small, b"small\n");
@@ -896,7 +899,8 @@ fn a_store_of_schema_4_gets_session_bases_and_what_runs_measure() {
     db.execute_batch(
         "DROP VIEW recorded_instances; DROP TABLE session_bases;
          ALTER TABLE runs DROP COLUMN cpu_model; ALTER TABLE runs DROP COLUMN gpus;
-         ALTER TABLE runs DROP COLUMN memory_method; ALTER TABLE runs DROP COLUMN input_bytes;",
+         ALTER TABLE runs DROP COLUMN memory_method; ALTER TABLE runs DROP COLUMN input_bytes;
+         ALTER TABLE runs DROP COLUMN sandboxed;",
     )
     .unwrap();
     drop(db);

@@ -35,6 +35,9 @@ pub(crate) struct Job {
     pub(crate) key: Digest,
     /// What to put in the scratch folder before the command runs.
     pub(crate) placements: Vec<Placement>,
+    /// Declared inputs outside the pipeline's folder, read where they are
+    /// (by absolute path): a sandbox lets the command read them.
+    pub(crate) outside: Vec<PathBuf>,
     pub(crate) request: ExecRequest,
 }
 
@@ -51,6 +54,7 @@ pub(crate) fn prepare(
 ) -> Job {
     let inst = instances.get(id);
     let mut placements = Vec::new();
+    let mut outside = Vec::new();
     for files in &inst.inputs {
         for f in files {
             match f {
@@ -58,7 +62,7 @@ pub(crate) fn prepare(
                     from: wf.root.join(p),
                     to: p.clone(),
                 }),
-                FileRef::Source(_) => {}
+                FileRef::Source(p) => outside.push(PathBuf::from(p)),
                 FileRef::Output { instance, output } => {
                     let up = instances.get(*instance);
                     if let Some(d) = outputs[instance.index()].as_ref().map(|d| d[*output]) {
@@ -102,6 +106,7 @@ pub(crate) fn prepare(
         expected: None,
         key,
         placements,
+        outside,
         request,
     }
 }

@@ -144,7 +144,9 @@ pub(crate) fn work(worker: &Worker<'_>, mut job: Job) -> Done {
         let path = (request.env.iter())
             .find(|(k, _)| k == "PATH")
             .map_or("", |(_, v)| v.as_str());
-        let sandbox = mustbuild_executors::sandbox::Sandbox::for_step(&request.dir, path, false);
+        let mut sandbox =
+            mustbuild_executors::sandbox::Sandbox::for_step(&request.dir, path, false);
+        sandbox.inputs.extend(job.outside.iter().cloned());
         request.sandbox = Some(sandbox);
     }
     let ticket = job.ticket;

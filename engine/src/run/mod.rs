@@ -993,9 +993,9 @@ pub fn run(
                         if !refused.is_empty() {
                             on_event(Event::Warning {
                                 message: format!(
-                                    "`{}` ran sandboxed (--sandbox), which refused {}: declare \
-                                     what it reads as an input (`in`) or a `tool`, write only \
-                                     its outputs, or run it without --sandbox",
+                                    "`{}` ran sandboxed, which refused {}: declare what it \
+                                     reads as an input (`in`) or a `tool`, write only its \
+                                     outputs, or run it with --no-sandbox",
                                     step.name,
                                     refused.join(", ")
                                 ),

@@ -55,6 +55,7 @@ pub(crate) fn run_record(
         gpus: gpus.map(|g| g.join(",")),
         memory_method: result.spawned.then(|| usage.peak.method().to_string()),
         input_bytes: done.job.input_bytes.map(|b| b as i64),
+        sandboxed: result.spawned.then_some(done.job.request.sandbox.is_some()),
     };
     // A batch job's figures are its node's.
     if let Some(node) = &done.node {
