@@ -341,6 +341,7 @@ fn run_step(spec: &Spec, job: &Path, work: &Path, cancel: &CancelToken) -> NodeR
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     });
+    mustbuild_executors::release_cgroups();
     let usage = &exec.usage;
     let cpu = usage.user_cpu + usage.system_cpu;
     let ended = measure.end(started, cpu);

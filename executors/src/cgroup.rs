@@ -1,5 +1,5 @@
-//! A memory cgroup for the steps each worker thread starts, where mustbuild
-//! may make one: then a step's peak is that of its whole process tree
+//! A memory cgroup for the steps each worker thread starts (from the process's
+//! first second on: see [`ADOPT_AFTER`]), where mustbuild may make one: then a step's peak is that of its whole process tree
 //! together (what a batch system's cgroup limit counts) rather than `wait4`'s
 //! figure for its largest process, which for small steps is only a bound.
 //!
@@ -25,8 +25,10 @@
 //! mustbuild's own (delegated) cgroup: not done; such hosts keep `wait4`'s
 //! figures, and the record says which.
 //!
-//! A thread's cgroup is removed when the thread ends; those of a process that
-//! died are removed by the next mustbuild.
+//! A thread stays in its cgroup when it ends (moving a thread takes a lock
+//! that every fork and exit of the process waits on: 18 ms seen); the
+//! cgroups of ended threads are removed by [`release`], called when a run's
+//! workers are done, and those of a process that died by the next mustbuild.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -36,10 +38,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 pub(crate) struct Cgroups {
     /// mustbuild's own memory cgroup.
     home: PathBuf,
+    /// When the first step asked (about when the run began).
+    born: std::time::Instant,
     next: AtomicU64,
     /// Cleared at the first refusal: no retry on every step.
     usable: AtomicBool,
 }
+
+/// How long a process runs steps before its worker threads take cgroups.
+#[cfg(not(test))]
+const ADOPT_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+#[cfg(test)]
+const ADOPT_AFTER: std::time::Duration = std::time::Duration::ZERO;
 
 /// The step cgroups, if this host has a version-1 memory hierarchy. Off with
 /// `MUSTBUILD_NO_MEASURE=1` or `MUSTBUILD_NO_CGROUP=1`.
@@ -59,6 +69,7 @@ pub(crate) fn here() -> Option<&'static Cgroups> {
         remove_stale(&home);
         Some(Cgroups {
             home,
+            born: std::time::Instant::now(),
             next: AtomicU64::new(0),
             usable: AtomicBool::new(true),
         })
@@ -143,7 +154,11 @@ impl Cgroups {
         }
         THREAD.with(|mine| {
             let mut mine = mine.borrow_mut();
-            if mine.is_none() {
+            // A thread's first move waits for an RCU grace period (10 ms seen,
+            // every fork of the process held meanwhile): paid only once the
+            // process has run long enough for it not to count. Steps before
+            // keep wait4's figure.
+            if mine.is_none() && self.born.elapsed() >= ADOPT_AFTER {
                 *mine = self.join();
             }
             let peak = mine.as_ref()?.peak.clone();
@@ -175,7 +190,6 @@ impl Cgroups {
         match joined {
             Ok(peak) => Some(ThreadCgroup {
                 dir,
-                home: &self.home,
                 peak: std::sync::Arc::new(peak),
             }),
             Err(_) => {
@@ -194,18 +208,37 @@ thread_local! {
 /// A worker thread's cgroup, which the thread is in.
 struct ThreadCgroup {
     dir: PathBuf,
-    home: &'static Path,
     /// Its `memory.max_usage_in_bytes`, open: an open per read would double
     /// what measuring costs a small step.
     peak: std::sync::Arc<std::fs::File>,
 }
 
 impl Drop for ThreadCgroup {
-    /// At the thread's end: home, and the cgroup removed (unless a process it
-    /// started outlives it: then the next sweep).
+    /// At the thread's end it stays where it is: moving a thread takes a lock
+    /// every fork and exit of the process waits on (18 ms seen, as the other
+    /// workers exited). Its cgroup is removed by [`release`] once it is gone.
     fn drop(&mut self) {
-        let _ = std::fs::write(self.home.join("tasks"), thread_id());
-        let _ = std::fs::remove_dir(&self.dir);
+        ENDED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(self.dir.clone());
+    }
+}
+
+/// The cgroups of worker threads that have ended, for [`release`].
+static ENDED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Removes the cgroups of the worker threads that have ended (call it when a
+/// run's workers are done); one still in use, or that a process a step left
+/// holds, is left to the next mustbuild's sweep.
+pub fn release() {
+    let ended = std::mem::take(
+        &mut *ENDED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    for dir in ended {
+        let _ = std::fs::remove_dir(&dir);
     }
 }
 
@@ -316,7 +349,11 @@ mod tests {
             dir
         })
         .join()
-        .map(|dir| assert!(!dir.exists(), "{dir:?} is left"))
+        .map(|dir| {
+            // Gone once released, the thread having ended.
+            release();
+            assert!(!dir.exists(), "{dir:?} is left");
+        })
         .unwrap();
     }
 }

@@ -23,5 +23,6 @@ pub mod local;
 pub mod sandbox;
 pub mod slurm;
 
+pub use cgroup::release as release_cgroups;
 pub use direct::bash_literal;
 pub use local::{CancelToken, ExecRequest, ExecResult, Io, Outcome, Peak, Usage, run};

@@ -1050,6 +1050,8 @@ pub fn run(
         }
         coordinated
     });
+    // The workers have ended: their memory cgroups go.
+    mustbuild_executors::release_cgroups();
     if options.batch.is_some() {
         let _ = std::fs::remove_dir_all(&spool);
         summary.batch_calls = calls
