@@ -80,6 +80,13 @@ fn a_fan_out_runs_as_htcondor_jobs_with_the_bytes_of_a_local_run() {
     );
     assert_eq!(stats.code, 0, "{}", stats.stderr);
     assert!(stats.stdout.contains("\"bases\""), "{}", stats.stdout);
+    // Each ran sandboxed on its node, as it would here.
+    assert_eq!(
+        common::sandboxed_runs(&stats.stdout),
+        (4, 4),
+        "{}",
+        stats.stdout
+    );
 
     // Nothing changed: nothing is submitted.
     let again = on_pool(&condor, pool.path(), &[]);

@@ -55,16 +55,7 @@ fn a_pipeline_that_keeps_to_its_inputs_runs_sandboxed_with_the_same_bytes() {
     // Each run record says whether its step ran sandboxed.
     let sandboxed_runs = |dir: &std::path::Path| {
         let r = common::run(dir, &["stats", "--json", "--store", "store"]);
-        let stats: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-        let steps = stats["steps"].as_array().unwrap().clone();
-        (steps.iter())
-            .map(|s| {
-                (
-                    s["sandboxed"].as_u64().unwrap(),
-                    s["executions"].as_u64().unwrap(),
-                )
-            })
-            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
+        common::sandboxed_runs(&r.stdout)
     };
     assert_eq!(sandboxed_runs(boxed.path()), (4, 4));
     assert_eq!(sandboxed_runs(free.path()), (0, 4));

@@ -51,6 +51,14 @@ fn a_fan_out_runs_as_slurm_array_tasks_with_the_bytes_of_a_local_run() {
     let (submits, _) = calls(&r.stdout);
     // The three samples' steps in one array, the gather in another.
     assert_eq!(submits, 2, "{}", r.stdout);
+    // Each ran sandboxed on the node, as it would here.
+    let stats = common::run(dir.path(), &["stats", "--json", "--store", "store"]);
+    assert_eq!(
+        common::sandboxed_runs(&stats.stdout),
+        (4, 4),
+        "{}",
+        stats.stdout
+    );
     let again = on_slurm(dir.path(), &[]);
     assert!(
         again.stdout.starts_with("executed 0, cached 4"),

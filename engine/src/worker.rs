@@ -40,6 +40,13 @@ pub struct Spec {
     /// The energy model's figures where no counter is read.
     pub core_watts: f64,
     pub memory_watts_per_gb: f64,
+    /// Run the command sandboxed where the node's kernel can
+    /// (`mustbuild_executors::sandbox`), with these declared inputs outside
+    /// the pipeline's folder readable where they are.
+    #[serde(default)]
+    pub sandbox: bool,
+    #[serde(default)]
+    pub outside: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -76,6 +83,9 @@ pub struct NodeResult {
     pub gpus: Vec<String>,
     pub energy_joules: Option<f64>,
     pub energy_method: Option<String>,
+    /// Whether the command ran sandboxed.
+    #[serde(default)]
+    pub sandboxed: bool,
 }
 
 impl NodeResult {
@@ -318,6 +328,14 @@ fn run_step(spec: &Spec, job: &Path, work: &Path, cancel: &CancelToken) -> NodeR
             .map(|v| mustbuild_executors::gpus::parse_visible_devices(&v))
             .unwrap_or_default()
     };
+    // Sandboxed as a local step is, where this node's kernel has Landlock.
+    let sandbox = (spec.sandbox && mustbuild_executors::sandbox::support().is_ok()).then(|| {
+        let path = (env.iter().find(|(k, _)| k == "PATH")).map_or("", |(_, v)| v.as_str());
+        let mut sandbox = mustbuild_executors::sandbox::Sandbox::for_step(work, path, false);
+        sandbox.inputs = spec.outside.clone();
+        sandbox
+    });
+    let sandboxed = sandbox.is_some();
     let request = ExecRequest {
         command: spec.command.clone(),
         dir: work.to_path_buf(),
@@ -326,7 +344,7 @@ fn run_step(spec: &Spec, job: &Path, work: &Path, cancel: &CancelToken) -> NodeR
         outputs: spec.outputs.clone(),
         time_limit: spec.time_limit_ms.map(Duration::from_millis),
         gpus: Some(gpus.clone()),
-        sandbox: None,
+        sandbox,
     };
     let model = mustbuild_executors::energy::Model {
         core_watts: spec.core_watts,
@@ -350,6 +368,7 @@ fn run_step(spec: &Spec, job: &Path, work: &Path, cancel: &CancelToken) -> NodeR
     // the step's own GPUs).
     let energy = measure.recorded(&ended, cpu, usage.wall, usage.max_rss_bytes);
     let mut r = NodeResult::from_exec(&exec);
+    r.sandboxed = sandboxed && exec.spawned;
     r.gpus = gpus;
     r.energy_joules = Some(energy.joules);
     r.energy_method = Some(energy.method.to_string());

@@ -297,6 +297,18 @@ step all {
 }
 "#;
 
+/// Of a `stats --json` answer: how many executions ran sandboxed, of how many.
+pub fn sandboxed_runs(stats_json: &str) -> (u64, u64) {
+    let stats: serde_json::Value = serde_json::from_str(stats_json).expect("stats JSON");
+    let steps = stats["steps"].as_array().expect("steps").clone();
+    (steps.iter())
+        .map(|s| {
+            let n = |k: &str| s[k].as_u64().expect("a count");
+            (n("sandboxed"), n("executions"))
+        })
+        .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
+}
+
 /// A temporary folder with the quickstart's samples in `data/samples/` and
 /// `pipeline` as `pipeline.kdl`.
 pub fn workspace(pipeline: &str) -> tempfile::TempDir {

@@ -64,6 +64,7 @@ pub(crate) fn run_record(
         record.energy_joules = node.energy_joules;
         record.energy_method = node.energy_method.clone();
         record.gpus = Some(node.gpus.join(",")).filter(|g| !g.is_empty());
+        record.sandboxed = record.sandboxed.map(|_| node.sandboxed);
     }
     record
 }
