@@ -245,14 +245,19 @@ pub fn for_pipeline(
     declared: &BTreeMap<String, Resources>,
 ) -> Result<Vec<Advice>, StoreError> {
     let history = store.pipeline_history(pipeline, HISTORY_RUNS)?;
-    let mut by_step: BTreeMap<&str, Vec<&RunRow>> = BTreeMap::new();
-    for r in &history {
-        by_step.entry(&r.step).or_default().push(r);
-    }
-    Ok(by_step
+    Ok(by_step(&history)
         .into_iter()
         .filter_map(|(step, runs)| advise(step, &runs, declared.get(step)))
         .collect())
+}
+
+/// Executions grouped by step, in step order.
+fn by_step(history: &[RunRow]) -> BTreeMap<&str, Vec<&RunRow>> {
+    let mut out: BTreeMap<&str, Vec<&RunRow>> = BTreeMap::new();
+    for r in history {
+        out.entry(&r.step).or_default().push(r);
+    }
+    out
 }
 
 /// What the cluster executors ask for a step that declares no memory.
@@ -284,12 +289,8 @@ pub fn sizing(
     declared: &BTreeMap<String, Resources>,
 ) -> Result<HashMap<String, Sizing>, StoreError> {
     let history = store.pipeline_history(pipeline, HISTORY_RUNS)?;
-    let mut by_step: BTreeMap<&str, Vec<&RunRow>> = BTreeMap::new();
-    for r in &history {
-        by_step.entry(&r.step).or_default().push(r);
-    }
     let mut out = HashMap::new();
-    for (step, runs) in by_step {
+    for (step, runs) in by_step(&history) {
         let Some(a) = advise(step, &runs, declared.get(step)) else {
             continue;
         };

@@ -11,6 +11,7 @@
 //! the database: SQLite is never opened from a node (it is not safe over a
 //! network filesystem), and a worker killed at any instant leaves no record.
 
+use mustbuild_executors::sandbox::Sandbox;
 use mustbuild_executors::{CancelToken, ExecRequest, ExecResult, Io, Outcome, Peak, Usage};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -329,12 +330,8 @@ fn run_step(spec: &Spec, job: &Path, work: &Path, cancel: &CancelToken) -> NodeR
             .unwrap_or_default()
     };
     // Sandboxed as a local step is, where this node's kernel has Landlock.
-    let sandbox = (spec.sandbox && mustbuild_executors::sandbox::support().is_ok()).then(|| {
-        let path = (env.iter().find(|(k, _)| k == "PATH")).map_or("", |(_, v)| v.as_str());
-        let mut sandbox = mustbuild_executors::sandbox::Sandbox::for_step(work, path, false);
-        sandbox.inputs = spec.outside.clone();
-        sandbox
-    });
+    let sandbox = (spec.sandbox && mustbuild_executors::sandbox::support().is_ok())
+        .then(|| Sandbox::for_step(work, &env, &spec.outside, false));
     let sandboxed = sandbox.is_some();
     let request = ExecRequest {
         command: spec.command.clone(),

@@ -80,6 +80,9 @@ pub struct Accounting {
     pub system_cpu: Option<Duration>,
     /// Where an energy plugin is configured.
     pub energy_joules: Option<f64>,
+    /// How the memory and the energy were found, as run records say it.
+    pub memory_method: &'static str,
+    pub energy_method: &'static str,
 }
 
 /// Why an executor could not do what it was asked.

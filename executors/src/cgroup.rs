@@ -56,8 +56,8 @@ const ADOPT_AFTER: std::time::Duration = std::time::Duration::ZERO;
 pub(crate) fn here() -> Option<&'static Cgroups> {
     static HERE: OnceLock<Option<Cgroups>> = OnceLock::new();
     HERE.get_or_init(|| {
-        let off = |name| std::env::var_os(name).is_some_and(|v| v != "0");
-        if off("MUSTBUILD_NO_MEASURE") || off("MUSTBUILD_NO_CGROUP") {
+        let off = std::env::var_os("MUSTBUILD_NO_CGROUP").is_some_and(|v| v != "0");
+        if off || !crate::local::measure_io() {
             return None;
         }
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;

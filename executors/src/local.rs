@@ -174,9 +174,9 @@ impl Io {
     }
 }
 
-/// Whether to read `/proc/PID/io` (not with `MUSTBUILD_NO_MEASURE=1`, which
-/// the benchmark of what measuring costs sets).
-fn measure_io() -> bool {
+/// Whether to measure beyond `wait4` (`/proc/PID/io`, step cgroups): not with
+/// `MUSTBUILD_NO_MEASURE=1`, which the benchmark of what measuring costs sets.
+pub(crate) fn measure_io() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var_os("MUSTBUILD_NO_MEASURE").is_none_or(|v| v == "0"))
 }

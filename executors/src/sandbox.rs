@@ -60,10 +60,16 @@ pub const SYSTEM_WRITE: [&str; 6] = [
 ];
 
 impl Sandbox {
-    /// A step's sandbox: `dir` (its folder) to write, the system's folders
-    /// and each folder of `path` (a `PATH` value: the folder, and the
-    /// installation above a `…/bin`) to read.
-    pub fn for_step(dir: &Path, path: &str, network: bool) -> Sandbox {
+    /// A step's sandbox: `dir` (its folder) to write; the system's folders,
+    /// each folder of the `PATH` in `env` (the folder, and the installation
+    /// above a `…/bin`) and its `inputs` outside its folder to read.
+    pub fn for_step(
+        dir: &Path,
+        env: &[(String, String)],
+        inputs: &[PathBuf],
+        network: bool,
+    ) -> Sandbox {
+        let path = (env.iter().find(|(k, _)| k == "PATH")).map_or("", |(_, v)| v.as_str());
         let mut read: Vec<PathBuf> = SYSTEM_READ.iter().map(PathBuf::from).collect();
         for entry in std::env::split_paths(path) {
             if !entry.is_absolute() {
@@ -78,7 +84,7 @@ impl Sandbox {
         }
         Sandbox {
             read,
-            inputs: Vec::new(),
+            inputs: inputs.to_vec(),
             write: vec![dir.to_path_buf()],
             network,
         }
@@ -226,11 +232,11 @@ mod tests {
 
     #[test]
     fn a_steps_sandbox_reads_the_system_and_its_path_and_writes_its_folder() {
-        let s = Sandbox::for_step(
-            Path::new("/s/scratch/3"),
-            "/opt/conda/envs/x/bin:/usr/bin:relative",
-            false,
-        );
+        let env = [(
+            "PATH".to_string(),
+            "/opt/conda/envs/x/bin:/usr/bin:relative".to_string(),
+        )];
+        let s = Sandbox::for_step(Path::new("/s/scratch/3"), &env, &[], false);
         assert!(s.read.contains(&PathBuf::from("/opt/conda/envs/x")));
         assert!(s.read.contains(&PathBuf::from("/opt/conda/envs/x/bin")));
         assert!(s.read.contains(&PathBuf::from("/usr")));
@@ -264,7 +270,8 @@ mod tests {
         std::fs::create_dir(&inside).unwrap();
         let secret = tmp.path().join("secret.txt");
         std::fs::write(&secret, "x").unwrap();
-        let sandbox = Sandbox::for_step(&inside, "/usr/bin", false);
+        let env = [("PATH".to_string(), "/usr/bin".to_string())];
+        let sandbox = Sandbox::for_step(&inside, &env, &[], false);
         let read = start_in(&sandbox, || {
             std::fs::write(inside.join("ok.txt"), "fine").map_err(|e| e.to_string())?;
             Ok(std::fs::read_to_string(&secret).map_err(|e| e.kind()))

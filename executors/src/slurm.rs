@@ -457,7 +457,14 @@ fn parse_sacct(out: &str) -> HashMap<(u64, u64), (Accounting, bool)> {
         else {
             continue; // A pending range (`12_[3-9]`), or not an array's.
         };
-        let (a, batch) = found.entry((array, task)).or_default();
+        let (a, batch) = found.entry((array, task)).or_insert_with(|| {
+            let a = Accounting {
+                memory_method: "slurm (sacct MaxRSS, sampled)",
+                energy_method: "measured (slurm)",
+                ..Accounting::default()
+            };
+            (a, false)
+        });
         match step {
             // The job as a whole: its steps' CPU time summed, its energy.
             None => {

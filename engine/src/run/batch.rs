@@ -82,6 +82,31 @@ pub fn memory_and_disk(
     (memory, disk, sizing.and_then(|s| s.line))
 }
 
+/// Writes a batch system's own figures (by job ticket) over the run records
+/// of those jobs (`runs`: ticket → run id). Figures that cannot be written
+/// leave the node's: it stops nothing.
+pub(crate) fn record_accounting(
+    store: &mustbuild_store::LocalStore,
+    accounted: &[(u64, Accounting)],
+    runs: &HashMap<u64, i64>,
+) {
+    let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as i64);
+    let figures: Vec<mustbuild_store::Accounted<'_>> = (accounted.iter())
+        .filter_map(|(ticket, a)| {
+            Some(mustbuild_store::Accounted {
+                id: *runs.get(ticket)?,
+                max_rss_bytes: a.max_rss_bytes.map(|b| b as i64),
+                memory_method: a.memory_method,
+                user_cpu_ms: ms(a.user_cpu),
+                sys_cpu_ms: ms(a.system_cpu),
+                energy_joules: a.energy_joules,
+                energy_method: a.energy_method,
+            })
+        })
+        .collect();
+    let _ = store.set_run_accounting(&figures);
+}
+
 /// Each step's declared tools (the pipeline's and its own) as its key holds
 /// them, for the node to check.
 pub(crate) fn step_tools(

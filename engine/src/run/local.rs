@@ -9,6 +9,7 @@ use super::scratch::{Placement, Scratch, place_inputs};
 use super::{Event, RunError};
 use crate::instantiate::{InstanceId, Instances};
 use crate::slots::Slots;
+use mustbuild_executors::sandbox::Sandbox;
 use mustbuild_executors::{CancelToken, Outcome};
 use mustbuild_lang::model::Workflow;
 use mustbuild_store::{Digest, LocalStore, Output, Unrecorded};
@@ -140,14 +141,9 @@ pub(crate) fn work(worker: &Worker<'_>, mut job: Job) -> Done {
     let placements = std::mem::take(&mut job.placements);
     worker.scratch.take(&mut job.request);
     if worker.sandbox {
-        let request = &mut job.request;
-        let path = (request.env.iter())
-            .find(|(k, _)| k == "PATH")
-            .map_or("", |(_, v)| v.as_str());
-        let mut sandbox =
-            mustbuild_executors::sandbox::Sandbox::for_step(&request.dir, path, false);
-        sandbox.inputs.extend(job.outside.iter().cloned());
-        request.sandbox = Some(sandbox);
+        let r = &job.request;
+        let sandbox = Sandbox::for_step(&r.dir, &r.env, &job.outside, false);
+        job.request.sandbox = Some(sandbox);
     }
     let ticket = job.ticket;
     // While another process holds the derivation, later jobs do not wait for this one.

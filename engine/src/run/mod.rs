@@ -1061,27 +1061,7 @@ pub fn run(
         let accounted = accounted
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let name = summary.batch_calls.map_or("batch", |(name, _)| name);
-        let (memory, energy) = (
-            format!("{name} (sacct MaxRSS, sampled)"),
-            format!("measured ({name})"),
-        );
-        let figures: Vec<mustbuild_store::Accounted<'_>> = (accounted.iter())
-            .filter_map(|(ticket, a)| {
-                let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_millis() as i64);
-                Some(mustbuild_store::Accounted {
-                    id: *batch_runs.get(ticket)?,
-                    max_rss_bytes: a.max_rss_bytes.map(|b| b as i64),
-                    memory_method: &memory,
-                    user_cpu_ms: ms(a.user_cpu),
-                    sys_cpu_ms: ms(a.system_cpu),
-                    energy_joules: a.energy_joules,
-                    energy_method: &energy,
-                })
-            })
-            .collect();
-        // Figures that cannot be written leave the node's: it stops nothing.
-        let _ = store.set_run_accounting(&figures);
+        batch::record_accounting(store, &accounted, &batch_runs);
     }
     // Jobs that ended after the run stopped on an error: what they put in the
     // workspace is remembered (the next run would take it for an edit otherwise).
