@@ -199,6 +199,9 @@ enum Command {
         /// Every realised derivation (the default).
         #[arg(long)]
         all: bool,
+        /// Run them unsandboxed (by default they run sandboxed, as `run` runs them).
+        #[arg(long)]
+        no_sandbox: bool,
         #[command(flatten)]
         common: provenance::Common,
     },
@@ -430,8 +433,9 @@ fn main() -> ExitCode {
             targets,
             sample,
             all: _,
+            no_sandbox,
             common,
-        } => provenance::audit(&pipeline, &targets, sample, common),
+        } => provenance::audit(&pipeline, &targets, sample, !no_sandbox, common),
     };
     ExitCode::from(code)
 }

@@ -298,6 +298,24 @@ fn root_cause_text(r: &RootCause, out: &mut String) {
 
 pub fn render_why(report: &WhyReport) -> String {
     let mut out = why_text(report);
+    let e = &report.explanation;
+    let label = provenance::label(&e.step, &e.values);
+    if !e.impure.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nnote: {label} is impure ({}): it may use the network (`network #true`), so its key \
+             cannot cover what it fetched; a reuse trusts that it would fetch the same. \
+             `mustbuild audit` tells whether it reproduces.",
+            e.impure.join(", ")
+        );
+    }
+    if e.made_by.as_ref().and_then(|m| m.sandboxed) == Some(false) {
+        let _ = writeln!(
+            out,
+            "\nnote: {label}'s result was made unsandboxed: what it read besides its declared \
+             inputs and tools is not in its key."
+        );
+    }
     if let Some(a) = &report.audit {
         let _ = writeln!(
             out,
@@ -401,6 +419,7 @@ pub fn audit(
     pipeline: &std::path::Path,
     targets: &[String],
     sample: Option<usize>,
+    sandbox: bool,
     common: Common,
 ) -> u8 {
     use mustbuild_engine::audit::{AuditOptions, Finding};
@@ -431,6 +450,14 @@ pub fn audit(
             .unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_string()),
         selected,
         sample,
+        sandbox: sandbox
+            && match mustbuild_executors::sandbox::support() {
+                Ok(()) => true,
+                Err(why) => {
+                    tell!("warning: steps run unsandboxed: {why}");
+                    false
+                }
+            },
         cancel: cancel.clone(),
     };
     let json = common.json;
@@ -439,7 +466,11 @@ pub fn audit(
             outln!("{}", serde_json::to_string(v).unwrap_or_default());
             return;
         }
-        let label = provenance::label(&v.step, &v.values);
+        let mut label = provenance::label(&v.step, &v.values);
+        if !v.impure.is_empty() {
+            // Its result may follow what it fetched: a difference is no surprise.
+            label = format!("{label} (impure: {})", v.impure.join(", "));
+        }
         match &v.finding {
             Finding::Reproducible => outln!("reproducible  {label}"),
             Finding::Failed { outcome } => outln!("failed        {label}: {outcome}"),

@@ -326,3 +326,46 @@ fn paths_made_from_values_and_contradictory_outputs() {
 fn outputs_that_clash_with_sources_or_other_outputs() {
     snapshot_check("outputs_vs_sources.kdl", 1);
 }
+
+#[test]
+fn malformed_sandbox_and_network_lines() {
+    snapshot_check("sandbox.kdl", 1);
+}
+
+#[test]
+fn a_sandbox_may_not_read_the_pipelines_own_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("w");
+    std::fs::create_dir(&w).unwrap();
+    let pipeline = format!(
+        r#"pipeline "reads"
+step a {{
+    out t="a.txt"
+    run "touch {{out.t}}"
+    sandbox {{ read "{inside}" "{above}" "/opt/elsewhere" }}
+    network #true
+}}
+"#,
+        inside = w.join("data").display(),
+        above = dir.path().display(),
+    );
+    std::fs::write(w.join("pipeline.kdl"), pipeline).unwrap();
+    let r = run(&w, &["check", "pipeline.kdl"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("is in the pipeline's folder"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("holds the pipeline's folder"),
+        "{}",
+        r.stderr
+    );
+    // A folder elsewhere is fine.
+    assert!(
+        r.stderr.ends_with("pipeline.kdl: 2 errors\n"),
+        "{}",
+        r.stderr
+    );
+}

@@ -129,9 +129,15 @@ step fine {{
     // And is told what to do about it.
     assert!(
         r.stderr.contains(&format!(
-            "warning: `absolute` ran sandboxed, which refused {}: declare",
+            "warning: `absolute` ran sandboxed, which refused {}; declare",
             secret.display()
         )),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("declare it as an input: in x=(file)\"data/secret.txt\""),
         "{}",
         r.stderr
     );
@@ -173,5 +179,113 @@ step call {{
     assert!(r.stderr.contains("PermissionError"), "{}", r.stderr);
     let r = unsandboxed(dir.path());
     assert_eq!(r.code, 0, "{}", r.stderr);
+    drop(listener);
+}
+
+/// `sandbox { read … }`, `network #true` and `sandbox #false`: each step
+/// declares what it may reach, the key holds the reads and the impurity, and
+/// `why` and `audit` say so.
+#[test]
+fn a_step_declares_what_its_sandbox_allows_and_the_key_holds_it() {
+    if !landlock() {
+        return;
+    }
+    let refs = tempfile::tempdir().unwrap();
+    std::fs::write(refs.path().join("genome.fa"), ">chr1\nACGT\n").unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let outside = std::env::temp_dir().join(common::unique("unsandboxed"));
+    let pipeline = |read_line: &str| {
+        format!(
+            r#"pipeline "allowances"
+step reads {{
+    out x="genome-copy.fa"
+    run "cat {refs}/genome.fa > {{out.x}}"
+    {read_line}
+}}
+step fetch {{
+    out x="fetched.txt"
+    run "python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}), timeout=5)' && echo reached > {{out.x}}"
+    network #true
+}}
+step free {{
+    out x="free.txt"
+    run "echo x > {outside}; echo ok > {{out.x}}"
+    sandbox #false
+}}
+"#,
+            refs = refs.path().display(),
+            outside = outside.display(),
+        )
+    };
+    let read_line = format!("sandbox {{ read \"{}\" }}", refs.path().display());
+    let dir = workspace(&pipeline(&read_line));
+    let r = sandboxed(dir.path(), &[]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("genome-copy.fa")).unwrap(),
+        ">chr1\nACGT\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("fetched.txt")).unwrap(),
+        "reached\n"
+    );
+    assert!(outside.exists(), "`sandbox #false` lets it write anywhere");
+    let _ = std::fs::remove_file(&outside);
+    let stats = common::run(dir.path(), &["stats", "--json", "--store", "store"]);
+    assert_eq!(common::sandboxed_runs(&stats.stdout), (2, 3));
+
+    // `why` says which result may depend on more than its key, and which was
+    // made unsandboxed.
+    let why = common::run(dir.path(), &["why", "fetch", "--store", "store"]);
+    assert_eq!(why.code, 0, "{}", why.stderr);
+    assert!(
+        why.stdout.contains("fetch is impure (network)"),
+        "{}",
+        why.stdout
+    );
+    let json = common::run(dir.path(), &["why", "fetch", "--json", "--store", "store"]);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v["explanation"]["impure"], serde_json::json!(["network"]));
+    assert_eq!(v["explanation"]["made_by"]["sandboxed"], true);
+    let why = common::run(dir.path(), &["why", "free", "--store", "store"]);
+    assert!(why.stdout.contains("made unsandboxed"), "{}", why.stdout);
+    let why = common::run(dir.path(), &["why", "reads", "--store", "store"]);
+    assert!(!why.stdout.contains("impure"), "{}", why.stdout);
+    assert!(!why.stdout.contains("unsandboxed"), "{}", why.stdout);
+
+    // `audit` runs them as `run` does (the network step reaches the port
+    // again) and marks the impure one.
+    let audit = common::run(dir.path(), &["audit", "pipeline.kdl", "--store", "store"]);
+    assert_eq!(audit.code, 0, "{}\n{}", audit.stdout, audit.stderr);
+    assert!(
+        audit
+            .stdout
+            .contains("reproducible  fetch (impure: network)"),
+        "{}",
+        audit.stdout
+    );
+    assert!(
+        audit.stdout.contains("reproducible  reads\n"),
+        "{}",
+        audit.stdout
+    );
+    let _ = std::fs::remove_file(&outside);
+
+    // The declared folder is in the key: without it the step runs again (it
+    // is not reused), and the sandbox refuses the read, saying what to add.
+    std::fs::write(dir.path().join("pipeline.kdl"), pipeline("")).unwrap();
+    let r = sandboxed(dir.path(), &["--keep-going"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("FAILED   reads"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "or its folder as read (`sandbox {{ read \"{}\" }}`)",
+            refs.path().display()
+        )),
+        "{}",
+        r.stderr
+    );
+    assert!(!outside.exists(), "free was reused, not run again");
     drop(listener);
 }

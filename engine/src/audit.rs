@@ -2,13 +2,16 @@
 //! whose result is in the store runs again in a scratch folder, as a run's
 //! worker runs it (inputs copied from the workspace's sources and the store's
 //! objects, the same environment, `HOME` and `TMPDIR`), and the
-//! digests of what it makes are compared with its realisation. The workspace and
-//! the realisations are never touched; the verdict is stored per derivation
-//! (`why` and `show` print the latest).
+//! digests of what it makes are compared with its realisation, sandboxed as a
+//! run sandboxes it. The workspace and the realisations are never touched; the
+//! verdict is stored per derivation (`why` and `show` print the latest). A
+//! step whose key says it is impure (`network #true`) is audited too, and its
+//! verdict says so: its result may depend on what it fetched.
 
 use crate::instantiate::{InstanceId, Instances};
 use crate::keys::{key_from_outputs, resolve_tools};
 use crate::run::{RunError, Scratch, in_order, place_inputs, prepare};
+use mustbuild_executors::sandbox::Sandbox;
 use mustbuild_executors::{CancelToken, Outcome};
 use mustbuild_lang::model::{PathKind, Workflow};
 use mustbuild_store::{Digest, LocalStore, ObjectData, OutputKind};
@@ -23,6 +26,11 @@ pub struct Verdict {
     pub key: String,
     #[serde(flatten)]
     pub finding: Finding,
+    /// Why its key cannot cover all it depends on (`network`); empty when pure.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub impure: Vec<String>,
+    /// Whether it ran sandboxed this time.
+    pub sandboxed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -54,6 +62,8 @@ pub struct AuditOptions {
     pub selected: Option<Vec<bool>>,
     /// At most this many, spread evenly over the candidates (all when `None`).
     pub sample: Option<usize>,
+    /// Run the commands sandboxed (where their steps allow it), as a run does.
+    pub sandbox: bool,
     pub cancel: CancelToken,
 }
 
@@ -70,7 +80,7 @@ pub fn audit(
     let n = instances.all.len();
     let mut outputs: Vec<Option<Vec<Digest>>> = vec![None; n];
     let mut kinds: Vec<Option<Vec<OutputKind>>> = vec![None; n];
-    let mut realised: Vec<(InstanceId, Digest)> = Vec::new();
+    let mut realised: Vec<(InstanceId, Digest, Vec<String>)> = Vec::new();
     // Keys in order, as `--dry-run` computes them: what is realised now.
     for (i, inst) in instances.all.iter().enumerate() {
         let id = InstanceId(i as u32);
@@ -78,6 +88,7 @@ pub fn audit(
             continue;
         };
         let key = material.key();
+        let impure = crate::keys::impurities(&material);
         let Some((digests, k)) = store
             .realisation(&key)?
             .and_then(|r| in_order(wf.step(inst.step), &r))
@@ -87,12 +98,12 @@ pub fn audit(
         outputs[i] = Some(digests);
         kinds[i] = Some(k);
         if options.selected.as_ref().is_none_or(|s| s[i]) {
-            realised.push((id, key));
+            realised.push((id, key, impure));
         }
     }
-    let chosen: Vec<(InstanceId, Digest)> = match options.sample {
+    let chosen: Vec<(InstanceId, Digest, Vec<String>)> = match options.sample {
         Some(k) if k < realised.len() => (0..k)
-            .map(|j| realised[j * realised.len() / k.max(1)])
+            .map(|j| realised[j * realised.len() / k.max(1)].clone())
             .collect(),
         _ => realised,
     };
@@ -100,7 +111,7 @@ pub fn audit(
     // One scratch folder, as a run's worker has (its inputs placed anew for
     // each derivation); gone at the end, or, if killed, at the next run.
     let scratch = Scratch::new(store, crate::run::next_run_number(), 0);
-    for (id, key) in chosen {
+    for (id, key, impure) in chosen {
         if options.cancel.is_cancelled() {
             break;
         }
@@ -114,13 +125,15 @@ pub fn audit(
         if finding.is_err() {
             scratch.remove();
         }
-        let finding = finding?;
+        let (finding, sandboxed) = finding?;
         let inst = instances.get(id);
         let verdict = Verdict {
             step: wf.step(inst.step).name.to_string(),
             values: inst.values.clone(),
             key: key.to_hex(),
             finding,
+            impure,
+            sandboxed,
         };
         let detail = serde_json::to_string(&verdict.finding).unwrap_or_default();
         let word = match verdict.finding {
@@ -144,18 +157,26 @@ fn audit_one(
     (id, key): (InstanceId, Digest),
     scratch: &Scratch,
     options: &AuditOptions,
-) -> Result<Finding, RunError> {
+) -> Result<(Finding, bool), RunError> {
     let inst = instances.get(id);
     let step = wf.step(inst.step);
     let mut job = prepare(wf, instances, id, key, outputs, kinds, &options.path_var);
     place_inputs(store, scratch, &job.placements)?;
     scratch.take(&mut job.request);
+    if options.sandbox
+        && let Some(allows) = &job.sandbox
+    {
+        let r = &job.request;
+        job.request.sandbox = Some(Sandbox::for_step(&r.dir, &r.env, allows));
+    }
     let request = job.request;
+    let sandboxed = request.sandbox.is_some();
     let result = mustbuild_executors::local::run(&request, &options.cancel);
     if result.outcome != Outcome::Succeeded {
-        return Ok(Finding::Failed {
+        let finding = Finding::Failed {
             outcome: format!("{:?}", result.outcome),
-        });
+        };
+        return Ok((finding, sandboxed));
     }
     let mut diffs = Vec::new();
     let expected = outputs[id.index()].as_deref().unwrap_or_default();
@@ -178,11 +199,12 @@ fn audit_one(
             first_difference,
         });
     }
-    Ok(if diffs.is_empty() {
+    let finding = if diffs.is_empty() {
         Finding::Reproducible
     } else {
         Finding::Differs { outputs: diffs }
-    })
+    };
+    Ok((finding, sandboxed))
 }
 
 /// For two texts, the first line that differs (`-realised`, `+audited`);

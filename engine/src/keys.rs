@@ -14,6 +14,16 @@
 //! "outputs"  M output name → T file|dir
 //! ```
 //!
+//! Two more fields appear only in the keys of steps that declare them (so the
+//! keys of every other step are what they were before them):
+//!
+//! ```text
+//! "sandbox_read" L of T folder      `sandbox { read … }`, the pipeline's and the
+//!                                     step's, sorted, each once: as paths
+//! "impure"       L of T reason      `network #true` gives "network": the result
+//!                                     may depend on more than this key
+//! ```
+//!
 //! Not in the key: the step's name, resources, the executor, timestamps. An input
 //! produced by another step enters by the digest of that output, so a step that
 //! reran and produced the same bytes changes nothing downstream (early cutoff).
@@ -22,7 +32,7 @@ use crate::command::render_command;
 use crate::instantiate::{FileRef, InstanceId, Instances};
 use mustbuild_lang::model::{Part, PathKind, Workflow};
 use mustbuild_store::{Digest, Field, KeyMaterial, LocalStore, StoreError};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The version of the field set above; bumping it changes every key.
@@ -129,6 +139,20 @@ pub fn resolve_tools(
         }
     }
     Ok(tools)
+}
+
+/// Why a key cannot cover everything its result depends on (its `impure`
+/// field: `network`), empty for a pure step.
+pub fn impurities(m: &KeyMaterial) -> Vec<String> {
+    match m.fields.get("impure") {
+        Some(Field::List(reasons)) => (reasons.iter())
+            .filter_map(|r| match r {
+                Field::Text(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Everything the key of an instance is computed from besides the instance itself.
@@ -266,6 +290,16 @@ pub fn key_material(cx: &KeyContext<'_>, id: InstanceId) -> Result<Option<KeyMat
         })
         .collect();
     m.insert("outputs", Field::Map(outputs));
+    let reads: BTreeSet<&str> = cx.wf.sandbox_reads(step).collect();
+    if !reads.is_empty() {
+        m.insert(
+            "sandbox_read",
+            Field::List(reads.into_iter().map(text).collect()),
+        );
+    }
+    if step.network {
+        m.insert("impure", Field::List(vec![text("network")]));
+    }
     Ok(Some(m))
 }
 
@@ -392,6 +426,31 @@ step count {
         std::fs::write(f.root.join("data.csv"), "a\nb\nc\nzzz\n").unwrap();
         assert_eq!(keys(&f, &same)[1], k1);
         assert_ne!(keys(&f, &other)[1], k1);
+    }
+
+    #[test]
+    fn network_and_declared_reads_enter_the_key_and_turning_the_sandbox_off_does_not() {
+        let f = fixture(PIPELINE, &[("data.csv", "a\nb\nc\nd\n")]);
+        let none = |_: InstanceId, _: usize| None;
+        let plain = keys(&f, &none)[0];
+        let with = |lines: &str| {
+            let text = PIPELINE.replace("run \"head -n", &format!("{lines}\n    run \"head -n"));
+            std::fs::write(f.root.join("pipeline.kdl"), text).unwrap();
+            keys(&f, &none)[0]
+        };
+        assert_eq!(with("sandbox #false"), plain);
+        assert_eq!(with("network #false"), plain);
+        let network = with("network #true");
+        let read = with("sandbox { read \"/cvmfs\" }");
+        assert!(network != plain && read != plain && network != read);
+        // The same folders, declared in another order or at the top: the same key.
+        assert_eq!(
+            with("sandbox { read \"/cvmfs\" \"/refs\" }"),
+            with("sandbox { read \"/refs\" \"/cvmfs\" }")
+        );
+        let text = PIPELINE.replace("step head", "sandbox { read \"/cvmfs\" }\nstep head");
+        std::fs::write(f.root.join("pipeline.kdl"), text).unwrap();
+        assert_eq!(keys(&f, &none)[0], read);
     }
 
     #[test]

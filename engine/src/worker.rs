@@ -11,7 +11,7 @@
 //! the database: SQLite is never opened from a node (it is not safe over a
 //! network filesystem), and a worker killed at any instant leaves no record.
 
-use mustbuild_executors::sandbox::Sandbox;
+use mustbuild_executors::sandbox::{Allowances, Sandbox};
 use mustbuild_executors::{CancelToken, ExecRequest, ExecResult, Io, Outcome, Peak, Usage};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -42,12 +42,12 @@ pub struct Spec {
     pub core_watts: f64,
     pub memory_watts_per_gb: f64,
     /// Run the command sandboxed where the node's kernel can
-    /// (`mustbuild_executors::sandbox`), with these declared inputs outside
-    /// the pipeline's folder readable where they are.
+    /// (`mustbuild_executors::sandbox`), with what the step's declaration
+    /// allows besides its folder.
     #[serde(default)]
     pub sandbox: bool,
     #[serde(default)]
-    pub outside: Vec<PathBuf>,
+    pub allows: Allowances,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -331,7 +331,7 @@ fn run_step(spec: &Spec, job: &Path, work: &Path, cancel: &CancelToken) -> NodeR
     };
     // Sandboxed as a local step is, where this node's kernel has Landlock.
     let sandbox = (spec.sandbox && mustbuild_executors::sandbox::support().is_ok())
-        .then(|| Sandbox::for_step(work, &env, &spec.outside, false));
+        .then(|| Sandbox::for_step(work, &env, &spec.allows));
     let sandboxed = sandbox.is_some();
     let request = ExecRequest {
         command: spec.command.clone(),

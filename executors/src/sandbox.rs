@@ -14,7 +14,10 @@
 //! `/dev/null` and its kin to write; TCP neither out nor in unless the step
 //! may use the network. Not the workspace, the store, the user's home or
 //! `/tmp`: a step that reads or writes there fails with `EACCES`
-//! ("Permission denied"), and its log names the path.
+//! ("Permission denied"), and its log names the path. What a step's
+//! declaration adds ([`Allowances`]): its inputs outside the pipeline's folder,
+//! the folders it declares to read (`sandbox { read … }`), and the network
+//! (`network #true`).
 
 use landlock::{
     ABI, Access, AccessFs, AccessNet, LandlockStatus, PathBeneath, PathFd, Ruleset, RulesetAttr,
@@ -43,6 +46,21 @@ pub struct Sandbox {
     pub network: bool,
 }
 
+/// What a step's declaration lets its sandbox reach besides its folder and
+/// the system's: plain data, which travels to batch nodes with the job.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Allowances {
+    /// Its declared inputs outside the pipeline's folder, read where they are.
+    #[serde(default)]
+    pub inputs: Vec<PathBuf>,
+    /// The folders it declares to read (`sandbox { read "/cvmfs" }`).
+    #[serde(default)]
+    pub read: Vec<PathBuf>,
+    /// `network #true`.
+    #[serde(default)]
+    pub network: bool,
+}
+
 /// Read by every program: the system's program and library folders, its
 /// configuration, the kernel's views.
 pub const SYSTEM_READ: [&str; 12] = [
@@ -62,13 +80,9 @@ pub const SYSTEM_WRITE: [&str; 6] = [
 impl Sandbox {
     /// A step's sandbox: `dir` (its folder) to write; the system's folders,
     /// each folder of the `PATH` in `env` (the folder, and the installation
-    /// above a `…/bin`) and its `inputs` outside its folder to read.
-    pub fn for_step(
-        dir: &Path,
-        env: &[(String, String)],
-        inputs: &[PathBuf],
-        network: bool,
-    ) -> Sandbox {
+    /// above a `…/bin`) and what its declaration `allows` to read; the network
+    /// if that allows it.
+    pub fn for_step(dir: &Path, env: &[(String, String)], allows: &Allowances) -> Sandbox {
         let path = (env.iter().find(|(k, _)| k == "PATH")).map_or("", |(_, v)| v.as_str());
         let mut read: Vec<PathBuf> = SYSTEM_READ.iter().map(PathBuf::from).collect();
         for entry in std::env::split_paths(path) {
@@ -82,11 +96,12 @@ impl Sandbox {
             }
             read.push(entry);
         }
+        read.extend(allows.read.iter().cloned());
         Sandbox {
             read,
-            inputs: inputs.to_vec(),
+            inputs: allows.inputs.clone(),
             write: vec![dir.to_path_buf()],
-            network,
+            network: allows.network,
         }
     }
 }
@@ -236,7 +251,12 @@ mod tests {
             "PATH".to_string(),
             "/opt/conda/envs/x/bin:/usr/bin:relative".to_string(),
         )];
-        let s = Sandbox::for_step(Path::new("/s/scratch/3"), &env, &[], false);
+        let allows = Allowances {
+            read: vec![PathBuf::from("/cvmfs/sft.cern.ch")],
+            ..Allowances::default()
+        };
+        let s = Sandbox::for_step(Path::new("/s/scratch/3"), &env, &allows);
+        assert!(s.read.contains(&PathBuf::from("/cvmfs/sft.cern.ch")));
         assert!(s.read.contains(&PathBuf::from("/opt/conda/envs/x")));
         assert!(s.read.contains(&PathBuf::from("/opt/conda/envs/x/bin")));
         assert!(s.read.contains(&PathBuf::from("/usr")));
@@ -271,7 +291,7 @@ mod tests {
         let secret = tmp.path().join("secret.txt");
         std::fs::write(&secret, "x").unwrap();
         let env = [("PATH".to_string(), "/usr/bin".to_string())];
-        let sandbox = Sandbox::for_step(&inside, &env, &[], false);
+        let sandbox = Sandbox::for_step(&inside, &env, &Allowances::default());
         let read = start_in(&sandbox, || {
             std::fs::write(inside.join("ok.txt"), "fine").map_err(|e| e.to_string())?;
             Ok(std::fs::read_to_string(&secret).map_err(|e| e.kind()))
@@ -284,5 +304,36 @@ mod tests {
             std::fs::read_to_string(inside.join("ok.txt")).unwrap(),
             "fine"
         );
+    }
+
+    #[test]
+    fn a_declared_folder_is_read_where_it_is_and_not_written() {
+        if support().is_err() {
+            return; // No Landlock here: nothing to check.
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let (inside, refs) = (tmp.path().join("inside"), tmp.path().join("refs"));
+        std::fs::create_dir(&inside).unwrap();
+        std::fs::create_dir(&refs).unwrap();
+        std::fs::write(refs.join("genome.fa"), ">chr1").unwrap();
+        std::fs::write(tmp.path().join("secret.txt"), "x").unwrap();
+        let env = [("PATH".to_string(), "/usr/bin".to_string())];
+        let allows = Allowances {
+            read: vec![refs.clone()],
+            ..Allowances::default()
+        };
+        let sandbox = Sandbox::for_step(&inside, &env, &allows);
+        let kind = |r: std::io::Result<()>| r.map_err(|e| e.kind());
+        let (read, written, other) = start_in(&sandbox, || {
+            Ok((
+                std::fs::read_to_string(refs.join("genome.fa")).map_err(|e| e.kind()),
+                kind(std::fs::write(refs.join("new.txt"), "y")),
+                kind(std::fs::read(tmp.path().join("secret.txt")).map(drop)),
+            ))
+        })
+        .unwrap();
+        assert_eq!(read.as_deref(), Ok(">chr1"));
+        assert_eq!(written, Err(std::io::ErrorKind::PermissionDenied));
+        assert_eq!(other, Err(std::io::ErrorKind::PermissionDenied));
     }
 }

@@ -7,22 +7,25 @@ use crate::checks;
 use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::model::{
     Domain, EnvVar, FanOut, Input, InputId, InputRef, InputSource, Param, ParamId, ParamKind, Part,
-    PathKind, Resources, Step, StepId, StepInput, StepOutput, Template, Tool, VarField, Workflow,
+    PathKind, Resources, SandboxDecl, Step, StepId, StepInput, StepOutput, Template, Tool,
+    VarField, Workflow,
 };
 use crate::names::{NAME_RULE, did_you_mean, is_valid_name, list};
 use crate::source::{FileId, SourceMap, Span};
 use crate::syntax::ast::{Literal, Node, Str, Value};
 use crate::template::{self, Piece};
 use crate::units;
+
+mod sandbox;
 use compact_str::CompactString;
 use rustc_hash::FxHashMap as HashMap;
 use std::collections::hash_map::Entry as MapEntry;
 use std::path::PathBuf;
 
-const TOP_LEVEL: [&str; 7] = [
-    "pipeline", "param", "input", "tool", "env", "include", "step",
+const TOP_LEVEL: [&str; 8] = [
+    "pipeline", "param", "input", "tool", "env", "sandbox", "include", "step",
 ];
-const STEP_LEVEL: [&str; 9] = [
+const STEP_LEVEL: [&str; 11] = [
     "foreach",
     "in",
     "out",
@@ -32,6 +35,8 @@ const STEP_LEVEL: [&str; 9] = [
     "retry",
     "env",
     "tool",
+    "sandbox",
+    "network",
 ];
 const RESOURCES: [&str; 5] = ["cpus", "memory", "gpus", "time", "disk"];
 const RESERVED_VARS: [&str; 5] = ["in", "out", "param", "cpus", "log"];
@@ -59,6 +64,8 @@ pub(crate) fn declare(
     let mut name: Option<(String, Span)> = None;
     let mut tools = Vec::new();
     let mut env = Vec::new();
+    let mut sandbox = SandboxDecl::default();
+    let mut seen_sandbox = None;
     // Room for every node: growing a vector of large drafts by doubling would
     // leave up to half of it unused at the peak (100,000 steps: 20 MB).
     let mut drafts: Vec<StepDraft> = Vec::with_capacity(nodes.size_hint().1.unwrap_or(0));
@@ -78,6 +85,7 @@ pub(crate) fn declare(
             "input" => cx.input(&node),
             "tool" => cx.tool(&node, &mut tools),
             "env" => cx.env(&node, &mut env),
+            "sandbox" => cx.sandbox(&node, &mut sandbox, &mut seen_sandbox),
             "step" => {
                 if let Some(d) = cx.step_draft(&node) {
                     drafts.push(d);
@@ -98,6 +106,7 @@ pub(crate) fn declare(
         name,
         tools,
         env,
+        sandbox,
         drafts,
         params: cx.params,
         inputs: cx.inputs,
@@ -111,6 +120,7 @@ pub(crate) struct Declared {
     name: Option<(String, Span)>,
     tools: Vec<Tool>,
     env: Vec<EnvVar>,
+    sandbox: SandboxDecl,
     drafts: Vec<StepDraft>,
     params: Vec<Param>,
     inputs: Vec<Input>,
@@ -129,6 +139,7 @@ pub(crate) fn resolve(
         name,
         tools,
         env,
+        sandbox,
         mut drafts,
         params,
         inputs,
@@ -192,6 +203,14 @@ pub(crate) fn resolve(
             );
         }
     }
+    // What a sandbox reads must not hold the workspace, nor lie in it.
+    let workspace = std::fs::canonicalize(&root).unwrap_or_else(|_| root.clone());
+    cx.reads_outside_workspace(&sandbox.read, &workspace);
+    for s in steps.iter().flatten() {
+        if let Some(own) = &s.sandbox {
+            cx.reads_outside_workspace(&own.read, &workspace);
+        }
+    }
     let damaged = drafts.iter().any(|d| d.damaged);
     let mut edges: Vec<checks::Edge> = steps
         .iter()
@@ -214,6 +233,7 @@ pub(crate) fn resolve(
         inputs: cx.inputs,
         tools,
         env,
+        sandbox,
         steps,
         topo_order: topo?,
     })
@@ -249,6 +269,8 @@ struct StepDraft {
     retry: u32,
     env: Vec<EnvVar>,
     tools: Vec<Tool>,
+    sandbox: Option<Box<SandboxDecl>>,
+    network: bool,
 }
 
 /// Finds a step's inputs or outputs by name: by a scan while they are few, by a
@@ -882,6 +904,8 @@ impl<'a> Lower<'a> {
             retry: 0,
             env: Vec::new(),
             tools: Vec::new(),
+            sandbox: None,
+            network: false,
         };
         if node.children().is_none() && !node.damaged {
             self.push(
@@ -894,6 +918,7 @@ impl<'a> Lower<'a> {
         let mut seen_retry = None;
         let mut seen_log: Option<Span> = None;
         let mut seen_run: Option<Span> = None;
+        let (mut seen_sandbox, mut seen_network) = (None, None);
         for child in node.child_nodes() {
             d.damaged |= child.damaged;
             if child.damaged {
@@ -1012,6 +1037,15 @@ impl<'a> Lower<'a> {
                 }
                 "env" => self.env(child, &mut d.env),
                 "tool" => self.tool(child, &mut d.tools),
+                "sandbox" => {
+                    let decl = d.sandbox.get_or_insert_default();
+                    self.sandbox(child, decl, &mut seen_sandbox);
+                }
+                "network" => {
+                    if once(self, &mut seen_network) {
+                        self.network(child, &mut d.network);
+                    }
+                }
                 other => self.unknown_node(
                     child,
                     other,
@@ -1386,6 +1420,8 @@ impl<'a> Lower<'a> {
             retry: d.retry,
             env: std::mem::take(&mut d.env),
             tools: std::mem::take(&mut d.tools),
+            sandbox: d.sandbox.take(),
+            network: d.network,
             deps,
             span: d.span,
             name_span: d.name.span,

@@ -54,6 +54,9 @@ pub struct Workflow {
     pub tools: Vec<Tool>,
     /// Environment every step gets.
     pub env: Vec<EnvVar>,
+    /// What every step's sandbox allows (`sandbox` at the top of the pipeline).
+    #[serde(skip_serializing_if = "SandboxDecl::is_unsaid")]
+    pub sandbox: SandboxDecl,
     pub steps: Vec<Step>,
     /// Every step after all the steps it depends on.
     pub topo_order: Vec<StepId>,
@@ -92,6 +95,22 @@ impl Workflow {
                     .map(str::to_string),
             ),
         }
+    }
+
+    /// Whether `step` runs sandboxed in a run that sandboxes: as its own
+    /// `sandbox` says, else as the pipeline's does, else yes.
+    pub fn sandboxed(&self, step: &Step) -> bool {
+        (step.sandbox.as_ref().and_then(|s| s.enabled))
+            .or(self.sandbox.enabled)
+            .unwrap_or(true)
+    }
+
+    /// The folders `step`'s sandbox reads where they are (`sandbox { read … }`):
+    /// the pipeline's, then the step's own.
+    pub fn sandbox_reads<'a>(&'a self, step: &'a Step) -> impl Iterator<Item = &'a str> + 'a {
+        (self.sandbox.read.iter())
+            .chain(step.sandbox.iter().flat_map(|s| s.read.iter()))
+            .map(|r| r.path.as_str())
     }
 
     /// Step-level edges `(upstream, downstream)`, each once, in step order.
@@ -180,6 +199,13 @@ pub struct Step {
     pub retry: u32,
     pub env: Vec<EnvVar>,
     pub tools: Vec<Tool>,
+    /// Its `sandbox` line, where it has one (boxed: most steps have none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<Box<SandboxDecl>>,
+    /// `network #true`: it may reach the network, so its result may depend on
+    /// more than its key (the key says it is impure).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub network: bool,
     /// The steps whose outputs this one reads, sorted, each once.
     pub deps: Vec<StepId>,
     #[serde(skip)]
@@ -341,6 +367,35 @@ impl VarField {
             VarField::Dir => path.rsplit_once('/').map_or(".", |(d, _)| d),
         }
     }
+}
+
+/// A `sandbox` line: whether steps run sandboxed and which folders, besides
+/// the system's, they read where they are (docs/language.md, "What a step can
+/// see").
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct SandboxDecl {
+    /// `sandbox #true` or `sandbox #false`; `None` where it does not say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// `sandbox { read "/cvmfs" }`: absolute folders, as declared (without a
+    /// trailing `/`); they enter the key as paths.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub read: Vec<ReadFolder>,
+}
+
+impl SandboxDecl {
+    /// No `sandbox` line said anything.
+    pub fn is_unsaid(&self) -> bool {
+        self.enabled.is_none() && self.read.is_empty()
+    }
+}
+
+/// A folder a sandbox reads (`read "/cvmfs"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReadFolder {
+    pub path: CompactString,
+    #[serde(skip)]
+    pub span: Span,
 }
 
 /// What a step asks of the machine that runs it.

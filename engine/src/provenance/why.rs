@@ -58,6 +58,10 @@ pub struct Explanation {
     /// The earlier run whose key of this instance this one is compared with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compared_with_run: Option<i64>,
+    /// Why its key cannot cover all its result depends on (`network`, from
+    /// `network #true`); empty for a pure step.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub impure: Vec<String>,
     pub causes: Vec<Cause>,
 }
 
@@ -84,6 +88,9 @@ pub struct Execution {
     pub wall_ms: i64,
     pub outcome: String,
     pub exit_code: Option<i64>,
+    /// Whether its command ran sandboxed, where the record says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandboxed: Option<bool>,
 }
 
 impl From<&RunRow> for Execution {
@@ -96,6 +103,7 @@ impl From<&RunRow> for Execution {
             wall_ms: r.finished_ms - r.started_ms,
             outcome: r.outcome.clone(),
             exit_code: r.exit_code,
+            sandboxed: r.sandboxed,
         }
     }
 }
@@ -337,6 +345,9 @@ impl Explainer<'_> {
             },
             made_by,
             compared_with_run: before.as_ref().map(|b| b.session),
+            impure: (self.store.derivation(&now.key)?)
+                .map(|m| crate::keys::impurities(&m))
+                .unwrap_or_default(),
             causes: Vec::new(),
         };
         // A result reused as the target: nothing ran, nothing to explain.

@@ -378,8 +378,8 @@ fn write_spec(
             .unwrap_or_default(),
         core_watts: side.model.core_watts,
         memory_watts_per_gb: side.model.memory_watts_per_gb,
-        sandbox: worker.sandbox,
-        outside: job.outside.clone(),
+        sandbox: worker.sandbox && job.sandbox.is_some(),
+        allows: job.sandbox.clone().unwrap_or_default(),
     };
     let path = folder.join(SPEC);
     let bytes = serde_json::to_vec_pretty(&spec).map_err(|e| e.to_string())?;

@@ -4,6 +4,7 @@
 use super::scratch::Placement;
 use crate::instantiate::{FileRef, InstanceId, Instances};
 use mustbuild_executors::ExecRequest;
+use mustbuild_executors::sandbox::Allowances;
 use mustbuild_lang::model::{PathKind, Workflow};
 use mustbuild_store::{Digest, OutputKind};
 use std::path::PathBuf;
@@ -35,9 +36,9 @@ pub(crate) struct Job {
     pub(crate) key: Digest,
     /// What to put in the scratch folder before the command runs.
     pub(crate) placements: Vec<Placement>,
-    /// Declared inputs outside the pipeline's folder, read where they are
-    /// (by absolute path): a sandbox lets the command read them.
-    pub(crate) outside: Vec<PathBuf>,
+    /// What its sandbox allows besides its folder, where the run sandboxes:
+    /// `None` when its step says `sandbox #false`.
+    pub(crate) sandbox: Option<Allowances>,
     pub(crate) request: ExecRequest,
 }
 
@@ -91,6 +92,12 @@ pub(crate) fn prepare(
         }
     }
     let request = exec_request(wf, instances, id, path_var);
+    let step = wf.step(inst.step);
+    let sandbox = wf.sandboxed(step).then(|| Allowances {
+        inputs: outside,
+        read: wf.sandbox_reads(step).map(PathBuf::from).collect(),
+        network: step.network,
+    });
     Job {
         id,
         lock: None,
@@ -106,7 +113,7 @@ pub(crate) fn prepare(
         expected: None,
         key,
         placements,
-        outside,
+        sandbox,
         request,
     }
 }

@@ -140,10 +140,11 @@ pub(crate) struct Worker<'a> {
 pub(crate) fn work(worker: &Worker<'_>, mut job: Job) -> Done {
     let placements = std::mem::take(&mut job.placements);
     worker.scratch.take(&mut job.request);
-    if worker.sandbox {
+    if worker.sandbox
+        && let Some(allows) = &job.sandbox
+    {
         let r = &job.request;
-        let sandbox = Sandbox::for_step(&r.dir, &r.env, &job.outside, false);
-        job.request.sandbox = Some(sandbox);
+        job.request.sandbox = Some(Sandbox::for_step(&r.dir, &r.env, allows));
     }
     let ticket = job.ticket;
     // While another process holds the derivation, later jobs do not wait for this one.

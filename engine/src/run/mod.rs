@@ -23,6 +23,7 @@ mod job;
 mod local;
 mod materialise;
 mod record;
+mod refusal;
 mod scratch;
 
 use batch::Task;
@@ -980,9 +981,11 @@ pub fn run(
                         }
                         failed[job.id.index()] = true;
                         let log_tail = tail(&log, 20);
-                        let refused = match &job.request.sandbox {
-                            Some(_) => mustbuild_executors::sandbox::refused_paths(&log_tail),
-                            None => Vec::new(),
+                        // Sandboxed here, or on the node where its kernel can.
+                        let refused = if options.sandbox && job.sandbox.is_some() {
+                            mustbuild_executors::sandbox::refused_paths(&log_tail)
+                        } else {
+                            Vec::new()
                         };
                         on_event(Event::Failed {
                             step: step.name.to_string(),
@@ -992,13 +995,7 @@ pub fn run(
                         });
                         if !refused.is_empty() {
                             on_event(Event::Warning {
-                                message: format!(
-                                    "`{}` ran sandboxed, which refused {}: declare what it \
-                                     reads as an input (`in`) or a `tool`, write only its \
-                                     outputs, or run it with --no-sandbox",
-                                    step.name,
-                                    refused.join(", ")
-                                ),
+                                message: refusal::advice(&step.name, &refused, &root),
                             });
                         }
                         // Unless told to go on, nothing new starts; what runs finishes.
