@@ -182,6 +182,43 @@ step call {{
     drop(listener);
 }
 
+#[test]
+fn udp_is_off_in_the_sandbox_too_and_on_with_network_true() {
+    if !landlock() {
+        return;
+    }
+    let listener = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let pipeline = |network: &str| {
+        format!(
+            r#"pipeline "datagrams"
+step send {{
+    out x="x.txt"
+    run "python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b\"hi\", (\"127.0.0.1\", {port}))' && echo sent > {{out.x}}"
+    {network}
+}}
+"#
+        )
+    };
+    let dir = workspace(&pipeline(""));
+    let r = sandboxed(dir.path(), &[]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("PermissionError"), "{}", r.stderr);
+    listener
+        .set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = [0u8; 8];
+    assert!(listener.recv(&mut buf).is_err(), "nothing came through");
+    std::fs::write(dir.path().join("pipeline.kdl"), pipeline("network #true")).unwrap();
+    let r = sandboxed(dir.path(), &[]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    listener
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(listener.recv(&mut buf).unwrap(), 2);
+    assert_eq!(&buf[..2], b"hi");
+}
+
 /// `sandbox { read … }`, `network #true` and `sandbox #false`: each step
 /// declares what it may reach, the key holds the reads and the impurity, and
 /// `why` and `audit` say so.

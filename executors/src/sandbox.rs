@@ -11,8 +11,11 @@
 //! What a step gets: its folder (inputs placed there, `HOME` and `TMPDIR`
 //! inside it) to read and write; the system's program and library folders,
 //! `/etc`, `/proc`, `/dev` and what the step's `PATH` names to read and run;
-//! `/dev/null` and its kin to write; TCP neither out nor in unless the step
-//! may use the network. Not the workspace, the store, the user's home or
+//! `/dev/null` and its kin to write; no network unless the step may use it:
+//! Landlock refuses TCP connections and listening, and a seccomp filter on
+//! the same thread refuses to make UDP, raw and packet sockets, which
+//! Landlock has no rules for (io_uring's own socket operations pass beneath
+//! seccomp; Landlock still refuses their TCP). Not the workspace, the store, the user's home or
 //! `/tmp`: a step that reads or writes there fails with `EACCES`
 //! ("Permission denied"), and its log names the path. What a step's
 //! declaration adds ([`Allowances`]): its inputs outside the pipeline's folder,
@@ -217,10 +220,57 @@ fn restrict(sandbox: &Sandbox) -> Result<(), String> {
         .map_err(|e| why(&e))?
         .restrict_self()
         .map_err(|e| why(&e))?;
-    match status.ruleset {
-        RulesetStatus::NotEnforced => Err("the kernel enforced no part of the sandbox".into()),
-        RulesetStatus::FullyEnforced | RulesetStatus::PartiallyEnforced => Ok(()),
+    if let RulesetStatus::NotEnforced = status.ruleset {
+        return Err("the kernel enforced no part of the sandbox".into());
     }
+    if !sandbox.network {
+        let filter = no_datagrams().map_err(|e| why(e))?;
+        seccompiler::apply_filter(filter).map_err(|e| why(&e))?;
+    }
+    Ok(())
+}
+
+/// A seccomp filter that refuses, with `EACCES` as Landlock does, to make
+/// an Internet socket other than a stream (UDP, raw: `SOCK_DGRAM`,
+/// `SOCK_RAW`, whatever the flags or'ed in) or a packet socket. Built once.
+fn no_datagrams() -> Result<&'static seccompiler::BpfProgram, &'static String> {
+    use seccompiler::{
+        SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition as When,
+        SeccompFilter, SeccompRule,
+    };
+    static FILTER: std::sync::OnceLock<Result<seccompiler::BpfProgram, String>> =
+        std::sync::OnceLock::new();
+    FILTER
+        .get_or_init(|| {
+            let e = |e: &dyn std::fmt::Display| format!("seccomp: {e}");
+            // socket(domain, type, protocol): type's low 4 bits are the kind.
+            let rule = |domain: i32, kind: Option<i32>| {
+                let mut when = vec![When::new(0, Len::Dword, Op::Eq, domain as u64)];
+                if let Some(kind) = kind {
+                    when.push(When::new(1, Len::Dword, Op::MaskedEq(0xf), kind as u64));
+                }
+                (when.into_iter().collect::<Result<Vec<_>, _>>())
+                    .and_then(SeccompRule::new)
+                    .map_err(|x| e(&x))
+            };
+            let mut rules = Vec::new();
+            for domain in [libc::AF_INET, libc::AF_INET6] {
+                for kind in [libc::SOCK_DGRAM, libc::SOCK_RAW] {
+                    rules.push(rule(domain, Some(kind))?);
+                }
+            }
+            rules.push(rule(libc::AF_PACKET, None)?);
+            let arch = std::env::consts::ARCH.try_into().map_err(|x| e(&x))?;
+            let filter = SeccompFilter::new(
+                [(libc::SYS_socket, rules)].into_iter().collect(),
+                SeccompAction::Allow,
+                SeccompAction::Errno(libc::EACCES as u32),
+                arch,
+            )
+            .map_err(|x| e(&x))?;
+            filter.try_into().map_err(|x: seccompiler::BackendError| e(&x))
+        })
+        .as_ref()
 }
 
 /// Runs `start` (which starts the command) on a thread of its own, restricted
@@ -304,6 +354,40 @@ mod tests {
             std::fs::read_to_string(inside.join("ok.txt")).unwrap(),
             "fine"
         );
+    }
+
+    #[test]
+    fn without_the_network_no_tcp_udp_or_raw_socket_and_with_it_both() {
+        if support().is_err() {
+            return; // No Landlock here: nothing to check.
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let env = [("PATH".to_string(), "/usr/bin".to_string())];
+        let try_all = |network: bool| {
+            let allows = Allowances {
+                network,
+                ..Allowances::default()
+            };
+            let sandbox = Sandbox::for_step(tmp.path(), &env, &allows);
+            start_in(&sandbox, || {
+                let kind = |r: std::io::Result<()>| r.map_err(|e| e.kind());
+                Ok([
+                    kind(std::net::UdpSocket::bind("127.0.0.1:0").map(drop)),
+                    kind(std::net::UdpSocket::bind("[::1]:0").map(drop)),
+                    kind(std::net::TcpListener::bind("127.0.0.1:0").map(drop)),
+                ])
+            })
+            .unwrap()
+        };
+        let denied = Err(std::io::ErrorKind::PermissionDenied);
+        let [udp4, udp6, tcp] = try_all(false);
+        assert_eq!((udp4, tcp), (denied, denied));
+        // A host without IPv6 answers otherwise; never with a socket.
+        assert!(udp6.is_err());
+        let [udp4, _, tcp] = try_all(true);
+        assert_eq!((udp4, tcp), (Ok(()), Ok(())));
+        // The filter is the sandboxed thread's: this one still makes sockets.
+        assert!(std::net::UdpSocket::bind("127.0.0.1:0").is_ok());
     }
 
     #[test]
