@@ -833,6 +833,13 @@ struct RunFlags {
     /// warn and run them unsandboxed.
     #[arg(long)]
     require_sandbox: bool,
+    /// For each sandboxed step that is refused, find all it needs: it runs
+    /// again with each path it was refused allowed, until it succeeds or is
+    /// refused nothing new, and a report lists the paths with the line to
+    /// add. Nothing such a step makes is stored. Local steps only; add
+    /// --force to watch steps already realised.
+    #[arg(long, conflicts_with = "no_sandbox")]
+    sandbox_report: bool,
     /// Say what would run and why; run nothing.
     #[arg(long)]
     dry_run: bool,
@@ -1031,6 +1038,7 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         keep_going,
         no_sandbox,
         require_sandbox,
+        sandbox_report,
         dry_run,
         json,
         executor,
@@ -1306,6 +1314,13 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
     };
     // Where the kernel cannot sandbox, said once: the steps run unsandboxed
     // (or, when required, not at all).
+    if sandbox_report && batch.is_some() {
+        tell!("error: --sandbox-report watches steps on this machine only");
+        tell!(
+            "  help: run it without --executor (or with --executor local) to find what steps need"
+        );
+        return exit::USAGE;
+    }
     let sandbox = !no_sandbox
         && !dry_run
         && match mustbuild_executors::sandbox::support() {
@@ -1326,6 +1341,7 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         path_var,
         keep_going,
         sandbox,
+        sandbox_report: sandbox && sandbox_report,
         cancel: cancel.clone(),
         selected,
         force: forced,

@@ -9,26 +9,9 @@ use std::path::{Path, PathBuf};
 fn quickstart() -> (tempfile::TempDir, PathBuf, String) {
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("qs");
-    copy_dir(&common::root().join("examples/quickstart"), &dest);
+    common::copy_dir(&common::root().join("examples/quickstart"), &dest);
     let store = tmp.path().join("store").to_str().unwrap().to_string();
     (tmp, dest, store)
-}
-
-fn copy_dir(src: &Path, dest: &Path) {
-    std::fs::create_dir_all(dest).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dest.join(e.file_name());
-        // A local run of the example leaves results/ in the repository: not sources.
-        if e.file_name() == "results" {
-            continue;
-        }
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            std::fs::write(&to, std::fs::read(e.path()).unwrap()).unwrap();
-        }
-    }
 }
 
 /// `mustbuild run pipeline.kdl --store STORE ARGS…` in `dir`.

@@ -326,3 +326,121 @@ step free {{
     assert!(!outside.exists(), "free was reused, not run again");
     drop(listener);
 }
+
+/// `--sandbox-report`: a refused step runs again with what it was refused,
+/// until all it needs is known, and the report gives each path's line;
+/// nothing of it is stored.
+#[test]
+fn the_sandbox_report_lists_everything_a_step_needs_at_once() {
+    if !landlock() {
+        return;
+    }
+    let dir = workspace("");
+    let secret = dir.path().join("data/secret.txt");
+    std::fs::write(&secret, "not declared\n").unwrap();
+    let refs = tempfile::tempdir().unwrap();
+    std::fs::write(refs.path().join("genome.fa"), ">chr1\n").unwrap();
+    let outside = std::env::temp_dir().join(common::unique("report"));
+    std::fs::create_dir(&outside).unwrap();
+    let pipeline = format!(
+        r#"pipeline "report"
+step greedy {{
+    out x="a.txt"
+    run "cat {secret} > {{out.x}}; cat {refs}/genome.fa >> {{out.x}}; echo x > {outside}/made.txt"
+}}
+"#,
+        secret = secret.display(),
+        refs = refs.path().display(),
+        outside = outside.display(),
+    );
+    std::fs::write(dir.path().join("pipeline.kdl"), &pipeline).unwrap();
+    let r = sandboxed(dir.path(), &["--sandbox-report"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let expect = [
+        "sandbox report: `greedy` needs what its sandbox refuses (with all of it allowed, it succeeds".to_string(),
+        format!(
+            "read  {}: declare it as an input: in x=(file)\"data/secret.txt\"",
+            secret.display()
+        ),
+        format!(
+            "read  {}: declare it as an input (in x=(file)\"{}\"), or its folder as read (`sandbox {{ read \"{}\" }}`)",
+            refs.path().join("genome.fa").display(),
+            refs.path().join("genome.fa").display(),
+            refs.path().display()
+        ),
+        format!("write {}: a step writes only in its own folder", outside.join("made.txt").display()),
+    ];
+    for e in &expect {
+        assert!(r.stderr.contains(e.as_str()), "{e}\n{}", r.stderr);
+    }
+    // The step's own log is the refused run's, and nothing was stored.
+    assert!(
+        r.stderr
+            .contains(&format!("{}: Permission denied", secret.display()))
+    );
+    assert!(!dir.path().join("a.txt").exists());
+    // One execution recorded: the refused one, sandboxed, failed.
+    let stats = common::run(dir.path(), &["stats", "--json", "--store", "store"]);
+    assert_eq!(
+        common::sandboxed_runs(&stats.stdout),
+        (1, 1),
+        "{}",
+        stats.stdout
+    );
+    let v: serde_json::Value = serde_json::from_str(&stats.stdout).unwrap();
+    assert_eq!(v["steps"][0]["failed"], 1, "{}", stats.stdout);
+    let _ = std::fs::remove_dir_all(&outside);
+    // Not with a batch executor.
+    let r = sandboxed(dir.path(), &["--sandbox-report", "--executor", "slurm"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("--sandbox-report watches steps on this machine only")
+    );
+}
+
+#[test]
+fn the_quickstart_example_gives_the_same_bytes_sandboxed() {
+    if !landlock() {
+        return;
+    }
+    let results = |extra: &[&str]| {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("qs");
+        common::copy_dir(&common::root().join("examples/quickstart"), &dir);
+        let mut args = vec!["run", "pipeline.kdl", "--store", "../store"];
+        args.extend(extra);
+        let r = common::run(&dir, &args);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let stats = common::run(&dir, &["stats", "--json", "--store", "../store"]);
+        (
+            tree(&dir.join("results")),
+            common::sandboxed_runs(&stats.stdout),
+            tmp,
+        )
+    };
+    let (boxed, (sandboxed, runs), _a) = results(&[]);
+    let (free, (unsandboxed, _), _b) = results(&["--no-sandbox"]);
+    assert_eq!((sandboxed, unsandboxed), (runs, 0));
+    assert!(runs > 0 && boxed.len() >= 4, "{boxed:?}");
+    assert_eq!(boxed, free);
+}
+
+/// Every file below `dir`, by relative path, with its bytes.
+fn tree(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                let name = path.strip_prefix(dir).unwrap().display().to_string();
+                out.push((name, std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}

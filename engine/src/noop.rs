@@ -867,6 +867,7 @@ step head {
             cache: None,
             batch: None,
             sandbox: false,
+            sandbox_report: false,
         };
         let summary = run(wf, &instances, store, &options, &mut |_| {}).unwrap();
         assert_eq!(summary.executed, 2);

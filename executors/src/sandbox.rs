@@ -268,7 +268,9 @@ fn no_datagrams() -> Result<&'static seccompiler::BpfProgram, &'static String> {
                 arch,
             )
             .map_err(|x| e(&x))?;
-            filter.try_into().map_err(|x: seccompiler::BackendError| e(&x))
+            filter
+                .try_into()
+                .map_err(|x: seccompiler::BackendError| e(&x))
         })
         .as_ref()
 }

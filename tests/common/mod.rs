@@ -362,3 +362,22 @@ pub fn interrupt(child: std::process::Child) -> Output {
     assert!(kill.success(), "kill -INT {}", child.id());
     child.wait_with_output().expect("the binary ends")
 }
+
+/// A copy of the folder `src` at `dest`, but for a `results/` a local run of
+/// an example leaves in it.
+pub fn copy_dir(src: &Path, dest: &Path) {
+    std::fs::create_dir_all(dest).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dest.join(e.file_name());
+        // A local run of the example leaves results/ in the repository: not sources.
+        if e.file_name() == "results" {
+            continue;
+        }
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::write(&to, std::fs::read(e.path()).unwrap()).unwrap();
+        }
+    }
+}

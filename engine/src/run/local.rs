@@ -52,6 +52,8 @@ pub(crate) struct Done {
     /// Its folder was prepared for another to run (a DAGMan node's PRE
     /// script): not started here, and not skipped either.
     pub(crate) handed_over: bool,
+    /// What `--sandbox-report` found it needs beyond its sandbox.
+    pub(crate) sandbox_found: Option<super::refusal::Found>,
 }
 
 /// Takes the lock of a derivation key, so that two processes never run one
@@ -135,6 +137,9 @@ pub(crate) struct Worker<'a> {
     pub(crate) measure: &'a crate::measure::Measure,
     /// Commands run sandboxed.
     pub(crate) sandbox: bool,
+    /// A refused command is tried again with what it was refused, to find
+    /// all it needs (`--sandbox-report`).
+    pub(crate) sandbox_report: bool,
 }
 
 pub(crate) fn work(worker: &Worker<'_>, mut job: Job) -> Done {
@@ -185,6 +190,7 @@ pub(crate) fn locked(worker: &Worker<'_>, mut job: Job, waiting: &dyn Fn()) -> D
         energy: None,
         node: None,
         handed_over: false,
+        sandbox_found: None,
     }
 }
 
@@ -259,6 +265,7 @@ pub(crate) fn run_and_store(
         done.not_started = true;
         return Ok(());
     }
+    let mut found = None;
     let job = &mut done.job;
     let placed = place_inputs(store, scratch, placements);
     job.input_bytes = placed.as_ref().ok().copied();
@@ -273,7 +280,14 @@ pub(crate) fn run_and_store(
                 // A step that asked for none sees none (not every GPU).
                 job.request.gpus = Some(share.gpus.clone());
                 let measuring = measure.begin(&share.gpus);
-                let result = mustbuild_executors::run(&job.request, cancel);
+                let mut result = mustbuild_executors::run(&job.request, cancel);
+                if worker.sandbox_report
+                    && result.spawned
+                    && result.outcome != Outcome::Succeeded
+                    && !cancel.is_cancelled()
+                {
+                    (result, found) = find_needs(worker, placements, job, result);
+                }
                 let cpu = result.usage.user_cpu + result.usage.system_cpu;
                 done.energy = Some(measure.end(measuring, cpu));
                 // The command is over: its CPUs, memory and GPUs go to the next one.
@@ -289,8 +303,58 @@ pub(crate) fn run_and_store(
             "cannot prepare the scratch folder: {e}"
         ))),
     };
+    done.sandbox_found = found;
     let log = done.job.request.log.clone();
     store_made(worker, done, &scratch.root, &log)
+}
+
+/// The most times `--sandbox-report` runs a command again.
+const MAX_REPORT_TRIES: usize = 16;
+
+/// `--sandbox-report` for a sandboxed command that failed (`first`): while
+/// its log names paths the sandbox refused, it runs again (inputs placed
+/// anew) with them allowed. What it needed, if anything; `first` stays the
+/// job's result, with its log, so that nothing of it is stored.
+fn find_needs(
+    worker: &Worker<'_>,
+    placements: &[Placement],
+    job: &Job,
+    first: mustbuild_executors::ExecResult,
+) -> (
+    mustbuild_executors::ExecResult,
+    Option<super::refusal::Found>,
+) {
+    let Some(mut sandbox) = job.request.sandbox.clone() else {
+        return (first, None);
+    };
+    let log = &job.request.log;
+    let first_log = std::fs::read(log).unwrap_or_default();
+    let mut needs = Vec::new();
+    let mut then_succeeded = false;
+    let mut text = String::from_utf8_lossy(&first_log).into_owned();
+    for _ in 0..MAX_REPORT_TRIES {
+        let mut widened = false;
+        for path in mustbuild_executors::sandbox::refused_paths(&text) {
+            widened |= super::refusal::widen(&mut sandbox, &job.request.dir, &path, &mut needs);
+        }
+        if !widened || place_inputs(worker.store, &worker.scratch, placements).is_err() {
+            break;
+        }
+        let mut again = job.request.clone();
+        again.sandbox = Some(sandbox.clone());
+        let result = mustbuild_executors::run(&again, &worker.cancel);
+        then_succeeded = result.outcome == Outcome::Succeeded;
+        if then_succeeded || worker.cancel.is_cancelled() {
+            break;
+        }
+        text = String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned();
+    }
+    let _ = std::fs::write(log, &first_log);
+    let found = (!needs.is_empty()).then_some(super::refusal::Found {
+        needs,
+        then_succeeded,
+    });
+    (first, found)
 }
 
 /// What a command that ended left: its log, and when it succeeded its

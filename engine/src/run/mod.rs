@@ -150,6 +150,10 @@ pub struct RunOptions {
     /// Local commands run sandboxed (`mustbuild_executors::sandbox`): each
     /// sees its folder, the system and its `PATH`, and no network.
     pub sandbox: bool,
+    /// A sandboxed command that is refused runs again with what it was
+    /// refused, to list everything it needs (`--sandbox-report`); nothing
+    /// of it is stored.
+    pub sandbox_report: bool,
 }
 
 /// What happened to one instance.
@@ -457,6 +461,7 @@ pub fn run(
                     root,
                     measure,
                     sandbox: options.sandbox,
+                    sandbox_report: options.sandbox_report,
                 };
                 loop {
                     let job = match rx.lock() {
@@ -886,6 +891,7 @@ pub fn run(
                         handed_over,
                         events,
                         materialised,
+                        sandbox_found,
                         ..
                     } = done;
                     for e in events {
@@ -993,7 +999,11 @@ pub fn run(
                             outcome,
                             log_tail,
                         });
-                        if !refused.is_empty() {
+                        if let Some(found) = &sandbox_found {
+                            on_event(Event::Warning {
+                                message: refusal::report(&step.name, found, &root),
+                            });
+                        } else if !refused.is_empty() {
                             on_event(Event::Warning {
                                 message: refusal::advice(&step.name, &refused, &root),
                             });

@@ -1,7 +1,103 @@
 //! What to tell a user whose step the sandbox refused: for each path its log
 //! names, the line to add to the pipeline.
 
-use std::path::Path;
+use mustbuild_executors::sandbox::Sandbox;
+use std::path::{Component, Path, PathBuf};
+
+/// A path a step needed beyond what its sandbox allows, found by
+/// `--sandbox-report`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Need {
+    pub(crate) path: PathBuf,
+    pub(crate) write: bool,
+}
+
+/// What `--sandbox-report` found for one step: what it needed, and how it
+/// ended once all of that was allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Found {
+    pub(crate) needs: Vec<Need>,
+    pub(crate) then_succeeded: bool,
+}
+
+/// Allows `sandbox` what it refused at `refused` (as the step's log names it,
+/// relative to the step's folder `dir`): to read a path that is there, then,
+/// refused again, to write beside it; to write where a path is not there.
+/// False when there is nothing more to allow.
+pub(crate) fn widen(
+    sandbox: &mut Sandbox,
+    dir: &Path,
+    refused: &str,
+    needs: &mut Vec<Need>,
+) -> bool {
+    let path = lexical(&dir.join(refused));
+    let had = |write: bool| needs.iter().any(|n| n.path == path && n.write == write);
+    if had(true) {
+        return false;
+    }
+    let write = had(false) || !path.exists();
+    if write {
+        // The nearest folder that is there (writing a file needs its folder).
+        let start = if path.is_dir() {
+            Some(path.as_path())
+        } else {
+            path.parent()
+        };
+        let folder = start
+            .into_iter()
+            .flat_map(Path::ancestors)
+            .find(|a| a.is_dir())
+            .unwrap_or(Path::new("/"));
+        sandbox.write.push(folder.to_path_buf());
+    } else {
+        sandbox.inputs.push(path.clone());
+    }
+    needs.push(Need { path, write });
+    true
+}
+
+/// `path` without `.` and `..` (as the kernel would walk it, links aside).
+fn lexical(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The report for step `step` of what it needed (`--sandbox-report`).
+pub(crate) fn report(step: &str, found: &Found, root: &Path) -> String {
+    let canonical = std::fs::canonicalize(root).ok();
+    let lines: Vec<String> = (found.needs.iter())
+        .map(|n| {
+            let shown = n.path.display().to_string();
+            let fix = if n.write {
+                "a step writes only in its own folder (TMPDIR and HOME are in it), and its \
+                 declared outputs are kept: write there"
+                    .to_string()
+            } else {
+                fix(&shown, root, canonical.as_deref())
+            };
+            format!("{} {shown}: {fix}", if n.write { "write" } else { "read " })
+        })
+        .collect();
+    let then = if found.then_succeeded {
+        "with all of it allowed, it succeeds"
+    } else {
+        "with all of it allowed, it still fails (see its log)"
+    };
+    format!(
+        "sandbox report: `{step}` needs what its sandbox refuses ({then}; nothing of it was \
+         stored):\n  {}",
+        lines.join("\n  ")
+    )
+}
 
 /// The warning for step `step`, whose sandbox refused `refused` (as its log
 /// names them); `root` is the pipeline's folder, absolute.
@@ -88,5 +184,48 @@ mod tests {
         );
         assert!(text.contains("writes only in its own folder"), "{text}");
         assert!(text.contains("at their paths in the workspace"), "{text}");
+    }
+
+    #[test]
+    fn widening_allows_a_read_then_a_write_and_then_nothing_more() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("scratch/1");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(tmp.path().join("data.csv"), "x").unwrap();
+        let mut sandbox = Sandbox::default();
+        let mut needs = Vec::new();
+        // `../../data.csv` from the step's folder: read where it is.
+        assert!(widen(&mut sandbox, &dir, "../../data.csv", &mut needs));
+        let data = tmp.path().join("data.csv");
+        assert_eq!(sandbox.inputs, std::slice::from_ref(&data));
+        // Refused again: it writes it; its folder becomes writable.
+        assert!(widen(
+            &mut sandbox,
+            &dir,
+            &data.display().to_string(),
+            &mut needs
+        ));
+        assert_eq!(sandbox.write, [tmp.path().to_path_buf()]);
+        assert!(!widen(&mut sandbox, &dir, "../../data.csv", &mut needs));
+        // A file that is not there: its nearest folder that is.
+        let new = tmp.path().join("made/deep/out.txt");
+        assert!(widen(
+            &mut sandbox,
+            &dir,
+            &new.display().to_string(),
+            &mut needs
+        ));
+        assert_eq!(sandbox.write.last().unwrap(), tmp.path());
+        let found = Found {
+            needs,
+            then_succeeded: true,
+        };
+        let text = report("s", &found, &tmp.path().join("w"));
+        assert!(
+            text.contains(&format!("read  {}", data.display())),
+            "{text}"
+        );
+        assert!(text.contains(&format!("write {}", new.display())), "{text}");
+        assert!(text.contains("it succeeds"), "{text}");
     }
 }
