@@ -1342,6 +1342,7 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         keep_going,
         sandbox,
         sandbox_report: sandbox && sandbox_report,
+        require_sandbox,
         cancel: cancel.clone(),
         selected,
         force: forced,

@@ -444,3 +444,116 @@ fn tree(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
     out.sort();
     out
 }
+
+/// Runs `mustbuild ARGS` in `dir` as on a kernel without Landlock: a
+/// seccomp filter, set by python3 before it becomes mustbuild, answers the
+/// three Landlock calls with ENOSYS, as such a kernel does (x86-64 numbers).
+fn without_landlock(dir: &std::path::Path, args: &[&str]) -> common::Run {
+    const NO_LANDLOCK: &str = r#"
+import ctypes, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+ins = lambda code, jt, jf, k: struct.pack("HBBI", code, jt, jf, k)
+prog = [
+    ins(0x20, 0, 0, 4), ins(0x15, 0, 5, 0xC000003E),          # x86-64, else allow
+    ins(0x20, 0, 0, 0),                                        # the call's number
+    ins(0x15, 2, 0, 444), ins(0x15, 1, 0, 445), ins(0x15, 0, 1, 446),
+    ins(0x06, 0, 0, 0x00050000 | 38),                          # ENOSYS
+    ins(0x06, 0, 0, 0x7FFF0000),                               # allow
+]
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+code = ctypes.create_string_buffer(b"".join(prog))
+p = Prog(len(prog), ctypes.cast(code, ctypes.c_void_p))
+assert libc.prctl(38, 1, 0, 0, 0) == 0                         # no new privileges
+assert libc.syscall(317, 1, 0, ctypes.byref(p)) == 0           # seccomp(SET_MODE_FILTER)
+os.execv(sys.argv[1], sys.argv[1:])
+"#;
+    let cmd = common::mustbuild(dir);
+    let mut python = std::process::Command::new("python3");
+    python
+        .current_dir(dir)
+        .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .args(["-c", NO_LANDLOCK])
+        .arg(cmd.get_program())
+        .args(args);
+    common::output(&mut python)
+}
+
+#[test]
+fn without_landlock_a_run_says_so_once_and_records_it_and_can_refuse() {
+    if std::env::consts::ARCH != "x86_64" {
+        return; // The filter above knows x86-64's call numbers only.
+    }
+    let dir = workspace(FAN_OUT);
+    let r = without_landlock(dir.path(), &["run", "pipeline.kdl", "--store", "store"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let warning = "warning: steps run unsandboxed: this kernel has no Landlock";
+    assert_eq!(r.stderr.matches(warning).count(), 1, "{}", r.stderr);
+    let stats = common::run(dir.path(), &["stats", "--json", "--store", "store"]);
+    assert_eq!(common::sandboxed_runs(&stats.stdout), (0, 4));
+    // Asked to require it: an error, and nothing runs.
+    let again = workspace(FAN_OUT);
+    let r = without_landlock(
+        again.path(),
+        &[
+            "run",
+            "pipeline.kdl",
+            "--store",
+            "store",
+            "--require-sandbox",
+        ],
+    );
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("error: steps cannot be sandboxed: this kernel has no Landlock"),
+        "{}",
+        r.stderr
+    );
+    assert!(!again.path().join("results").exists());
+}
+
+#[test]
+fn a_batch_node_without_landlock_fails_a_step_whose_run_requires_the_sandbox() {
+    if std::env::consts::ARCH != "x86_64" {
+        return; // As above.
+    }
+    let job = |require_sandbox: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(mustbuild_engine::worker::WORK)).unwrap();
+        let spec = mustbuild_engine::worker::Spec {
+            label: "step".into(),
+            command: "echo made > out.txt".into(),
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            outputs: vec!["out.txt".into()],
+            time_limit_ms: None,
+            gpus: 0,
+            tools: Vec::new(),
+            core_watts: 10.0,
+            memory_watts_per_gb: 0.4,
+            sandbox: true,
+            allows: Default::default(),
+            require_sandbox,
+        };
+        let path = dir.path().join(mustbuild_engine::worker::SPEC);
+        std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
+        let r = without_landlock(dir.path(), &["worker", path.to_str().unwrap()]);
+        let result = dir.path().join(mustbuild_engine::worker::RESULT);
+        let result: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(result).expect(&r.stderr)).unwrap();
+        (result, dir)
+    };
+    let (r, _dir) = job(false);
+    assert_eq!(
+        (r["outcome"].as_str(), r["sandboxed"].as_bool()),
+        (Some("succeeded"), Some(false))
+    );
+    let (r, dir) = job(true);
+    assert_eq!(r["outcome"], "infrastructure", "{r}");
+    let detail = r["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("this node cannot sandbox the step"),
+        "{detail}"
+    );
+    assert!(!dir.path().join("work/out.txt").exists(), "it did not run");
+}

@@ -868,6 +868,7 @@ step head {
             batch: None,
             sandbox: false,
             sandbox_report: false,
+            require_sandbox: false,
         };
         let summary = run(wf, &instances, store, &options, &mut |_| {}).unwrap();
         assert_eq!(summary.executed, 2);

@@ -48,6 +48,10 @@ pub struct Spec {
     pub sandbox: bool,
     #[serde(default)]
     pub allows: Allowances,
+    /// A node that cannot sandbox fails the step rather than run it
+    /// unsandboxed (`--require-sandbox`).
+    #[serde(default)]
+    pub require_sandbox: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -282,7 +286,16 @@ pub fn run(
     let job = spec_path.parent().unwrap_or(Path::new("."));
     let job = std::path::absolute(job).unwrap_or_else(|_| job.to_path_buf());
     let work = job.join(WORK);
-    let result = match tool_mismatch(&spec.tools, digests) {
+    let unsandboxable = || {
+        let why = (spec.sandbox && spec.require_sandbox)
+            .then(|| mustbuild_executors::sandbox::support().err())
+            .flatten()?;
+        Some(format!(
+            "this node cannot sandbox the step ({why}), and the run requires it \
+             (--require-sandbox)"
+        ))
+    };
+    let result = match tool_mismatch(&spec.tools, digests).or_else(unsandboxable) {
         Some(why) => NodeResult::from_exec(&ExecResult {
             outcome: Outcome::Infrastructure(why),
             usage: Usage::default(),

@@ -379,6 +379,7 @@ fn write_spec(
         core_watts: side.model.core_watts,
         memory_watts_per_gb: side.model.memory_watts_per_gb,
         sandbox: worker.sandbox && job.sandbox.is_some(),
+        require_sandbox: worker.require_sandbox,
         allows: job.sandbox.clone().unwrap_or_default(),
     };
     let path = folder.join(SPEC);

@@ -137,6 +137,8 @@ pub(crate) struct Worker<'a> {
     pub(crate) measure: &'a crate::measure::Measure,
     /// Commands run sandboxed.
     pub(crate) sandbox: bool,
+    /// Batch nodes that cannot sandbox fail the step (`--require-sandbox`).
+    pub(crate) require_sandbox: bool,
     /// A refused command is tried again with what it was refused, to find
     /// all it needs (`--sandbox-report`).
     pub(crate) sandbox_report: bool,

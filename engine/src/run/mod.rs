@@ -154,6 +154,9 @@ pub struct RunOptions {
     /// refused, to list everything it needs (`--sandbox-report`); nothing
     /// of it is stored.
     pub sandbox_report: bool,
+    /// Batch nodes that cannot sandbox a step fail it rather than run it
+    /// unsandboxed (this machine's kernel was checked by the caller).
+    pub require_sandbox: bool,
 }
 
 /// What happened to one instance.
@@ -462,6 +465,7 @@ pub fn run(
                     measure,
                     sandbox: options.sandbox,
                     sandbox_report: options.sandbox_report,
+                    require_sandbox: options.require_sandbox,
                 };
                 loop {
                     let job = match rx.lock() {
