@@ -557,3 +557,52 @@ fn a_batch_node_without_landlock_fails_a_step_whose_run_requires_the_sandbox() {
     );
     assert!(!dir.path().join("work/out.txt").exists(), "it did not run");
 }
+
+/// A declared tool found on `PATH` through a link into an installation
+/// elsewhere (a conda environment's `bin/`) runs, and reads its own
+/// installation, sandboxed.
+#[test]
+fn a_declared_tool_linked_from_path_runs_with_its_installation() {
+    if !landlock() {
+        return;
+    }
+    let elsewhere = tempfile::tempdir().unwrap();
+    let env = elsewhere.path().join("env");
+    std::fs::create_dir_all(env.join("bin")).unwrap();
+    std::fs::create_dir_all(env.join("share")).unwrap();
+    std::fs::write(env.join("share/greeting.txt"), "hello from the env\n").unwrap();
+    let tool = env.join("bin/greet");
+    std::fs::write(
+        &tool,
+        format!("#!/bin/sh\ncat {}/share/greeting.txt\n", env.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let on_path = elsewhere.path().join("path");
+    std::fs::create_dir(&on_path).unwrap();
+    std::os::unix::fs::symlink(&tool, on_path.join("greet")).unwrap();
+    let dir = workspace(
+        r#"pipeline "tools"
+tool greet
+step hello {
+    out x="hello.txt"
+    run "greet > {out.x}"
+}
+"#,
+    );
+    let path = format!("{}:/usr/bin:/bin", on_path.display());
+    let r = common::output(common::mustbuild(dir.path()).env("PATH", &path).args([
+        "run",
+        "pipeline.kdl",
+        "--store",
+        "store",
+    ]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("hello.txt")).unwrap(),
+        "hello from the env\n"
+    );
+    let stats = common::run(dir.path(), &["stats", "--json", "--store", "store"]);
+    assert_eq!(common::sandboxed_runs(&stats.stdout), (1, 1));
+}

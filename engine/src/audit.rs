@@ -10,7 +10,7 @@
 
 use crate::instantiate::{InstanceId, Instances};
 use crate::keys::{key_from_outputs, resolve_tools};
-use crate::run::{RunError, Scratch, in_order, place_inputs, prepare};
+use crate::run::{RunError, Scratch, in_order, place_inputs, prepare, tool_folders};
 use mustbuild_executors::sandbox::Sandbox;
 use mustbuild_executors::{CancelToken, Outcome};
 use mustbuild_lang::model::{PathKind, Workflow};
@@ -77,6 +77,7 @@ pub fn audit(
     on_verdict: &mut dyn FnMut(&Verdict),
 ) -> Result<Vec<Verdict>, RunError> {
     let tools = resolve_tools(wf, store, &options.path_var)?;
+    let tool_reads = tool_folders(wf, &tools);
     let n = instances.all.len();
     let mut outputs: Vec<Option<Vec<Digest>>> = vec![None; n];
     let mut kinds: Vec<Option<Vec<OutputKind>>> = vec![None; n];
@@ -117,6 +118,7 @@ pub fn audit(
         }
         let finding = audit_one(
             (wf, instances, store),
+            &tool_reads[instances.get(id).step.index()],
             (&outputs, &kinds),
             (id, key),
             &scratch,
@@ -153,6 +155,7 @@ type Known<'a> = (&'a [Option<Vec<Digest>>], &'a [Option<Vec<OutputKind>>]);
 
 fn audit_one(
     (wf, instances, store): (&Workflow, &Instances, &LocalStore),
+    tool_reads: &[std::path::PathBuf],
     (outputs, kinds): Known<'_>,
     (id, key): (InstanceId, Digest),
     scratch: &Scratch,
@@ -161,6 +164,9 @@ fn audit_one(
     let inst = instances.get(id);
     let step = wf.step(inst.step);
     let mut job = prepare(wf, instances, id, key, outputs, kinds, &options.path_var);
+    if let Some(allows) = &mut job.sandbox {
+        allows.read.extend(tool_reads.iter().cloned());
+    }
     place_inputs(store, scratch, &job.placements)?;
     scratch.take(&mut job.request);
     if options.sandbox

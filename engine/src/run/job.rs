@@ -118,6 +118,36 @@ pub(crate) fn prepare(
     }
 }
 
+/// For each step, the folders its declared tools need read beyond the
+/// `PATH`'s: the folder each resolves to, links followed (`python3` on
+/// `PATH` may be a link into a conda environment elsewhere), and the
+/// installation above a `…/bin`.
+pub(crate) fn tool_folders(
+    wf: &Workflow,
+    tools: &std::collections::BTreeMap<String, crate::keys::ToolIdentity>,
+) -> Vec<Vec<PathBuf>> {
+    (wf.steps.iter())
+        .map(|step| {
+            let mut folders: Vec<PathBuf> = Vec::new();
+            for t in wf.tools.iter().chain(&step.tools) {
+                let Some(folder) = tools.get(t.name.as_str()).and_then(|t| t.path.parent()) else {
+                    continue;
+                };
+                let prefix = (folder.file_name().is_some_and(|n| n == "bin"))
+                    .then(|| folder.parent())
+                    .flatten()
+                    .filter(|p| p != &std::path::Path::new("/"));
+                for f in [Some(folder), prefix].into_iter().flatten() {
+                    if !folders.iter().any(|x| x == f) {
+                        folders.push(f.to_path_buf());
+                    }
+                }
+            }
+            folders
+        })
+        .collect()
+}
+
 /// How an instance's command is run (its folder and log path left empty, for
 /// the caller): `run` and `audit` run a step the same way.
 pub(crate) fn exec_request(

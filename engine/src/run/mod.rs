@@ -28,7 +28,7 @@ mod scratch;
 
 use batch::Task;
 pub use batch::{Batch, System, advised, memory_and_disk};
-pub(crate) use job::prepare;
+pub(crate) use job::{prepare, tool_folders};
 use local::{Done, Message, Worker, work};
 use materialise::materialize_outputs;
 use record::{RecordedRun, run_record, tail};
@@ -262,6 +262,7 @@ pub fn run(
     on_event: &mut dyn FnMut(Event),
 ) -> Result<RunSummary, RunError> {
     let tools = resolve_tools(wf, store, &options.path_var)?;
+    let tool_reads = job::tool_folders(wf, &tools);
     let n = instances.all.len();
     let selected = |i: usize| options.selected.as_ref().is_none_or(|s| s[i]);
     // A step asking for more GPUs than there are would wait forever.
@@ -726,6 +727,10 @@ pub fn run(
                     let step = wf.step(instances.get(id).step);
                     let mut job =
                         prepare(wf, instances, id, key, &outputs, &kinds, &options.path_var);
+                    if let Some(allows) = &mut job.sandbox {
+                        let folders = &tool_reads[instances.get(id).step.index()];
+                        allows.read.extend(folders.iter().cloned());
+                    }
                     job.force = forced;
                     job.attempt = attempt;
                     job.ticket = tickets;
