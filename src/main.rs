@@ -1332,6 +1332,9 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
             }
             Err(why) => {
                 tell!("warning: steps run unsandboxed: {why} (--no-sandbox says it is meant)");
+                if sandbox_report {
+                    tell!("warning: --sandbox-report has no sandbox to report on here");
+                }
                 false
             }
         };
@@ -1341,7 +1344,7 @@ fn run_command(path: &Path, flags: RunFlags) -> u8 {
         path_var,
         keep_going,
         sandbox,
-        sandbox_report: sandbox && sandbox_report,
+        sandbox_report: sandbox && sandbox_report && !dry_run,
         require_sandbox,
         cancel: cancel.clone(),
         selected,

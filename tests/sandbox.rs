@@ -533,6 +533,7 @@ fn a_batch_node_without_landlock_fails_a_step_whose_run_requires_the_sandbox() {
             memory_watts_per_gb: 0.4,
             sandbox: true,
             allows: Default::default(),
+            outside: Vec::new(),
             require_sandbox,
         };
         let path = dir.path().join(mustbuild_engine::worker::SPEC);

@@ -155,7 +155,7 @@ type Known<'a> = (&'a [Option<Vec<Digest>>], &'a [Option<Vec<OutputKind>>]);
 
 fn audit_one(
     (wf, instances, store): (&Workflow, &Instances, &LocalStore),
-    tool_reads: &[std::path::PathBuf],
+    tool_reads: &crate::run::ToolReads,
     (outputs, kinds): Known<'_>,
     (id, key): (InstanceId, Digest),
     scratch: &Scratch,
@@ -165,7 +165,8 @@ fn audit_one(
     let step = wf.step(inst.step);
     let mut job = prepare(wf, instances, id, key, outputs, kinds, &options.path_var);
     if let Some(allows) = &mut job.sandbox {
-        allows.read.extend(tool_reads.iter().cloned());
+        let root = std::path::absolute(&wf.root).unwrap_or_else(|_| wf.root.clone());
+        tool_reads.allow(allows, [&root, store.root()]);
     }
     place_inputs(store, scratch, &job.placements)?;
     scratch.take(&mut job.request);

@@ -48,6 +48,10 @@ pub struct Spec {
     pub sandbox: bool,
     #[serde(default)]
     pub allows: Allowances,
+    /// What an earlier version called the absolute inputs (`allows.inputs`
+    /// now): read, never written, so that its jobs keep them.
+    #[serde(default, skip_serializing)]
+    pub outside: Vec<PathBuf>,
     /// A node that cannot sandbox fails the step rather than run it
     /// unsandboxed (`--require-sandbox`).
     #[serde(default)]
@@ -343,8 +347,11 @@ fn run_step(spec: &Spec, job: &Path, work: &Path, cancel: &CancelToken) -> NodeR
             .unwrap_or_default()
     };
     // Sandboxed as a local step is, where this node's kernel has Landlock.
-    let sandbox = (spec.sandbox && mustbuild_executors::sandbox::support().is_ok())
-        .then(|| Sandbox::for_step(work, &env, &spec.allows));
+    let sandbox = (spec.sandbox && mustbuild_executors::sandbox::support().is_ok()).then(|| {
+        let mut allows = spec.allows.clone();
+        allows.inputs.extend(spec.outside.iter().cloned());
+        Sandbox::for_step(work, &env, &allows)
+    });
     let sandboxed = sandbox.is_some();
     let request = ExecRequest {
         command: spec.command.clone(),

@@ -12,10 +12,11 @@
 //! inside it) to read and write; the system's program and library folders,
 //! `/etc`, `/proc`, `/dev` and what the step's `PATH` names to read and run;
 //! `/dev/null` and its kin to write; no network unless the step may use it:
-//! Landlock refuses TCP connections and listening, and a seccomp filter on
-//! the same thread refuses to make UDP, raw and packet sockets, which
-//! Landlock has no rules for (io_uring's own socket operations pass beneath
-//! seccomp; Landlock still refuses their TCP). Not the workspace, the store, the user's home or
+//! Landlock refuses TCP connections and listening (Linux 6.7 on: ABI 4),
+//! and a seccomp filter on the same thread refuses to make any other network
+//! socket (UDP, raw, SCTP, MPTCP, packet), which Landlock has no rules for
+//! (io_uring's own socket operations pass beneath seccomp; Landlock still
+//! refuses their TCP). Not the workspace, the store, the user's home or
 //! `/tmp`: a step that reads or writes there fails with `EACCES`
 //! ("Permission denied"), and its log names the path. What a step's
 //! declaration adds ([`Allowances`]): its inputs outside the pipeline's folder,
@@ -62,6 +63,11 @@ pub struct Allowances {
     /// `network #true`.
     #[serde(default)]
     pub network: bool,
+    /// Never readable, whatever the `PATH` or a tool's installation would
+    /// open: these folders (the workspace, the store), what holds them,
+    /// and what holds `HOME` (a `~/bin` on `PATH` must not open `~`).
+    #[serde(default)]
+    pub keep_out: Vec<PathBuf>,
 }
 
 /// Read by every program: the system's program and library folders, its
@@ -100,6 +106,7 @@ impl Sandbox {
             read.push(entry);
         }
         read.extend(allows.read.iter().cloned());
+        read.retain(|folder| !exposes(folder, &allows.keep_out));
         Sandbox {
             read,
             inputs: allows.inputs.clone(),
@@ -107,6 +114,42 @@ impl Sandbox {
             network: allows.network,
         }
     }
+}
+
+/// Whether reading below `folder` would read what must stay out of sight:
+/// a folder of `keep_out` or what is in it, or `HOME` itself (what is in a
+/// home, such as a conda installation, may be read). Paths are compared as
+/// given and with links resolved.
+fn exposes(folder: &Path, keep_out: &[PathBuf]) -> bool {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let forms = |p: &Path| [Some(p.to_path_buf()), canonical(p)];
+    let folders = forms(folder);
+    let holds = |outer: &Path, inner: &Path| inner.starts_with(outer);
+    let mut out = keep_out.iter().map(|k| (k.as_path(), true));
+    let home = home.as_deref().map(|h| (h, false));
+    out.by_ref().chain(home).any(|(k, inside_too)| {
+        forms(k).iter().flatten().any(|k| {
+            folders
+                .iter()
+                .flatten()
+                .any(|f| holds(f, k) || (inside_too && holds(k, f)))
+        })
+    })
+}
+
+/// `path` with its links resolved (`None` when it is not there), remembered
+/// for the process: the folders compared do not move during a run.
+fn canonical(path: &Path) -> Option<PathBuf> {
+    type Cache = std::sync::Mutex<HashMap<PathBuf, Option<PathBuf>>>;
+    static CANONICAL: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+    let mut cache = CANONICAL
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    cache
+        .entry(path.to_path_buf())
+        .or_insert_with(|| std::fs::canonicalize(path).ok())
+        .clone()
 }
 
 /// Whether this kernel enforces Landlock, or why not (said once per run by
@@ -223,56 +266,87 @@ fn restrict(sandbox: &Sandbox) -> Result<(), String> {
     if let RulesetStatus::NotEnforced = status.ruleset {
         return Err("the kernel enforced no part of the sandbox".into());
     }
-    if !sandbox.network {
-        let filter = no_datagrams().map_err(|e| why(e))?;
+    if !sandbox.network
+        && let Some(filter) = network_filter()
+    {
         seccompiler::apply_filter(filter).map_err(|e| why(&e))?;
     }
     Ok(())
 }
 
-/// A seccomp filter that refuses, with `EACCES` as Landlock does, to make
-/// an Internet socket other than a stream (UDP, raw: `SOCK_DGRAM`,
-/// `SOCK_RAW`, whatever the flags or'ed in) or a packet socket. Built once.
-fn no_datagrams() -> Result<&'static seccompiler::BpfProgram, &'static String> {
-    use seccompiler::{
-        SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition as When,
-        SeccompFilter, SeccompRule,
-    };
-    static FILTER: std::sync::OnceLock<Result<seccompiler::BpfProgram, String>> =
+/// A seccomp filter (`None` on an architecture it does not know) that
+/// refuses, with `EACCES` as Landlock does, to make a network socket that is
+/// not plain TCP: an Internet socket other than a stream of protocol 0 or
+/// TCP (so UDP, raw, SCTP, MPTCP, which Landlock's TCP rules do not see), a
+/// packet socket, an SMC socket. A program of another architecture (i386 on
+/// x86-64) is not filtered. Written out here rather than built by
+/// seccompiler, whose filters kill such a program; built once.
+fn network_filter() -> Option<&'static seccompiler::BpfProgram> {
+    static FILTER: std::sync::OnceLock<Option<seccompiler::BpfProgram>> =
         std::sync::OnceLock::new();
-    FILTER
-        .get_or_init(|| {
-            let e = |e: &dyn std::fmt::Display| format!("seccomp: {e}");
-            // socket(domain, type, protocol): type's low 4 bits are the kind.
-            let rule = |domain: i32, kind: Option<i32>| {
-                let mut when = vec![When::new(0, Len::Dword, Op::Eq, domain as u64)];
-                if let Some(kind) = kind {
-                    when.push(When::new(1, Len::Dword, Op::MaskedEq(0xf), kind as u64));
-                }
-                (when.into_iter().collect::<Result<Vec<_>, _>>())
-                    .and_then(SeccompRule::new)
-                    .map_err(|x| e(&x))
-            };
-            let mut rules = Vec::new();
-            for domain in [libc::AF_INET, libc::AF_INET6] {
-                for kind in [libc::SOCK_DGRAM, libc::SOCK_RAW] {
-                    rules.push(rule(domain, Some(kind))?);
-                }
-            }
-            rules.push(rule(libc::AF_PACKET, None)?);
-            let arch = std::env::consts::ARCH.try_into().map_err(|x| e(&x))?;
-            let filter = SeccompFilter::new(
-                [(libc::SYS_socket, rules)].into_iter().collect(),
-                SeccompAction::Allow,
-                SeccompAction::Errno(libc::EACCES as u32),
-                arch,
-            )
-            .map_err(|x| e(&x))?;
-            filter
-                .try_into()
-                .map_err(|x: seccompiler::BackendError| e(&x))
-        })
-        .as_ref()
+    FILTER.get_or_init(build_network_filter).as_ref()
+}
+
+fn build_network_filter() -> Option<seccompiler::BpfProgram> {
+    // AUDIT_ARCH_*: the architectures whose calls are filtered (all little-endian).
+    let arch: u32 = match std::env::consts::ARCH {
+        "x86_64" => 0xC000_003E,
+        "aarch64" => 0xC000_00B7,
+        "riscv64" => 0xC000_00F3,
+        _ => return None,
+    };
+    if cfg!(target_endian = "big") {
+        return None;
+    }
+    const LD: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const AND: u16 = 0x54; // BPF_ALU | BPF_AND | BPF_K
+    const RET: u16 = 0x06; // BPF_RET | BPF_K
+    // seccomp_data: nr at 0, arch at 4, the arguments' low halves at 16 + 8 × i.
+    const ARG0: u32 = 16;
+    const ARG1: u32 = 24;
+    const ARG2: u32 = 32;
+    // Where the jumps go (indices into the program below).
+    const ARGS: usize = 5;
+    const KIND: usize = 10;
+    const DENY: usize = 16;
+    const ALLOW: usize = 17;
+    const X32: u32 = 0x4000_0000;
+    let socket = libc::SYS_socket as u32;
+    let ins = |code, k, jt: Option<usize>, jf: Option<usize>, at: usize| {
+        let rel = |to: Option<usize>| to.map_or(0, |t| (t - at - 1) as u8);
+        seccompiler::sock_filter {
+            code,
+            jt: rel(jt),
+            jf: rel(jf),
+            k,
+        }
+    };
+    let program: [(u16, u32, Option<usize>, Option<usize>); 18] = [
+        (LD, 4, None, None),
+        (JEQ, arch, None, Some(ALLOW)),
+        (LD, 0, None, None),
+        (JEQ, socket, Some(ARGS), None),
+        (JEQ, socket | X32, None, Some(ALLOW)),
+        (LD, ARG0, None, None), // ARGS: the domain
+        (JEQ, libc::AF_INET as u32, Some(KIND), None),
+        (JEQ, libc::AF_INET6 as u32, Some(KIND), None),
+        (JEQ, libc::AF_PACKET as u32, Some(DENY), None),
+        (JEQ, 43, Some(DENY), Some(ALLOW)), // AF_SMC
+        (LD, ARG1, None, None),             // KIND: the type, flags aside
+        (AND, 0xf, None, None),
+        (JEQ, libc::SOCK_STREAM as u32, None, Some(DENY)),
+        (LD, ARG2, None, None), // the protocol
+        (JEQ, 0, Some(ALLOW), None),
+        (JEQ, libc::IPPROTO_TCP as u32, Some(ALLOW), Some(DENY)),
+        (RET, 0x0005_0000 | libc::EACCES as u32, None, None), // SECCOMP_RET_ERRNO
+        (RET, 0x7fff_0000, None, None),                       // SECCOMP_RET_ALLOW
+    ];
+    Some(
+        (program.iter().enumerate())
+            .map(|(at, &(code, k, jt, jf))| ins(code, k, jt, jf, at))
+            .collect(),
+    )
 }
 
 /// Runs `start` (which starts the command) on a thread of its own, restricted
@@ -315,6 +389,30 @@ mod tests {
         assert!(!s.read.iter().any(|p| p.ends_with("relative")));
         assert_eq!(s.write, [PathBuf::from("/s/scratch/3")]);
         assert!(!s.network);
+    }
+
+    #[test]
+    fn no_path_or_tool_folder_opens_the_workspace_the_store_or_the_home() {
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        let ws = PathBuf::from(format!("{home}/w"));
+        let env = [(
+            "PATH".to_string(),
+            format!("{home}/bin:{home}/w/bin:{home}/miniconda3/bin:/usr/bin"),
+        )];
+        let allows = Allowances {
+            keep_out: vec![ws.clone(), PathBuf::from("/s/store")],
+            read: vec![PathBuf::from("/s"), PathBuf::from("/cvmfs")],
+            ..Allowances::default()
+        };
+        let s = Sandbox::for_step(Path::new("/s/store/scratch/1"), &env, &allows);
+        let has = |p: &str| s.read.contains(&PathBuf::from(p));
+        // ~/bin is read, not ~ above it; nothing of the workspace; conda is.
+        assert!(has(&format!("{home}/bin")));
+        assert!(!has(&home));
+        assert!(!s.read.iter().any(|p| p.starts_with(&ws)));
+        assert!(has(&format!("{home}/miniconda3")));
+        assert!(has(&format!("{home}/miniconda3/bin")));
+        assert!(!has("/s") && has("/cvmfs") && has("/usr/bin"));
     }
 
     #[test]
@@ -388,6 +486,27 @@ mod tests {
         assert!(udp6.is_err());
         let [udp4, _, tcp] = try_all(true);
         assert_eq!((udp4, tcp), (Ok(()), Ok(())));
+        // Nor SCTP or MPTCP streams, which Landlock's TCP rules do not see
+        // (Python says PermissionError for EACCES; a kernel without the
+        // protocol would say another error).
+        let allows = Allowances::default();
+        let sandbox = Sandbox::for_step(tmp.path(), &env, &allows);
+        for protocol in ["262", "132"] {
+            let code = format!(
+                "import socket; socket.socket(socket.AF_INET, socket.SOCK_STREAM, {protocol})"
+            );
+            let out = start_in(&sandbox, || {
+                (std::process::Command::new("/usr/bin/python3").args(["-c", &code]))
+                    .output()
+                    .map_err(|e| e.to_string())
+            })
+            .unwrap();
+            let said = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                said.contains("PermissionError"),
+                "protocol {protocol}: {said}"
+            );
+        }
         // The filter is the sandboxed thread's: this one still makes sockets.
         assert!(std::net::UdpSocket::bind("127.0.0.1:0").is_ok());
     }

@@ -380,6 +380,7 @@ fn write_spec(
         memory_watts_per_gb: side.model.memory_watts_per_gb,
         sandbox: worker.sandbox && job.sandbox.is_some(),
         require_sandbox: worker.require_sandbox,
+        outside: Vec::new(),
         allows: job.sandbox.clone().unwrap_or_default(),
     };
     let path = folder.join(SPEC);

@@ -97,6 +97,7 @@ pub(crate) fn prepare(
         inputs: outside,
         read: wf.sandbox_reads(step).map(PathBuf::from).collect(),
         network: step.network,
+        keep_out: Vec::new(), // ToolReads::allow sets it
     });
     Job {
         id,
@@ -118,19 +119,43 @@ pub(crate) fn prepare(
     }
 }
 
-/// For each step, the folders its declared tools need read beyond the
-/// `PATH`'s: the folder each resolves to, links followed (`python3` on
-/// `PATH` may be a link into a conda environment elsewhere), and the
-/// installation above a `…/bin`.
+/// What a step's declared tools need read beyond the `PATH`'s folders.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ToolReads {
+    /// Each tool's file, links followed: always readable (its bytes are in
+    /// the key).
+    pub(crate) files: Vec<PathBuf>,
+    /// The folder each resolves to (`python3` on `PATH` may be a link into
+    /// a conda environment elsewhere) and the installation above a `…/bin`:
+    /// readable unless they would open the workspace, the store or the home.
+    pub(crate) folders: Vec<PathBuf>,
+}
+
+impl ToolReads {
+    /// Adds them to what a job's sandbox allows, with what must stay out
+    /// of it (the pipeline's folder, the store).
+    pub(crate) fn allow(&self, allows: &mut Allowances, keep_out: [&std::path::Path; 2]) {
+        allows.inputs.extend(self.files.iter().cloned());
+        allows.read.extend(self.folders.iter().cloned());
+        allows.keep_out = keep_out.iter().map(|p| p.to_path_buf()).collect();
+    }
+}
+
+/// For each step, what its declared tools need read ([`ToolReads`]).
 pub(crate) fn tool_folders(
     wf: &Workflow,
     tools: &std::collections::BTreeMap<String, crate::keys::ToolIdentity>,
-) -> Vec<Vec<PathBuf>> {
+) -> Vec<ToolReads> {
     (wf.steps.iter())
         .map(|step| {
             let mut folders: Vec<PathBuf> = Vec::new();
+            let mut files: Vec<PathBuf> = Vec::new();
             for t in wf.tools.iter().chain(&step.tools) {
-                let Some(folder) = tools.get(t.name.as_str()).and_then(|t| t.path.parent()) else {
+                let Some(identity) = tools.get(t.name.as_str()) else {
+                    continue;
+                };
+                files.push(identity.path.clone());
+                let Some(folder) = identity.path.parent() else {
                     continue;
                 };
                 let prefix = (folder.file_name().is_some_and(|n| n == "bin"))
@@ -143,7 +168,7 @@ pub(crate) fn tool_folders(
                     }
                 }
             }
-            folders
+            ToolReads { files, folders }
         })
         .collect()
 }

@@ -337,7 +337,9 @@ fn find_needs(
     for _ in 0..MAX_REPORT_TRIES {
         let mut widened = false;
         for path in mustbuild_executors::sandbox::refused_paths(&text) {
-            widened |= super::refusal::widen(&mut sandbox, &job.request.dir, &path, &mut needs);
+            let keep_out = [worker.root.to_path_buf(), worker.store.root().to_path_buf()];
+            widened |=
+                super::refusal::widen(&mut sandbox, &job.request.dir, &path, &keep_out, &mut needs);
         }
         if !widened || place_inputs(worker.store, &worker.scratch, placements).is_err() {
             break;

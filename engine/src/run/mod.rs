@@ -28,7 +28,7 @@ mod scratch;
 
 use batch::Task;
 pub use batch::{Batch, System, advised, memory_and_disk};
-pub(crate) use job::{prepare, tool_folders};
+pub(crate) use job::{ToolReads, prepare, tool_folders};
 use local::{Done, Message, Worker, work};
 use materialise::materialize_outputs;
 use record::{RecordedRun, run_record, tail};
@@ -728,8 +728,8 @@ pub fn run(
                     let mut job =
                         prepare(wf, instances, id, key, &outputs, &kinds, &options.path_var);
                     if let Some(allows) = &mut job.sandbox {
-                        let folders = &tool_reads[instances.get(id).step.index()];
-                        allows.read.extend(folders.iter().cloned());
+                        let reads = &tool_reads[instances.get(id).step.index()];
+                        reads.allow(allows, [&root, store.root()]);
                     }
                     job.force = forced;
                     job.attempt = attempt;

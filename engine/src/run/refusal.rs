@@ -28,6 +28,7 @@ pub(crate) fn widen(
     sandbox: &mut Sandbox,
     dir: &Path,
     refused: &str,
+    keep_out: &[PathBuf],
     needs: &mut Vec<Need>,
 ) -> bool {
     let path = lexical(&dir.join(refused));
@@ -36,23 +37,32 @@ pub(crate) fn widen(
         return false;
     }
     let write = had(false) || !path.exists();
-    if write {
-        // The nearest folder that is there (writing a file needs its folder).
-        let start = if path.is_dir() {
-            Some(path.as_path())
-        } else {
-            path.parent()
-        };
-        let folder = start
-            .into_iter()
-            .flat_map(Path::ancestors)
-            .find(|a| a.is_dir())
-            .unwrap_or(Path::new("/"));
-        sandbox.write.push(folder.to_path_buf());
-    } else {
+    if !write {
         sandbox.inputs.push(path.clone());
+        needs.push(Need { path, write });
+        return true;
     }
+    // The nearest folder that is there (writing a file needs its folder),
+    // unless that opens `/`, the workspace, the store or the other steps'
+    // folders: the need is reported, not granted.
+    let start = if path.is_dir() {
+        Some(path.as_path())
+    } else {
+        path.parent()
+    };
+    let folder = (start.into_iter())
+        .flat_map(Path::ancestors)
+        .find(|a| a.is_dir())
+        .unwrap_or(Path::new("/"))
+        .to_path_buf();
+    let scratch = dir.parent().unwrap_or(dir);
+    let shared = (keep_out.iter().map(PathBuf::as_path).chain([scratch]))
+        .any(|k| k.starts_with(&folder) || folder.starts_with(k));
     needs.push(Need { path, write });
+    if folder == Path::new("/") || shared {
+        return false;
+    }
+    sandbox.write.push(folder);
     true
 }
 
@@ -128,12 +138,20 @@ fn fix(path: &str, root: &Path, canonical: Option<&Path>) -> String {
         .flatten()
         .find_map(|r| p.strip_prefix(r).ok());
     if let Some(relative) = within {
+        let kind = if p.is_dir() { "dir" } else { "file" };
         return format!(
-            "declare it as an input: in x=(file)\"{}\" (its content then enters the key)",
+            "declare it as an input: in x=({kind})\"{}\" (its content then enters the key)",
             relative.display()
         );
     }
+    let holds_root = [Some(root), canonical]
+        .into_iter()
+        .flatten()
+        .any(|r| r.starts_with(p));
     match std::fs::metadata(p) {
+        Ok(m) if m.is_dir() && holds_root => "it holds the pipeline's folder, which no step \
+            may read whole: declare the files it reads there as inputs"
+            .to_string(),
         Ok(m) if m.is_dir() => format!("add `sandbox {{ read \"{path}\" }}` to the step"),
         Ok(_) => {
             let folder = p.parent().map_or("/".into(), |f| f.display().to_string());
@@ -189,43 +207,49 @@ mod tests {
     #[test]
     fn widening_allows_a_read_then_a_write_and_then_nothing_more() {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("scratch/1");
+        let dir = tmp.path().join("store/scratch/1");
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(tmp.path().join("data.csv"), "x").unwrap();
+        let elsewhere = tmp.path().join("data");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("data.csv"), "x").unwrap();
+        let keep_out = [tmp.path().join("w"), tmp.path().join("store")];
         let mut sandbox = Sandbox::default();
         let mut needs = Vec::new();
-        // `../../data.csv` from the step's folder: read where it is.
-        assert!(widen(&mut sandbox, &dir, "../../data.csv", &mut needs));
-        let data = tmp.path().join("data.csv");
+        let mut widen = |refused: &str, sandbox: &mut Sandbox| {
+            widen(sandbox, &dir, refused, &keep_out, &mut needs)
+        };
+        // `../../../data/data.csv` from the step's folder: read where it is.
+        assert!(widen("../../../data/data.csv", &mut sandbox));
+        let data = elsewhere.join("data.csv");
         assert_eq!(sandbox.inputs, std::slice::from_ref(&data));
         // Refused again: it writes it; its folder becomes writable.
-        assert!(widen(
-            &mut sandbox,
-            &dir,
-            &data.display().to_string(),
-            &mut needs
-        ));
-        assert_eq!(sandbox.write, [tmp.path().to_path_buf()]);
-        assert!(!widen(&mut sandbox, &dir, "../../data.csv", &mut needs));
+        assert!(widen(&data.display().to_string(), &mut sandbox));
+        assert_eq!(sandbox.write, std::slice::from_ref(&elsewhere));
+        assert!(!widen("../../../data/data.csv", &mut sandbox));
         // A file that is not there: its nearest folder that is.
-        let new = tmp.path().join("made/deep/out.txt");
-        assert!(widen(
-            &mut sandbox,
-            &dir,
-            &new.display().to_string(),
-            &mut needs
-        ));
-        assert_eq!(sandbox.write.last().unwrap(), tmp.path());
+        let new = elsewhere.join("made/deep/out.txt");
+        assert!(widen(&new.display().to_string(), &mut sandbox));
+        assert_eq!(sandbox.write.len(), 2);
+        // Never the workspace, `/`, or the folder of every step's folder:
+        // reported, not allowed.
+        std::fs::create_dir_all(tmp.path().join("w/results")).unwrap();
+        let in_workspace = tmp.path().join("w/results/x.txt").display().to_string();
+        for refused in [in_workspace.as_str(), "/nonexistent/x", "../other/x"] {
+            assert!(!widen(refused, &mut sandbox));
+        }
+        assert_eq!(sandbox.write.len(), 2);
         let found = Found {
             needs,
             then_succeeded: true,
         };
+        assert_eq!(found.needs.len(), 6);
         let text = report("s", &found, &tmp.path().join("w"));
         assert!(
             text.contains(&format!("read  {}", data.display())),
             "{text}"
         );
         assert!(text.contains(&format!("write {}", new.display())), "{text}");
+        assert!(text.contains("write /nonexistent/x"), "{text}");
         assert!(text.contains("it succeeds"), "{text}");
     }
 }

@@ -120,7 +120,13 @@ impl Lower<'_> {
                 self.push(Diagnostic::error(v.span, message).hint(hint));
                 continue;
             }
-            let path = compact_str::CompactString::from(path.trim_end_matches('/'));
+            // One spelling per folder (`/a//b/` is `/a/b`): the key holds it.
+            let mut plain = compact_str::CompactString::default();
+            for part in path.split('/').filter(|p| !p.is_empty()) {
+                plain.push('/');
+                plain.push_str(part);
+            }
+            let path = plain;
             if let Some(first) = read.iter().find(|r| r.path == path) {
                 let first = first.span;
                 self.push(declared_twice("folder", &path, v.span, first));
