@@ -11,7 +11,6 @@
 use crate::instantiate::{InstanceId, Instances};
 use crate::keys::{key_from_outputs, resolve_tools};
 use crate::run::{RunError, Scratch, in_order, place_inputs, prepare, tool_folders};
-use mustbuild_executors::sandbox::Sandbox;
 use mustbuild_executors::{CancelToken, Outcome};
 use mustbuild_lang::model::{PathKind, Workflow};
 use mustbuild_store::{Digest, LocalStore, ObjectData, OutputKind};
@@ -170,11 +169,8 @@ fn audit_one(
     }
     place_inputs(store, scratch, &job.placements)?;
     scratch.take(&mut job.request);
-    if options.sandbox
-        && let Some(allows) = &job.sandbox
-    {
-        let r = &job.request;
-        job.request.sandbox = Some(Sandbox::for_step(&r.dir, &r.env, allows));
+    if options.sandbox {
+        job.sandbox_request();
     }
     let request = job.request;
     let sandboxed = request.sandbox.is_some();

@@ -121,7 +121,9 @@ impl Sandbox {
 /// home, such as a conda installation, may be read). Paths are compared as
 /// given and with links resolved.
 fn exposes(folder: &Path, keep_out: &[PathBuf]) -> bool {
-    let home = std::env::var_os("HOME").map(PathBuf::from);
+    // Read once: this runs for every folder of every step.
+    static HOME: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let home = HOME.get_or_init(|| std::env::var_os("HOME").map(PathBuf::from));
     let forms = |p: &Path| [Some(p.to_path_buf()), canonical(p)];
     let folders = forms(folder);
     let holds = |outer: &Path, inner: &Path| inner.starts_with(outer);
@@ -140,15 +142,22 @@ fn exposes(folder: &Path, keep_out: &[PathBuf]) -> bool {
 /// `path` with its links resolved (`None` when it is not there), remembered
 /// for the process: the folders compared do not move during a run.
 fn canonical(path: &Path) -> Option<PathBuf> {
-    type Cache = std::sync::Mutex<HashMap<PathBuf, Option<PathBuf>>>;
-    static CANONICAL: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
-    let mut cache = CANONICAL
+    static CANONICAL: Memo<Option<PathBuf>> = std::sync::OnceLock::new();
+    remembered(&CANONICAL, path, |p| std::fs::canonicalize(p).ok())
+}
+
+/// What a function of a path gave, per path, for the whole process.
+type Memo<T> = std::sync::OnceLock<std::sync::Mutex<HashMap<PathBuf, T>>>;
+
+/// `make(path)`, made once per path and remembered in `memo`.
+fn remembered<T: Clone>(memo: &'static Memo<T>, path: &Path, make: impl FnOnce(&Path) -> T) -> T {
+    let mut cache = memo
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     cache
         .entry(path.to_path_buf())
-        .or_insert_with(|| std::fs::canonicalize(path).ok())
+        .or_insert_with(|| make(path))
         .clone()
 }
 
@@ -204,16 +213,10 @@ pub fn refused_paths(log: &str) -> Vec<String> {
 /// step: the system's folders and the steps' `PATH` do not move during a run.
 /// (A step's own folder is opened afresh: it is made again between steps.)
 fn opened(path: &Path) -> Option<std::sync::Arc<PathFd>> {
-    type Cache = std::sync::Mutex<HashMap<PathBuf, Option<std::sync::Arc<PathFd>>>>;
-    static OPENED: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
-    let mut cache = OPENED
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    cache
-        .entry(path.to_path_buf())
-        .or_insert_with(|| PathFd::new(path).ok().map(std::sync::Arc::new))
-        .clone()
+    static OPENED: Memo<Option<std::sync::Arc<PathFd>>> = std::sync::OnceLock::new();
+    remembered(&OPENED, path, |p| {
+        PathFd::new(p).ok().map(std::sync::Arc::new)
+    })
 }
 
 /// Rules allowing `access` beneath each of `fds`.

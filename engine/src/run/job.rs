@@ -4,7 +4,7 @@
 use super::scratch::Placement;
 use crate::instantiate::{FileRef, InstanceId, Instances};
 use mustbuild_executors::ExecRequest;
-use mustbuild_executors::sandbox::Allowances;
+use mustbuild_executors::sandbox::{Allowances, Sandbox};
 use mustbuild_lang::model::{PathKind, Workflow};
 use mustbuild_store::{Digest, OutputKind};
 use std::path::PathBuf;
@@ -116,6 +116,17 @@ pub(crate) fn prepare(
         placements,
         sandbox,
         request,
+    }
+}
+
+impl Job {
+    /// Gives its request the sandbox its step allows, once the request has
+    /// its folder and environment (a step with `sandbox #false` gets none).
+    pub(crate) fn sandbox_request(&mut self) {
+        if let Some(allows) = &self.sandbox {
+            let r = &self.request;
+            self.request.sandbox = Some(Sandbox::for_step(&r.dir, &r.env, allows));
+        }
     }
 }
 

@@ -9,7 +9,6 @@ use super::scratch::{Placement, Scratch, place_inputs};
 use super::{Event, RunError};
 use crate::instantiate::{InstanceId, Instances};
 use crate::slots::Slots;
-use mustbuild_executors::sandbox::Sandbox;
 use mustbuild_executors::{CancelToken, Outcome};
 use mustbuild_lang::model::Workflow;
 use mustbuild_store::{Digest, LocalStore, Output, Unrecorded};
@@ -147,11 +146,8 @@ pub(crate) struct Worker<'a> {
 pub(crate) fn work(worker: &Worker<'_>, mut job: Job) -> Done {
     let placements = std::mem::take(&mut job.placements);
     worker.scratch.take(&mut job.request);
-    if worker.sandbox
-        && let Some(allows) = &job.sandbox
-    {
-        let r = &job.request;
-        job.request.sandbox = Some(Sandbox::for_step(&r.dir, &r.env, allows));
+    if worker.sandbox {
+        job.sandbox_request();
     }
     let ticket = job.ticket;
     // While another process holds the derivation, later jobs do not wait for this one.
