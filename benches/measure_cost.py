@@ -16,6 +16,11 @@ the machine's drift touches both alike, and prints the medians and the
 overhead. The target (issue 21): under 3%.
 
     benches/measure_cost.py --what sandbox      # sandboxed (the default) against --no-sandbox (issue 25: under 5%)
+    benches/measure_cost.py --what sandbox --workdir /dev/shm   # on a tmpfs: without ext4's noise
+
+On ext4 these cold runs are noisy (inode allocation slows behind recent
+deletions, and the runs delete thousands of files): a tmpfs shows what the
+thing measured costs.
 """
 
 import argparse
@@ -58,6 +63,8 @@ def main():
     p.add_argument("--shapes", default="wide,layered")
     p.add_argument("--reps", type=int, default=9)
     p.add_argument("--jobs", "-j", type=int, default=2)
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="where the pipelines are written (default: a temporary folder); a tmpfs such as /dev/shm takes the disk's noise out")
     p.add_argument("--what", choices=["measure", "sandbox"], default="measure",
                    help="what is turned on: measuring (against MUSTBUILD_NO_MEASURE=1), or the sandbox (against --no-sandbox)")
     args = p.parse_args()
@@ -67,7 +74,7 @@ def main():
     if not args.mustbuild.exists():
         sys.exit(f"no binary at {args.mustbuild}: cargo build --release")
     rows = []
-    with tempfile.TemporaryDirectory(prefix="measure-cost-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="measure-cost-", dir=args.workdir) as tmp:
         for shape in args.shapes.split(","):
             dag = Dag(shape, args.steps, 1)
             folder = Path(tmp) / shape

@@ -201,6 +201,12 @@ impl Cgroups {
     }
 }
 
+/// The memory cgroup this thread has moved into, if it has: a thread it
+/// starts begins there too.
+pub(crate) fn of_thread() -> Option<PathBuf> {
+    THREAD.with(|t| t.borrow().as_ref().map(|c| c.dir.clone()))
+}
+
 thread_local! {
     static THREAD: std::cell::RefCell<Option<ThreadCgroup>> = const { std::cell::RefCell::new(None) };
 }

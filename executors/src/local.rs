@@ -316,6 +316,24 @@ fn too_long(program: &str, why: launch::TooLong) -> String {
     )
 }
 
+/// Starts the command: without bash where bash would only start one program.
+fn start(
+    req: &ExecRequest,
+    log: &std::fs::File,
+    allow_direct: bool,
+) -> Result<std::process::Child, String> {
+    let direct = if allow_direct {
+        crate::direct::spawn(req, log)
+    } else {
+        crate::direct::Direct::ToBash
+    };
+    match direct {
+        crate::direct::Direct::Started(child) => Ok(child),
+        crate::direct::Direct::TooLong { program, why } => Err(too_long(&program, why)),
+        crate::direct::Direct::ToBash => start_bash(req, log),
+    }
+}
+
 /// Runs a request to its end: through bash, or without it when bash would only
 /// start one program (see [`crate::direct`]).
 pub fn run(req: &ExecRequest, cancel: &CancelToken) -> ExecResult {
@@ -341,22 +359,17 @@ fn run_with(req: &ExecRequest, cancel: &CancelToken, allow_direct: bool) -> Exec
     // This thread's memory cgroup, where there can be one, which the command
     // and all it starts will be charged to.
     let cgroup = crate::cgroup::here().and_then(|c| c.step());
-    let start = || {
-        let direct = if allow_direct {
-            crate::direct::spawn(req, &log)
-        } else {
-            crate::direct::Direct::ToBash
-        };
-        match direct {
-            crate::direct::Direct::Started(child) => Ok(child),
-            crate::direct::Direct::TooLong { program, why } => Err(too_long(&program, why)),
-            crate::direct::Direct::ToBash => start_bash(req, &log),
-        }
-    };
-    // A sandboxed command is started from a thread that restricts itself first.
+    // A sandboxed command is started from a thread that restricted itself.
     let spawned = match &req.sandbox {
-        Some(sandbox) => crate::sandbox::start_in(sandbox, start),
-        None => start(),
+        Some(sandbox) => match log.try_clone() {
+            Ok(log) => {
+                let req = req.clone();
+                let start = move || start(&req, &log, allow_direct);
+                crate::sandbox::start_in(sandbox, crate::cgroup::of_thread(), start)
+            }
+            Err(e) => Err(format!("cannot share the log {}: {e}", req.log.display())),
+        },
+        None => start(req, &log, allow_direct),
     };
     let mut child = match spawned {
         Ok(child) => child,
