@@ -334,6 +334,24 @@ fn start(
     }
 }
 
+/// Starts the command from a thread restricted to its sandbox, which owns
+/// what it needs; the sandbox, taken out of the request, keys that thread.
+fn start_sandboxed(
+    req: &ExecRequest,
+    log: &std::fs::File,
+    allow_direct: bool,
+) -> Result<std::process::Child, String> {
+    let log = (log.try_clone())
+        .map_err(|e| format!("cannot share the log {}: {e}", req.log.display()))?;
+    let mut req = req.clone();
+    match req.sandbox.take() {
+        Some(sandbox) => crate::sandbox::start_in(sandbox, crate::cgroup::of_thread(), move || {
+            start(&req, &log, allow_direct)
+        }),
+        None => start(&req, &log, allow_direct),
+    }
+}
+
 /// Runs a request to its end: through bash, or without it when bash would only
 /// start one program (see [`crate::direct`]).
 pub fn run(req: &ExecRequest, cancel: &CancelToken) -> ExecResult {
@@ -361,14 +379,7 @@ fn run_with(req: &ExecRequest, cancel: &CancelToken, allow_direct: bool) -> Exec
     let cgroup = crate::cgroup::here().and_then(|c| c.step());
     // A sandboxed command is started from a thread that restricted itself.
     let spawned = match &req.sandbox {
-        Some(sandbox) => match log.try_clone() {
-            Ok(log) => {
-                let req = req.clone();
-                let start = move || start(&req, &log, allow_direct);
-                crate::sandbox::start_in(sandbox, crate::cgroup::of_thread(), start)
-            }
-            Err(e) => Err(format!("cannot share the log {}: {e}", req.log.display())),
-        },
+        Some(_) => start_sandboxed(req, &log, allow_direct),
         None => start(req, &log, allow_direct),
     };
     let mut child = match spawned {

@@ -384,13 +384,13 @@ fn build_network_filter() -> Option<seccompiler::BpfProgram> {
 /// measured), a message to a kept thread a few microseconds. `cgroup` is the
 /// calling thread's memory cgroup, where the command must start.
 pub(crate) fn start_in<T: Send + 'static>(
-    sandbox: &Sandbox,
+    sandbox: Sandbox,
     cgroup: Option<PathBuf>,
     start: impl FnOnce() -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
     let key = Key {
-        bound: bound_to(sandbox)?,
-        sandbox: sandbox.clone(),
+        bound: bound_to(&sandbox)?,
+        sandbox,
         cgroup,
     };
     let (reply, answer) = std::sync::mpsc::sync_channel(1);
@@ -398,30 +398,23 @@ pub(crate) fn start_in<T: Send + 'static>(
         let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(start));
         let _ = reply.send(started);
     });
+    let ended = || "the sandbox's thread has ended".to_string();
     STARTERS.with(|kept| {
         let mut kept = kept.borrow_mut();
-        let starter = match kept.iter().position(|s| s.key == key) {
-            Some(at) => kept.remove(at),
-            None => None,
-        };
-        let starter = match starter {
-            Some(s) => s,
+        let found = (kept.iter().position(|s| s.key == key)).and_then(|at| kept.remove(at));
+        let starter = match found {
+            Some(starter) => starter,
             None => Starter::new(key)?,
         };
-        let sent = starter.jobs.send(job).is_ok();
+        starter.jobs.send(job).map_err(|_| ended())?;
         kept.push_front(starter);
         kept.truncate(KEPT);
-        if sent {
-            Ok(())
-        } else {
-            kept.pop_front();
-            Err("the sandbox's thread has ended".to_string())
-        }
+        Ok::<(), String>(())
     })?;
     match answer.recv() {
         Ok(Ok(started)) => started,
         Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        Err(_) => Err("the sandbox's thread has ended".into()),
+        Err(_) => Err(ended()),
     }
 }
 
@@ -571,7 +564,7 @@ mod tests {
         let env = [("PATH".to_string(), "/usr/bin".to_string())];
         let sandbox = Sandbox::for_step(&inside, &env, &Allowances::default());
         let (ok, hidden) = (inside.join("ok.txt"), secret.clone());
-        let read = start_in(&sandbox, None, move || {
+        let read = start_in(sandbox, None, move || {
             std::fs::write(ok, "fine").map_err(|e| e.to_string())?;
             Ok(std::fs::read_to_string(hidden).map_err(|e| e.kind()))
         })
@@ -598,7 +591,7 @@ mod tests {
                 ..Allowances::default()
             };
             let sandbox = Sandbox::for_step(tmp.path(), &env, &allows);
-            start_in(&sandbox, None, || {
+            start_in(sandbox, None, || {
                 let kind = |r: std::io::Result<()>| r.map_err(|e| e.kind());
                 Ok([
                     kind(std::net::UdpSocket::bind("127.0.0.1:0").map(drop)),
@@ -624,7 +617,7 @@ mod tests {
             let code = format!(
                 "import socket; socket.socket(socket.AF_INET, socket.SOCK_STREAM, {protocol})"
             );
-            let out = start_in(&sandbox, None, move || {
+            let out = start_in(sandbox.clone(), None, move || {
                 (std::process::Command::new("/usr/bin/python3").args(["-c", &code]))
                     .output()
                     .map_err(|e| e.to_string())
@@ -658,7 +651,7 @@ mod tests {
         };
         let sandbox = Sandbox::for_step(&inside, &env, &allows);
         let (refs, secret) = (refs.clone(), tmp.path().join("secret.txt"));
-        let (read, written, other) = start_in(&sandbox, None, move || {
+        let (read, written, other) = start_in(sandbox, None, move || {
             let kind = |r: std::io::Result<()>| r.map_err(|e| e.kind());
             Ok((
                 std::fs::read_to_string(refs.join("genome.fa")).map_err(|e| e.kind()),
@@ -686,7 +679,7 @@ mod tests {
         // Which thread started it, and whether it could write `file`.
         let write = |folder: &Path, file: PathBuf| {
             let sandbox = Sandbox::for_step(folder, &env, &allows);
-            start_in(&sandbox, None, move || {
+            start_in(sandbox, None, move || {
                 let wrote = std::fs::write(file, "x").map_err(|e| e.kind());
                 Ok((std::thread::current().id(), wrote))
             })
