@@ -18,7 +18,8 @@
 //! and a seccomp filter on the same thread refuses to make any other network
 //! socket (UDP, raw, SCTP, MPTCP, packet), which Landlock has no rules for
 //! (io_uring's own socket operations pass beneath seccomp; Landlock still
-//! refuses their TCP). Not the workspace, the store, the user's home or
+//! refuses their TCP). On a kernel whose Landlock has no network rules
+//! (before 6.7), the filter refuses TCP sockets too. Not the workspace, the store, the user's home or
 //! `/tmp`: a step that reads or writes there fails with `EACCES`
 //! ("Permission denied"), and its log names the path. What a step's
 //! declaration adds ([`Allowances`]): its inputs outside the pipeline's folder,
@@ -294,27 +295,36 @@ pub fn restrict(sandbox: &Sandbox) -> Result<(), String> {
         return Err("the kernel enforced no part of the sandbox".into());
     }
     if !sandbox.network
-        && let Some(filter) = network_filter()
+        && let Some(filter) = network_filter(!enforces_tcp(status.landlock))
     {
         seccompiler::apply_filter(filter).map_err(|e| why(&e))?;
     }
     Ok(())
 }
 
+/// Whether Landlock, as the kernel enforced it, refuses TCP connections and
+/// listening (its network rules came with ABI 4, Linux 6.7).
+fn enforces_tcp(landlock: LandlockStatus) -> bool {
+    matches!(landlock, LandlockStatus::Available { effective_abi, .. } if effective_abi >= ABI::V4)
+}
+
 /// A seccomp filter (`None` on an architecture it does not know) that
 /// refuses, with `EACCES` as Landlock does, to make a network socket that is
 /// not plain TCP: an Internet socket other than a stream of protocol 0 or
 /// TCP (so UDP, raw, SCTP, MPTCP, which Landlock's TCP rules do not see), a
-/// packet socket, an SMC socket. A program of another architecture (i386 on
-/// x86-64) is not filtered. Written out here rather than built by
+/// packet socket, an SMC socket; and, with `tcp_too` (where Landlock cannot
+/// refuse TCP), any Internet socket. A program of another architecture (i386
+/// on x86-64) is not filtered. Written out here rather than built by
 /// seccompiler, whose filters kill such a program; built once.
-fn network_filter() -> Option<&'static seccompiler::BpfProgram> {
-    static FILTER: std::sync::OnceLock<Option<seccompiler::BpfProgram>> =
-        std::sync::OnceLock::new();
-    FILTER.get_or_init(build_network_filter).as_ref()
+fn network_filter(tcp_too: bool) -> Option<&'static seccompiler::BpfProgram> {
+    type Filter = std::sync::OnceLock<Option<seccompiler::BpfProgram>>;
+    static BESIDE_LANDLOCK: Filter = std::sync::OnceLock::new();
+    static ALONE: Filter = std::sync::OnceLock::new();
+    let filter = if tcp_too { &ALONE } else { &BESIDE_LANDLOCK };
+    filter.get_or_init(|| build_network_filter(tcp_too)).as_ref()
 }
 
-fn build_network_filter() -> Option<seccompiler::BpfProgram> {
+fn build_network_filter(tcp_too: bool) -> Option<seccompiler::BpfProgram> {
     // AUDIT_ARCH_*: the architectures whose calls are filtered (all little-endian).
     let arch: u32 = match std::env::consts::ARCH {
         "x86_64" => 0xC000_003E,
@@ -339,6 +349,8 @@ fn build_network_filter() -> Option<seccompiler::BpfProgram> {
     const DENY: usize = 16;
     const ALLOW: usize = 17;
     const X32: u32 = 0x4000_0000;
+    // Where an Internet socket goes: to the test of its kind, or refused.
+    let internet = Some(if tcp_too { DENY } else { KIND });
     let socket = libc::SYS_socket as u32;
     let ins = |code, k, jt: Option<usize>, jf: Option<usize>, at: usize| {
         let rel = |to: Option<usize>| to.map_or(0, |t| (t - at - 1) as u8);
@@ -356,8 +368,8 @@ fn build_network_filter() -> Option<seccompiler::BpfProgram> {
         (JEQ, socket, Some(ARGS), None),
         (JEQ, socket | X32, None, Some(ALLOW)),
         (LD, ARG0, None, None), // ARGS: the domain
-        (JEQ, libc::AF_INET as u32, Some(KIND), None),
-        (JEQ, libc::AF_INET6 as u32, Some(KIND), None),
+        (JEQ, libc::AF_INET as u32, internet, None),
+        (JEQ, libc::AF_INET6 as u32, internet, None),
         (JEQ, libc::AF_PACKET as u32, Some(DENY), None),
         (JEQ, 43, Some(DENY), Some(ALLOW)), // AF_SMC
         (LD, ARG1, None, None),             // KIND: the type, flags aside
@@ -631,6 +643,44 @@ mod tests {
         }
         // The filter is the sandboxed thread's: this one still makes sockets.
         assert!(std::net::UdpSocket::bind("127.0.0.1:0").is_ok());
+    }
+
+    #[test]
+    fn where_landlock_cannot_refuse_tcp_the_filter_does() {
+        let abi = |effective_abi| LandlockStatus::Available {
+            effective_abi,
+            kernel_abi: None,
+        };
+        assert!(enforces_tcp(abi(ABI::V4)) && enforces_tcp(abi(ABI::V5)));
+        assert!(!enforces_tcp(abi(ABI::V3)) && !enforces_tcp(abi(ABI::V1)));
+        assert!(!enforces_tcp(LandlockStatus::NotEnabled));
+        // Each filter alone, on a thread of its own (no Landlock): what a
+        // kernel before 6.7 would leave of the sandbox's network rules.
+        let tmp = tempfile::tempdir().unwrap();
+        let sockets = |tcp_too: bool| {
+            let socket = tmp.path().join(format!("unix-{tcp_too}"));
+            std::thread::spawn(move || {
+                let Some(filter) = network_filter(tcp_too) else {
+                    return None; // An architecture it does not know.
+                };
+                seccompiler::apply_filter(filter).unwrap();
+                let kind = |r: std::io::Result<()>| r.map_err(|e| e.kind());
+                Some([
+                    kind(std::net::TcpListener::bind("127.0.0.1:0").map(drop)),
+                    kind(std::net::UdpSocket::bind("127.0.0.1:0").map(drop)),
+                    kind(std::os::unix::net::UnixListener::bind(&socket).map(drop)),
+                ])
+            })
+            .join()
+            .unwrap()
+        };
+        let denied = Err(std::io::ErrorKind::PermissionDenied);
+        if let Some([tcp, udp, unix]) = sockets(true) {
+            assert_eq!((tcp, udp, unix), (denied, denied, Ok(())));
+        }
+        if let Some([tcp, udp, unix]) = sockets(false) {
+            assert_eq!((tcp, udp, unix), (Ok(()), denied, Ok(())));
+        }
     }
 
     #[test]
