@@ -321,7 +321,9 @@ fn network_filter(tcp_too: bool) -> Option<&'static seccompiler::BpfProgram> {
     static BESIDE_LANDLOCK: Filter = std::sync::OnceLock::new();
     static ALONE: Filter = std::sync::OnceLock::new();
     let filter = if tcp_too { &ALONE } else { &BESIDE_LANDLOCK };
-    filter.get_or_init(|| build_network_filter(tcp_too)).as_ref()
+    filter
+        .get_or_init(|| build_network_filter(tcp_too))
+        .as_ref()
 }
 
 fn build_network_filter(tcp_too: bool) -> Option<seccompiler::BpfProgram> {

@@ -901,6 +901,7 @@ pub fn run(
                         events,
                         materialised,
                         sandbox_found,
+                        node,
                         ..
                     } = done;
                     for e in events {
@@ -996,8 +997,12 @@ pub fn run(
                         }
                         failed[job.id.index()] = true;
                         let log_tail = tail(&log, 20);
-                        // Sandboxed here, or on the node where its kernel can.
-                        let refused = if options.sandbox && job.sandbox.is_some() {
+                        // Sandboxed here, or on the node where its kernel could: a
+                        // node that ran it unsandboxed refused it nothing.
+                        let sandboxed = options.sandbox
+                            && job.sandbox.is_some()
+                            && node.as_ref().is_none_or(|n| n.sandboxed);
+                        let refused = if sandboxed {
                             mustbuild_executors::sandbox::refused_paths(&log_tail)
                         } else {
                             Vec::new()
