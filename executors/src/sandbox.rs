@@ -18,9 +18,9 @@
 //! and a seccomp filter on the same thread refuses to make any other network
 //! socket (UDP, raw, SCTP, MPTCP, packet), which Landlock has no rules for
 //! (io_uring's own socket operations pass beneath seccomp; Landlock still
-//! refuses their TCP). On a kernel whose Landlock has no network rules
-//! (before 6.7), the filter refuses TCP sockets too. Not the workspace, the store, the user's home or
-//! `/tmp`: a step that reads or writes there fails with `EACCES`
+//! refuses their TCP); on a kernel whose Landlock has no network rules
+//! (before 6.7), the filter refuses TCP sockets too. Not the workspace, the
+//! store, the user's home or `/tmp`: a step that reads or writes there fails with `EACCES`
 //! ("Permission denied"), and its log names the path. What a step's
 //! declaration adds ([`Allowances`]): its inputs outside the pipeline's folder,
 //! the folders it declares to read (`sandbox { read … }`), and the network
@@ -317,11 +317,10 @@ fn enforces_tcp(landlock: LandlockStatus) -> bool {
 /// on x86-64) is not filtered. Written out here rather than built by
 /// seccompiler, whose filters kill such a program; built once.
 fn network_filter(tcp_too: bool) -> Option<&'static seccompiler::BpfProgram> {
-    type Filter = std::sync::OnceLock<Option<seccompiler::BpfProgram>>;
-    static BESIDE_LANDLOCK: Filter = std::sync::OnceLock::new();
-    static ALONE: Filter = std::sync::OnceLock::new();
-    let filter = if tcp_too { &ALONE } else { &BESIDE_LANDLOCK };
-    filter
+    // Beside Landlock's TCP rules, and alone.
+    static FILTERS: [std::sync::OnceLock<Option<seccompiler::BpfProgram>>; 2] =
+        [const { std::sync::OnceLock::new() }; 2];
+    FILTERS[usize::from(tcp_too)]
         .get_or_init(|| build_network_filter(tcp_too))
         .as_ref()
 }

@@ -55,6 +55,17 @@ pub(crate) struct Done {
     pub(crate) sandbox_found: Option<super::refusal::Found>,
 }
 
+impl Done {
+    /// Whether its command ran sandboxed: here, as its request says; on a
+    /// batch node, as the node says (one whose kernel cannot runs it bare).
+    pub(crate) fn ran_sandboxed(&self) -> bool {
+        match &self.node {
+            Some(node) => node.sandboxed,
+            None => self.job.request.sandbox.is_some(),
+        }
+    }
+}
+
 /// Takes the lock of a derivation key, so that two processes never run one
 /// derivation at once: a lock on one byte of `STORE/locks/keys`, at an offset
 /// drawn from the key. These are open-file-description locks, so threads of one

@@ -890,6 +890,7 @@ pub fn run(
                 drop(records);
                 let mut retries = Vec::new();
                 for (done, energy_joules) in batch.into_iter().zip(energies) {
+                    let sandboxed = done.ran_sandboxed();
                     let Done {
                         job,
                         result,
@@ -901,7 +902,6 @@ pub fn run(
                         events,
                         materialised,
                         sandbox_found,
-                        node,
                         ..
                     } = done;
                     for e in events {
@@ -997,11 +997,7 @@ pub fn run(
                         }
                         failed[job.id.index()] = true;
                         let log_tail = tail(&log, 20);
-                        // Sandboxed here, or on the node where its kernel could: a
-                        // node that ran it unsandboxed refused it nothing.
-                        let sandboxed = options.sandbox
-                            && job.sandbox.is_some()
-                            && node.as_ref().is_none_or(|n| n.sandboxed);
+                        // A command that ran unsandboxed was refused nothing.
                         let refused = if sandboxed {
                             mustbuild_executors::sandbox::refused_paths(&log_tail)
                         } else {

@@ -55,7 +55,7 @@ pub(crate) fn run_record(
         gpus: gpus.map(|g| g.join(",")),
         memory_method: result.spawned.then(|| usage.peak.method().to_string()),
         input_bytes: done.job.input_bytes.map(|b| b as i64),
-        sandboxed: result.spawned.then_some(done.job.request.sandbox.is_some()),
+        sandboxed: result.spawned.then(|| done.ran_sandboxed()),
     };
     // A batch job's figures are its node's.
     if let Some(node) = &done.node {
@@ -64,7 +64,6 @@ pub(crate) fn run_record(
         record.energy_joules = node.energy_joules;
         record.energy_method = node.energy_method.clone();
         record.gpus = Some(node.gpus.join(",")).filter(|g| !g.is_empty());
-        record.sandboxed = record.sandboxed.map(|_| node.sandboxed);
     }
     record
 }
