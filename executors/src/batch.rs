@@ -1,12 +1,15 @@
-//! The interface the dispatcher drives for a batch system (HTCondor now, Slurm
-//! next): hand over a batch of ready jobs, hear of them as they start and end,
-//! cancel all. A job is plain: a program with arguments, a folder, resources.
-//! What the program does (it is `mustbuild worker`) is none of the executor's
-//! business; it reports how the batch system saw the job end.
+//! What a batch system (HTCondor now, Slurm next) is handed and tells, behind
+//! the [`Executor`] interface: a job is plain, a program with arguments, a
+//! folder, resources. What the program does (it is `mustbuild worker`) is none
+//! of the executor's business; it reports how the batch system saw the job end.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
+
+pub use crate::executor::{Calls, Executor, ExecutorError, Report};
+
+/// A batch system, as the dispatcher holds it.
+pub type BatchExecutor = dyn Executor<Job = BatchJob, End = End>;
 
 /// What a job asks of the batch system.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -55,21 +58,6 @@ pub enum End {
     Removed(String),
 }
 
-/// What an executor hears of a job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Report {
-    /// It started on this host.
-    Started { tag: u64, host: Option<String> },
-    /// It is held (it may be released, or removed after a timeout): why.
-    Held { tag: u64, reason: String },
-    Ended {
-        tag: u64,
-        end: End,
-        /// The peak memory the batch system measured, where it said.
-        memory_bytes: Option<u64>,
-    },
-}
-
 /// What a batch system's own accounting says a job used, where it keeps any
 /// (Slurm's `sacct`).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -83,28 +71,6 @@ pub struct Accounting {
     /// How the memory and the energy were found, as run records say it.
     pub memory_method: &'static str,
     pub energy_method: &'static str,
-}
-
-/// Why an executor could not do what it was asked.
-#[derive(Debug, thiserror::Error)]
-pub enum ExecutorError {
-    #[error("cannot run `{program}`: {source}")]
-    Spawn {
-        program: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("`{command}` failed: {message}")]
-    Refused { command: String, message: String },
-    #[error("cannot {action} {}: {source}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Unsupported(String),
 }
 
 /// Runs a batch system's tool `name` (from `bin`, else `PATH`) in `dir`; its
@@ -138,35 +104,3 @@ pub(crate) fn call_tool<S: AsRef<str>>(
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The calls an executor made of its batch system: what the load a run put
-/// on the scheduler is judged by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Calls {
-    /// Submissions (`condor_submit`, `sbatch`).
-    pub submits: usize,
-    /// Queries of the queue (`condor_q`, `squeue`); reading a job event log
-    /// is not one.
-    pub queries: usize,
-}
-
-/// A batch system, as the dispatcher drives it.
-pub trait Executor: Send {
-    /// The calls made so far.
-    fn calls(&self) -> Calls;
-    /// Its name, for messages (`htcondor`).
-    fn name(&self) -> &'static str;
-    /// Hands these jobs over, in as few requests as the system allows.
-    fn submit(&mut self, jobs: &[BatchJob]) -> Result<(), ExecutorError>;
-    /// What happened to the jobs handed over since the last call; waits up to
-    /// `wait` when nothing has.
-    fn reports(&mut self, wait: Duration) -> Result<Vec<Report>, ExecutorError>;
-    /// Removes every job handed over that has not ended; they are reported
-    /// no more.
-    fn cancel_all(&mut self) -> Result<(), ExecutorError>;
-    /// What the system's own accounting says the ended jobs `tags` used, in
-    /// one query, where it keeps any (none by default).
-    fn accounting(&mut self, tags: &[u64]) -> Result<HashMap<u64, Accounting>, ExecutorError> {
-        let _ = tags;
-        Ok(HashMap::new())
-    }
-}

@@ -234,6 +234,9 @@ fn ended(seen: &Seen) -> Option<End> {
 }
 
 impl Executor for Slurm {
+    type Job = BatchJob;
+    type End = End;
+
     fn name(&self) -> &'static str {
         "slurm"
     }

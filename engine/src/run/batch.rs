@@ -21,7 +21,9 @@ use super::scratch::{Scratch, place_inputs, remove_any};
 use crate::advice::{MemoryLine, Sizing};
 use crate::instantiate::InstanceId;
 use crate::worker::{LOG, NodeResult, RESULT, SPEC, Spec, Tool, WORK};
-use mustbuild_executors::batch::{Accounting, BatchJob, End, Executor, Report, Resources};
+use mustbuild_executors::batch::{
+    Accounting, BatchExecutor, BatchJob, End, Executor, Report, Resources,
+};
 use mustbuild_executors::{CancelToken, Outcome};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -167,6 +169,9 @@ struct Handed {
 }
 
 impl Executor for Handed {
+    type Job = BatchJob;
+    type End = End;
+
     fn name(&self) -> &'static str {
         "dagman"
     }
@@ -225,7 +230,7 @@ impl Batch {
         }
     }
 
-    pub(crate) fn executor(&self, dir: &Path) -> Result<Box<dyn Executor>, super::RunError> {
+    pub(crate) fn executor(&self, dir: &Path) -> Result<Box<BatchExecutor>, super::RunError> {
         match &self.system {
             System::HtCondor(settings) => Ok(Box::new(
                 mustbuild_executors::htcondor::HtCondor::new(settings.clone(), dir)?,
@@ -526,7 +531,7 @@ fn group<T>(batch: Vec<T>, about: impl Fn(&T) -> (Shape, Option<Duration>)) -> V
 
 /// What the submitter thread works with.
 pub(crate) struct Submitter<'a> {
-    pub(crate) executor: Box<dyn Executor>,
+    pub(crate) executor: Box<BatchExecutor>,
     pub(crate) program: &'a Path,
     pub(crate) prepared: mpsc::Receiver<Prepared>,
     pub(crate) tasks: mpsc::Sender<Task>,

@@ -1,7 +1,8 @@
 //! The local executor's side of a run: worker threads that take a job's key
 //! lock, put its inputs in place, wait for its share of the machine, run its
-//! command (`mustbuild_executors::run`), and store and materialise what it made,
-//! leaving the coordinator only records to write.
+//! command through the worker's own [`mustbuild_executors::Local`] executor,
+//! and store and materialise what it made, leaving the coordinator only
+//! records to write.
 
 use super::job::Job;
 use super::materialise::{materialize_outputs, store_outputs};
@@ -152,6 +153,8 @@ pub(crate) struct Worker<'a> {
     /// A refused command is tried again with what it was refused, to find
     /// all it needs (`--sandbox-report`).
     pub(crate) sandbox_report: bool,
+    /// This worker's own executor, which its commands run through.
+    pub(crate) local: std::cell::RefCell<mustbuild_executors::Local>,
 }
 
 pub(crate) fn work(worker: &Worker<'_>, mut job: Job) -> Done {
@@ -289,7 +292,7 @@ pub(crate) fn run_and_store(
                 // A step that asked for none sees none (not every GPU).
                 job.request.gpus = Some(share.gpus.clone());
                 let measuring = measure.begin(&share.gpus);
-                let mut result = mustbuild_executors::run(&job.request, cancel);
+                let mut result = worker.local.borrow_mut().run(&job.request);
                 if worker.sandbox_report
                     && result.spawned
                     && result.outcome != Outcome::Succeeded
@@ -353,7 +356,7 @@ fn find_needs(
         }
         let mut again = job.request.clone();
         again.sandbox = Some(sandbox.clone());
-        let result = mustbuild_executors::run(&again, &worker.cancel);
+        let result = worker.local.borrow_mut().run(&again);
         then_succeeded = result.outcome == Outcome::Succeeded;
         if then_succeeded || worker.cancel.is_cancelled() {
             break;

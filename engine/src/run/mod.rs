@@ -453,6 +453,7 @@ pub fn run(
             let root = &root;
             let measure = &measure;
             scope.spawn(move || {
+                let local = mustbuild_executors::Local::new(cancel.clone()).into();
                 let worker = Worker {
                     wf,
                     instances,
@@ -467,6 +468,7 @@ pub fn run(
                     sandbox: options.sandbox,
                     sandbox_report: options.sandbox_report,
                     require_sandbox: options.require_sandbox,
+                    local,
                 };
                 loop {
                     let job = match rx.lock() {

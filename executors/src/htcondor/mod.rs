@@ -214,6 +214,9 @@ fn parse_terse(out: &str) -> Option<(u64, u64)> {
 }
 
 impl Executor for HtCondor {
+    type Job = BatchJob;
+    type End = End;
+
     fn name(&self) -> &'static str {
         "htcondor"
     }

@@ -1,20 +1,21 @@
-//! Running one command on this machine: in a prepared folder, with exactly the
-//! environment it is given, its output to a log file, under an optional time
-//! limit, cancellable; measured (wall, user and system CPU, peak memory) with
-//! `wait4`. The whole process group is killed on a time limit or a cancel, so
-//! that no grandchild outlives its step.
+//! Running commands on this machine ([`Local`], behind the executor
+//! interface): each in a prepared folder, with exactly the environment it is
+//! given, its output to a log file, under an optional time limit, cancellable;
+//! measured (wall, user and system CPU, peak memory) with `wait4`. The whole
+//! process group is killed on a time limit or a cancel, so that no grandchild
+//! outlives its step. How a command is started is [`start`]'s; how the
+//! running ones are watched, [`running`]'s.
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
-use wait4::Wait4;
+use std::time::{Duration, SystemTime};
 
-use crate::launch::{self, Launch};
+mod running;
+mod start;
+
+pub use running::{Local, LocalJob};
+pub(crate) use start::step_process;
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,7 +170,7 @@ impl Io {
     }
 
     /// Of process `pid` (a zombie not yet reaped: its children included).
-    fn of(pid: u32) -> Option<Io> {
+    pub(crate) fn of(pid: u32) -> Option<Io> {
         Io::parse(&std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?)
     }
 }
@@ -183,7 +184,7 @@ pub(crate) fn measure_io() -> bool {
 
 /// This process's peak resident memory (`VmHWM`), which every child it starts
 /// inherits as its own starting peak.
-fn own_peak_rss() -> Option<u64> {
+pub(crate) fn own_peak_rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let kib: u64 = status
         .lines()
@@ -194,17 +195,6 @@ fn own_peak_rss() -> Option<u64> {
         .parse()
         .ok()?;
     Some(kib * 1024)
-}
-
-/// Whether `pid` (a child) has ended, leaving it a zombie to read before reaping.
-fn has_exited(pid: Pid) -> bool {
-    use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
-    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-    match waitid(Id::Pid(pid), flags) {
-        Ok(WaitStatus::StillAlive) => false,
-        // Ended, or no longer waitable: let wait4 say.
-        Ok(_) | Err(_) => true,
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,262 +226,26 @@ impl CancelToken {
     }
 }
 
-/// The bash that runs commands: found once on the PATH mustbuild was started
-/// with (the command's own PATH may not hold it), else `/bin/bash`.
-fn bash() -> &'static std::path::Path {
-    static BASH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BASH.get_or_init(|| {
-        std::env::var_os("PATH")
-            .into_iter()
-            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-            .map(|d| d.join("bash"))
-            .find(|c| c.is_file())
-            .unwrap_or_else(|| PathBuf::from("/bin/bash"))
-    })
-}
-
-/// `program` set up as every step's process is, whoever starts it: in the
-/// request's folder, with exactly its environment (and its GPUs), in a process
-/// group of its own so that a kill reaches everything it started.
-pub(crate) fn step_process(program: &std::path::Path, req: &ExecRequest) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.current_dir(&req.dir)
-        .env_clear()
-        .envs(req.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .process_group(0);
-    if let Some(gpus) = &req.gpus {
-        cmd.envs(crate::gpus::step_variables(gpus));
-    }
-    cmd
-}
-
-/// Starts the command with bash, as an argument or through the command file
-/// (see [`crate::launch`]); a start the kernel refuses as too long is tried
-/// again through the file.
-fn start_bash(req: &ExecRequest, log: &std::fs::File) -> Result<std::process::Child, String> {
-    let share = || {
-        log.try_clone()
-            .map_err(|e| format!("cannot share the log {}: {e}", req.log.display()))
-    };
-    let mut how = launch::choose(bash(), &req.command, &req.env);
-    loop {
-        if how == Launch::File {
-            launch::write_command_file(&req.dir, &req.command).map_err(|e| {
-                let file = req.dir.join(launch::COMMAND_FILE);
-                format!("cannot write the command file {}: {e}", file.display())
-            })?;
-        }
-        let spawned = step_process(bash(), req)
-            .args(launch::bash_args(&req.command, how))
-            .stdin(Stdio::null())
-            .stdout(share()?)
-            .stderr(share()?)
-            .spawn();
-        match spawned {
-            Ok(child) => return Ok(child),
-            Err(e) if e.raw_os_error() == Some(E2BIG) && how == Launch::Argument => {
-                how = Launch::File;
-            }
-            Err(e) if e.raw_os_error() == Some(E2BIG) => {
-                return Err(format!(
-                    "cannot start bash: {e}: the step's environment alone is over this \
-                     machine's limit of {} bytes for starting a program",
-                    launch::start_limit()
-                ));
-            }
-            Err(e) => return Err(format!("cannot start bash: {e}")),
-        }
-    }
-}
-
-const E2BIG: i32 = nix::errno::Errno::E2BIG as i32;
-
-/// The error for a simple command that no shell could start either.
-fn too_long(program: &str, why: launch::TooLong) -> String {
-    format!(
-        "cannot start `{program}`: {why}. Write the paths to a file with bash's own \
-         `printf '%s\\n' PATHS… > paths.txt` (a builtin: no limit applies) and give \
-         `{program}` that file, or run `xargs {program} < paths.txt` if it may take the \
-         paths a part at a time"
-    )
-}
-
-/// Starts the command: without bash where bash would only start one program.
-fn start(
-    req: &ExecRequest,
-    log: &std::fs::File,
-    allow_direct: bool,
-) -> Result<std::process::Child, String> {
-    let direct = if allow_direct {
-        crate::direct::spawn(req, log)
-    } else {
-        crate::direct::Direct::ToBash
-    };
-    match direct {
-        crate::direct::Direct::Started(child) => Ok(child),
-        crate::direct::Direct::TooLong { program, why } => Err(too_long(&program, why)),
-        crate::direct::Direct::ToBash => start_bash(req, log),
-    }
-}
-
-/// Starts the command from a thread restricted to its sandbox, which owns
-/// what it needs; the sandbox, taken out of the request, keys that thread.
-fn start_sandboxed(
-    req: &ExecRequest,
-    log: &std::fs::File,
-    allow_direct: bool,
-) -> Result<std::process::Child, String> {
-    let log = (log.try_clone())
-        .map_err(|e| format!("cannot share the log {}: {e}", req.log.display()))?;
-    let mut req = req.clone();
-    match req.sandbox.take() {
-        Some(sandbox) => crate::sandbox::start_in(sandbox, crate::cgroup::of_thread(), move || {
-            start(&req, &log, allow_direct)
-        }),
-        None => start(&req, &log, allow_direct),
-    }
-}
-
 /// Runs a request to its end: through bash, or without it when bash would only
 /// start one program (see [`crate::direct`]).
 pub fn run(req: &ExecRequest, cancel: &CancelToken) -> ExecResult {
-    run_with(req, cancel, true)
-}
-
-fn run_with(req: &ExecRequest, cancel: &CancelToken, allow_direct: bool) -> ExecResult {
-    let started = SystemTime::now();
-    let clock = Instant::now();
-    let infrastructure = |why: String, spawned: bool| ExecResult {
-        outcome: Outcome::Infrastructure(why),
-        usage: Usage::default(),
-        started,
-        spawned,
-    };
-    let log = match std::fs::File::create(&req.log) {
-        Ok(f) => f,
-        Err(e) => {
-            let why = format!("cannot create the log {}: {e}", req.log.display());
-            return infrastructure(why, false);
-        }
-    };
-    // This thread's memory cgroup, where there can be one, which the command
-    // and all it starts will be charged to.
-    let cgroup = crate::cgroup::here().and_then(|c| c.step());
-    // A sandboxed command is started from a thread that restricted itself.
-    let spawned = match &req.sandbox {
-        Some(_) => start_sandboxed(req, &log, allow_direct),
-        None => start(req, &log, allow_direct),
-    };
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err(why) => return infrastructure(why, false),
-    };
-    let pgid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
-    let mut stopped: Option<Outcome> = None;
-    // Woken the moment the command ends (a pidfd becomes readable), and every
-    // 50 ms to honour a cancel or a time limit. Without a pidfd (kernels before
-    // 5.3), naps that grow to 20 ms.
-    let pidfd = rustix::process::Pid::from_raw(pgid.as_raw())
-        .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
-    let mut nap = Duration::from_millis(1);
-    let (used, io) = loop {
-        if has_exited(pgid) {
-            let io = if measure_io() {
-                Io::of(child.id())
-            } else {
-                None
-            };
-            match child.try_wait4() {
-                Ok(Some(r)) => break (r, io),
-                Ok(None) => {}
-                Err(e) => {
-                    return infrastructure(format!("cannot wait for the command: {e}"), true);
-                }
-            }
-        }
-        if stopped.is_none() {
-            let over = req.time_limit.filter(|&l| clock.elapsed() >= l);
-            if cancel.is_cancelled() || over.is_some() {
-                // Not reaped yet, so the group id cannot have been reused.
-                let _ = killpg(pgid, Signal::SIGKILL);
-                stopped = Some(match over {
-                    Some(limit) => Outcome::TimedOut { limit },
-                    None => Outcome::Cancelled,
-                });
-            }
-        }
-        match &pidfd {
-            Some(fd) => {
-                let mut wait = Duration::from_millis(50);
-                // Until the limit (once killed, the usual wait for it to go).
-                if let (Some(limit), None) = (req.time_limit, &stopped) {
-                    wait = wait.min(limit.saturating_sub(clock.elapsed()));
-                }
-                let timeout = rustix::event::Timespec {
-                    tv_sec: 0,
-                    tv_nsec: i64::from(wait.subsec_nanos()),
-                };
-                let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
-                let _ = rustix::event::poll(&mut fds, Some(&timeout));
-            }
-            None => {
-                std::thread::sleep(nap);
-                nap = (nap * 2).min(Duration::from_millis(20));
-            }
-        }
-    };
-    let wall = clock.elapsed();
-    // Whatever its children still do, they go with it.
-    let _ = killpg(pgid, Signal::SIGKILL);
-    let (max_rss_bytes, peak) = match cgroup.as_ref().and_then(|c| c.peak()) {
-        Some(bytes) => (bytes, Peak::Cgroup),
-        None if own_peak_rss().is_none_or(|own| used.rusage.maxrss <= own) => {
-            (used.rusage.maxrss, Peak::AtMost)
-        }
-        None => (used.rusage.maxrss, Peak::Largest),
-    };
-    let usage = Usage {
-        wall,
-        user_cpu: used.rusage.utime,
-        system_cpu: used.rusage.stime,
-        max_rss_bytes,
-        peak,
-        io,
-    };
-    let outcome = match (stopped, used.status.code(), used.status.signal()) {
-        (Some(o), _, _) => o,
-        (None, Some(0), _) => {
-            let missing: Vec<PathBuf> = req
-                .outputs
-                .iter()
-                .filter(|o| std::fs::symlink_metadata(req.dir.join(o)).is_err())
-                .cloned()
-                .collect();
-            if missing.is_empty() {
-                Outcome::Succeeded
-            } else {
-                Outcome::MissingOutputs(missing)
-            }
-        }
-        (None, Some(code), _) => Outcome::Failed { exit_code: code },
-        (None, None, Some(signal)) => Outcome::Killed { signal },
-        (None, None, None) => {
-            Outcome::Infrastructure("the command ended without a status".to_string())
-        }
-    };
-    ExecResult {
-        outcome,
-        usage,
-        started,
-        spawned: true,
-    }
+    Local::new(cancel.clone()).run(req)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::launch;
 
-    fn request(dir: &std::path::Path, command: &str) -> ExecRequest {
+    fn run_with(req: &ExecRequest, cancel: &CancelToken, allow_direct: bool) -> ExecResult {
+        let cancel = cancel.clone();
+        match allow_direct {
+            true => Local::new(cancel).run(req),
+            false => Local::through_bash(cancel).run(req),
+        }
+    }
+
+    pub(super) fn request(dir: &std::path::Path, command: &str) -> ExecRequest {
         ExecRequest {
             command: command.to_string(),
             dir: dir.to_path_buf(),
