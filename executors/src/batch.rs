@@ -103,4 +103,3 @@ pub(crate) fn call_tool<S: AsRef<str>>(
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
-

@@ -12,14 +12,18 @@
 //! run is tried again `retry` times; after a failure nothing new starts unless
 //! `--keep-going`.
 //!
-//! Threads: this one (the coordinator) computes keys, looks up realisations and
-//! commits records, in order; workers do the file work of an instance (scratch
-//! folder, command, moving outputs into the store, materialising them, cleaning
-//! up), so that slow file-system calls (fsync, copies) of different instances
-//! overlap instead of queuing behind one another.
+//! Threads: this one (the coordinator, `coordinator.rs`) computes keys, looks up
+//! realisations and commits records, in order; workers do the file work of an
+//! instance (scratch folder, command through the worker's own local executor,
+//! moving outputs into the store, materialising them, cleaning up), so that
+//! slow file-system calls (fsync, copies) of different instances overlap
+//! instead of queuing behind one another. This module sets a run up, starts
+//! the threads and ends the run.
 
 mod batch;
+mod coordinator;
 mod job;
+mod keying;
 mod local;
 mod materialise;
 mod record;
@@ -28,21 +32,19 @@ mod scratch;
 
 use batch::Task;
 pub use batch::{Batch, System, advised, memory_and_disk};
+use coordinator::{Coordinator, Progress};
 pub(crate) use job::{ToolReads, prepare, tool_folders};
-use local::{Done, Message, Worker, work};
-use materialise::materialize_outputs;
-use record::{RecordedRun, run_record, tail};
+use local::{Message, Worker, work};
+use record::tail;
 pub(crate) use scratch::{Scratch, place_inputs};
 use scratch::{remove_stale_scratch, remove_stale_spool};
 
-use crate::instantiate::{FileRef, InstanceId, Instances};
-use crate::keys::{KeyError, key_from_outputs, resolve_tools};
+use crate::instantiate::{InstanceId, Instances};
+use crate::keys::{KeyError, resolve_tools};
 use crate::slots::Slots;
 use mustbuild_executors::{CancelToken, Outcome};
 use mustbuild_lang::model::{Step, Workflow};
-use mustbuild_store::{
-    Digest, FinishedRun, KeyUse, KnownKey, LocalStore, Output, OutputKind, StoreError, Unrecorded,
-};
+use mustbuild_store::{Digest, KnownKey, LocalStore, Output, OutputKind, StoreError};
 
 /// Keys of instances that became ready are computed when fewer than this many
 /// jobs per worker wait to be handed out (or a whole batch is ready).
@@ -263,7 +265,7 @@ pub fn run(
 ) -> Result<RunSummary, RunError> {
     let tools = resolve_tools(wf, store, &options.path_var)?;
     let tool_reads = job::tool_folders(wf, &tools);
-    let n = instances.all.len();
+    let _n = instances.all.len();
     let selected = |i: usize| options.selected.as_ref().is_none_or(|s| s[i]);
     // A step asking for more GPUs than there are would wait forever.
     for (i, inst) in instances.all.iter().enumerate() {
@@ -279,53 +281,9 @@ pub fn run(
             });
         }
     }
-    let mut outputs: Vec<Option<Vec<Digest>>> = vec![None; n];
-    let mut failed = vec![false; n];
-    // Prepared for a DAGMan node to run (`System::DagPrepare`).
-    let mut prepared = vec![false; n];
-    // Whether an instance's `started` event was sent (once, whatever the attempts).
-    let mut started = vec![false; n];
-    let mut waiting: Vec<usize> = instances.all.iter().map(|i| i.deps.len()).collect();
-    let mut dependents: Vec<Vec<InstanceId>> = vec![Vec::new(); n];
-    for (i, inst) in instances
-        .all
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| selected(*i))
-    {
-        for d in &inst.deps {
-            dependents[d.index()].push(InstanceId(i as u32));
-        }
-    }
-    // Instances whose inputs are known, then (key computed, not realised) those
-    // waiting for resources to run.
-    let mut runnable: std::collections::VecDeque<Runnable> = Default::default();
-    let mut ready: std::collections::VecDeque<InstanceId> = (0..n)
-        .filter(|&i| waiting[i] == 0 && selected(i))
-        .map(|i| InstanceId(i as u32))
-        .collect();
-    let mut seen = crate::noop::Seen {
-        generation: store.generation()?,
-        ..Default::default()
-    };
-    let mut keys: Vec<Option<Digest>> = vec![None; n];
-    // The kind (file, executable, folder) of each output, beside its digest.
-    let mut kinds: Vec<Option<Vec<OutputKind>>> = vec![None; n];
-    // What the record gives, for instances whose files and upstream are unchanged.
-    let (mut from_prior, prior_sources) = match &options.prior {
-        Some(prior) => prior.clean(wf, instances),
-        None => (vec![None; n], Default::default()),
-    };
-    // What the record says each instance's outputs are: an instance is taken
-    // from it only if what it reads came out as recorded.
-    // The instances taken from the record, in the order taken.
-    let mut taken: Vec<InstanceId> = Vec::new();
+    let mut progress = Progress::new(wf, instances, store, options, selected)?;
+    let _measure = crate::measure::Measure::new(options.energy_model);
     let measure = crate::measure::Measure::new(options.energy_model);
-    let mut attributions = crate::measure::Attributions::default();
-    let recorded_outputs: Vec<Option<Vec<Digest>>> = from_prior
-        .iter()
-        .map(|p| p.as_ref().map(|(_, o)| o.clone()))
-        .collect();
     // What is materialised is recorded by absolute path.
     let root = std::path::absolute(&wf.root).unwrap_or_else(|_| wf.root.clone());
     let info = options.info.as_ref().map(|info| {
@@ -344,10 +302,7 @@ pub fn run(
         info.to_json()
     });
     let session = store.begin_session(&wf.name, info.as_deref())?;
-    let mut summary = RunSummary {
-        session,
-        ..RunSummary::default()
-    };
+    progress.summary.session = session;
     let cancel = options.cancel.clone();
     let total_cpus = options.jobs.max(1);
     let total_memory = options.memory_bytes.unwrap_or(u64::MAX);
@@ -401,8 +356,6 @@ pub fn run(
     let notes = std::sync::Mutex::new(Vec::<String>::new());
     let calls = std::sync::Mutex::new(None);
     let accounted = std::sync::Mutex::new(Vec::new());
-    // A batch job's run record, by its ticket (for the batch system's own figures).
-    let mut batch_runs: std::collections::HashMap<u64, i64> = std::collections::HashMap::new();
     let (job_tx, job_rx) = mpsc::channel::<Task>();
     let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
     let (done_tx, done_rx) = mpsc::channel::<Message>();
@@ -504,559 +457,42 @@ pub fn run(
         drop(done_tx);
         // On an error, the commands running and queued are stopped before the
         // error is returned (scope waits for the workers).
-        let coordinated = (|| -> Result<(), RunError> {
-            let mut in_flight = 0usize;
-            let mut stop = false;
-            let mut batch_size = FIRST_KEY_BATCH;
-            let mut tickets = 0u64;
-            let mut pace = Pace::default();
-            loop {
-                if cancel.is_cancelled() {
-                    stop = true;
-                }
-                if stop {
-                    // Jobs waiting for their slots give up; what runs finishes.
-                    slots.close();
-                }
-                // Keys of what became ready, a batch to a transaction; the realised
-                // are materialised and release their dependents at once. One batch,
-                // then the workers get what it found to run: the first batches are
-                // small, so that commands start at once. While enough jobs wait
-                // to be handed out, what becomes ready waits too, for a bigger
-                // batch: it would start behind those jobs anyway, and a
-                // transaction per job that ends costs more than its keys.
-                let keys_now = |ready: &std::collections::VecDeque<InstanceId>,
-                                runnable: &std::collections::VecDeque<Runnable>,
-                                batch_size: usize| {
-                    !ready.is_empty()
-                        && (runnable.len() < KEYS_AHEAD * workers || ready.len() >= batch_size)
-                };
-                if !stop && keys_now(&ready, &runnable, batch_size) {
-                    let mut batch: Vec<InstanceId> =
-                        ready.drain(..ready.len().min(batch_size)).collect();
-                    batch_size = (batch_size * 2).min(KEY_BATCH);
-                    // Keys known from the record, when the store still has their
-                    // realisations as recorded; the others are computed.
-                    let known: Vec<(InstanceId, Digest, Vec<Digest>)> = batch
-                        .iter()
-                        .filter(|id| !options.force.contains(&instances.get(**id).step))
-                        .filter(|id| {
-                            instances.get(**id).deps.iter().all(|d| {
-                                outputs[d.index()].is_some()
-                                    && outputs[d.index()] == recorded_outputs[d.index()]
-                            })
-                        })
-                        .filter_map(|id| from_prior[id.index()].take().map(|(k, o)| (*id, k, o)))
-                        .collect();
-                    if !known.is_empty() {
-                        let ks: Vec<Digest> = known.iter().map(|k| k.1).collect();
-                        let realised = store.use_known_keys(session, &ks)?;
-                        let taken_before = taken.len();
-                        for ((id, key, recorded), realised) in known.into_iter().zip(realised) {
-                            let inst = instances.get(id);
-                            let step = wf.step(inst.step);
-                            let Some((digests, output_kinds)) =
-                                realised.as_deref().and_then(|r| in_order(step, r))
-                            else {
-                                continue;
-                            };
-                            if digests != recorded {
-                                continue;
-                            }
-                            kinds[id.index()] = Some(output_kinds);
-                            for f in inst.inputs.iter().flatten() {
-                                if let (FileRef::Source(p), true) = (f, options.noop.is_some())
-                                    && let Some(d) = prior_sources.get(p)
-                                {
-                                    seen.inputs.entry(p.clone()).or_insert((*d, false));
-                                }
-                            }
-                            keys[id.index()] = Some(key);
-                            taken.push(id);
-                            outputs[id.index()] = Some(recorded);
-                            summary.cached += 1;
-                            on_event(Event::Cached {
-                                step: step.name.to_string(),
-                                values: inst.values.clone(),
-                            });
-                            release(&dependents[id.index()], &mut waiting, &mut ready);
-                        }
-                        let now_taken: std::collections::HashSet<InstanceId> =
-                            taken[taken_before..].iter().copied().collect();
-                        batch.retain(|id| !now_taken.contains(id));
-                    }
-                    // The batch's source files, hashed on several threads and
-                    // cached in one transaction, before the keys read them.
-                    let sources: std::collections::BTreeSet<PathBuf> = batch
-                        .iter()
-                        .flat_map(|id| instances.get(*id).inputs.iter().flatten())
-                        .filter_map(|f| match f {
-                            FileRef::Source(p) => Some(wf.root.join(p)),
-                            FileRef::Output { .. } => None,
-                        })
-                        .collect();
-                    if sources.len() > 1 {
-                        let paths: Vec<&Path> = sources.iter().map(PathBuf::as_path).collect();
-                        store.file_digests(&paths);
-                    }
-                    let mut keyed = Vec::with_capacity(batch.len());
-                    for id in batch {
-                        let inst = instances.get(id);
-                        if let Some(material) =
-                            key_from_outputs(wf, instances, store, &tools, &outputs, id)?
-                        {
-                            if options.noop.is_some() {
-                                for (path, digest, dir) in crate::keys::input_digests(&material) {
-                                    if !seen.inputs.contains_key(path) {
-                                        seen.inputs.insert(path.to_string(), (digest, dir));
-                                    }
-                                }
-                            }
-                            let forced = options.force.contains(&inst.step);
-                            keyed.push((id, material, instance_label(&inst.values), forced));
-                        }
-                    }
-                    let uses: Vec<KeyUse<'_>> = keyed
-                        .iter()
-                        .map(|(id, material, label, forced)| KeyUse {
-                            material,
-                            pipeline: &wf.name,
-                            step: &wf.step(instances.get(*id).step).name,
-                            instance: label,
-                            lookup: !forced,
-                        })
-                        .collect();
-                    let resolved = store.use_keys(session, &uses)?;
-                    // Missing here: the remote caches may have them (looked up
-                    // together, checked, then realised here).
-                    let mut from_cache = std::collections::HashMap::new();
-                    if let Some(cache) = &options.cache {
-                        let wanted: Vec<Digest> = keyed
-                            .iter()
-                            .zip(&resolved)
-                            .filter(|((.., forced), used)| used.realised.is_none() && !forced)
-                            .map(|(_, used)| used.key)
-                            .collect();
-                        if !wanted.is_empty() {
-                            let fetched = cache.fetch_many(store, &wanted, session);
-                            for message in cache.take_warnings() {
-                                on_event(Event::Warning { message });
-                            }
-                            from_cache = wanted
-                                .into_iter()
-                                .zip(fetched?)
-                                .filter_map(|(key, outputs)| Some((key, outputs?)))
-                                .collect();
-                        }
-                    }
-                    let mut materialised = Vec::new();
-                    for ((id, material, label, forced), used) in keyed.iter().zip(resolved) {
-                        let (key, mut realised) = (used.key, used.realised);
-                        let inst = instances.get(*id);
-                        if realised.is_none()
-                            && !forced
-                            && let Some(outputs) = from_cache.get(&key)
-                        {
-                            store.set_planned(
-                                session,
-                                &wf.step(inst.step).name,
-                                label,
-                                "reused",
-                            )?;
-                            realised = Some(outputs.clone());
-                        }
-                        if realised.is_none()
-                            && let Some(previous) = used.previous
-                            && let Some(changed) = only_tools_or_env(store, &previous, material)?
-                        {
-                            let step = &wf.step(inst.step).name;
-                            summary
-                                .unexpected
-                                .push((crate::provenance::label(step, &inst.values), changed));
-                        }
-                        keys[id.index()] = Some(key);
-                        let step = wf.step(inst.step);
-                        match realised.and_then(|r| in_order(step, &r).map(|o| (r, o))) {
-                            Some((realised, (digests, output_kinds))) => {
-                                let made = materialize_outputs(
-                                    (wf, instances, &root),
-                                    store,
-                                    (*id, key),
-                                    &realised,
-                                    &[],
-                                    &Unrecorded::default(),
-                                    &mut materialised,
-                                    on_event,
-                                );
-                                if let Err(e) = made {
-                                    // What was put in place is remembered even so.
-                                    let _ = store.set_materialised_many(&materialised);
-                                    return Err(e);
-                                }
-                                outputs[id.index()] = Some(digests);
-                                kinds[id.index()] = Some(output_kinds);
-                                summary.cached += 1;
-                                on_event(Event::Cached {
-                                    step: wf.step(inst.step).name.to_string(),
-                                    values: inst.values.clone(),
-                                });
-                                release(&dependents[id.index()], &mut waiting, &mut ready);
-                            }
-                            None => runnable.push_back(Runnable {
-                                id: *id,
-                                key,
-                                forced: *forced,
-                                attempt: 0,
-                                memory: None,
-                            }),
-                        }
-                    }
-                    store.set_materialised_many(&materialised)?;
-                }
-                // Hand runnable instances to the workers, in order, a few ahead: each
-                // prepares its job, then waits for the job's share of the slots.
-                while !stop && in_flight < max_in_flight {
-                    let Some(Runnable {
-                        id,
-                        key,
-                        forced,
-                        attempt,
-                        memory,
-                    }) = runnable.pop_front()
-                    else {
-                        break;
-                    };
-                    let step = wf.step(instances.get(id).step);
-                    let mut job =
-                        prepare(wf, instances, id, key, &outputs, &kinds, &options.path_var);
-                    if let Some(allows) = &mut job.sandbox {
-                        let reads = &tool_reads[instances.get(id).step.index()];
-                        reads.allow(allows, [&root, store.root()]);
-                    }
-                    job.force = forced;
-                    job.attempt = attempt;
-                    job.ticket = tickets;
-                    tickets += 1;
-                    job.gpus = step.resources.gpus as usize;
-                    if options.batch.is_some() {
-                        // The batch system's nodes, not this machine, bound them.
-                        job.cpus = step.resources.cpus as usize;
-                        let label = instance_label(&instances.get(id).values);
-                        let (asked, disk, line) = batch::memory_and_disk(step, &label, &advised);
-                        job.memory = memory.unwrap_or(asked);
-                        // A retry's larger request stands.
-                        job.memory_line = line.filter(|_| memory.is_none());
-                        job.disk = disk;
-                        // Measured, else declared (a limit: often generous).
-                        job.expected = advised
-                            .get(step.name.as_str())
-                            .map(|s| std::time::Duration::from_secs_f64(s.wall_p95_s))
-                            .or(step
-                                .resources
-                                .time_seconds
-                                .map(std::time::Duration::from_secs));
-                    } else {
-                        job.cpus = (step.resources.cpus as usize).min(total_cpus);
-                        job.memory = memory
-                            .or(step.resources.memory_bytes)
-                            .unwrap_or(0)
-                            .min(total_memory);
-                        slots.queue(job.ticket, job.cpus, job.memory, job.gpus);
-                    }
-                    in_flight += 1;
-                    if job_tx.send(Task::Run(job)).is_err() {
-                        in_flight -= 1;
-                        break;
-                    }
-                }
-                let more_keys = !stop && keys_now(&ready, &runnable, batch_size);
-                if in_flight == 0 && !more_keys {
-                    break;
-                }
-                // While the workers have jobs enough in hand, the jobs that end
-                // meanwhile are taken together: one wake-up, one transaction.
-                if !more_keys && !stop {
-                    pace.nap(in_flight.saturating_sub(total_cpus));
-                }
-                // With keys left to compute, only what has arrived is handled first.
-                let message = if more_keys {
-                    done_rx.try_recv()
-                } else {
-                    done_rx
-                        .recv_timeout(STARTS_REPORTED_WITHIN)
-                        .map_err(|e| match e {
-                            mpsc::RecvTimeoutError::Timeout => mpsc::TryRecvError::Empty,
-                            mpsc::RecvTimeoutError::Disconnected => {
-                                mpsc::TryRecvError::Disconnected
-                            }
-                        })
-                };
-                // Started before any job that ended: reported first.
-                announce_starts(&starts, (wf, instances), &mut started, on_event);
-                if options.batch.is_some() {
-                    let told = std::mem::take(
-                        &mut *notes
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner),
-                    );
-                    for message in told {
-                        on_event(Event::Warning { message });
-                    }
-                }
-                let first = match message {
-                    Ok(Message::Done(done)) => *done,
-                    Ok(Message::Lost) => return Err(RunError::WorkerLost),
-                    Err(mpsc::TryRecvError::Empty) => continue,
-                    Err(mpsc::TryRecvError::Disconnected) => break,
-                };
-                // The jobs that ended meanwhile too: their runs are recorded in one
-                // transaction (most of what a job costs the store is per transaction).
-                let mut batch = vec![first];
-                let mut lost = false;
-                while batch.len() < RECORD_BATCH {
-                    match done_rx.try_recv() {
-                        Ok(Message::Done(done)) => batch.push(*done),
-                        Ok(Message::Lost) => {
-                            lost = true;
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                in_flight -= batch.len();
-                pace.ended(batch.len());
-                // Those that ended meanwhile may have started meanwhile.
-                announce_starts(&starts, (wf, instances), &mut started, on_event);
-                // A job that met a store or file-system error stops the run: those
-                // that ended before it are recorded as usual, those after it only
-                // have what they put in the workspace remembered.
-                let after_error = match batch.iter().position(|d| d.error.is_some()) {
-                    Some(i) => batch.split_off(i),
-                    None => Vec::new(),
-                };
-                // Per job: its run and, when it succeeded, its outputs.
-                let records: Vec<Option<RecordedRun<'_>>> = batch
-                    .iter()
-                    .map(|d| {
-                        let recorded = !d.not_started && !d.realised_elsewhere;
-                        recorded.then(|| {
-                            let stored = d
-                                .stored
-                                .as_deref()
-                                .filter(|_| d.result.outcome == Outcome::Succeeded);
-                            (run_record((wf, instances), session, &measure, d), stored)
-                        })
-                    })
-                    .collect();
-                let finished: Vec<FinishedRun<'_>> = batch
-                    .iter()
-                    .zip(&records)
-                    .filter_map(|(d, r)| {
-                        r.as_ref().map(|(record, stored)| FinishedRun {
-                            run: record,
-                            realised: *stored,
-                            materialised: &d.materialised,
-                            objects: &d.objects,
-                        })
-                    })
-                    .collect();
-                let ids = match store.finish_runs(&finished) {
-                    Ok(ids) => ids,
-                    Err(e) => {
-                        for d in batch.iter().chain(&after_error) {
-                            let _ = store.set_materialised_many(&d.materialised);
-                        }
-                        return Err(e.into());
-                    }
-                };
-                // Each job's energy as recorded, for the summary and its event.
-                let energies: Vec<Option<f64>> = records
-                    .iter()
-                    .map(|r| r.as_ref().and_then(|(record, _)| record.energy_joules))
-                    .collect();
-                summary.energy_joules += energies.iter().flatten().sum::<f64>();
-                let mut ids = ids.into_iter();
-                for ((d, r), recorded) in batch.iter().zip(&records).zip(&energies) {
-                    // Every recorded job has an id, whether or not it was measured.
-                    let id = if r.is_some() { ids.next() } else { None };
-                    if let (Some(id), Some(_)) = (id, &options.batch) {
-                        batch_runs.insert(d.job.ticket, id);
-                    }
-                    let Some(energy) = &d.energy else { continue };
-                    attributions.ended(energy);
-                    if let Some(id) = id {
-                        attributions.recorded(energy.token, id, energy.gpu_joules, *recorded);
-                    }
-                }
-                drop(finished);
-                drop(records);
-                let mut retries = Vec::new();
-                for (done, energy_joules) in batch.into_iter().zip(energies) {
-                    let sandboxed = done.ran_sandboxed();
-                    let Done {
-                        job,
-                        result,
-                        stored,
-                        log,
-                        realised_elsewhere,
-                        not_started,
-                        handed_over,
-                        events,
-                        materialised,
-                        sandbox_found,
-                        ..
-                    } = done;
-                    for e in events {
-                        on_event(e);
-                    }
-                    if handed_over {
-                        prepared[job.id.index()] = true;
-                        summary.prepared += 1;
-                    }
-                    if not_started {
-                        continue;
-                    }
-                    let inst = instances.get(job.id);
-                    let step = wf.step(inst.step);
-                    // A job that failed before its command started (its inputs could
-                    // not be put in place) is still reported as started first.
-                    if !realised_elsewhere {
-                        announce((wf, instances), job.id, &mut started, on_event);
-                    }
-                    summary.cpu_seconds +=
-                        (result.usage.user_cpu + result.usage.system_cpu).as_secs_f64();
-                    if realised_elsewhere {
-                        store.set_materialised_many(&materialised)?;
-                        let realised = stored.unwrap_or_default();
-                        (outputs[job.id.index()], kinds[job.id.index()]) =
-                            outputs_in_order(step, &realised)?;
-                        summary.cached += 1;
-                        on_event(Event::Cached {
-                            step: step.name.to_string(),
-                            values: inst.values.clone(),
-                        });
-                        release(&dependents[job.id.index()], &mut waiting, &mut ready);
-                        continue;
-                    }
-                    let outcome = result.outcome.clone();
-                    let stored = stored.filter(|_| outcome == Outcome::Succeeded);
-                    if let Some(stored) = stored {
-                        // Recorded: another process waiting for it finds it realised.
-                        drop(job.lock);
-                        (outputs[job.id.index()], kinds[job.id.index()]) =
-                            outputs_in_order(step, &stored)?;
-                        if let Some(push) = &push_tx {
-                            // Sent in the background, signed; a failure is a warning.
-                            let _ = push.send((job.key, stored.clone()));
-                        }
-                        if let Some(cache) = &options.cache {
-                            for message in cache.take_warnings() {
-                                on_event(Event::Warning { message });
-                            }
-                        }
-                        summary.executed += 1;
-                        on_event(Event::Executed {
-                            step: step.name.to_string(),
-                            values: inst.values.clone(),
-                            seconds: result.usage.wall.as_secs_f64(),
-                            cpu_seconds: (result.usage.user_cpu + result.usage.system_cpu)
-                                .as_secs_f64(),
-                            energy_joules,
-                        });
-                        release(&dependents[job.id.index()], &mut waiting, &mut ready);
-                    } else if job.attempt < step.retry
-                        && !cancel.is_cancelled()
-                        && outcome != Outcome::Cancelled
-                    {
-                        on_event(Event::Retrying {
-                            step: step.name.to_string(),
-                            values: inst.values.clone(),
-                            attempt: job.attempt + 1,
-                            why: outcome.to_string(),
-                        });
-                        // Out of memory: asked again with twice as much, or half
-                        // as much again as it was seen to use, whichever is more.
-                        let memory = match &outcome {
-                            Outcome::OutOfMemory { used_bytes, .. } => Some(
-                                (job.memory.max(1 << 20) * 2)
-                                    .max(used_bytes.unwrap_or(0) * 3 / 2)
-                                    .next_multiple_of(1 << 20),
-                            ),
-                            _ => None,
-                        };
-                        retries.push(Runnable {
-                            id: job.id,
-                            key: job.key,
-                            forced: job.force,
-                            attempt: job.attempt + 1,
-                            memory,
-                        });
-                    } else {
-                        if outcome == Outcome::Cancelled {
-                            summary.cancelled += 1;
-                        } else {
-                            summary.failed += 1;
-                        }
-                        failed[job.id.index()] = true;
-                        let log_tail = tail(&log, 20);
-                        // A command that ran unsandboxed was refused nothing.
-                        let refused = if sandboxed {
-                            mustbuild_executors::sandbox::refused_paths(&log_tail)
-                        } else {
-                            Vec::new()
-                        };
-                        on_event(Event::Failed {
-                            step: step.name.to_string(),
-                            values: inst.values.clone(),
-                            outcome,
-                            log_tail,
-                        });
-                        if let Some(found) = &sandbox_found {
-                            on_event(Event::Warning {
-                                message: refusal::report(&step.name, found, &root),
-                            });
-                        } else if !refused.is_empty() {
-                            on_event(Event::Warning {
-                                message: refusal::advice(&step.name, &refused, &root),
-                            });
-                        }
-                        // Unless told to go on, nothing new starts; what runs finishes.
-                        if !options.keep_going {
-                            stop = true;
-                        }
-                    }
-                }
-                // First in line among the runnable, in the order they ended: handed
-                // out next (behind the jobs already handed out).
-                for r in retries.into_iter().rev() {
-                    runnable.push_front(r);
-                }
-                let mut after_error = after_error.into_iter();
-                if let Some(failing) = after_error.next() {
-                    for e in failing.events {
-                        on_event(e);
-                    }
-                    // What it and the jobs after it put in place is remembered.
-                    let _ = store.set_materialised_many(&failing.materialised);
-                    for d in after_error {
-                        let _ = store.set_materialised_many(&d.materialised);
-                    }
-                    if let Some(e) = failing.error {
-                        return Err(e);
-                    }
-                }
-                if lost {
-                    return Err(RunError::WorkerLost);
-                }
-            }
-            Ok(())
-        })();
+        let mut coordinator = Coordinator {
+            wf,
+            instances,
+            store,
+            options,
+            session,
+            tools: &tools,
+            tool_reads: &tool_reads,
+            root: &root,
+            measure: &measure,
+            slots: &slots,
+            starts: &starts,
+            notes: &notes,
+            advised: &advised,
+            cancel: cancel.clone(),
+            job_tx,
+            done_rx: &done_rx,
+            push_tx,
+            total_cpus,
+            total_memory,
+            workers,
+            max_in_flight,
+            progress: &mut progress,
+            in_flight: 0,
+            stop: false,
+            batch_size: FIRST_KEY_BATCH,
+            tickets: 0,
+            pace: Pace::default(),
+        };
+        let coordinated = coordinator.coordinate(on_event);
         if coordinated.is_err() {
             cancel.cancel();
         }
         finished.store(true, std::sync::atomic::Ordering::SeqCst);
-        drop(job_tx);
-        drop(push_tx);
+        // The workers and the pusher are told there is no more.
+        drop(coordinator);
         if let (Some(pusher), Some(cache)) = (pusher, &options.cache) {
             let _ = pusher.join();
             for message in cache.take_warnings() {
@@ -1069,6 +505,18 @@ pub fn run(
         }
         coordinated
     });
+    let Progress {
+        outputs,
+        failed,
+        prepared,
+        keys,
+        taken,
+        mut seen,
+        mut summary,
+        attributions,
+        batch_runs,
+        ..
+    } = progress;
     // The workers have ended: their memory cgroups go.
     mustbuild_executors::release_cgroups();
     if options.batch.is_some() {

@@ -145,8 +145,9 @@ impl Local {
             Err(why) => return self.ended.push(not_started(why)),
         };
         let group = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
-        let pidfd = rustix::process::Pid::from_raw(group.as_raw())
-            .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
+        let pidfd = rustix::process::Pid::from_raw(group.as_raw()).and_then(|p| {
+            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+        });
         self.running.push(Running {
             tag,
             child,
@@ -397,7 +398,11 @@ mod tests {
         // The first waits for the second: run one after the other, it would
         // run to its time limit.
         let jobs = [
-            job(1, dir.path(), "while [ ! -e b ]; do sleep 0.01; done; echo a > a"),
+            job(
+                1,
+                dir.path(),
+                "while [ ! -e b ]; do sleep 0.01; done; echo a > a",
+            ),
             job(2, dir.path(), "sleep 0.2; echo b > b"),
             job(3, dir.path(), "exit 3"),
         ];
@@ -436,9 +441,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cancel = CancelToken::default();
         let mut local = Local::new(cancel.clone());
-        let jobs = [job(1, dir.path(), "sleep 30"), job(2, dir.path(), "sleep 30")];
+        let jobs = [
+            job(1, dir.path(), "sleep 30"),
+            job(2, dir.path(), "sleep 30"),
+        ];
         local.submit(&jobs).unwrap();
-        assert!(local.reports(Duration::from_millis(100)).unwrap().is_empty());
+        assert!(
+            local
+                .reports(Duration::from_millis(100))
+                .unwrap()
+                .is_empty()
+        );
         cancel.cancel();
         let ended = ends(&mut local, 2);
         for (_, end) in &ended {
@@ -452,9 +465,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut local = Local::new(CancelToken::default());
         let started = |name: &str| format!("echo $$ > {name}; exec sleep 30");
-        local.submit(&[job(1, dir.path(), &started("one"))]).unwrap();
+        local
+            .submit(&[job(1, dir.path(), &started("one"))])
+            .unwrap();
         let mut dropped = Local::new(CancelToken::default());
-        dropped.submit(&[job(2, dir.path(), &started("two"))]).unwrap();
+        dropped
+            .submit(&[job(2, dir.path(), &started("two"))])
+            .unwrap();
         let pid = |name: &str| loop {
             if let Ok(text) = std::fs::read_to_string(dir.path().join(name))
                 && let Ok(pid) = text.trim().parse::<i32>()
@@ -468,7 +485,10 @@ mod tests {
         drop(dropped);
         // Reaped, not only killed: no such process remains.
         for pid in [one, two] {
-            assert_eq!(nix::sys::signal::kill(pid, None), Err(nix::errno::Errno::ESRCH));
+            assert_eq!(
+                nix::sys::signal::kill(pid, None),
+                Err(nix::errno::Errno::ESRCH)
+            );
         }
         assert!(local.reports(Duration::from_millis(50)).unwrap().is_empty());
     }
@@ -479,7 +499,9 @@ mod tests {
         let mut local = Local::new(CancelToken::default());
         let alone = local.run(&request(dir.path(), "true"));
         let hold = "python3 -c 'import time; b = bytearray(40 << 20); time.sleep(0.3)'";
-        local.submit(&[job(1, dir.path(), hold), job(2, dir.path(), hold)]).unwrap();
+        local
+            .submit(&[job(1, dir.path(), hold), job(2, dir.path(), hold)])
+            .unwrap();
         let ended = ends(&mut local, 2);
         if crate::cgroup::here().is_some() {
             assert_eq!(alone.usage.peak, Peak::Cgroup);

@@ -125,4 +125,3 @@ pub(super) fn start_sandboxed(
         None => start(&req, &log, allow_direct),
     }
 }
-
