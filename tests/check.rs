@@ -333,6 +333,51 @@ fn malformed_sandbox_and_network_lines() {
 }
 
 #[test]
+fn a_sandbox_may_not_read_the_pipelines_own_folder_through_a_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let top = std::fs::canonicalize(dir.path()).unwrap();
+    let w = top.join("w");
+    std::fs::create_dir_all(w.join("data")).unwrap();
+    // Links outside the pipeline's folder: into it, above it, elsewhere.
+    std::os::unix::fs::symlink(w.join("data"), top.join("into")).unwrap();
+    std::os::unix::fs::symlink(&top, top.join("above")).unwrap();
+    std::os::unix::fs::symlink("/usr", top.join("elsewhere")).unwrap();
+    let pipeline = format!(
+        r#"pipeline "reads"
+sandbox {{ read "{into}" }}
+step a {{
+    out t="a.txt"
+    run "touch {{out.t}}"
+    sandbox {{ read "{above}" "{elsewhere}" }}
+}}
+"#,
+        into = top.join("into").display(),
+        above = top.join("above").display(),
+        elsewhere = top.join("elsewhere").display(),
+    );
+    std::fs::write(w.join("pipeline.kdl"), pipeline).unwrap();
+    let r = run(&w, &["check", "pipeline.kdl"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let into = format!(
+        "`{}` leads to `{}`, which is in the pipeline's folder",
+        top.join("into").display(),
+        w.join("data").display()
+    );
+    assert!(r.stderr.contains(&into), "{}", r.stderr);
+    let above = format!(
+        "`{}` leads to `{}`, which holds the pipeline's folder",
+        top.join("above").display(),
+        top.display()
+    );
+    assert!(r.stderr.contains(&above), "{}", r.stderr);
+    assert!(
+        r.stderr.ends_with("pipeline.kdl: 2 errors\n"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
 fn a_sandbox_may_not_read_the_pipelines_own_folder() {
     let dir = tempfile::tempdir().unwrap();
     let w = dir.path().join("w");

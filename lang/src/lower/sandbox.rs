@@ -163,19 +163,32 @@ impl Lower<'_> {
         }
     }
 
-    /// Folders to read that hold the pipeline's folder, or lie in it: what a
-    /// step reads there must be declared as inputs, so that their content is in
-    /// the key.
+    /// Folders to read that hold the pipeline's folder (`root`, resolved), or
+    /// lie in it, as written or where their links lead (the sandbox allows
+    /// where a path leads): what a step reads there must be declared as
+    /// inputs, so that their content is in the key.
     pub(super) fn reads_outside_workspace(&mut self, read: &[ReadFolder], root: &Path) {
         for r in read {
-            let folder = Path::new(r.path.as_str());
-            let message = if root.starts_with(folder) {
-                format!("`{}` holds the pipeline's folder", r.path)
-            } else if folder.starts_with(root) {
-                format!("`{}` is in the pipeline's folder", r.path)
-            } else {
-                continue;
-            };
+            let written = Path::new(r.path.as_str());
+            let resolved = std::fs::canonicalize(written).ok();
+            let leads = resolved.as_deref().filter(|&p| p != written);
+            let found = [Some(written), leads]
+                .into_iter()
+                .flatten()
+                .find_map(|folder| {
+                    let what = match folder == written {
+                        true => format!("`{}`", r.path),
+                        false => format!("`{}` leads to `{}`, which", r.path, folder.display()),
+                    };
+                    if root.starts_with(folder) {
+                        Some(format!("{what} holds the pipeline's folder"))
+                    } else if folder.starts_with(root) {
+                        Some(format!("{what} is in the pipeline's folder"))
+                    } else {
+                        None
+                    }
+                });
+            let Some(message) = found else { continue };
             self.push(Diagnostic::error(r.span, message).hint(
                 "declare the files a step reads there as inputs (in x=(file)\"…\" or \
                      (dir)\"…\"): their content then enters the key",
