@@ -473,7 +473,14 @@ pub fn audit(
         }
         match &v.finding {
             Finding::Reproducible => outln!("reproducible  {label}"),
-            Finding::Failed { outcome } => outln!("failed        {label}: {outcome}"),
+            Finding::Failed {
+                outcome, advice, ..
+            } => {
+                outln!("failed        {label}: {outcome}");
+                if let Some(advice) = advice {
+                    outln!("              {}", advice.replace('\n', "\n              "));
+                }
+            }
             Finding::Differs { outputs } => {
                 for o in outputs {
                     outln!(

@@ -607,3 +607,66 @@ step hello {
     let stats = common::run(dir.path(), &["stats", "--json", "--store", "store"]);
     assert_eq!(common::sandboxed_runs(&stats.stdout), (1, 1));
 }
+
+/// A result made unsandboxed may read what the sandbox refuses: its audit
+/// (sandboxed, as a run is) fails, and says what was refused and what to do.
+#[test]
+fn an_audit_of_a_result_made_unsandboxed_says_what_the_sandbox_refused() {
+    if !landlock() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret.txt");
+    std::fs::write(&secret, "undeclared\n").unwrap();
+    let pipeline = format!(
+        r#"pipeline "peeks"
+step peek {{
+    out t="t.txt"
+    run "cat {secret} > {{out.t}}"
+}}
+"#,
+        secret = secret.display()
+    );
+    std::fs::write(dir.path().join("pipeline.kdl"), pipeline).unwrap();
+    let r = unsandboxed(dir.path());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+
+    let audit = common::run(dir.path(), &["audit", "pipeline.kdl", "--store", "store"]);
+    assert_eq!(audit.code, 1, "{}\n{}", audit.stdout, audit.stderr);
+    assert!(
+        audit
+            .stdout
+            .contains("failed        peek: Failed { exit_code: 1 }\n"),
+        "{}",
+        audit.stdout
+    );
+    let refused = format!("`peek` ran sandboxed, which refused {}", secret.display());
+    assert!(audit.stdout.contains(&refused), "{}", audit.stdout);
+    assert!(audit.stdout.contains("--no-sandbox"), "{}", audit.stdout);
+    let json = common::run(
+        dir.path(),
+        &["audit", "pipeline.kdl", "--store", "store", "--json"],
+    );
+    let v: serde_json::Value = serde_json::from_str(json.stdout.trim()).unwrap();
+    assert_eq!(v["verdict"], "failed", "{v}");
+    assert_eq!(v["sandboxed"], true, "{v}");
+    assert_eq!(
+        v["refused"],
+        serde_json::json!([secret.display().to_string()]),
+        "{v}"
+    );
+    assert!(v["advice"].as_str().unwrap().contains(&refused), "{v}");
+
+    // Unsandboxed, as it was made, it is reproducible (and nothing is refused).
+    let audit = common::run(
+        dir.path(),
+        &["audit", "pipeline.kdl", "--store", "store", "--no-sandbox"],
+    );
+    assert_eq!(audit.code, 0, "{}\n{}", audit.stdout, audit.stderr);
+    assert!(
+        audit.stdout.contains("reproducible  peek\n"),
+        "{}",
+        audit.stdout
+    );
+}

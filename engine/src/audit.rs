@@ -40,7 +40,17 @@ pub enum Finding {
     /// These outputs came out otherwise.
     Differs { outputs: Vec<OutputDiff> },
     /// The command did not succeed this time.
-    Failed { outcome: String },
+    Failed {
+        outcome: String,
+        /// The paths the sandbox refused it, as its log names them: the
+        /// audit runs a step sandboxed even where its result was made
+        /// unsandboxed (`--no-sandbox`, a node without Landlock).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        refused: Vec<String>,
+        /// What to do about those.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        advice: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -163,8 +173,8 @@ fn audit_one(
     let inst = instances.get(id);
     let step = wf.step(inst.step);
     let mut job = prepare(wf, instances, id, key, outputs, kinds, &options.path_var);
+    let root = std::path::absolute(&wf.root).unwrap_or_else(|_| wf.root.clone());
     if let Some(allows) = &mut job.sandbox {
-        let root = std::path::absolute(&wf.root).unwrap_or_else(|_| wf.root.clone());
         tool_reads.allow(allows, [&root, store.root()]);
     }
     place_inputs(store, scratch, &job.placements)?;
@@ -176,8 +186,20 @@ fn audit_one(
     let sandboxed = request.sandbox.is_some();
     let result = mustbuild_executors::local::run(&request, &options.cancel);
     if result.outcome != Outcome::Succeeded {
+        // A command that ran unsandboxed was refused nothing.
+        let refused = match sandboxed && result.spawned {
+            true => {
+                let log = std::fs::read(&request.log).unwrap_or_default();
+                mustbuild_executors::sandbox::refused_paths(&String::from_utf8_lossy(&log))
+            }
+            false => Vec::new(),
+        };
+        let advice =
+            (!refused.is_empty()).then(|| crate::run::refusal::advice(&step.name, &refused, &root));
         let finding = Finding::Failed {
             outcome: format!("{:?}", result.outcome),
+            refused,
+            advice,
         };
         return Ok((finding, sandboxed));
     }

@@ -27,7 +27,7 @@ mod keying;
 mod local;
 mod materialise;
 mod record;
-mod refusal;
+pub(crate) mod refusal;
 mod scratch;
 
 use batch::Task;
