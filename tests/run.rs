@@ -210,6 +210,81 @@ step independent {{
     );
 }
 
+/// The names of the steps in the order they started, from `--json` events.
+fn start_order(stdout: &str) -> Vec<String> {
+    (stdout.lines())
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["event"] == "started")
+        .map(|e| e["step"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn ready_steps_start_by_the_longest_predicted_path_to_the_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_pipeline(
+        tmp.path(),
+        r#"pipeline "ranks"
+step quick {
+    out o="quick.txt"
+    run "echo quick > {out.o}"
+}
+step slow {
+    out o="slow.txt"
+    run "sleep 0.4; echo slow > {out.o}"
+}
+step head {
+    out o="head.txt"
+    run "echo head > {out.o}"
+}
+step tail {
+    in h=head.o
+    out o="tail.txt"
+    run "cat {in.h} > {out.o}"
+}
+"#,
+    );
+    let store = tmp.path().join("store");
+    let store = store.to_str().unwrap();
+    // No history: every step is predicted alike, so the head of the chain,
+    // two steps from the end, goes first; the others in their order.
+    let r = run_with(tmp.path(), store, &["--json", "-j", "1"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(start_order(&r.stdout), ["head", "quick", "slow", "tail"]);
+    // With history, the step measured longest goes first: its path (0.4 s)
+    // is longer than the chain's.
+    let all = [
+        "--force", "quick", "--force", "slow", "--force", "head", "--force", "tail",
+    ];
+    let r = run_with(
+        tmp.path(),
+        store,
+        &[&["--json", "-j", "1"][..], &all].concat(),
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let order = start_order(&r.stdout);
+    assert_eq!(order.len(), 4, "{}", r.stdout);
+    assert_eq!(order[0], "slow", "{}", r.stdout);
+    // A declared `time` is the prediction where there is no history (a new
+    // pipeline has none); a step that declares none is taken for a typical
+    // one (the lower median: 1 s here), so `quick` goes first.
+    let text = std::fs::read_to_string(tmp.path().join("pipeline.kdl")).unwrap();
+    let text = (text.replace("pipeline \"ranks\"", "pipeline \"ranks2\""))
+        .replace(
+            "    run \"echo quick",
+            "    resources time=\"1h\"\n    run \"echo quick",
+        )
+        .replace("    run \"cat", "    resources time=\"1s\"\n    run \"cat");
+    write_pipeline(tmp.path(), &text);
+    let r = run_with(
+        tmp.path(),
+        store,
+        &[&["--json", "-j", "1"][..], &all].concat(),
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(start_order(&r.stdout)[0], "quick", "{}", r.stdout);
+}
+
 #[test]
 fn steps_take_their_cpus_out_of_j() {
     let tmp = tempfile::tempdir().unwrap();

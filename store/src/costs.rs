@@ -96,6 +96,24 @@ impl LocalStore {
             run_row,
         )
     }
+
+    /// Each step's mean wall time, in seconds, over its successful runs in
+    /// the last `sessions` sessions of `pipeline`: what the dispatcher
+    /// predicts a step's next run takes. One aggregate query, so that a
+    /// run of a big pipeline does not read its whole history to start.
+    pub fn step_walls(&self, pipeline: &str, sessions: usize) -> Result<Vec<(String, f64)>> {
+        let sessions = i64::try_from(sessions).unwrap_or(i64::MAX);
+        self.rows(
+            "SELECT step, avg(finished_ms - started_ms) / 1000.0 FROM runs
+              WHERE outcome = 'succeeded' AND session IN
+                    (SELECT id FROM sessions WHERE pipeline = ?1
+                        AND id NOT IN (SELECT session FROM session_aliases)
+                      ORDER BY id DESC LIMIT ?2)
+              GROUP BY step",
+            params![pipeline, sessions],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+    }
 }
 
 /// One instance a session reused: see [`LocalStore::reused_makers`].

@@ -10,6 +10,7 @@
 
 use super::batch::Task;
 use super::local::Message;
+use super::priority::RunQueue;
 use super::{
     Event, KEYS_AHEAD, Pace, RECORD_BATCH, RunError, RunOptions, RunSummary, Runnable,
     STARTS_REPORTED_WITHIN, ToolReads, announce_starts, batch, instance_label, prepare,
@@ -39,7 +40,9 @@ pub(super) struct Progress {
     /// Instances whose inputs are known, then (key computed, not realised)
     /// those waiting for resources to run.
     pub(super) ready: VecDeque<InstanceId>,
-    pub(super) runnable: VecDeque<Runnable>,
+    pub(super) runnable: RunQueue,
+    /// Each instance's upward rank, which orders the runnable.
+    pub(super) ranks: Vec<f64>,
     /// What keys read, for a no-op record.
     pub(super) seen: crate::noop::Seen,
     pub(super) keys: Vec<Option<Digest>>,
@@ -90,7 +93,6 @@ impl Progress {
         }
         // Instances whose inputs are known, then (key computed, not realised) those
         // waiting for resources to run.
-        let runnable: std::collections::VecDeque<Runnable> = Default::default();
         let ready: std::collections::VecDeque<InstanceId> = (0..n)
             .filter(|&i| waiting[i] == 0 && selected(i))
             .map(|i| InstanceId(i as u32))
@@ -115,6 +117,8 @@ impl Progress {
             .iter()
             .map(|p| p.as_ref().map(|(_, o)| o.clone()))
             .collect();
+        let durations = super::priority::step_durations(wf, store);
+        let ranks = super::priority::upward_ranks(instances, &dependents, &durations);
         Ok(Progress {
             outputs,
             failed,
@@ -123,7 +127,8 @@ impl Progress {
             waiting,
             dependents,
             ready,
-            runnable,
+            runnable: RunQueue::default(),
+            ranks,
             seen,
             keys,
             kinds,
@@ -310,7 +315,7 @@ impl Coordinator<'_> {
                 forced,
                 attempt,
                 memory,
-            }) = runnable.pop_front()
+            }) = runnable.pop()
             else {
                 break;
             };

@@ -30,6 +30,7 @@ impl Coordinator<'_> {
             waiting,
             dependents,
             runnable,
+            ranks,
             ready,
             seen,
             keys,
@@ -203,13 +204,16 @@ impl Coordinator<'_> {
                     });
                     release(&dependents[id.index()], waiting, ready);
                 }
-                None => runnable.push_back(Runnable {
-                    id: *id,
-                    key,
-                    forced: *forced,
-                    attempt: 0,
-                    memory: None,
-                }),
+                None => runnable.push(
+                    Runnable {
+                        id: *id,
+                        key,
+                        forced: *forced,
+                        attempt: 0,
+                        memory: None,
+                    },
+                    ranks[id.index()],
+                ),
             }
         }
         store.set_materialised_many(&materialised)?;

@@ -329,8 +329,8 @@ impl super::coordinator::Coordinator<'_> {
         }
         // First in line among the runnable, in the order they ended: handed
         // out next (behind the jobs already handed out).
-        for r in retries.into_iter().rev() {
-            runnable.push_front(r);
+        for r in retries {
+            runnable.retry(r);
         }
         let mut after_error = after_error.into_iter();
         if let Some(failing) = after_error.next() {
