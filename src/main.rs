@@ -41,6 +41,7 @@ mod cache;
 mod dagman;
 mod progress;
 mod provenance;
+mod simulate;
 mod stats;
 
 /// Exit codes, stable for scripts.
@@ -202,6 +203,26 @@ enum Command {
         /// Run them unsandboxed (by default they run sandboxed, as `run` runs them).
         #[arg(long)]
         no_sandbox: bool,
+        #[command(flatten)]
+        common: provenance::Common,
+    },
+    /// Replay a cold run on N cores without running anything: the makespan
+    /// against the lower bound max(critical path, work / cores).
+    ///
+    /// Each instance takes its step's mean wall time in the pipeline's recent
+    /// runs (the store's), else its declared `time`, else a typical step's,
+    /// and its declared CPUs; jobs go in the dispatcher's order (the longest
+    /// path to the end first).
+    #[command(
+        after_help = "Examples:\n  mustbuild simulate pipeline.kdl --cores 16\n  mustbuild simulate pipeline.kdl --cores 64 --json | jq .makespan"
+    )]
+    Simulate {
+        pipeline: PathBuf,
+        /// Steps or output paths (with what they read); all without.
+        targets: Vec<String>,
+        /// Cores to simulate [default: this machine's].
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        cores: Option<u32>,
         #[command(flatten)]
         common: provenance::Common,
     },
@@ -428,6 +449,18 @@ fn main() -> ExitCode {
                     common,
                 },
         } => provenance::export_ro_crate(run, &output, &license, common),
+        Command::Simulate {
+            pipeline,
+            targets,
+            cores,
+            common,
+        } => simulate::simulate(
+            &pipeline,
+            &targets,
+            cores.map(|c| c as usize),
+            common.store,
+            common.json,
+        ),
         Command::Audit {
             pipeline,
             targets,

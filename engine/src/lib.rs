@@ -31,6 +31,7 @@ pub mod plan;
 pub mod provenance;
 pub mod report;
 pub mod run;
+pub mod simulate;
 mod slots;
 pub mod stats;
 pub mod worker;

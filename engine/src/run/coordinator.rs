@@ -41,8 +41,9 @@ pub(super) struct Progress {
     /// those waiting for resources to run.
     pub(super) ready: VecDeque<InstanceId>,
     pub(super) runnable: RunQueue,
-    /// Each instance's upward rank, which orders the runnable.
-    pub(super) ranks: Vec<f64>,
+    /// Each instance's upward rank, which orders the runnable: computed
+    /// when two jobs first wait at once (see [`super::priority::rank_for`]).
+    pub(super) ranks: Option<Vec<f64>>,
     /// What keys read, for a no-op record.
     pub(super) seen: crate::noop::Seen,
     pub(super) keys: Vec<Option<Digest>>,
@@ -117,8 +118,6 @@ impl Progress {
             .iter()
             .map(|p| p.as_ref().map(|(_, o)| o.clone()))
             .collect();
-        let durations = super::priority::step_durations(wf, store);
-        let ranks = super::priority::upward_ranks(instances, &dependents, &durations);
         Ok(Progress {
             outputs,
             failed,
@@ -128,7 +127,7 @@ impl Progress {
             dependents,
             ready,
             runnable: RunQueue::default(),
-            ranks,
+            ranks: None,
             seen,
             keys,
             kinds,

@@ -5,6 +5,7 @@
 
 use super::coordinator::{Coordinator, Progress};
 use super::materialise::materialize_outputs;
+use super::priority::{rank_for, step_durations, upward_ranks};
 use super::{
     Event, KEY_BATCH, RunError, Runnable, in_order, instance_label, only_tools_or_env, release,
 };
@@ -204,16 +205,21 @@ impl Coordinator<'_> {
                     });
                     release(&dependents[id.index()], waiting, ready);
                 }
-                None => runnable.push(
-                    Runnable {
-                        id: *id,
-                        key,
-                        forced: *forced,
-                        attempt: 0,
-                        memory: None,
-                    },
-                    ranks[id.index()],
-                ),
+                None => {
+                    let rank = rank_for(runnable, ranks, *id, || {
+                        upward_ranks(instances, dependents, &step_durations(wf, Some(store)))
+                    });
+                    runnable.push(
+                        Runnable {
+                            id: *id,
+                            key,
+                            forced: *forced,
+                            attempt: 0,
+                            memory: None,
+                        },
+                        rank,
+                    )
+                }
             }
         }
         store.set_materialised_many(&materialised)?;

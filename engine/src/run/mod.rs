@@ -26,7 +26,7 @@ mod job;
 mod keying;
 mod local;
 mod materialise;
-mod priority;
+pub mod priority;
 mod record;
 pub(crate) mod refusal;
 mod scratch;

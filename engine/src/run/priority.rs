@@ -16,36 +16,58 @@ use std::collections::{BinaryHeap, HashMap};
 /// The recent sessions whose runs predict a step's duration.
 const HISTORY_SESSIONS: usize = 5;
 
-/// Each step's predicted duration in seconds, by step index.
-pub(super) fn step_durations(wf: &Workflow, store: &LocalStore) -> Vec<f64> {
-    // No history (a store that cannot say) predicts from declarations.
-    let measured: HashMap<String, f64> = (store.step_walls(&wf.name, HISTORY_SESSIONS))
+/// Where a step's predicted duration comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Predicted {
+    /// Its mean wall time in the pipeline's recent sessions.
+    History,
+    /// Its declared `time`.
+    Declared,
+    /// Neither: a typical step's (the lower median of the others').
+    Typical,
+}
+
+/// Each step's predicted duration in seconds, by step index, and where it
+/// comes from; `history` is the store, where there is one.
+pub fn step_durations(wf: &Workflow, history: Option<&LocalStore>) -> Vec<(f64, Predicted)> {
+    // A store that cannot say predicts from declarations.
+    let measured: HashMap<String, f64> = history
+        .and_then(|store| store.step_walls(&wf.name, HISTORY_SESSIONS).ok())
         .unwrap_or_default()
         .into_iter()
         .collect();
-    let known: Vec<Option<f64>> = (wf.steps.iter())
+    let known: Vec<Option<(f64, Predicted)>> = (wf.steps.iter())
         .map(|s| {
-            let declared = s.resources.time_seconds.map(|t| t as f64);
-            measured.get(s.name.as_str()).copied().or(declared)
+            let declared = s
+                .resources
+                .time_seconds
+                .map(|t| (t as f64, Predicted::Declared));
+            let seen = measured
+                .get(s.name.as_str())
+                .map(|&w| (w, Predicted::History));
+            seen.or(declared)
         })
         .collect();
-    let mut seen: Vec<f64> = known.iter().flatten().copied().collect();
+    let mut seen: Vec<f64> = known.iter().flatten().map(|k| k.0).collect();
     seen.sort_by(f64::total_cmp);
     // The lower median: a typical step's.
-    let default = seen
+    let typical = seen
         .get(seen.len().saturating_sub(1) / 2)
         .copied()
         .unwrap_or(1.0);
-    known.into_iter().map(|d| d.unwrap_or(default)).collect()
+    (known.into_iter())
+        .map(|d| d.unwrap_or((typical, Predicted::Typical)))
+        .collect()
 }
 
 /// Each instance's upward rank: its step's predicted duration plus the
 /// highest rank among its `dependents` (the run's edges: selected instances
 /// only). Sinks first, so that every rank is known when an upstream needs it.
-pub(super) fn upward_ranks(
+pub fn upward_ranks(
     instances: &Instances,
     dependents: &[Vec<InstanceId>],
-    durations: &[f64],
+    durations: &[(f64, Predicted)],
 ) -> Vec<f64> {
     let n = instances.all.len();
     let mut upstream: Vec<Vec<usize>> = vec![Vec::new(); n];
@@ -61,7 +83,7 @@ pub(super) fn upward_ranks(
         let below = (dependents[i].iter())
             .map(|d| rank[d.index()])
             .fold(0.0, f64::max);
-        rank[i] = durations[instances.all[i].step.index()] + below;
+        rank[i] = durations[instances.all[i].step.index()].0 + below;
         for &u in &upstream[i] {
             left[u] -= 1;
             if left[u] == 0 {
@@ -70,6 +92,25 @@ pub(super) fn upward_ranks(
         }
     }
     rank
+}
+
+/// The rank to queue instance `id` with. While the queue is empty none is
+/// needed (one job's order cannot matter); the first time a job joins
+/// another, every rank is computed (`compute`) and the queued job takes
+/// its own. A run that never has two jobs waiting at once (an edit's
+/// rerun) reads no history for them.
+pub(super) fn rank_for(
+    queue: &mut RunQueue,
+    ranks: &mut Option<Vec<f64>>,
+    id: InstanceId,
+    compute: impl FnOnce() -> Vec<f64>,
+) -> f64 {
+    if ranks.is_none() && queue.len() > 0 {
+        let computed = compute();
+        queue.rerank(&computed);
+        *ranks = Some(computed);
+    }
+    ranks.as_ref().map_or(0.0, |r| r[id.index()])
 }
 
 /// The runnable jobs, in the order they are handed out (see the module).
@@ -131,6 +172,21 @@ impl RunQueue {
         });
     }
 
+    /// Gives each queued first try its rank in `ranks`.
+    fn rerank(&mut self, ranks: &[f64]) {
+        let queued = std::mem::take(&mut self.heap).into_vec();
+        self.heap = (queued.into_iter())
+            .map(|q| Queued {
+                rank: if q.retry {
+                    q.rank
+                } else {
+                    ranks[q.job.id.index()]
+                },
+                ..q
+            })
+            .collect();
+    }
+
     /// The next job to hand out.
     pub(super) fn pop(&mut self) -> Option<Runnable> {
         self.heap.pop().map(|q| q.job)
@@ -168,5 +224,32 @@ mod tests {
         let order: Vec<u32> = std::iter::from_fn(|| q.pop()).map(|r| r.id.0).collect();
         assert_eq!(order, [3, 5, 1, 4, 0, 2]);
         assert_eq!(q.len(), 0);
+    }
+
+    #[test]
+    fn ranks_are_computed_when_a_second_job_waits_and_the_first_takes_its_own() {
+        let mut q = RunQueue::default();
+        let mut ranks = None;
+        let computed = std::cell::Cell::new(0);
+        let compute = || {
+            computed.set(computed.get() + 1);
+            vec![1.0, 5.0, 3.0]
+        };
+        let r = rank_for(&mut q, &mut ranks, InstanceId(0), compute);
+        q.push(job(0), r);
+        assert_eq!(ranks, None);
+        // Alone, it went out unranked.
+        assert_eq!(q.pop().map(|j| j.id), Some(InstanceId(0)));
+        let r = rank_for(&mut q, &mut ranks, InstanceId(2), compute);
+        q.push(job(2), r);
+        assert_eq!(ranks, None);
+        let r = rank_for(&mut q, &mut ranks, InstanceId(1), compute);
+        q.push(job(1), r);
+        assert_eq!((r, computed.get()), (5.0, 1));
+        let r = rank_for(&mut q, &mut ranks, InstanceId(0), compute);
+        q.push(job(0), r);
+        assert_eq!(computed.get(), 1);
+        let order: Vec<u32> = std::iter::from_fn(|| q.pop()).map(|r| r.id.0).collect();
+        assert_eq!(order, [1, 2, 0]);
     }
 }
