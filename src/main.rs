@@ -478,6 +478,37 @@ fn load_and_expand(path: &Path) -> (Loaded, Option<mustbuild_lang::Expansion>, V
     load_and_expand_with(path, &[])
 }
 
+/// A pipeline loaded, matched against the file system and instantiated, with
+/// the instances its `targets` select (`None`: all); its diagnostics, or an
+/// unknown target, are printed and give the exit status.
+fn load_targets(
+    pipeline: &Path,
+    targets: &[String],
+) -> Result<
+    (
+        mustbuild_lang::Workflow,
+        mustbuild_engine::Instances,
+        Option<Vec<bool>>,
+    ),
+    u8,
+> {
+    let (loaded, expansion, diags) = load_and_expand_with(pipeline, &[]);
+    if loaded.workflow.is_none() || expansion.is_none() {
+        print_diagnostics(&loaded, &diags);
+        tell!("{}: {}", pipeline.display(), count_summary(&diags));
+        return Err(exit::INVALID);
+    }
+    let (Some(wf), Some(expansion)) = (loaded.workflow, expansion) else {
+        return Err(exit::INVALID);
+    };
+    let instances = mustbuild_engine::instantiate(&wf, &expansion);
+    let selected = select_targets(&wf, &instances, targets).map_err(|message| {
+        tell!("error: {message}");
+        exit::INVALID
+    })?;
+    Ok((wf, instances, selected))
+}
+
 /// The same, with `--param` overrides applied before the file system is matched.
 fn load_and_expand_with(
     path: &Path,

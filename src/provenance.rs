@@ -423,23 +423,14 @@ pub fn audit(
     common: Common,
 ) -> u8 {
     use mustbuild_engine::audit::{AuditOptions, Finding};
-    let (loaded, expansion, diags) = crate::load_and_expand_with(pipeline, &[]);
-    let (Some(wf), Some(expansion)) = (&loaded.workflow, &expansion) else {
-        crate::print_diagnostics(&loaded, &diags);
-        tell!("{}: {}", pipeline.display(), crate::count_summary(&diags));
-        return exit::INVALID;
+    let (wf, instances, selected) = match crate::load_targets(pipeline, targets) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
     };
+    let wf = &wf;
     let store = match open(common.store) {
         Ok(s) => s,
         Err(code) => return code,
-    };
-    let instances = mustbuild_engine::instantiate(wf, expansion);
-    let selected = match crate::select_targets(wf, &instances, targets) {
-        Ok(s) => s,
-        Err(message) => {
-            tell!("error: {message}");
-            return exit::INVALID;
-        }
     };
     let cancel = mustbuild_executors::CancelToken::default();
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

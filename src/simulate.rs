@@ -14,11 +14,9 @@ pub fn simulate(
     store: Option<PathBuf>,
     json: bool,
 ) -> u8 {
-    let (loaded, expansion, diags) = crate::load_and_expand_with(pipeline, &[]);
-    let (Some(wf), Some(expansion)) = (&loaded.workflow, &expansion) else {
-        crate::print_diagnostics(&loaded, &diags);
-        tell!("{}: {}", pipeline.display(), crate::count_summary(&diags));
-        return exit::INVALID;
+    let (wf, instances, selected) = match crate::load_targets(pipeline, targets) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
     };
     // No store yet: nothing has run, and durations come from declarations.
     let root = store.unwrap_or_else(LocalStore::default_location);
@@ -32,18 +30,10 @@ pub fn simulate(
         },
         false => None,
     };
-    let instances = mustbuild_engine::instantiate(wf, expansion);
-    let selected = match crate::select_targets(wf, &instances, targets) {
-        Ok(s) => s,
-        Err(message) => {
-            tell!("error: {message}");
-            return exit::INVALID;
-        }
-    };
     let cores =
         cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let s = mustbuild_engine::simulate::simulate(
-        wf,
+        &wf,
         &instances,
         history.as_ref(),
         selected.as_deref(),

@@ -7,8 +7,8 @@
 //! It reports the makespan against the lower bound max(critical path,
 //! work / cores), for what-if questions ("16 cores or 64?").
 
-use crate::instantiate::{InstanceId, Instances};
-use crate::run::priority::{Predicted, step_durations, upward_ranks};
+use crate::instantiate::Instances;
+use crate::run::priority::{Predicted, dependents, step_durations, upward_ranks};
 use mustbuild_lang::model::Workflow;
 use mustbuild_store::LocalStore;
 use serde::Serialize;
@@ -57,13 +57,7 @@ pub fn simulate(
     let n = instances.all.len();
     let chosen = |i: usize| selected.is_none_or(|s| s[i]);
     let durations = step_durations(wf, history);
-    let mut dependents: Vec<Vec<InstanceId>> = vec![Vec::new(); n];
-    for (i, inst) in instances.all.iter().enumerate().filter(|(i, _)| chosen(*i)) {
-        for d in &inst.deps {
-            dependents[d.index()].push(InstanceId(i as u32));
-        }
-    }
-    let ranks = upward_ranks(instances, &dependents, &durations);
+    let ranks = upward_ranks(instances, &dependents(instances, chosen), &durations);
     // The selected instances, renumbered, with the selected upstream only.
     let index: Vec<Option<usize>> = (0..n)
         .scan(0, |next, i| {

@@ -81,17 +81,7 @@ impl Progress {
         // Whether an instance's `started` event was sent (once, whatever the attempts).
         let started = vec![false; n];
         let waiting: Vec<usize> = instances.all.iter().map(|i| i.deps.len()).collect();
-        let mut dependents: Vec<Vec<InstanceId>> = vec![Vec::new(); n];
-        for (i, inst) in instances
-            .all
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| selected(*i))
-        {
-            for d in &inst.deps {
-                dependents[d.index()].push(InstanceId(i as u32));
-            }
-        }
+        let dependents = super::priority::dependents(instances, &selected);
         // Instances whose inputs are known, then (key computed, not realised) those
         // waiting for resources to run.
         let ready: std::collections::VecDeque<InstanceId> = (0..n)

@@ -61,6 +61,23 @@ pub fn step_durations(wf: &Workflow, history: Option<&LocalStore>) -> Vec<(f64, 
         .collect()
 }
 
+/// For each instance, the `selected` instances that read its outputs: the
+/// run's edges, downward.
+pub fn dependents(instances: &Instances, selected: impl Fn(usize) -> bool) -> Vec<Vec<InstanceId>> {
+    let mut dependents: Vec<Vec<InstanceId>> = vec![Vec::new(); instances.all.len()];
+    for (i, inst) in instances
+        .all
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| selected(*i))
+    {
+        for d in &inst.deps {
+            dependents[d.index()].push(InstanceId(i as u32));
+        }
+    }
+    dependents
+}
+
 /// Each instance's upward rank: its step's predicted duration plus the
 /// highest rank among its `dependents` (the run's edges: selected instances
 /// only). Sinks first, so that every rank is known when an upstream needs it.

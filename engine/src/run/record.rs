@@ -103,7 +103,7 @@ impl super::coordinator::Coordinator<'_> {
         mut batch: Vec<Done>,
         on_event: &mut dyn FnMut(Event),
     ) -> Result<(), RunError> {
-        let (wf, instances, store, options, session, root, measure, _starts) = (
+        let (wf, instances, store, options, session, root, measure) = (
             self.wf,
             self.instances,
             self.store,
@@ -111,7 +111,6 @@ impl super::coordinator::Coordinator<'_> {
             self.session,
             self.root,
             self.measure,
-            self.starts,
         );
         let cancel = &self.cancel;
         let push_tx = &self.push_tx;
@@ -124,7 +123,6 @@ impl super::coordinator::Coordinator<'_> {
             dependents,
             runnable,
             ready,
-            seen: _,
             kinds,
             summary,
             attributions,

@@ -234,11 +234,11 @@ impl Executor for Local {
             while at < self.running.len() {
                 match self.running[at].reaped() {
                     Some(used) => {
-                        let end = self.running.swap_remove(at).end(used);
+                        let (tag, end) = self.running.swap_remove(at).end(used);
                         reports.push(Report::Ended {
-                            tag: end.0,
-                            memory_bytes: end.1.spawned.then_some(end.1.usage.max_rss_bytes),
-                            end: end.1,
+                            tag,
+                            memory_bytes: end.spawned.then_some(end.usage.max_rss_bytes),
+                            end,
                         });
                     }
                     None => at += 1,
